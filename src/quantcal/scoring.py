@@ -1,0 +1,173 @@
+"""The scorer: summed log-probability of every choice given its context, computed once per context.
+
+For a batch of items the contexts run left-padded through the model once (keeping only the logits of
+the last context token); the key/value cache is then gathered per choice and the choices' tokens run
+on top of it. A choice of ``m`` tokens costs ``m - 1`` extra positions and single-token choices (MMLU
+letters) cost nothing beyond the context. Results equal a plain forward of ``context + choice`` (the
+input lm-evaluation-harness builds) up to float rounding.
+
+Per choice the scorer reports the log-likelihood, the token count, and whether every choice token is
+the model's greedy (argmax) continuation. A NaN or infinite log-likelihood is an error for that item.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from quantcal.encoding import EncodedItem, Group
+
+#: Rows of (batch x positions x vocabulary) logits turned into log-probabilities at once; bounds memory.
+LOGPROB_CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclass(frozen=True)
+class ItemScores:
+    item_index: int
+    logliks: tuple[float, ...]
+    greedy: tuple[bool, ...]
+    n_tokens: tuple[int, ...]
+    error: str | None = None
+
+
+def plan_batches(items: Sequence[EncodedItem], batch_size: int) -> list[list[Group]]:
+    """Longest groups first (padding waste stays small, memory peaks early); ``batch_size`` choice rows per batch."""
+    groups = sorted((g for it in items for g in it.groups), key=lambda g: (-g.length, g.item_index))
+    batches: list[list[Group]] = []
+    current: list[Group] = []
+    rows = 0
+    for group in groups:
+        n = len(group.continuations)
+        if current and rows + n > batch_size:
+            batches.append(current)
+            current, rows = [], 0
+        current.append(group)
+        rows += n
+    if current:
+        batches.append(current)
+    return batches
+
+
+def score_items(
+    model: Any,
+    items: Sequence[EncodedItem],
+    batch_size: int = 32,
+    pad_token_id: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+) -> Iterator[list[ItemScores]]:
+    """Score encoded items; after each batch yield the items it completed (for transactional storing)."""
+    import torch
+
+    by_index = {it.item_index: it for it in items}
+    pending: dict[int, dict[int, tuple[float, bool]]] = {}
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for batch in plan_batches(items, batch_size):
+            results = _score_batch(model, batch, pad_token_id, device)
+            done: list[ItemScores] = []
+            for group, values in zip(batch, results):
+                slot = pending.setdefault(group.item_index, {})
+                slot.update(zip(group.choices, values))
+                item = by_index[group.item_index]
+                if len(slot) == len(item.n_tokens):
+                    done.append(_finish(item, slot))
+                    del pending[group.item_index]
+            if on_batch is not None:
+                on_batch(len(done))
+            yield done
+
+
+def _finish(item: EncodedItem, slot: dict[int, tuple[float, bool]]) -> ItemScores:
+    logliks = tuple(slot[j][0] for j in range(len(item.n_tokens)))
+    greedy = tuple(slot[j][1] for j in range(len(item.n_tokens)))
+    bad = [j for j, v in enumerate(logliks) if not math.isfinite(v)]
+    error = f"non-finite log-likelihood for choice(s) {bad}: {[logliks[j] for j in bad]}" if bad else None
+    return ItemScores(item.item_index, logliks, greedy, item.n_tokens, error)
+
+
+def _score_batch(model: Any, batch: list[Group], pad_token_id: int, device: Any) -> list[list[tuple[float, bool]]]:
+    import torch
+
+    n_ctx = max(len(g.context) for g in batch)
+    ids = torch.full((len(batch), n_ctx), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), n_ctx), dtype=torch.long)
+    for i, g in enumerate(batch):
+        ids[i, n_ctx - len(g.context):] = torch.tensor(g.context)
+        mask[i, n_ctx - len(g.context):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    rows = [(i, cont) for i, g in enumerate(batch) for cont in g.continuations]
+    longest = max(len(cont) for _, cont in rows)
+    out = model(
+        input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+        use_cache=longest > 1, logits_to_keep=1,
+    )
+    last = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # predicts each choice's first token
+    row_group = torch.tensor([i for i, _ in rows])
+    first_tok = torch.tensor([cont[0] for _, cont in rows])
+    first_lp = last[row_group.to(device), first_tok.to(device)].cpu()
+    first_greedy = (last.argmax(-1)[row_group.to(device)].cpu() == first_tok)
+    totals = first_lp.double()
+    greedy = first_greedy.clone()
+    if longest > 1:
+        cache = out.past_key_values
+        cache.reorder_cache(row_group.to(device))
+        n_rest = longest - 1
+        x = torch.full((len(rows), n_rest), pad_token_id, dtype=torch.long)
+        targets = torch.zeros((len(rows), n_rest), dtype=torch.long)
+        valid = torch.zeros((len(rows), n_rest), dtype=torch.bool)
+        for r, (_, cont) in enumerate(rows):
+            m = len(cont) - 1
+            if m:
+                x[r, :m] = torch.tensor(cont[:-1])
+                targets[r, :m] = torch.tensor(cont[1:])
+                valid[r, :m] = True
+        attn = torch.cat([mask[row_group], valid.long()], dim=1)
+        ctx_len = mask.sum(-1)[row_group]
+        pos = ctx_len[:, None] + torch.arange(n_rest)[None, :]
+        out2 = model(
+            input_ids=x.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
+            past_key_values=cache, use_cache=False,
+        )
+        lp, hit = _gather_logprobs(out2.logits, targets.to(device))
+        valid_d = valid.to(device)
+        totals += torch.where(valid_d, lp, torch.zeros_like(lp)).sum(-1).double().cpu()
+        greedy &= (hit | ~valid_d).all(-1).cpu()
+        del out2, cache
+    del out
+    results: list[list[tuple[float, bool]]] = [[] for _ in batch]
+    for r, (i, _) in enumerate(rows):
+        results[i].append((float(totals[r]), bool(greedy[r])))
+    return results
+
+
+def _gather_logprobs(logits: Any, targets: Any) -> tuple[Any, Any]:
+    """Log-probabilities of ``targets`` and whether each is the argmax, computed a chunk of rows at a time."""
+    import torch
+
+    rows, positions, vocab = logits.shape
+    step = max(1, LOGPROB_CHUNK_ELEMENTS // max(1, positions * vocab))
+    lps, hits = [], []
+    for start in range(0, rows, step):
+        chunk = torch.log_softmax(logits[start:start + step].float(), dim=-1)
+        t = targets[start:start + step]
+        lps.append(chunk.gather(-1, t[..., None]).squeeze(-1))
+        hits.append(chunk.argmax(-1) == t)
+        del chunk
+    return torch.cat(lps), torch.cat(hits)
+
+
+def reference_loglik(model: Any, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:
+    """The plain, unbatched computation (one forward of context + continuation); the scorer's test oracle."""
+    import torch
+
+    with torch.inference_mode():
+        ids = torch.tensor([list(context) + list(continuation)[:-1]])
+        logits = model(input_ids=ids).logits[0].float()
+        lp = torch.log_softmax(logits[-len(continuation):], dim=-1)
+        target = torch.tensor(list(continuation))
+        return float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all())
+
+
+def iter_flat(batches: Iterable[list[ItemScores]]) -> list[ItemScores]:
+    return [s for batch in batches for s in batch]

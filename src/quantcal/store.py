@@ -1,0 +1,232 @@
+"""One SQLite file per study: runs, items and per-choice scores, written in transactions as work completes.
+
+Tables
+- ``runs``: one row per (variant, task, configuration hash) with the configuration, package versions,
+  status and accumulated scoring seconds.
+- ``items``: per run, the items whose scores are stored (gold, all true answers, content hash, meta).
+  An item row is written in the same transaction as its scores, so "has an item row" means "done".
+- ``scores``: per run, item and choice: log-likelihood, token/char/byte counts, greedy flag.
+- ``item_errors``: items whose scoring failed (e.g. a non-finite log-likelihood), with the message.
+
+Re-running the same job resumes: finished items are skipped and nothing is written twice. A killed
+process loses at most the batch in flight (WAL journal, one transaction per batch).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from quantcal.errors import QuantcalError
+from quantcal.items import Item
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id INTEGER PRIMARY KEY,
+    variant TEXT NOT NULL,
+    task TEXT NOT NULL,
+    config_hash TEXT NOT NULL,
+    config TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    seconds REAL NOT NULL DEFAULT 0,
+    UNIQUE (variant, task, config_hash)
+);
+CREATE TABLE IF NOT EXISTS items (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    item_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    gold INTEGER NOT NULL,
+    golds TEXT NOT NULL,
+    n_choices INTEGER NOT NULL,
+    item_hash TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    PRIMARY KEY (run_id, item_id)
+);
+CREATE TABLE IF NOT EXISTS scores (
+    run_id INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    choice INTEGER NOT NULL,
+    loglik REAL NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    n_chars INTEGER NOT NULL,
+    n_bytes INTEGER NOT NULL,
+    greedy INTEGER NOT NULL,
+    PRIMARY KEY (run_id, item_id, choice)
+);
+CREATE TABLE IF NOT EXISTS item_errors (
+    run_id INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (run_id, item_id)
+);
+"""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: int
+    variant: str
+    task: str
+    config_hash: str
+    config: dict[str, Any]
+    status: str
+    seconds: float
+    n_items: int
+    n_errors: int
+
+
+@dataclass(frozen=True)
+class ScoredItem:
+    """What the store returns per item: everything predictions and metrics need."""
+
+    item_id: str
+    position: int
+    gold: int
+    golds: tuple[int, ...]
+    item_hash: str
+    logliks: tuple[float, ...]
+    n_tokens: tuple[int, ...]
+    n_chars: tuple[int, ...]
+    n_bytes: tuple[int, ...]
+    greedy: tuple[bool, ...]
+
+
+class Store:
+    """A study's SQLite store. Open with :func:`open_store`; use as a context manager."""
+
+    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+        self.path = path
+        self.db = connection
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self.db:
+            yield self.db
+
+    # runs -----------------------------------------------------------------
+    def get_or_create_run(self, variant: str, task: str, config_hash: str, config: dict[str, Any],
+                          versions: dict[str, str]) -> int:
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT run_id FROM runs WHERE variant=? AND task=? AND config_hash=?",
+                             (variant, task, config_hash)).fetchone()
+            if row:
+                return int(row[0])
+            cur = db.execute(
+                "INSERT INTO runs (variant, task, config_hash, config, versions, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                (variant, task, config_hash, json.dumps(config, sort_keys=True), json.dumps(versions, sort_keys=True), now, now),
+            )
+            return int(cur.lastrowid)
+
+    def set_status(self, run_id: int, status: str, add_seconds: float = 0.0) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status=?, updated_at=?, seconds=seconds+? WHERE run_id=?",
+                       (status, time.time(), add_seconds, run_id))
+
+    def runs(self) -> list[RunInfo]:
+        rows = self.db.execute(
+            "SELECT r.run_id, variant, task, config_hash, config, status, seconds,"
+            " (SELECT COUNT(*) FROM items i WHERE i.run_id=r.run_id),"
+            " (SELECT COUNT(*) FROM item_errors e WHERE e.run_id=r.run_id)"
+            " FROM runs r ORDER BY r.run_id"
+        ).fetchall()
+        return [RunInfo(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
+
+    def find_run(self, variant: str, task: str) -> RunInfo:
+        matches = [r for r in self.runs() if r.variant == variant and r.task == task]
+        if not matches:
+            known = sorted({f"{r.variant}/{r.task}" for r in self.runs()})
+            raise QuantcalError(f"{self.path}: no run for variant {variant!r} on task {task!r}; runs: {', '.join(known) or 'none'}")
+        return matches[-1]
+
+    # items ----------------------------------------------------------------
+    def done_item_ids(self, run_id: int) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT item_id FROM items WHERE run_id=?", (run_id,))}
+
+    def write_scores(self, run_id: int, entries: Sequence[tuple[int, Item, Sequence[float], Sequence[int], Sequence[bool]]],
+                     errors: Sequence[tuple[Item, str]] = ()) -> None:
+        """Store finished items (position, item, logliks, token counts, greedy flags) in one transaction."""
+        with self.transaction() as db:
+            for position, item, logliks, n_tokens, greedy in entries:
+                db.execute("DELETE FROM item_errors WHERE run_id=? AND item_id=?", (run_id, item.id))
+                db.execute(
+                    "INSERT INTO items (run_id, item_id, position, gold, golds, n_choices, item_hash, meta)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, item.id, position, item.gold, json.dumps(list(item.golds)), len(item.choices),
+                     item.content_hash, json.dumps(item.meta, sort_keys=True, default=str)),
+                )
+                db.executemany(
+                    "INSERT INTO scores (run_id, item_id, choice, loglik, n_tokens, n_chars, n_bytes, greedy)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(run_id, item.id, j, float(ll), int(nt), len(c), len(c.encode("utf-8")), int(g))
+                     for j, (ll, nt, c, g) in enumerate(zip(logliks, n_tokens, item.choices, greedy))],
+                )
+            for item, message in errors:
+                db.execute("INSERT OR REPLACE INTO item_errors (run_id, item_id, message) VALUES (?, ?, ?)",
+                           (run_id, item.id, message))
+            db.execute("UPDATE runs SET updated_at=? WHERE run_id=?", (time.time(), run_id))
+
+    def errors(self, run_id: int) -> list[tuple[str, str]]:
+        return list(self.db.execute("SELECT item_id, message FROM item_errors WHERE run_id=? ORDER BY item_id", (run_id,)))
+
+    def scored_items(self, run_id: int) -> list[ScoredItem]:
+        """All finished items of a run in dataset order, with their per-choice scores."""
+        items = self.db.execute(
+            "SELECT item_id, position, gold, golds, item_hash FROM items WHERE run_id=? ORDER BY position", (run_id,)
+        ).fetchall()
+        per_item: dict[str, list[tuple]] = {}
+        for row in self.db.execute(
+            "SELECT item_id, loglik, n_tokens, n_chars, n_bytes, greedy FROM scores WHERE run_id=? ORDER BY item_id, choice",
+            (run_id,),
+        ):
+            per_item.setdefault(row[0], []).append(row[1:])
+        out = []
+        for item_id, position, gold, golds, item_hash in items:
+            cols = list(zip(*per_item[item_id]))
+            out.append(ScoredItem(item_id, position, gold, tuple(json.loads(golds)), item_hash, tuple(cols[0]),
+                                  tuple(cols[1]), tuple(cols[2]), tuple(cols[3]), tuple(bool(g) for g in cols[4])))
+        return out
+
+
+def open_store(path: str | Path, create: bool = True) -> Store:
+    """Open (or create) a store. Refuses files that are not quantcal stores."""
+    path = Path(path)
+    if not path.exists():
+        if not create:
+            raise QuantcalError(f"{path}: store not found")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(str(path), timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        with db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise QuantcalError(f"{path}: not a quantcal store ({exc})") from exc
+    if int(version) != SCHEMA_VERSION:
+        db.close()
+        raise QuantcalError(f"{path}: store schema version {version}, this quantcal reads version {SCHEMA_VERSION}")
+    return Store(path, db)

@@ -1,0 +1,133 @@
+"""What a task is, and how its rows become validated :class:`~quantcal.items.Item` records.
+
+A task maps one dataset row (Hugging Face schema) to ``(context, choices, gold)`` with the same
+prompt, target delimiter and gold index as lm-evaluation-harness 0.4.x, so accuracies are comparable
+with published numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+from quantcal.data_files import Row, read_hub_rows, read_local_rows
+from quantcal.errors import QuantcalError
+from quantcal.items import Item
+
+#: A row builder returns the prompt, the choice strings and the gold index (or, for MC2, all true indices).
+Builder = Callable[[dict[str, Any]], tuple[str, Sequence[str], int | Sequence[int]]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A zero-shot multiple-choice task.
+
+    ``kind="mc2"`` marks TruthfulQA-MC2 style items whose score is the normalised probability mass
+    on the set of true answers; every other task has one gold answer.
+    """
+
+    name: str
+    build: Builder
+    fields: tuple[str, ...]
+    hub_path: str | None = None
+    hub_config: str | None = None
+    split: str = "validation"
+    id_field: str | None = None
+    target_delimiter: str = " "
+    kind: Literal["mc", "mc2"] = "mc"
+    summary: str = ""
+    generate: Callable[[int | None], list[dict[str, Any]]] | None = field(default=None, compare=False)
+
+    @property
+    def source(self) -> str:
+        if self.generate is not None:
+            return "built-in generator"
+        if self.hub_path:
+            return f"{self.hub_path}" + (f" ({self.hub_config})" if self.hub_config else "") + f" [{self.split}]"
+        return "local file (--data-file)"
+
+
+def load_items(task: Task, data_file: str | Path | None = None, limit: int | None = None) -> list[Item]:
+    """Read the task's rows (local file if given, else the hub, else its generator) and build items."""
+    if limit is not None and limit < 1:
+        raise QuantcalError(f"--limit must be a positive number of items, got {limit}")
+    if data_file is not None:
+        rows = read_local_rows(data_file)
+    elif task.generate is not None:
+        rows = [Row(d, i, f"{task.name}[{i}]") for i, d in enumerate(task.generate(limit))]
+    elif task.hub_path is not None:
+        rows = read_hub_rows(task.hub_path, task.hub_config, task.split)
+    else:
+        raise QuantcalError(f"task {task.name!r} needs a data file: pass --data-file PATH")
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise QuantcalError(f"task {task.name!r}: no items in {data_file or task.source}")
+    items = [build_item(task, row) for row in rows]
+    _check_unique_ids(task, items, rows)
+    return items
+
+
+def build_item(task: Task, row: Row) -> Item:
+    """Validate one row and turn it into an Item, or raise one clear error naming the row."""
+    data = row.data
+    item_id = _item_id(task, row)
+    where = f"{row.origin}: item {item_id}"
+    missing = [f for f in task.fields if f not in data or data[f] is None]
+    if missing:
+        raise QuantcalError(
+            f"{where}: missing field {', '.join(repr(m) for m in missing)}; task {task.name} expects fields {', '.join(task.fields)}"
+        )
+    try:
+        context, choices, gold = task.build(data)
+    except QuantcalError as exc:
+        raise QuantcalError(f"{where}: {exc}") from exc
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as exc:
+        raise QuantcalError(
+            f"{where}: malformed row ({type(exc).__name__}: {exc}); task {task.name} expects fields {', '.join(task.fields)}"
+        ) from exc
+    choices = tuple(choices)
+    if len(choices) < 2:
+        raise QuantcalError(f"{where}: needs at least 2 choices, got {len(choices)}")
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, str):
+            raise QuantcalError(f"{where}: choice {i} is {type(choice).__name__}, expected a string")
+        if not choice.strip():
+            raise QuantcalError(f"{where}: choice {i} is empty")
+    if not isinstance(context, str):
+        raise QuantcalError(f"{where}: prompt is {type(context).__name__}, expected a string")
+    golds = (gold,) if isinstance(gold, int) else tuple(gold)
+    if not golds:
+        raise QuantcalError(f"{where}: no true answer")
+    for g in golds:
+        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < len(choices):
+            raise QuantcalError(f"{where}: gold answer {g!r} out of range; expected an index in 0..{len(choices) - 1}")
+    return Item(id=item_id, context=context, choices=choices, gold=golds[0], golds=golds, meta={"origin": row.origin})
+
+
+def _item_id(task: Task, row: Row) -> str:
+    if task.id_field and row.data.get(task.id_field) not in (None, ""):
+        return str(row.data[task.id_field])
+    return str(row.index)
+
+
+def _check_unique_ids(task: Task, items: list[Item], rows: list[Row]) -> None:
+    seen: dict[str, str] = {}
+    for item, row in zip(items, rows):
+        if item.id in seen:
+            raise QuantcalError(f"{row.origin}: item id {item.id!r} repeats {seen[item.id]}; ids must be unique within a task")
+        seen[item.id] = row.origin
+
+
+def as_int(value: Any, what: str) -> int:
+    """Parse an integer label that datasets store as int or as a digit string (HellaSwag's "0".."3")."""
+    if isinstance(value, bool):
+        raise QuantcalError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise QuantcalError(f"{what} must be an integer, got {value!r}")
