@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from quantcal.errors import QuantcalError
 
@@ -30,7 +31,7 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except QuantcalError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: finished batches are stored; run the same command again to resume")
@@ -104,7 +105,7 @@ def eval_command(
                 outcome = run_job(db, job, options, holder, _progress)
                 scored = db.scored_items(outcome.run_id)
                 if outcome.n_errors:
-                    console.print(f"[yellow]warning:[/] {t.name}: {outcome.n_errors} item(s) could not be scored; see 'quantcal export'")
+                    console.print(Text.assemble(("warning: ", "yellow"), f"{t.name}: {outcome.n_errors} item(s) could not be scored; see 'quantcal export'"), soft_wrap=True)
                 if not scored:
                     raise QuantcalError(f"{t.name}: no item could be scored")
                 wanted = {it.id for it in _items_for(job)}

@@ -1,0 +1,81 @@
+"""The shared-context scorer equals a plain forward of context + choice, for any batch size,
+for Llama and for Gemma 3 with contexts longer than its sliding window."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from quantcal.encoding import Encoder
+from quantcal.items import Item
+from quantcal.models import load_model, resolve_source
+from quantcal.scoring import iter_flat, plan_batches, reference_loglik, score_items
+
+WORDS = "the a cat dog sat on mat quickly blue green river mountain eleven seven because however".split()
+
+
+def random_items(n: int, seed: int) -> list[Item]:
+    rng = random.Random(seed)
+    items = []
+    for i in range(n):
+        context = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30)))
+        k = rng.randint(2, 5)
+        choices = tuple(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8))) for _ in range(k))
+        items.append(Item(str(i), context, choices, rng.randrange(k)))
+    return items
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_scorer_matches_plain_forward(fixture: str, batch_size: int, request: pytest.FixtureRequest) -> None:
+    lm = load_model(resolve_source(str(request.getfixturevalue(fixture))))
+    encoder = Encoder(lm.tokenizer, max_length=512)
+    items = random_items(12, seed=batch_size)
+    encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
+    results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size))}
+    assert sorted(results) == list(range(len(items)))
+    for e in encoded:
+        (group,) = e.groups
+        for j, cont in enumerate(group.continuations):
+            ll, greedy = reference_loglik(lm.model, group.context, cont)
+            assert results[e.item_index].logliks[j] == pytest.approx(ll, abs=1e-4)
+            assert results[e.item_index].greedy[j] == greedy
+            assert results[e.item_index].n_tokens[j] == len(cont)
+
+
+def test_single_token_choices_need_no_second_pass(tiny_llama: Path) -> None:
+    lm = load_model(resolve_source(str(tiny_llama)))
+    encoder = Encoder(lm.tokenizer, max_length=512)
+    item = Item("m", "Question?\nA. x\nB. y\nAnswer:", ("A", "B", "C", "D"), 2)
+    encoded = encoder.encode_item(0, item, " ")
+    assert all(len(c) == 1 for c in encoded.groups[0].continuations)
+    (result,) = iter_flat(score_items(lm.model, [encoded]))
+    for j, cont in enumerate(encoded.groups[0].continuations):
+        assert result.logliks[j] == pytest.approx(reference_loglik(lm.model, encoded.groups[0].context, cont)[0], abs=1e-4)
+
+
+def test_greedy_flag_true_for_the_models_own_continuation(tiny_llama: Path) -> None:
+    import torch
+
+    from quantcal.encoding import EncodedItem, Group
+
+    lm = load_model(resolve_source(str(tiny_llama)))
+    context = lm.tokenizer.encode("the cat sat")
+    with torch.inference_mode():
+        generated = lm.model.generate(torch.tensor([context]), max_new_tokens=3, do_sample=False)[0, len(context):].tolist()
+    encoded = EncodedItem(0, (Group(0, tuple(context), (tuple(generated), (generated[0], (generated[1] + 1) % 1000)), (0, 1)),), (3, 2))
+    (result,) = iter_flat(score_items(lm.model, [encoded]))
+    assert result.greedy[0] is True and result.greedy[1] is False
+
+
+def test_batches_are_longest_first_and_bounded() -> None:
+    from quantcal.encoding import EncodedItem, Group
+
+    items = [EncodedItem(i, (Group(i, tuple(range(i + 1)), ((1,), (2,)), (0, 1)),), (1, 1)) for i in range(10)]
+    batches = plan_batches(items, batch_size=4)
+    lengths = [g.length for b in batches for g in b]
+    assert lengths == sorted(lengths, reverse=True)
+    assert all(sum(len(g.continuations) for g in b) <= 4 for b in batches)
+    assert sorted(g.item_index for b in batches for g in b) == list(range(10))
