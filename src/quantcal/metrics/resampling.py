@@ -1,0 +1,198 @@
+"""Bootstrap resamples of many metrics at once.
+
+A resample is a vector of item counts ``c`` (how often each item was drawn; ``sum c = n``). Every metric here
+is rewritten as a function of ``c`` so that all resamples are evaluated together with matrix operations. Each
+function equals the scalar metric on the expanded resample exactly (a test checks it); items with equal scores
+are ordered canonically in both, so no result depends on the order of draws.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from quantcal.metrics.binning import bin_index
+from quantcal.metrics.inputs import Inputs
+from quantcal.metrics.scores import TINY
+
+
+def counts_from_indices(idx: np.ndarray, n: int) -> np.ndarray:
+    """(R, n) draw counts from (R, n) drawn indices."""
+    r = idx.shape[0]
+    flat = (idx + (np.arange(r) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=r * n).reshape(r, n).astype(np.float64)
+
+
+def _mean_of(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return counts @ values / counts.sum(axis=1)
+
+
+def _binned(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    index, m = bin_index(d.confidence, n_bins, "width")
+    onehot = np.zeros((d.n, m))
+    onehot[np.arange(d.n), index] = 1.0
+    return counts @ onehot, counts @ (onehot * d.confidence[:, None]), counts @ (onehot * d.correct[:, None])
+
+
+def _ece(d: Inputs, counts: np.ndarray) -> np.ndarray:
+    _, conf_sum, correct_sum = _binned(d, counts)
+    return np.abs(correct_sum - conf_sum).sum(axis=1) / counts.sum(axis=1)
+
+
+def _mce(d: Inputs, counts: np.ndarray) -> np.ndarray:
+    size, conf_sum, correct_sum = _binned(d, counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.where(size > 0, np.abs(correct_sum - conf_sum) / size, -np.inf)
+    return gap.max(axis=1)
+
+
+def _oe(d: Inputs, counts: np.ndarray) -> np.ndarray:
+    size, conf_sum, correct_sum = _binned(d, counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.where(size > 0, conf_sum / np.maximum(size, 1), 0.0)
+        accuracy = np.where(size > 0, correct_sum / np.maximum(size, 1), 0.0)
+    return (size * conf * np.maximum(conf - accuracy, 0.0)).sum(axis=1) / counts.sum(axis=1)
+
+
+def _classes(d: Inputs):  # noqa: ANN202 - (offered mask, scores, hits) per supported class
+    for c in range(d.probs.shape[1]):
+        offered = d.probs[:, c] > 0
+        if offered.any():
+            yield offered, d.probs[offered, c], (d.labels[offered] == c).astype(np.float64)
+
+
+def _sce(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> np.ndarray:
+    per_class = []
+    for offered, scores, hits in _classes(d):
+        c = counts[:, offered]
+        index, m = bin_index(scores, n_bins, "width")
+        onehot = np.zeros((scores.size, m))
+        onehot[np.arange(scores.size), index] = 1.0
+        gap = np.abs(c @ (onehot * hits[:, None]) - c @ (onehot * scores[:, None])).sum(axis=1)
+        per_class.append(gap / c.sum(axis=1))
+    return np.nanmean(np.array(per_class), axis=0)
+
+
+def _prefix_sums(cum_count: np.ndarray, cum_values: list[np.ndarray], values: list[np.ndarray],
+                 t: np.ndarray) -> list[np.ndarray]:
+    """Per row, the sum of the first ``t`` entries of the expanded (repeated) sequence, for each value array.
+
+    ``t`` has shape (R, q). One ``searchsorted`` over the row-offset flattening finds the item holding each
+    position, so no (R, n) comparison is materialised per query.
+    """
+    rows, n = cum_count.shape
+    offset = (np.arange(rows) * (n + 1.0))[:, None]
+    flat = (cum_count + offset).ravel()
+    j = np.searchsorted(flat, (t + offset).ravel(), side="left").reshape(t.shape) - np.arange(rows)[:, None] * n
+    j = np.clip(j, 0, n - 1)
+    r = np.arange(rows)[:, None]
+    prev = np.maximum(j - 1, 0)
+    has_prev = j > 0
+    before_count = np.where(has_prev, cum_count[r, prev], 0.0)
+    return [np.where(has_prev, cv[r, prev], 0.0) + (t - before_count) * v[j] for cv, v in zip(cum_values, values)]
+
+
+def _ace(d: Inputs, counts: np.ndarray, n_ranges: int = 15) -> np.ndarray:
+    per_class = []
+    for offered, scores, hits in _classes(d):
+        order = np.lexsort((hits, scores))
+        c = counts[:, offered][:, order]
+        s, h = scores[order], hits[order]
+        cum_n = np.cumsum(c, axis=1)
+        total = cum_n[:, -1]
+        parts = np.minimum(n_ranges, total)
+        r = np.arange(n_ranges)[None, :]
+        sizes = np.floor(total / parts)[:, None] + (r < np.mod(total, parts)[:, None])
+        sizes = np.where(r < parts[:, None], sizes, 0.0)
+        ends = np.cumsum(sizes, axis=1)
+        end_s, end_h = _prefix_sums(cum_n, [np.cumsum(c * s, axis=1), np.cumsum(c * h, axis=1)], [s, h], ends)
+        span_s = np.diff(end_s, axis=1, prepend=0.0)
+        span_h = np.diff(end_h, axis=1, prepend=0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gaps = np.where(sizes > 0, np.abs(span_h - span_s) / sizes, 0.0)
+        per_class.append(gaps.sum(axis=1) / parts)
+    return np.mean(np.array(per_class), axis=0)
+
+
+def _sorted_blocks(d: Inputs, counts: np.ndarray, descending: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts and wrong-answer counts per block of equal confidence, blocks in confidence order."""
+    conf = d.confidence
+    order = np.argsort(-conf if descending else conf, kind="stable")
+    sorted_conf = conf[order]
+    starts = np.flatnonzero(np.r_[True, sorted_conf[1:] != sorted_conf[:-1]])
+    c = counts[:, order]
+    size = np.add.reduceat(c, starts, axis=1)
+    wrong = np.add.reduceat(c * (1.0 - d.correct[order]), starts, axis=1)
+    return size, wrong, sorted_conf[starts]
+
+
+def _auroc(d: Inputs, counts: np.ndarray) -> np.ndarray:
+    size, wrong, _ = _sorted_blocks(d, counts, descending=False)
+    right = size - wrong
+    neg_below = np.cumsum(wrong, axis=1) - wrong
+    pos, neg = right.sum(axis=1), wrong.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (right * (neg_below + 0.5 * wrong)).sum(axis=1) / (pos * neg)
+    return np.where((pos > 0) & (neg > 0), out, np.nan)
+
+
+def _harmonic(n: int) -> np.ndarray:
+    return np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
+
+
+def _aurc(d: Inputs, counts: np.ndarray) -> np.ndarray:
+    size, wrong, _ = _sorted_blocks(d, counts, descending=True)
+    n = counts.sum(axis=1)
+    before = np.cumsum(size, axis=1) - size
+    errors_before = np.cumsum(wrong, axis=1) - wrong
+    h = _harmonic(int(n.max()))
+    start, end = before.astype(np.int64), (before + size).astype(np.int64)
+    h_span = h[end] - h[start]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.where(size > 0, wrong / size * (size - before * h_span), 0.0)
+    return (errors_before * h_span + spread).sum(axis=1) / n
+
+
+def _selective_acc(d: Inputs, counts: np.ndarray, coverage: float = 0.8) -> np.ndarray:
+    import math
+
+    size, wrong, _ = _sorted_blocks(d, counts, descending=True)
+    n = counts.sum(axis=1)
+    k = np.array([max(1, math.ceil(coverage * x - 1e-12)) for x in n])
+    cum = np.cumsum(size, axis=1)
+    g = (cum < k[:, None]).sum(axis=1)
+    rows = np.arange(size.shape[0])
+    before = cum[rows, g] - size[rows, g]
+    errors_before = np.cumsum(wrong, axis=1)[rows, g] - wrong[rows, g]
+    errors = errors_before + wrong[rows, g] * (k - before) / size[rows, g]
+    return 1.0 - errors / k
+
+
+def _per_item(values: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs, np.ndarray], np.ndarray]:
+    return lambda d, counts: _mean_of(values(d), counts)
+
+
+def _entropy_values(d: Inputs) -> np.ndarray:
+    p = d.probs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
+
+
+#: Vectorised resampling, for each metric at its default parameters.
+VECTORISED: dict[str, Callable[[Inputs, np.ndarray], np.ndarray]] = {
+    "acc": _per_item(lambda d: d.correct),
+    "nll": _per_item(lambda d: -np.log(np.maximum(d.p_gold, TINY))),
+    "brier": _per_item(lambda d: np.square(d.probs).sum(axis=1) - 2 * d.p_gold + 1),
+    "brier_top": _per_item(lambda d: np.square(d.confidence - d.correct)),
+    "entropy": _per_item(_entropy_values),
+    "overconfidence_rate": _per_item(lambda d: ((d.confidence >= 0.8) & (d.correct == 0)).astype(np.float64)),
+    "ece": _ece,
+    "mce": _mce,
+    "oe": _oe,
+    "sce": _sce,
+    "ace": _ace,
+    "auroc": _auroc,
+    "aurc": _aurc,
+    "selective_acc": _selective_acc,
+}

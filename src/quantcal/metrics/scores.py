@@ -1,0 +1,47 @@
+"""Accuracy and proper scoring rules: ``acc``, ``nll``, ``brier``, ``brier_top``, ``entropy``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantcal.metrics.inputs import Inputs, as_inputs
+
+TINY = np.finfo(np.float64).tiny
+
+
+def acc(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:
+    """Accuracy: ``mean_i 1[argmax_k p_ik = y_i]`` (ties to the lowest index)."""
+    return float(as_inputs(probs, labels).correct.mean())
+
+
+def nll(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:
+    """Negative log-likelihood of the gold answer: ``mean_i -ln p_{i,y_i}``.
+
+    A gold probability that underflowed to 0 counts as the smallest positive double (``-ln`` ≈ 708), so the
+    score stays finite.
+    """
+    d = as_inputs(probs, labels)
+    return float(-np.log(np.maximum(d.p_gold, TINY)).mean())
+
+
+def brier(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:
+    """Multi-class Brier score (Brier 1950), as lm-evaluation-harness's ``brier_score``:
+    ``mean_i sum_k (p_ik - 1[k = y_i])^2``. Ranges over [0, 2]."""
+    d = as_inputs(probs, labels)
+    return float((np.square(d.probs).sum(axis=1) - 2 * d.p_gold + 1).mean())
+
+
+def brier_top(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:
+    """Top-label (binary) Brier score of confidence against correctness: ``mean_i (conf_i - correct_i)^2``."""
+    d = as_inputs(probs, labels)
+    return float(np.square(d.confidence - d.correct).mean())
+
+
+def entropy(probs: np.ndarray | Inputs, labels: np.ndarray | None = None, base: float = np.e) -> float:
+    """Mean predictive entropy ``mean_i -sum_k p_ik log_b p_ik`` (``0 log 0 = 0``); natural log by default,
+    ``base=2`` gives bits as in Study B."""
+    d = as_inputs(probs, labels)
+    p = d.probs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return float(-terms.sum(axis=1).mean() / np.log(base))
