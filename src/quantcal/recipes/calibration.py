@@ -1,0 +1,99 @@
+"""Calibration data for data-dependent recipes (GPTQ): ``nsamples`` windows of ``seqlen`` tokens.
+
+Sources:
+- ``self`` (the offline default): text sampled from the reference model itself (seeded, temperature 1,
+  starting from BOS): data-free calibration, no dataset needed;
+- a local file (``.txt``, or ``.jsonl`` with a ``text`` field): concatenated, tokenized, windows at seeded
+  random offsets;
+- ``c4``: ``allenai/c4`` (en) from the hub, as Study B: random documents longer than ``seqlen``, one random
+  window each (needs network).
+The token windows' SHA-256 is recorded with the variant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantcal.errors import QuantcalError
+
+
+def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    if source == "self":
+        return _self_generated(model, tokenizer, nsamples, seqlen, seed)
+    if source == "c4":
+        return _c4(tokenizer, nsamples, seqlen, seed)
+    path = Path(source)
+    if not path.is_file():
+        raise QuantcalError(f"calibration source {source!r}: expected 'self', 'c4' or a .txt/.jsonl file")
+    return _from_text(_read_text(path), tokenizer, nsamples, seqlen, seed, str(path))
+
+
+def ids_hash(ids: torch.Tensor) -> str:
+    return hashlib.sha256(ids.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def _self_generated(model: Any, tokenizer: Any, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        rows = []
+        with torch.inference_mode():
+            for first in range(0, nsamples, 16):
+                n = min(16, nsamples - first)
+                prompt = torch.full((n, 1), start, dtype=torch.long)
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0, top_k=0,
+                                     top_p=1.0, max_new_tokens=seqlen - 1, min_new_tokens=seqlen - 1,
+                                     pad_token_id=tokenizer.eos_token_id)
+                rows.append(out[:, :seqlen])
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return torch.cat(rows)
+
+
+def _read_text(path: Path) -> str:
+    if path.suffix == ".jsonl":
+        texts = []
+        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise QuantcalError(f"{path}:{line_no}: expected a JSON object with a 'text' field") from exc
+        return "\n\n".join(texts)
+    return path.read_text(encoding="utf-8")
+
+
+def _from_text(text: str, tokenizer: Any, nsamples: int, seqlen: int, seed: int, where: str) -> torch.Tensor:
+    ids = torch.tensor(tokenizer.encode(text, add_special_tokens=False))
+    if ids.numel() <= seqlen:
+        raise QuantcalError(f"calibration text {where} has {ids.numel()} tokens; need more than seqlen={seqlen}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=g)
+    return torch.stack([ids[s:s + seqlen] for s in starts.tolist()])
+
+
+def _c4(tokenizer: Any, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:  # pragma: no cover - needs network
+    import random
+
+    import datasets
+
+    try:
+        stream = datasets.load_dataset("allenai/c4", "en", split="train", streaming=True)
+    except Exception as exc:
+        raise QuantcalError(f"cannot load allenai/c4 from the hub ({exc}); offline, use calib=self or a text file") from exc
+    rng = random.Random(seed)
+    rows = []
+    for record in stream:
+        ids = tokenizer.encode(record["text"], add_special_tokens=False)
+        if len(ids) > seqlen:
+            start = rng.randint(0, len(ids) - seqlen - 1)
+            rows.append(torch.tensor(ids[start:start + seqlen]))
+            if len(rows) == nsamples:
+                break
+    return torch.stack(rows)

@@ -1,0 +1,106 @@
+"""Recipe specs: ``family:key=value,key=value`` (e.g. ``rtn:bits=4,group_size=64``, ``gguf:q4_0``, ``bnb:nf4``).
+
+Each family declares its parameters (type, default, allowed values); parsing checks every key and value and
+says what is valid. The canonical form (all parameters, sorted) is the recipe's stable key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantcal.errors import QuantcalError
+
+
+@dataclass(frozen=True)
+class Param:
+    kind: type
+    default: Any
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+    forbid: tuple[Any, ...] = ()
+
+    def parse(self, family: str, key: str, text: str) -> Any:
+        try:
+            if self.kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value: Any = text.lower() in ("true", "1", "yes")
+            else:
+                value = self.kind(text)
+        except ValueError:
+            raise QuantcalError(f"recipe {family}: {key}={text!r} is not a valid {self.kind.__name__}; {self.describe()}") from None
+        self.check(family, key, value)
+        return value
+
+    def check(self, family: str, key: str, value: Any) -> None:
+        if self.choices is not None and value not in self.choices:
+            raise QuantcalError(f"recipe {family}: {key}={value!r} not allowed; {self.describe()}")
+        if value in self.forbid or (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise QuantcalError(f"recipe {family}: {key}={value!r} out of range; {self.describe()}")
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+        name = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[self.kind.__name__]
+        bound = (f" in [{self.low}, {self.high}]" if self.high is not None else f" >= {self.low}") if self.low is not None else ""
+        return name + bound + (f", not {', '.join(map(str, self.forbid))}" if self.forbid else "")
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    family: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Canonical text: family and every parameter, sorted; equal specs have equal keys."""
+        body = ",".join(f"{k}={_text(v)}" for k, v in sorted(self.params.items()))
+        return f"{self.family}:{body}" if body else self.family
+
+    @property
+    def slug(self) -> str:
+        """A short readable name (``rtn-w4g64``)."""
+        p = self.params
+        if "bits" in p and "group_size" in p:
+            return f"{self.family}-w{p['bits']}g{p['group_size']}"
+        if "type" in p:
+            return f"{self.family}-{p['type']}"
+        return self.family
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse_spec(text: str, schemas: dict[str, tuple[dict[str, Param], str | None]]) -> RecipeSpec:
+    """Parse ``family[:positional][,key=value...]``; ``schemas[family] = (params, positional key or None)``."""
+    text = text.strip()
+    family, _, rest = text.partition(":")
+    family = family.strip().lower()
+    if family not in schemas:
+        raise QuantcalError(f"unknown recipe {family!r}; known recipes: {', '.join(sorted(schemas))}")
+    params_schema, positional = schemas[family]
+    values: dict[str, Any] = {}
+    for i, part in enumerate(p.strip() for p in rest.split(",") if p.strip()):
+        if "=" not in part:
+            if i == 0 and positional is not None:
+                key, raw = positional, part
+            else:
+                raise QuantcalError(f"recipe {family}: expected key=value, got {part!r}; keys: {', '.join(params_schema)}")
+        else:
+            key, raw = (s.strip() for s in part.split("=", 1))
+        if key not in params_schema:
+            valid = "; ".join(f"{k} ({p.describe()}, default {_text(p.default)})" for k, p in params_schema.items())
+            raise QuantcalError(f"recipe {family}: unknown key {key!r}; valid keys: {valid}")
+        if key in values:
+            raise QuantcalError(f"recipe {family}: {key} given twice")
+        values[key] = params_schema[key].parse(family, key, raw.lower() if params_schema[key].kind is str else raw)
+    for key, param in params_schema.items():
+        if key not in values:
+            if param.default is None:
+                raise QuantcalError(f"recipe {family}: {key} is required ({param.describe()})")
+            values[key] = param.default
+    return RecipeSpec(family, values)
