@@ -69,6 +69,7 @@ def eval_command(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, ..."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Model window for left truncation (default: from the model config, as lm-eval)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached)."),
 ) -> None:
     """Score a model on tasks: per-choice log-likelihoods into the store, then acc and acc_norm."""
     with user_errors():
@@ -92,16 +93,28 @@ def eval_command(
         if data_file is not None and not data_file.is_file():
             raise QuantcalError(f"{data_file}: file not found")
         _quiet_transformers()
+        spec = None
+        if recipe is not None:
+            from quantcal.recipes import parse_recipe
+
+            spec = parse_recipe(recipe)
         source = resolve_source(model)
-        variant = name or source.name
+        variant = name or (f"{source.name}/{spec.slug}" if spec else source.name)
         options = ScoringOptions(batch_size=batch_size, dtype=dtype, device=device, max_length=max_length,
                                  trust_remote_code=trust_remote_code)
-        holder = ModelHolder(default_loader(source, options))
+        if spec is not None:
+            from quantcal.recipes.variants import load_variant
+
+            holder = ModelHolder(lambda: load_variant(source, spec, dtype, device, progress=lambda m: console.print(m, highlight=False)))
+        else:
+            holder = ModelHolder(default_loader(source, options))
+        extra = {"recipe": spec.key} if spec else {}
         store_path = store or store_path_default(variant)
         results: dict[str, dict[str, float]] = {}
         with open_store(store_path) as db:
             for t in tasks:
-                job = Job(variant, source, t, str(data_file) if data_file else None, limit, template if t.name == "custom" else None)
+                job = Job(variant, source, t, str(data_file) if data_file else None, limit,
+                          template if t.name == "custom" else None, extra)
                 outcome = run_job(db, job, options, holder, _progress)
                 scored = db.scored_items(outcome.run_id)
                 if outcome.n_errors:
@@ -134,6 +147,48 @@ def _print_summary(variant: str, results: dict[str, dict[str, float]]) -> None:
     for task_name, r in results.items():
         table.add_row(task_name, str(int(r["n"])), f"{r['acc']:.4f}", f"{r['acc_norm']:.4f}" if "acc_norm" in r else "—")
     Console().print(table)
+
+
+@app.command("quantize")
+def quantize_command(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="The reference model (bundled name, .gguf, checkpoint dir, hub id)."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="rtn:bits=4,group_size=64 | gptq:bits=4,group_size=64,desc_act=false,damp=0.01 | gguf:q4_0 | bnb:nf4 ..."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the variant here instead of the cache."),
+) -> None:
+    """Build one compressed variant (cached: a second build with the same recipe is instant) and report it."""
+    with user_errors():
+        from quantcal.models import resolve_source
+        from quantcal.recipes import parse_recipe
+        from quantcal.recipes.variants import build_variant, variant_meta
+
+        spec = parse_recipe(recipe)
+        _quiet_transformers()
+        path = build_variant(resolve_source(model), spec, out, progress=lambda m: console.print(m, highlight=False))
+        meta = variant_meta(path)
+        table = Table(title=f"{model} · {spec.key}")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        for label, value in [("bits per weight (quantized layers)", f"{meta['bits_per_weight']:.3f}"),
+                             ("packed size (MB, other weights 16-bit)", f"{meta['packed_size_mb']:.1f}"),
+                             ("checkpoint on disk (MB, simulated float)", f"{meta['checkpoint_size_mb']:.1f}"),
+                             ("build time (s)", f"{meta['build_seconds']:.1f}"),
+                             ("mean relative layer output error", f"{meta['mean_layer_error']:.4f}"),
+                             ("quantized layers", str(meta["quantized_layers"]))]:
+            table.add_row(label, value)
+        Console().print(table)
+        console.print(f"variant: {path}")
+
+
+@app.command("recipes")
+def recipes_command() -> None:
+    """List the compression recipes and their parameters."""
+    from quantcal.recipes import FAMILIES
+
+    for name, family in FAMILIES.items():
+        Console().print(f"[bold]{name}[/]: {family.summary}")
+        for key, param in family.params.items():
+            default = "required" if param.default is None else f"default {param.default}"
+            Console().print(f"    {key}: {param.describe()} ({default}){' — ' + param.help if param.help else ''}", highlight=False)
 
 
 @app.command("export")

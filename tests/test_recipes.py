@@ -1,0 +1,164 @@
+"""Compression recipes: spec errors, exact grids, GPTQ against a plain implementation, GGUF/bitsandbytes
+round trips, and the variant cache."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quantcal.errors import QuantcalError
+from quantcal.models import resolve_source
+from quantcal.recipes import grid, parse_recipe
+from quantcal.recipes.gptq import gptq_weight
+
+
+def test_spec_canonical_key_and_errors() -> None:
+    a = parse_recipe("rtn:group_size=64,bits=4")
+    assert a.key == parse_recipe("rtn:bits=4,group_size=64,sym=false").key == "rtn:bits=4,group_size=64,sym=false"
+    assert parse_recipe("gguf:q4_0").key == "gguf:type=q4_0" and parse_recipe("bnb:nf4").slug == "bnb-nf4"
+    for bad, message in [("awq:bits=4", "known recipes: bnb, gguf, gptq, rtn"), ("rtn:bits=9", "in [2, 8]"),
+                         ("rtn:group_size=0", "not 0"), ("rtn:colour=red", "valid keys: bits"),
+                         ("gguf:q9_9", "one of q8_0"), ("bnb", "type is required"), ("rtn:sym=perhaps", "true, false")]:
+        with pytest.raises(QuantcalError, match=re.escape(message)):
+            parse_recipe(bad)  # noqa: B023
+
+
+@pytest.mark.parametrize("bits,group,sym", [(2, 16, False), (4, 64, False), (4, 48, True), (8, -1, False), (3, 40, False)])
+def test_rtn_groups_have_at_most_2_pow_bits_values(bits: int, group: int, sym: bool) -> None:
+    w = torch.randn(12, 100)
+    q = grid.rtn(w, bits, group, sym)
+    g = 100 if group == -1 else group
+    for start in range(0, 100, g):  # includes the ragged last group
+        for row in q[:, start:start + g]:
+            assert row.unique().numel() <= 2 ** bits
+    assert (q - w).abs().max() < (w.abs().max() * 2 / (2 ** bits - 1))
+
+
+def plain_gptq(w: torch.Tensor, h: torch.Tensor, bits: int, g: int, sym: bool, damp: float = 0.01) -> torch.Tensor:
+    """GPTQ's equations one column at a time, with no lazy batching: the independent reference."""
+    w, h = w.clone().double(), h.clone().double()
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    q = torch.zeros_like(w)
+    for j in range(w.shape[1]):
+        if j % g == 0:
+            scale, zero = grid.fit(w[:, j:j + g], bits, sym)
+        q[:, j] = grid.quantize(w[:, j], scale, zero, bits)
+        e = (w[:, j] - q[:, j]) / u[j, j]
+        w[:, j:] -= e[:, None] * u[j, j:][None, :]
+    return q
+
+
+@pytest.mark.parametrize("group", [16, 32, 50, 64])
+def test_gptq_equals_plain_equations_and_beats_rtn(group: int) -> None:
+    torch.manual_seed(group)
+    w = torch.randn(24, 160, dtype=torch.float64)
+    x = torch.randn(600, 160, dtype=torch.float64) @ torch.randn(160, 160, dtype=torch.float64) * 0.2
+    h = 2 * x.T @ x / 600
+    ours = gptq_weight(w, h, 4, group, False, block_size=128).weight
+    assert torch.allclose(ours, plain_gptq(w, h, 4, group, False), atol=1e-10)
+    err = lambda q: float(torch.trace((q - w) @ h @ (q - w).T))  # noqa: E731
+    assert err(ours) < err(grid.rtn(w, 4, group, False))
+    for start in range(0, 160, group):
+        for row in ours[:, start:start + group]:
+            assert row.unique().numel() <= 16
+
+
+def test_gptq_desc_act_keeps_grid_in_permuted_groups() -> None:
+    torch.manual_seed(1)
+    w = torch.randn(8, 64, dtype=torch.float64)
+    x = torch.randn(300, 64, dtype=torch.float64) * torch.linspace(0.1, 3, 64, dtype=torch.float64)
+    result = gptq_weight(w, 2 * x.T @ x / 300, 3, 16, False, desc_act=True)
+    permuted = result.weight[:, result.perm]
+    for start in range(0, 64, 16):
+        for row in permuted[:, start:start + 16]:
+            assert row.unique().numel() <= 8
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"])
+def test_gguf_roundtrip_is_exact(kind: str) -> None:
+    from quantcal.recipes.gguf_types import roundtrip
+
+    w = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
+    once = roundtrip(w, kind)
+    assert np.array_equal(roundtrip(once, kind), once)  # already on the grid: quantize/dequantize is identity
+    assert not np.array_equal(once, w)
+
+
+@pytest.mark.parametrize("kind", ["nf4", "fp4", "int8"])
+def test_bnb_grid(kind: str) -> None:
+    pytest.importorskip("bitsandbytes")
+    from quantcal.recipes.bnb import roundtrip
+
+    params = dict(parse_recipe(f"bnb:{kind}").params)
+    w = torch.randn(16, 128)
+    q = roundtrip(w, params)
+    blocks = q.reshape(-1, 64) if kind != "int8" else q
+    for block in blocks:
+        assert block.unique().numel() <= (16 if kind != "int8" else 256)
+    assert (q - w).abs().mean() < 0.15 * w.abs().mean() if kind != "int8" else (q - w).abs().max() < 0.05
+
+
+def test_gguf_refuses_k_quants_and_ragged_rows(tmp_path: Path, tiny_llama: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from quantcal.recipes.variants import build_variant
+
+    with pytest.raises(QuantcalError, match="K-quants need llama.cpp"):
+        build_variant(resolve_source(str(tiny_llama)), parse_recipe("gguf:q4_k"), tmp_path / "k")
+    odd = tmp_path / "odd"
+    config = LlamaConfig(vocab_size=49152, hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    LlamaForCausalLM(config).save_pretrained(odd)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (odd / f).write_bytes((tiny_llama / f).read_bytes())
+    with pytest.raises(QuantcalError, match="48 input features, not a multiple of the q4_0 block size 32"):
+        build_variant(resolve_source(str(odd)), parse_recipe("gguf:q4_0"), tmp_path / "o")
+
+
+def test_variant_cache_hit_miss_and_identical_reload(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcal.encoding import Encoder
+    from quantcal.items import Item
+    from quantcal.recipes import FAMILIES
+    from quantcal.recipes.variants import load_variant, variant_dir, variant_meta
+    from quantcal.scoring import iter_flat, score_items
+
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    source = resolve_source(str(tiny_llama))
+    spec = parse_recipe("rtn:bits=4,group_size=16")
+    first = load_variant(source, spec)
+    meta = variant_meta(variant_dir(source, spec))
+    assert meta["recipe"] == spec.key and meta["quantized_layers"] == 14
+    assert meta["bits_per_weight"] == pytest.approx(4 + 20 / 16) and 0 < meta["mean_layer_error"] < 1
+
+    calls = []
+    original = FAMILIES["rtn"].apply
+    monkeypatch.setitem(FAMILIES, "rtn", FAMILIES["rtn"].__class__(FAMILIES["rtn"].params, None,
+                                                                  lambda *a, **k: calls.append(1) or original(*a, **k), ""))
+    second = load_variant(source, spec)
+    assert calls == []  # cache hit
+    assert variant_dir(source, parse_recipe("rtn:bits=4,group_size=32")) != variant_dir(source, spec)
+
+    item = Item("a", "the cat sat on the", ("mat", "dog river"), 0)
+
+    def score(lm):  # noqa: ANN001, ANN202
+        encoded = [Encoder(lm.tokenizer, 128).encode_item(0, item, " ")]
+        return iter_flat(score_items(lm.model, encoded))[0].logliks
+    assert score(first) == score(second)
+
+
+def test_gptq_variant_layer_error_below_rtn(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcal.recipes.variants import build_variant, variant_meta
+
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    source = resolve_source(str(tiny_llama))
+    rtn_meta = variant_meta(build_variant(source, parse_recipe("rtn:bits=3,group_size=16")))
+    gptq_meta = variant_meta(build_variant(source, parse_recipe("gptq:bits=3,group_size=16,nsamples=16,seqlen=64")))
+    assert gptq_meta["calibration"]["source"] == "self" and len(gptq_meta["calibration"]["sha256"]) == 16
+    assert gptq_meta["mean_layer_error"] < rtn_meta["mean_layer_error"]
+    assert json.dumps(gptq_meta)  # the record is plain JSON
