@@ -209,6 +209,94 @@ def export_command(
         console.print(f"wrote {n} records to {target}")
 
 
+@app.command("metrics")
+def metrics_command(
+    store: Path = typer.Argument(..., help="The SQLite store to read."),
+    metrics: str = typer.Option(",".join(("acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc")), "--metrics", help="Comma-separated metric names ('quantcal metrics --list' shows them)."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for the 95% intervals."),
+    normalization: str = typer.Option("none", "--normalization", help="none (Study B: p(y|x) = product of token probabilities), tokens, chars, bytes."),
+    output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write every number here."),
+) -> None:
+    """Accuracy and calibration of every run in a store, each with a 95% bootstrap interval."""
+    with user_errors():
+        from quantcal.metrics import get_metric
+        from quantcal.store import open_store
+        from quantcal.summary import run_metrics, run_predictions
+
+        names = [m.strip() for m in metrics.split(",") if m.strip()]
+        for name in names:
+            get_metric(name)
+        payload: dict = {}
+        table = Table(title=f"{store.name} · normalization {normalization} · 95% bootstrap intervals")
+        table.add_column("variant")
+        table.add_column("task")
+        for column in ("n", "metric", "estimate", "95% interval"):
+            table.add_column(column, justify="right")
+        with open_store(store, create=False) as db:
+            for run in db.runs():
+                if not db.done_item_ids(run.run_id):
+                    continue
+                preds, _ = run_predictions(db, run.variant, run.task, normalization)
+                values = run_metrics(preds, names, resamples)
+                payload.setdefault(run.variant, {})[run.task] = {"n": len(preds.item_ids), **values}
+                for i, m in enumerate(names):
+                    first = i == 0
+                    table.add_row(run.variant if first else "", run.task if first else "", str(len(preds.item_ids)) if first else "",
+                                  m, f"{values[m]['estimate']:.4f}", f"[{values[m]['low']:.4f}, {values[m]['high']:.4f}]",
+                                  end_section=i == len(names) - 1)
+        Console().print(table)
+        if output_json is not None:
+            output_json.write_text(json.dumps(payload, indent=2))
+
+
+@app.command("compare")
+def compare_command(
+    store: Path = typer.Argument(..., help="The SQLite store holding both runs."),
+    ref: str = typer.Option(..., "--ref", help="Reference variant name (as in the store)."),
+    variant: str = typer.Option(..., "--variant", help="Compressed variant name."),
+    task: str = typer.Option(..., "--task", help="Task both were scored on."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for the paired intervals."),
+    normalization: str = typer.Option("none", "--normalization", help="none, tokens, chars, bytes."),
+    output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write every number here."),
+) -> None:
+    """Paired analysis of two variants on the same items: metric differences with intervals, p(gold) tests,
+    flips, and changes by the reference's confidence (Study B)."""
+    with user_errors():
+        from quantcal.store import open_store
+        from quantcal.summary import DEFAULT_METRICS, align, comparison_report
+
+        with open_store(store, create=False) as db:
+            aligned = align(db, ref, variant, task, normalization)
+        report = comparison_report(aligned, DEFAULT_METRICS, resamples)
+        out = Console()
+        diff = Table(title=f"{variant} − {ref} on {task} (n = {report['n']}, paired, 95% interval; * excludes 0)")
+        for column in ("metric", "difference", "interval"):
+            diff.add_column(column, justify="right" if column != "metric" else "left")
+        for name, iv in report["paired_difference"].items():
+            star = " *" if iv["low"] > 0 or iv["high"] < 0 else ""
+            diff.add_row(name, f"{iv['estimate']:+.4f}{star}", f"[{iv['low']:+.4f}, {iv['high']:+.4f}]")
+        out.print(diff)
+        a = report["analysis"]
+        tests = a["tests"]
+        out.print(f"mean Δp(gold) {a['mean_delta_p_gold']:+.4f}   mean |Δp(gold)| {a['mean_abs_delta_p_gold']:.4f}   "
+                  f"mean JS distance {a['mean_js_distance']:.4f}   prediction flips {a['flip_rate']:.2%}", highlight=False)
+        out.print(f"p(gold), all items: t-test p = {tests['p_gold_all']['t_pvalue']:.3g}, Wilcoxon p = {tests['p_gold_all']['wilcoxon_pvalue']:.3g}; "
+                  f"reference-correct items: t-test p = {tests['p_gold_ref_correct']['t_pvalue']:.3g}; "
+                  f"McNemar p = {tests['mcnemar']['pvalue']:.3g} ({int(tests['mcnemar']['correct_to_wrong'])} correct→wrong, "
+                  f"{int(tests['mcnemar']['wrong_to_correct'])} wrong→correct)", highlight=False)
+        strat = Table(title="by reference confidence (quantile bins)")
+        for column in ("bin", "n", "ref confidence", "mean |Δp(gold)|", "mean JS", "flip rate"):
+            strat.add_column(column, justify="right")
+        for row in a["stratified"]["bins"]:
+            strat.add_row(str(row["bin"]), str(row["n"]), f"{row['ref_confidence_low']:.2f}–{row['ref_confidence_high']:.2f}",
+                          f"{row['mean_abs_delta_p_gold']:.4f}", f"{row['mean_js_distance']:.4f}", f"{row['flip_rate']:.2%}")
+        out.print(strat)
+        rho = a["stratified"]["spearman_ref_confidence_vs_abs_delta_p_gold"]
+        out.print(f"Spearman(reference confidence, |Δp(gold)|) = {rho['rho']:.3f} (p = {rho['pvalue']:.3g})", highlight=False)
+        if output_json is not None:
+            output_json.write_text(json.dumps(report, indent=2))
+
+
 @app.command("tasks")
 def tasks_command() -> None:
     """List the tasks, their hub source and what they measure."""

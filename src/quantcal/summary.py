@@ -1,0 +1,72 @@
+"""From a store to numbers: per-run metrics with bootstrap intervals, and reference-vs-variant comparisons.
+
+The glue between the store (I/O) and the pure metrics/analysis functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from quantcal.analysis import compare, recalibration_report
+from quantcal.errors import QuantcalError
+from quantcal.metrics import bootstrap_all, paired_bootstrap
+from quantcal.predictions import Predictions, predictions
+from quantcal.store import ScoredItem, Store
+
+DEFAULT_METRICS = ("acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc")
+
+
+@dataclass(frozen=True)
+class Aligned:
+    ref: Predictions
+    var: Predictions
+    n_ref: int
+    n_var: int
+
+
+def run_predictions(store: Store, variant: str, task: str, normalization: str = "none") -> tuple[Predictions, list[ScoredItem]]:
+    run = store.find_run(variant, task)
+    scored = store.scored_items(run.run_id)
+    if not scored:
+        raise QuantcalError(f"{store.path}: run {variant}/{task} has no scored items yet")
+    return predictions(scored, normalization), scored
+
+
+def align(store: Store, ref: str, variant: str, task: str, normalization: str = "none") -> Aligned:
+    """The items both runs scored, matched by id; a content mismatch (different prompt or data) is an error."""
+    a, sa = run_predictions(store, ref, task)
+    b, sb = run_predictions(store, variant, task)
+    by_id = {it.item_id: it for it in sb}
+    common = [it for it in sa if it.item_id in by_id]
+    if not common:
+        raise QuantcalError(f"{ref} and {variant} share no items on {task}")
+    for it in common:
+        if it.item_hash != by_id[it.item_id].item_hash:
+            raise QuantcalError(f"item {it.item_id} of {task} differs between {ref} and {variant} (prompt or data changed)")
+    return Aligned(predictions(common, normalization), predictions([by_id[it.item_id] for it in common], normalization),
+                   len(sa), len(sb))
+
+
+def run_metrics(preds: Predictions, names: Sequence[str] = DEFAULT_METRICS, n_resamples: int = 1000,
+                seed: int = 0) -> dict[str, dict[str, float]]:
+    return {k: v.to_json() for k, v in bootstrap_all(list(names), preds.probs, preds.labels, n_resamples, seed).items()}
+
+
+def comparison_report(aligned: Aligned, names: Sequence[str] = DEFAULT_METRICS, n_resamples: int = 1000,
+                      seed: int = 0, n_bins: int = 5) -> dict[str, Any]:
+    labels = aligned.ref.labels
+    diffs = {name: paired_bootstrap(name, aligned.ref.probs, aligned.var.probs, labels, n_resamples, seed).to_json()
+             for name in names}
+    return {"n": int(labels.size), "paired_difference": diffs,
+            "analysis": compare(aligned.ref.probs, aligned.var.probs, labels, n_bins).to_json()}
+
+
+def recalibration(preds: Predictions, scored: list[ScoredItem]) -> dict[str, Any]:
+    k = max(len(it.logliks) for it in scored)
+    scores = np.full((len(scored), k), -np.inf)
+    for i, it in enumerate(scored):
+        scores[i, : len(it.logliks)] = it.logliks
+    return recalibration_report(scores, preds.labels)
