@@ -83,3 +83,19 @@ def test_paired_bootstrap_sees_a_real_change_and_not_a_null_one() -> None:
     assert same.estimate == 0 and not same.excludes_zero
     custom = bootstrap(lambda p, y: float((p.argmax(1) == y).mean()), ref, labels, n_resamples=200)
     assert custom.estimate == pytest.approx(bootstrap("acc", ref, labels, n_resamples=200).estimate)
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.012])
+def test_vectorised_smece_equals_relplot_per_resample(sigma: float) -> None:
+    import relplot
+
+    from quantcal.metrics.resampling import smece_resampled
+
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(3), size=500)
+    labels = rng.integers(0, 3, 500)
+    d = as_inputs(probs, labels)
+    idx = rng.integers(0, 500, size=(5, 500))
+    fast = smece_resampled(d, counts_from_indices(idx, 500), sigma)
+    slow = [relplot.smECE_sigma(d.take(row).confidence, d.take(row).correct, sigma) for row in idx]
+    assert np.allclose(fast, slow, atol=1e-12)

@@ -5,9 +5,10 @@ with the ``level`` percentile interval of the resampled values. ``paired_bootstr
 items for two variants and reports ``metric(b) - metric(a)`` with its interval: an interval that excludes 0 is
 a change that item sampling alone does not explain. Resamples are drawn from ``numpy.random.default_rng(seed)``.
 
-With default parameters, every metric but ``smece`` is evaluated on all resamples at once from the matrix of
-draw counts (:mod:`quantcal.metrics.resampling`); other parameters recompute the metric per resample. For ``smece`` with automatic bandwidth, the resamples use the
-bandwidth chosen on the full data (a fixed-bandwidth smECE per resample), which keeps the bootstrap fast.
+With default parameters every metric is evaluated on all resamples at once from the matrix of draw counts
+(:mod:`quantcal.metrics.resampling`); other parameters and custom callables recompute the metric per resample.
+For ``smece`` with automatic bandwidth, the resamples use the bandwidth chosen on the full data (a
+fixed-bandwidth smECE per resample).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from quantcal.errors import QuantcalError
 from quantcal.metrics.inputs import Inputs, as_inputs
 from quantcal.metrics.registry import METRICS, get_metric
-from quantcal.metrics.resampling import VECTORISED, counts_from_indices
+from quantcal.metrics.resampling import VECTORISED, counts_from_indices, smece_resampled
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def _resolve(metric: MetricArg, d: Inputs, params: dict[str, Any]) -> tuple[str 
         from quantcal.metrics.smooth import smece_bandwidth
 
         params = {**params, "sigma": smece_bandwidth(d)}
-    return (metric if not params and metric in VECTORISED else None), lambda x: fn(x, **params)
+    fast = metric if (not params and metric in VECTORISED) or (metric == "smece" and set(params) == {"sigma"}) else None
+    return fast, lambda x: fn(x, **params)
 
 
 def _indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
@@ -60,7 +62,10 @@ def _indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
 
 
-def _resampled(name: str | None, fn: Callable[[Inputs], float], d: Inputs, idx: np.ndarray) -> np.ndarray:
+def _resampled(name: str | None, fn: Callable[[Inputs], float], d: Inputs, idx: np.ndarray,
+               sigma: float | None = None) -> np.ndarray:
+    if name == "smece":
+        return smece_resampled(d, counts_from_indices(idx, d.n), sigma)
     if name is not None:
         return VECTORISED[name](d, counts_from_indices(idx, d.n))
     return np.array([fn(d.take(row)) for row in idx])
@@ -83,7 +88,18 @@ def bootstrap(metric: MetricArg, probs: np.ndarray | Inputs, labels: np.ndarray 
     d = as_inputs(probs, labels)
     name, fn = _resolve(metric, d, params)
     estimate = get_metric(metric).fn(d, **params) if isinstance(metric, str) else fn(d)
-    return _interval(estimate, _resampled(name, fn, d, _indices(d.n, n_resamples, seed)), level)
+    sigma = _sigma(metric, d, params)
+    return _interval(estimate, _resampled(name, fn, d, _indices(d.n, n_resamples, seed), sigma), level)
+
+
+def _sigma(metric: MetricArg, d: Inputs, params: dict[str, Any]) -> float | None:
+    if metric != "smece":
+        return None
+    if params.get("sigma") is not None:
+        return float(params["sigma"])
+    from quantcal.metrics.smooth import smece_bandwidth
+
+    return smece_bandwidth(d)
 
 
 def paired_bootstrap(metric: MetricArg, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
@@ -96,7 +112,8 @@ def paired_bootstrap(metric: MetricArg, probs_a: np.ndarray, probs_b: np.ndarray
     estimate = fn_b(b) - fn_a(a)
     if metric == "smece" and params.get("sigma") is None:
         estimate = get_metric("smece").fn(b) - get_metric("smece").fn(a)
-    return _interval(estimate, _resampled(name_a, fn_b, b, idx) - _resampled(name_a, fn_a, a, idx), level)
+    return _interval(estimate, _resampled(name_a, fn_b, b, idx, _sigma(metric, b, params))
+                     - _resampled(name_a, fn_a, a, idx, _sigma(metric, a, params)), level)
 
 
 def bootstrap_all(names: list[str] | None, probs: np.ndarray | Inputs, labels: np.ndarray | None = None,
@@ -110,6 +127,8 @@ def bootstrap_all(names: list[str] | None, probs: np.ndarray | Inputs, labels: n
         estimate = get_metric(name).fn(d)
         if name in VECTORISED:
             samples = VECTORISED[name](d, counts)
+        elif name == "smece":
+            samples = smece_resampled(d, counts, _sigma(name, d, {}))
         else:
             _, fn = _resolve(name, d, {})
             samples = np.array([fn(d.take(row)) for row in idx])

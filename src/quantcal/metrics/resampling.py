@@ -97,7 +97,7 @@ def _ace(d: Inputs, counts: np.ndarray, n_ranges: int = 15) -> np.ndarray:
     per_class = []
     for offered, scores, hits in _classes(d):
         order = np.lexsort((hits, scores))
-        c = counts[:, offered][:, order]
+        c = counts[:, np.flatnonzero(offered)[order]]  # one gather: offered items in sorted order
         s, h = scores[order], hits[order]
         cum_n = np.cumsum(c, axis=1)
         total = cum_n[:, -1]
@@ -167,6 +167,44 @@ def _selective_acc(d: Inputs, counts: np.ndarray, coverage: float = 0.8) -> np.n
     errors_before = np.cumsum(wrong, axis=1)[rows, g] - wrong[rows, g]
     errors = errors_before + wrong[rows, g] * (k - before) / size[rows, g]
     return 1.0 - errors / k
+
+
+def smece_resampled(d: Inputs, counts: np.ndarray, sigma: float) -> np.ndarray:
+    """relplot's fixed-bandwidth smECE on every resample at once.
+
+    relplot smooths ``f - y`` by rounding each item onto a grid (two neighbouring grid points, linear weights),
+    convolving the grid with its reflected Gaussian kernel and interpolating at the evaluation mesh. Every step
+    is linear in the per-item values, so a resample's smoothing is the same map applied to count-weighted values:
+    the grid rounding becomes a sparse matrix, the kernel a dense grid-to-mesh matrix (relplot's kernel and
+    ``interpolate``; its reflected convolution of all grid unit vectors done at once by FFT). A test checks the result against ``relplot.smECE_sigma`` per resample.
+    """
+    from relplot import config, kernels
+    from relplot import metrics as relplot_metrics
+    from scipy import sparse
+    from scipy.signal import fftconvolve
+
+    kernel = relplot_metrics._get_default_kernel()(sigma)
+    if not isinstance(kernel, kernels.ReflectedGaussianKernel):  # logit scaling configured: no fast path
+        from relplot import smECE_sigma
+
+        return np.array([smECE_sigma(d.take(np.repeat(np.arange(d.n), c.astype(int))).confidence,
+                                     d.take(np.repeat(np.arange(d.n), c.astype(int))).correct, sigma) for c in counts])
+    mesh = np.linspace(0, 1, max(round(10 / sigma), config.smECE_mesh_pts))
+    grid_points = (max(2000, round(20 / sigma)) // 2) + 1
+    f = d.confidence
+    bins = (f * (grid_points - 1)).astype(int).clip(0, grid_points - 2)
+    frac = f * (grid_points - 1) - bins
+    rows = np.r_[np.arange(d.n), np.arange(d.n)]
+    rounding = sparse.csr_matrix((np.r_[1 - frac, frac], (rows, np.r_[bins, bins + 1])), shape=(d.n, grid_points))
+    # relplot's reflected convolution (ReflectedGaussianKernel.convolve) of every grid unit vector at once, by FFT
+    eye = np.eye(grid_points)
+    extended = np.concatenate([eye[:, ::-1][:, :-1], eye, eye[:, ::-1][:, 1:]], axis=1)
+    convolved = fftconvolve(extended, kernel.kernel_ev(grid_points)[None, :], mode="valid", axes=1)
+    convolved = convolved[:, grid_points // 2: grid_points // 2 + grid_points]
+    smoothing = np.stack([kernels.interpolate(mesh, row) for row in convolved])
+    numerator = np.asarray((rounding.T @ (counts * (f - d.correct)).T).T) @ smoothing
+    density = np.asarray((rounding.T @ counts.T).T) @ smoothing + 0.0001
+    return (np.abs(numerator / density) * density).sum(axis=1) / density.sum(axis=1)
 
 
 def _per_item(values: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs, np.ndarray], np.ndarray]:
