@@ -117,3 +117,33 @@ def test_export_formats_roundtrip(tmp_path: Path, tiny_llama: Path) -> None:
         assert len(r["logliks"]) == len(r["probs"]) == 3 and abs(sum(r["probs"]) - 1) < 1e-9
         assert r["pred"] == max(range(3), key=lambda j: (r["logliks"][j], -j))
     assert json.loads(csv["logliks"][0]) == pytest.approx(records[0]["logliks"])
+
+
+def test_non_finite_loglik_is_an_item_error_not_a_number(tmp_path: Path, tiny_llama: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama, broken)
+    weights_file = next(broken.glob("*.safetensors"))
+    weights = load_file(weights_file)
+    key = next(k for k in weights if k.endswith("embed_tokens.weight"))
+    weights[key] = weights[key].clone()
+    data = write_jsonl(tmp_path / "q.jsonl", [{"id": "ok", "question": "2+2?", "choices": ["4", "5"], "answer": 0},
+                                             {"id": "bad", "question": "two plus two is four five", "choices": ["yes", "no"], "answer": 0}])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(broken)
+    poisoned = tok.encode(" four five", add_special_tokens=False)
+    weights[key][poisoned] = float("nan")  # these embeddings (in the bad item's prompt only) poison its log-likelihoods
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    source = resolve_source(str(broken))
+    options = ScoringOptions(batch_size=1)
+    with open_store(tmp_path / "s.sqlite") as store:
+        result = run_job(store, Job("v", source, get_task("custom"), str(data)), options, ModelHolder(default_loader(source, options)))
+        assert result.n_errors == 1
+        (error,) = store.errors(result.run_id)
+        assert error[0] == "bad" and "non-finite log-likelihood" in error[1]
+        assert [s.item_id for s in store.scored_items(result.run_id)] == ["ok"]
+        assert [r.status for r in store.runs()] == ["done-with-errors"]
