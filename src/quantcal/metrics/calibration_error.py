@@ -58,5 +58,8 @@ def oe(probs: np.ndarray | Inputs, labels: np.ndarray | None = None, n_bins: int
 def overconfidence_rate(probs: np.ndarray | Inputs, labels: np.ndarray | None = None, tau: float = 0.8) -> float:
     """Share of all items answered wrongly with confidence at least ``tau`` (Study A's behavioural metric):
     ``mean_i 1[conf_i >= tau and pred_i != y_i]``."""
-    d = as_inputs(probs, labels)
-    return float(((d.confidence >= tau) & (d.correct == 0)).mean())
+    return float(overconfident_items(as_inputs(probs, labels), tau).mean())
+
+
+def overconfident_items(d: Inputs, tau: float = 0.8) -> np.ndarray:
+    return ((d.confidence >= tau) & (d.correct == 0)).astype(np.float64)

@@ -14,7 +14,8 @@ import numpy as np
 
 from quantcal.metrics.binning import bin_index
 from quantcal.metrics.inputs import Inputs
-from quantcal.metrics.scores import TINY
+from quantcal.metrics import scores
+from quantcal.metrics.calibration_error import overconfident_items
 
 
 def counts_from_indices(idx: np.ndarray, n: int) -> np.ndarray:
@@ -211,20 +212,14 @@ def _per_item(values: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs, np.nd
     return lambda d, counts: _mean_of(values(d), counts)
 
 
-def _entropy_values(d: Inputs) -> np.ndarray:
-    p = d.probs
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(axis=1)
-
-
 #: Vectorised resampling, for each metric at its default parameters.
 VECTORISED: dict[str, Callable[[Inputs, np.ndarray], np.ndarray]] = {
-    "acc": _per_item(lambda d: d.correct),
-    "nll": _per_item(lambda d: -np.log(np.maximum(d.p_gold, TINY))),
-    "brier": _per_item(lambda d: np.square(d.probs).sum(axis=1) - 2 * d.p_gold + 1),
-    "brier_top": _per_item(lambda d: np.square(d.confidence - d.correct)),
-    "entropy": _per_item(_entropy_values),
-    "overconfidence_rate": _per_item(lambda d: ((d.confidence >= 0.8) & (d.correct == 0)).astype(np.float64)),
+    "acc": _per_item(scores.correct_items),
+    "nll": _per_item(scores.nll_items),
+    "brier": _per_item(scores.brier_items),
+    "brier_top": _per_item(scores.brier_top_items),
+    "entropy": _per_item(scores.entropy_items),
+    "overconfidence_rate": _per_item(overconfident_items),
     "ece": _ece,
     "mce": _mce,
     "oe": _oe,
