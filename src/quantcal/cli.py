@@ -121,7 +121,7 @@ def eval_command(
                     console.print(Text.assemble(("warning: ", "yellow"), f"{t.name}: {outcome.n_errors} item(s) could not be scored; see 'quantcal export'"), soft_wrap=True)
                 if not scored:
                     raise QuantcalError(f"{t.name}: no item could be scored")
-                wanted = {it.id for it in _items_for(job)}
+                wanted = set(outcome.item_ids)  # this invocation's items (a store may hold more, from a larger --limit)
                 scored = [s for s in scored if s.item_id in wanted]
                 results[t.name] = task_summary(scored, t.kind)
         _print_summary(variant, results)
@@ -132,12 +132,6 @@ def eval_command(
                        "results": {k: {m: (int(v) if m == "n" else v) for m, v in r.items()} for k, r in results.items()}}
             output_json.write_text(json.dumps(payload, indent=2))
             console.print(f"results: {output_json}")
-
-
-def _items_for(job):  # noqa: ANN001, ANN202 - the items this invocation asked for (limit applies)
-    from quantcal.tasks import load_items
-
-    return load_items(job.task, job.data_file, job.limit)
 
 
 def _print_summary(variant: str, results: dict[str, dict[str, float]]) -> None:

@@ -49,10 +49,14 @@ class Job:
 @dataclass
 class JobResult:
     run_id: int
-    n_items: int
+    item_ids: list[str]
     n_scored_now: int
     n_errors: int
     seconds: float
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
 
 
 class ModelHolder:
@@ -113,7 +117,7 @@ def run_job(
     done = store.done_item_ids(run_id)
     todo = [(pos, it) for pos, it in enumerate(items) if it.id not in done]
     if not todo:
-        return JobResult(run_id, len(items), 0, len(store.errors(run_id)), 0.0)
+        return JobResult(run_id, [it.id for it in items], 0, len(store.errors(run_id)), 0.0)
     lm = model.get()
     window = options.max_length or model_max_length(lm.model, lm.tokenizer)
     encoder = Encoder(lm.tokenizer, window, options.add_special_tokens)
@@ -144,7 +148,7 @@ def run_job(
             bar.close()
     n_errors = len(store.errors(run_id))
     store.set_status(run_id, "done" if not n_errors else "done-with-errors", time.perf_counter() - start)
-    return JobResult(run_id, len(items), scored_now, n_errors, time.perf_counter() - start)
+    return JobResult(run_id, [it.id for it in items], scored_now, n_errors, time.perf_counter() - start)
 
 
 def require_positive(value: int, name: str) -> int:

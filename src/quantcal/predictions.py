@@ -56,7 +56,8 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def predictions(items: Sequence[ScoredItem], normalization: str = "none") -> Predictions:
+def choice_scores(items: Sequence[ScoredItem], normalization: str = "none") -> np.ndarray:
+    """(n, k) matrix of length-normalised log-likelihoods, ``-inf`` where an item has fewer choices."""
     if normalization not in NORMALIZATIONS:
         raise QuantcalError(f"unknown length normalization {normalization!r}; expected one of {', '.join(NORMALIZATIONS)}")
     if not items:
@@ -72,6 +73,11 @@ def predictions(items: Sequence[ScoredItem], normalization: str = "none") -> Pre
         elif normalization == "bytes":
             ll = ll / np.asarray(it.n_bytes, dtype=np.float64)
         scores[i, : len(ll)] = ll
+    return scores
+
+
+def predictions(items: Sequence[ScoredItem], normalization: str = "none") -> Predictions:
+    scores = choice_scores(items, normalization)
     return Predictions(
         item_ids=[it.item_id for it in items],
         item_hashes=[it.item_hash for it in items],

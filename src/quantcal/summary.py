@@ -8,12 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
-
 from quantcal.analysis import compare, recalibration_report
 from quantcal.errors import QuantcalError
 from quantcal.metrics import bootstrap_all, paired_bootstrap
-from quantcal.predictions import Predictions, predictions
+from quantcal.predictions import Predictions, choice_scores, predictions
 from quantcal.store import ScoredItem, Store
 
 DEFAULT_METRICS = ("acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc")
@@ -65,8 +63,4 @@ def comparison_report(aligned: Aligned, names: Sequence[str] = DEFAULT_METRICS, 
 
 
 def recalibration(preds: Predictions, scored: list[ScoredItem]) -> dict[str, Any]:
-    k = max(len(it.logliks) for it in scored)
-    scores = np.full((len(scored), k), -np.inf)
-    for i, it in enumerate(scored):
-        scores[i, : len(it.logliks)] = it.logliks
-    return recalibration_report(scores, preds.labels)
+    return recalibration_report(choice_scores(scored, preds.normalization), preds.labels)

@@ -17,15 +17,13 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from quantcal.errors import QuantcalError
+from quantcal.predictions import softmax_rows
 
 LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
 
 
 def apply_temperature(scores: np.ndarray, temperature: float) -> np.ndarray:
-    scaled = np.asarray(scores, dtype=np.float64) / temperature
-    top = np.max(scaled, axis=1, keepdims=True)
-    exp = np.exp(scaled - top)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return softmax_rows(np.asarray(scores, dtype=np.float64) / temperature)
 
 
 def _nll(scores: np.ndarray, labels: np.ndarray, temperature: float) -> float:

@@ -22,6 +22,7 @@ from quantcal.errors import QuantcalError
 from quantcal.metrics.inputs import Inputs, as_inputs
 from quantcal.metrics.registry import METRICS, get_metric
 from quantcal.metrics.resampling import VECTORISED, counts_from_indices, smece_resampled
+from quantcal.metrics.smooth import smece_with_bandwidth
 
 
 @dataclass(frozen=True)
@@ -41,34 +42,38 @@ class Interval:
 
 
 MetricArg = str | Callable[..., float]
+#: From the draws (indices, and a function giving their count matrix) to the metric on each resample.
+Sampler = Callable[[np.ndarray, Callable[[], np.ndarray]], np.ndarray]
 
 
-def _resolve(metric: MetricArg, d: Inputs, params: dict[str, Any]) -> tuple[str | None, Callable[[Inputs], float]]:
-    """The metric as a function of inputs, and its name when the vectorised resampling applies."""
+def _plan(metric: MetricArg, d: Inputs, params: dict[str, Any]) -> tuple[float, Sampler]:
+    """The metric on the full data, and how to evaluate it on resamples (vectorised where possible)."""
     if callable(metric):
-        return None, lambda x: float(metric(x.probs, x.labels, **params))
-    fn = get_metric(metric).fn
-    if metric == "smece" and params.get("sigma") is None:
-        from quantcal.metrics.smooth import smece_bandwidth
+        def fn(x: Inputs) -> float:
+            return float(metric(x.probs, x.labels, **params))
+        return fn(d), lambda idx, counts: np.array([fn(d.take(row)) for row in idx])
+    metric_fn = get_metric(metric).fn
+    if metric == "smece":
+        estimate, sigma = smece_with_bandwidth(d, params.get("sigma"))
+        return estimate, lambda idx, counts: smece_resampled(d, counts(), sigma)
+    estimate = metric_fn(d, **params)
+    if not params and metric in VECTORISED:
+        return estimate, lambda idx, counts: VECTORISED[metric](d, counts())
+    return estimate, lambda idx, counts: np.array([metric_fn(d.take(row), **params) for row in idx])
 
-        params = {**params, "sigma": smece_bandwidth(d)}
-    fast = metric if (not params and metric in VECTORISED) or (metric == "smece" and set(params) == {"sigma"}) else None
-    return fast, lambda x: fn(x, **params)
 
-
-def _indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+def _draws(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
+    """Drawn indices (n_resamples, n) and a memoised function giving their count matrix."""
     if n_resamples < 1:
         raise QuantcalError(f"n_resamples must be at least 1, got {n_resamples}")
-    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    memo: list[np.ndarray] = []
 
-
-def _resampled(name: str | None, fn: Callable[[Inputs], float], d: Inputs, idx: np.ndarray,
-               sigma: float | None = None) -> np.ndarray:
-    if name == "smece":
-        return smece_resampled(d, counts_from_indices(idx, d.n), sigma)
-    if name is not None:
-        return VECTORISED[name](d, counts_from_indices(idx, d.n))
-    return np.array([fn(d.take(row)) for row in idx])
+    def counts() -> np.ndarray:
+        if not memo:
+            memo.append(counts_from_indices(idx, n))
+        return memo[0]
+    return idx, counts
 
 
 def _interval(estimate: float, samples: np.ndarray, level: float) -> Interval:
@@ -86,51 +91,26 @@ def bootstrap(metric: MetricArg, probs: np.ndarray | Inputs, labels: np.ndarray 
               seed: int = 0, level: float = 0.95, **params: Any) -> Interval:
     """The metric with its percentile bootstrap interval."""
     d = as_inputs(probs, labels)
-    name, fn = _resolve(metric, d, params)
-    estimate = get_metric(metric).fn(d, **params) if isinstance(metric, str) else fn(d)
-    sigma = _sigma(metric, d, params)
-    return _interval(estimate, _resampled(name, fn, d, _indices(d.n, n_resamples, seed), sigma), level)
-
-
-def _sigma(metric: MetricArg, d: Inputs, params: dict[str, Any]) -> float | None:
-    if metric != "smece":
-        return None
-    if params.get("sigma") is not None:
-        return float(params["sigma"])
-    from quantcal.metrics.smooth import smece_bandwidth
-
-    return smece_bandwidth(d)
+    estimate, sample = _plan(metric, d, params)
+    return _interval(estimate, sample(*_draws(d.n, n_resamples, seed)), level)
 
 
 def paired_bootstrap(metric: MetricArg, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
                      n_resamples: int = 1000, seed: int = 0, level: float = 0.95, **params: Any) -> Interval:
     """``metric(b) - metric(a)`` on the same items, with an interval from resampling items jointly."""
     a, b = as_inputs(probs_a, labels), as_inputs(probs_b, labels)
-    name_a, fn_a = _resolve(metric, a, params)
-    _, fn_b = _resolve(metric, b, params)
-    idx = _indices(a.n, n_resamples, seed)
-    estimate = fn_b(b) - fn_a(a)
-    if metric == "smece" and params.get("sigma") is None:
-        estimate = get_metric("smece").fn(b) - get_metric("smece").fn(a)
-    return _interval(estimate, _resampled(name_a, fn_b, b, idx, _sigma(metric, b, params))
-                     - _resampled(name_a, fn_a, a, idx, _sigma(metric, a, params)), level)
+    (estimate_a, sample_a), (estimate_b, sample_b) = _plan(metric, a, params), _plan(metric, b, params)
+    draws = _draws(a.n, n_resamples, seed)
+    return _interval(estimate_b - estimate_a, sample_b(*draws) - sample_a(*draws), level)
 
 
 def bootstrap_all(names: list[str] | None, probs: np.ndarray | Inputs, labels: np.ndarray | None = None,
                   n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, Interval]:
     """Every registered metric (or ``names``) with default parameters, on the same resamples (drawn once)."""
     d = as_inputs(probs, labels)
-    idx = _indices(d.n, n_resamples, seed)
-    counts = counts_from_indices(idx, d.n)
+    draws = _draws(d.n, n_resamples, seed)
     out = {}
     for name in names or list(METRICS):
-        estimate = get_metric(name).fn(d)
-        if name in VECTORISED:
-            samples = VECTORISED[name](d, counts)
-        elif name == "smece":
-            samples = smece_resampled(d, counts, _sigma(name, d, {}))
-        else:
-            _, fn = _resolve(name, d, {})
-            samples = np.array([fn(d.take(row)) for row in idx])
-        out[name] = _interval(estimate, samples, level)
+        estimate, sample = _plan(name, d, {})
+        out[name] = _interval(estimate, sample(*draws), level)
     return out

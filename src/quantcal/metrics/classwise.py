@@ -12,11 +12,11 @@ from quantcal.metrics.binning import bin_index, bin_sums
 from quantcal.metrics.inputs import Inputs, as_inputs
 
 
-def _class_columns(d: Inputs):  # noqa: ANN202 - yields (scores, hits) per supported class
+def class_columns(d: Inputs):  # noqa: ANN201 - yields (offered mask, scores, hits) per supported class
     for c in range(d.probs.shape[1]):
         offered = d.probs[:, c] > 0
         if offered.any():
-            yield d.probs[offered, c], (d.labels[offered] == c).astype(np.float64)
+            yield offered, d.probs[offered, c], (d.labels[offered] == c).astype(np.float64)
 
 
 def ace(probs: np.ndarray | Inputs, labels: np.ndarray | None = None, n_ranges: int = 15) -> float:
@@ -29,7 +29,7 @@ def ace(probs: np.ndarray | Inputs, labels: np.ndarray | None = None, n_ranges: 
     """
     d = as_inputs(probs, labels)
     per_class = []
-    for scores, hits in _class_columns(d):
+    for _, scores, hits in class_columns(d):
         order = np.lexsort((hits, scores))
         gaps = [abs(h.mean() - s.mean()) for s, h in zip(np.array_split(scores[order], min(n_ranges, scores.size)),
                                                          np.array_split(hits[order], min(n_ranges, scores.size)))]
@@ -42,7 +42,7 @@ def sce(probs: np.ndarray | Inputs, labels: np.ndarray | None = None, n_bins: in
     with equal-width bins of ``p_c`` (right-closed, as :func:`quantcal.metrics.ece`)."""
     d = as_inputs(probs, labels)
     per_class = []
-    for scores, hits in _class_columns(d):
+    for _, scores, hits in class_columns(d):
         index, m = bin_index(scores, n_bins, "width")
         _, s_sum, h_sum = bin_sums(index, m, scores, hits)
         per_class.append(np.abs(h_sum - s_sum).sum() / scores.size)

@@ -16,6 +16,7 @@ from quantcal.metrics.binning import bin_index
 from quantcal.metrics.inputs import Inputs
 from quantcal.metrics import scores
 from quantcal.metrics.calibration_error import overconfident_items
+from quantcal.metrics.classwise import class_columns
 
 
 def counts_from_indices(idx: np.ndarray, n: int) -> np.ndarray:
@@ -56,16 +57,9 @@ def _oe(d: Inputs, counts: np.ndarray) -> np.ndarray:
     return (size * conf * np.maximum(conf - accuracy, 0.0)).sum(axis=1) / counts.sum(axis=1)
 
 
-def _classes(d: Inputs):  # noqa: ANN202 - (offered mask, scores, hits) per supported class
-    for c in range(d.probs.shape[1]):
-        offered = d.probs[:, c] > 0
-        if offered.any():
-            yield offered, d.probs[offered, c], (d.labels[offered] == c).astype(np.float64)
-
-
 def _sce(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> np.ndarray:
     per_class = []
-    for offered, scores, hits in _classes(d):
+    for offered, scores, hits in class_columns(d):
         c = counts[:, offered]
         index, m = bin_index(scores, n_bins, "width")
         onehot = np.zeros((scores.size, m))
@@ -96,7 +90,7 @@ def _prefix_sums(cum_count: np.ndarray, cum_values: list[np.ndarray], values: li
 
 def _ace(d: Inputs, counts: np.ndarray, n_ranges: int = 15) -> np.ndarray:
     per_class = []
-    for offered, scores, hits in _classes(d):
+    for offered, scores, hits in class_columns(d):
         order = np.lexsort((hits, scores))
         c = counts[:, np.flatnonzero(offered)[order]]  # one gather: offered items in sorted order
         s, h = scores[order], hits[order]
