@@ -60,7 +60,7 @@ def _oe(d: Inputs, counts: np.ndarray) -> np.ndarray:
 def _sce(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> np.ndarray:
     per_class = []
     for offered, scores, hits in class_columns(d):
-        c = counts[:, offered]
+        c = np.take(counts, np.flatnonzero(offered), axis=1)
         index, m = bin_index(scores, n_bins, "width")
         onehot = np.zeros((scores.size, m))
         onehot[np.arange(scores.size), index] = 1.0
@@ -69,12 +69,15 @@ def _sce(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> np.ndarray:
     return np.nanmean(np.array(per_class), axis=0)
 
 
-def _prefix_sums(cum_count: np.ndarray, cum_values: list[np.ndarray], values: list[np.ndarray],
+def _prefix_sums(cum_count: np.ndarray, weighted: list[np.ndarray], values: list[np.ndarray],
                  t: np.ndarray) -> list[np.ndarray]:
     """Per row, the sum of the first ``t`` entries of the expanded (repeated) sequence, for each value array.
 
-    ``t`` has shape (R, q). One ``searchsorted`` over the row-offset flattening finds the item holding each
-    position, so no (R, n) comparison is materialised per query.
+    ``cum_count`` is the row-wise cumulative count, ``weighted`` holds ``counts * value`` per value array and
+    ``t`` (shape (R, q), non-decreasing along a row) the positions. One ``searchsorted`` over the row-offset
+    flattening finds the item ``j`` holding each position; the whole items before it are summed segment by
+    segment with one ``np.add.reduceat`` (no (R, n) cumulative sum per value array), the item itself adds its
+    share ``(t - items before) * value[j]``.
     """
     rows, n = cum_count.shape
     offset = (np.arange(rows) * (n + 1.0))[:, None]
@@ -82,17 +85,23 @@ def _prefix_sums(cum_count: np.ndarray, cum_values: list[np.ndarray], values: li
     j = np.searchsorted(flat, (t + offset).ravel(), side="left").reshape(t.shape) - np.arange(rows)[:, None] * n
     j = np.clip(j, 0, n - 1)
     r = np.arange(rows)[:, None]
-    prev = np.maximum(j - 1, 0)
-    has_prev = j > 0
-    before_count = np.where(has_prev, cum_count[r, prev], 0.0)
-    return [np.where(has_prev, cv[r, prev], 0.0) + (t - before_count) * v[j] for cv, v in zip(cum_values, values)]
+    before_count = np.where(j > 0, cum_count[r, np.maximum(j - 1, 0)], 0.0)
+    bounds = np.concatenate([np.zeros((rows, 1), dtype=j.dtype), j], axis=1) + r * n  # segment k: items [j_k-1, j_k)
+    flat_bounds = bounds.ravel()
+    empty = np.r_[flat_bounds[1:] <= flat_bounds[:-1], False].reshape(bounds.shape)  # reduceat gives a[i], not 0
+    out = []
+    for w, v in zip(weighted, values):
+        seg = np.add.reduceat(w.ravel(), flat_bounds).reshape(bounds.shape)
+        seg = np.where(empty, 0.0, seg)[:, :-1]
+        out.append(np.cumsum(seg, axis=1) + (t - before_count) * v[j])
+    return out
 
 
 def _ace(d: Inputs, counts: np.ndarray, n_ranges: int = 15) -> np.ndarray:
     per_class = []
     for offered, scores, hits in class_columns(d):
         order = np.lexsort((hits, scores))
-        c = counts[:, np.flatnonzero(offered)[order]]  # one gather: offered items in sorted order
+        c = np.take(counts, np.flatnonzero(offered)[order], axis=1)  # C order (counts[:, idx] would be F order)
         s, h = scores[order], hits[order]
         cum_n = np.cumsum(c, axis=1)
         total = cum_n[:, -1]
@@ -101,7 +110,7 @@ def _ace(d: Inputs, counts: np.ndarray, n_ranges: int = 15) -> np.ndarray:
         sizes = np.floor(total / parts)[:, None] + (r < np.mod(total, parts)[:, None])
         sizes = np.where(r < parts[:, None], sizes, 0.0)
         ends = np.cumsum(sizes, axis=1)
-        end_s, end_h = _prefix_sums(cum_n, [np.cumsum(c * s, axis=1), np.cumsum(c * h, axis=1)], [s, h], ends)
+        end_s, end_h = _prefix_sums(cum_n, [c * s, c * h], [s, h], ends)
         span_s = np.diff(end_s, axis=1, prepend=0.0)
         span_h = np.diff(end_h, axis=1, prepend=0.0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -116,7 +125,7 @@ def _sorted_blocks(d: Inputs, counts: np.ndarray, descending: bool) -> tuple[np.
     order = np.argsort(-conf if descending else conf, kind="stable")
     sorted_conf = conf[order]
     starts = np.flatnonzero(np.r_[True, sorted_conf[1:] != sorted_conf[:-1]])
-    c = counts[:, order]
+    c = np.take(counts, order, axis=1)  # C order, unlike counts[:, order]
     size = np.add.reduceat(c, starts, axis=1)
     wrong = np.add.reduceat(c * (1.0 - d.correct[order]), starts, axis=1)
     return size, wrong, sorted_conf[starts]
