@@ -39,16 +39,16 @@ def lm_eval_tasks_dir(python: str) -> Path:
     return Path(out.stdout.strip()) / "tasks"
 
 
-def write_task_yamls(folder: Path, tasks: list[str], data_dir: Path, tasks_dir: Path) -> None:
-    for task in tasks:
-        data, yaml_rel = TASK_FILES[task]
+def write_task_yamls(folder: Path, files: dict[str, tuple[Path, str]], tasks_dir: Path) -> None:
+    """One ``local_<task>.yaml`` per task: lm-eval's own task file, reading ``files[task] = (data file, yaml)``."""
+    for task, (data, yaml_rel) in files.items():
         text = "\n".join([
             f"include: {tasks_dir / yaml_rel}",
             f"task: local_{task}",
             "tag: []",
             "dataset_path: json",
             "dataset_name: null",
-            f"dataset_kwargs: {{data_files: {{test: {json.dumps(str((data_dir / data).resolve()))}}}}}",
+            f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(Path(data).resolve()))}}}}}",
             "training_split: null",
             "validation_split: null",
             "test_split: test",
@@ -123,7 +123,8 @@ def main() -> None:
     checkpoint = dequantized_gguf_copy(source) if source.gguf_file else Path(source.location)
     yaml_dir = work / "yaml"
     yaml_dir.mkdir(exist_ok=True)
-    write_task_yamls(yaml_dir, tasks, args.data_dir, lm_eval_tasks_dir(args.lm_eval_python))
+    write_task_yamls(yaml_dir, {t: (args.data_dir / TASK_FILES[t][0], TASK_FILES[t][1]) for t in tasks},
+                     lm_eval_tasks_dir(args.lm_eval_python))
 
     lm_seconds = run_lm_eval(args.lm_eval_python, checkpoint, tasks, limits, yaml_dir, work / "lm_eval", args.batch_size)
 

@@ -1,0 +1,284 @@
+"""quantcal's scorer against lm-evaluation-harness, timed in the same run: same machine, checkpoint, items, batch size.
+
+    python benchmarks/scorer_speed.py --model smollm2-135m-instruct --lm-eval-python /path/to/lm-eval-venv/bin/python \
+        --limit hellaswag=300,openbookqa=500,piqa=500,boolq=200,mmlu=300
+    python benchmarks/scorer_speed.py --random-config gemma2-2b --device cuda --dtype bfloat16 --batch-size 64 ...
+
+Every (tool, task) runs in its own process, one after the other (never side by side), so each has the machine
+to itself and its own peak memory. Timed: quantcal's ``run_job`` after the model is loaded (reading the data,
+tokenising, scoring, writing the SQLite store) and lm-eval's ``HFLM.loglikelihood`` (tokenising and scoring;
+its dataset and request building are left out, to its advantage). Both must give the same accuracies and
+per-choice log-likelihoods within 1e-3, checked here.
+
+"Request tokens" are what a per-choice scorer feeds the model: sum over choices of |context| + |choice|;
+"unique tokens" are |context| + sum |choice| per item, the least any exact scorer must run. The floor is the
+time of plain forward passes over each item's unique tokens (context once, then every choice) with the
+LM head on the choice positions only; ``quantcal / floor`` says how close the scorer comes to it. On a GPU,
+model FLOP utilisation = 2 x (non-embedding parameters x unique tokens + LM-head parameters x choice tokens)
+/ seconds / peak (989 TFLOP/s, H100 SXM dense bf16).
+
+The MMLU-format file is synthetic: OpenBookQA questions written in ``cais/mmlu``'s schema (subject
+high_school_biology) so both tools apply MMLU's prompt with single-letter choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from lm_eval_parity import TASK_FILES, lm_eval_tasks_dir, write_task_yamls  # noqa: E402
+
+TASK_FILES = {**TASK_FILES, "mmlu": ("mmlu_format.jsonl", "mmlu/default/mmlu_high_school_biology.yaml")}
+H100_BF16_PEAK = 989.4e12
+GEMMA2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                 num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
+                 sliding_window=4096, query_pre_attn_scalar=256, final_logit_softcapping=30.0,
+                 attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True)
+
+
+def write_mmlu_format(openbookqa: Path, target: Path, limit: int = 500) -> Path:
+    """OpenBookQA questions in cais/mmlu's schema (question, subject, choices, answer)."""
+    with open(openbookqa) as src, open(target, "w") as out:
+        for n, line in enumerate(src):
+            if n >= limit:
+                break
+            row = json.loads(line)
+            out.write(json.dumps({"question": row["question_stem"], "subject": "high_school_biology",
+                                  "choices": row["choices"]["text"],
+                                  "answer": row["choices"]["label"].index(row["answerKey"])}) + "\n")
+    return target
+
+
+def random_checkpoint(name: str, tokenizer_from: Path, target: Path, dtype: str) -> Path:
+    """A model of a real architecture's configuration with random weights (seed 0), saved as an HF checkpoint."""
+    import torch
+    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+
+    if name != "gemma2-2b":
+        raise SystemExit(f"unknown random config {name!r} (known: gemma2-2b)")
+    if (target / "config.json").is_file():
+        return target
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(**GEMMA2_2B)).to(getattr(torch, dtype if dtype != "auto" else "bfloat16"))
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(target)
+    return target
+
+
+def request_tokens(encoded: list) -> tuple[int, int, int]:
+    """(request tokens, unique tokens, choice tokens) of encoded items."""
+    requests = unique = choice = 0
+    for e in encoded:
+        for g in e.groups:
+            conts = [len(c) for c in g.continuations]
+            requests += sum(len(g.context) + c for c in conts)
+            unique += len(g.context) + sum(conts)
+            choice += sum(conts)
+    return requests, unique, choice
+
+
+def floor_seconds(model, encoded: list, batch_size: int, pad: int, device: str) -> float:  # noqa: ANN001
+    """Plain forward passes over each item's unique tokens, LM head and log-softmax on the choice positions."""
+    import torch
+
+    seqs = []
+    for e in encoded:
+        toks = list(e.groups[0].context) + [t for g in e.groups for c in g.continuations for t in c]
+        seqs.append((toks, sum(len(c) for g in e.groups for c in g.continuations)))
+    seqs.sort(key=lambda s: -len(s[0]))
+    per_batch = max(1, batch_size // max(len(e.n_tokens) for e in encoded))
+    sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(seqs), per_batch):
+            batch = seqs[i:i + per_batch]
+            width = max(len(t) for t, _ in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, (t, _) in enumerate(batch):
+                ids[r, width - len(t):] = torch.tensor(t)
+                mask[r, width - len(t):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                        logits_to_keep=max(k for _, k in batch))
+            torch.log_softmax(out.logits.float(), dim=-1)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def quantcal_worker(spec: dict) -> dict:
+    import torch
+
+    from quantcal.encoding import Encoder
+    from quantcal.evaluate import Job, ModelHolder, ScoringOptions, run_job
+    from quantcal.models import load_model, model_max_length, resolve_source
+    from quantcal.predictions import task_summary
+    from quantcal.store import open_store
+    from quantcal.tasks import get_task, load_items
+
+    source = resolve_source(spec["checkpoint"])
+    lm = load_model(source, spec["dtype"], spec["device"])
+    task = get_task(spec["task"])
+    options = ScoringOptions(batch_size=spec["batch_size"], dtype=spec["dtype"], device=spec["device"])
+    if spec["device"].startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp) / "bench.sqlite") as store:
+        sync(spec["device"])
+        start = time.perf_counter()
+        outcome = run_job(store, Job("bench", source, task, spec["data_file"], spec["limit"]), options, ModelHolder(lambda: lm))
+        sync(spec["device"])
+        seconds = time.perf_counter() - start
+        scored = store.scored_items(outcome.run_id)
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if spec["device"].startswith("cuda") else None
+    encoder = Encoder(lm.tokenizer, model_max_length(lm.model, lm.tokenizer))
+    encoded = [encoder.encode_item(k, it, task.target_delimiter)
+               for k, it in enumerate(load_items(task, spec["data_file"], spec["limit"]))]
+    requests, unique, choice = request_tokens(encoded)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    floor = floor_seconds(lm.model, encoded, spec["batch_size"], pad, spec["device"]) if spec["floor"] else None
+    params = sum(p.numel() for p in lm.model.parameters())
+    embed = lm.model.get_input_embeddings().weight.numel()
+    summary = task_summary(scored, task.kind)
+    return {
+        "seconds": seconds, "floor_seconds": floor, "n_items": len(scored), "errors": outcome.n_errors,
+        "metrics": {k: summary[k] for k in ("acc", "acc_norm") if k in summary},
+        "logliks": {it.position: list(it.logliks) for it in scored},
+        "request_tokens": requests, "unique_tokens": unique, "choice_tokens": choice,
+        "params": params, "embedding_params": embed,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mb": peak_gpu,
+        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "attn_implementation": getattr(lm.model.config, "_attn_implementation", None),
+    }
+
+
+def run_worker(python: str, script: Path, spec: dict, work: Path, name: str) -> dict:
+    spec_file, out_file = work / f"{name}.spec.json", work / f"{name}.out.json"
+    spec_file.write_text(json.dumps(spec))
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([python, str(script), str(spec_file), str(out_file)], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise SystemExit(f"{name} failed")
+    return json.loads(out_file.read_text())
+
+
+def compare(qc: dict, lm: dict) -> dict:
+    diffs = np.array([abs(a - b) for pos, ours in qc["logliks"].items() for a, b in zip(ours, lm["logliks"][int(pos)])])
+    return {"max": float(diffs.max()), "share_within_1e-3": float((diffs <= 1e-3).mean()), "n_choices": int(diffs.size)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="bundled name or checkpoint dir")
+    parser.add_argument("--random-config", default=None, help="gemma2-2b: that architecture with random weights")
+    parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir for --random-config")
+    parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
+    parser.add_argument("--lm-eval-python", default=None, help="python of lm-eval's environment (omit: quantcal only)")
+    parser.add_argument("--tasks", default="hellaswag,openbookqa,piqa,boolq,mmlu")
+    parser.add_argument("--limit", default="hellaswag=300,openbookqa=500,piqa=500,boolq=200,mmlu=300")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--no-floor", action="store_true")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("worker", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:  # internal: python scorer_speed.py SPEC OUT
+        spec = json.loads(Path(args.worker[0]).read_text())
+        Path(args.worker[1]).write_text(json.dumps(quantcal_worker(spec)))
+        return
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    limits = {t: None for t in tasks} | {k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p)}
+    work = args.work or Path(tempfile.mkdtemp(prefix="quantcal-speed-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.random_config:
+        checkpoint = random_checkpoint(args.random_config, args.tokenizer, work / args.random_config, args.dtype)
+        label = f"{args.random_config} (random weights)"
+    else:
+        from quantcal.models import dequantized_gguf_copy, resolve_source
+
+        source = resolve_source(args.model)
+        checkpoint = dequantized_gguf_copy(source) if source.gguf_file else Path(source.location)
+        label = args.model
+    data_files = {t: args.data_dir / TASK_FILES[t][0] for t in tasks if t != "mmlu"}
+    if "mmlu" in tasks:
+        data_files["mmlu"] = write_mmlu_format(args.data_dir / "openbookqa/test.jsonl", work / "mmlu_format.jsonl")
+    if args.lm_eval_python:
+        yaml_dir = work / "yaml"
+        yaml_dir.mkdir(exist_ok=True)
+        write_task_yamls(yaml_dir, {t: (data_files[t], TASK_FILES[t][1]) for t in tasks}, lm_eval_tasks_dir(args.lm_eval_python))
+    report: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                    "model": label, "checkpoint": str(checkpoint), "device": args.device, "dtype": args.dtype,
+                    "batch_size": args.batch_size, "tasks": {}}
+    if args.device.startswith("cuda"):
+        import torch
+
+        report["gpu"] = torch.cuda.get_device_name(0)
+    for task in tasks:
+        spec = {"checkpoint": str(checkpoint), "task": task, "data_file": str(data_files[task]), "limit": limits.get(task),
+                "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, "floor": not args.no_floor,
+                "yaml_dir": str(work / "yaml")}
+        print(f"[{task}] quantcal ...", flush=True)
+        qc = run_worker(sys.executable, Path(__file__), spec, work, f"quantcal_{task}")
+        entry = {k: v for k, v in qc.items() if k != "logliks"}
+        entry["items_per_s"] = qc["n_items"] / qc["seconds"]
+        entry["request_tokens_per_s"] = qc["request_tokens"] / qc["seconds"]
+        entry["unique_tokens_per_s"] = qc["unique_tokens"] / qc["seconds"]
+        if qc["floor_seconds"]:
+            entry["quantcal_over_floor"] = qc["seconds"] / qc["floor_seconds"]
+        if args.device.startswith("cuda"):
+            flops = 2 * ((qc["params"] - qc["embedding_params"]) * qc["unique_tokens"] + qc["embedding_params"] * qc["choice_tokens"])
+            entry["mfu"] = flops / qc["seconds"] / H100_BF16_PEAK
+        if args.lm_eval_python:
+            print(f"[{task}] lm-eval ...", flush=True)
+            lm = run_worker(args.lm_eval_python, HERE / "lm_eval_worker.py", spec, work, f"lm_eval_{task}")
+            lm_items = len(lm["logliks"])
+            entry["lm_eval"] = {"seconds": lm["seconds"], "items_per_s": lm_items / lm["seconds"],
+                                "request_tokens_per_s": qc["request_tokens"] / lm["seconds"], "metrics": lm["metrics"],
+                                "peak_rss_mb": lm["peak_rss_mb"], "peak_gpu_mb": lm["peak_gpu_mb"], "n_items": lm_items}
+            entry["speedup"] = entry["items_per_s"] / entry["lm_eval"]["items_per_s"]
+            entry["loglik_abs_diff"] = compare(qc, {"logliks": {int(k): v for k, v in lm["logliks"].items()}})
+            entry["same_accuracy"] = all(abs(qc["metrics"][k] - lm["metrics"][k]) < 1e-9 for k in qc["metrics"] if k in lm["metrics"])
+        report["tasks"][task] = entry
+        print(json.dumps({task: {k: v for k, v in entry.items() if k in ("items_per_s", "speedup", "mfu", "quantcal_over_floor",
+                                                                        "same_accuracy", "loglik_abs_diff")}}), flush=True)
+    print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size}")
+    print(f"{'task':<11} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}")
+    for task, e in report["tasks"].items():
+        lm = e.get("lm_eval", {})
+        mem = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+        print(f"{task:<11} {e['n_items']:>5} {e['items_per_s']:>8.2f} {lm.get('items_per_s', float('nan')):>8.2f} "
+              f"{e.get('speedup', float('nan')):>6.2f} {e['request_tokens_per_s']:>9.0f} {e.get('quantcal_over_floor', float('nan')):>7.2f} "
+              f"{e[mem]:>7.0f} {lm.get(mem) or float('nan'):>7.0f} {str(e.get('same_accuracy', '—')):>5} "
+              f"{e.get('loglik_abs_diff', {}).get('max', float('nan')):>9.1e}")
+    slug = (args.random_config or args.model).replace("/", "__")
+    out = args.output or HERE / "results" / f"scorer_speed_{slug}_{args.device.split(':')[0]}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
