@@ -57,3 +57,16 @@ def test_parity_with_lm_eval(tmp_path: Path, shared_data: Path) -> None:
         for metric, theirs in entry["lm_eval"].items():
             assert abs(entry["quantcal"][metric] - theirs) <= 0.002, (task, metric)
         assert entry["loglik_abs_diff"]["share_within_1e-3"] >= 0.99, task
+    # lm-eval's own samples files, imported: the same accuracies as lm-eval's results files
+    from quantcal.lm_eval_import import import_samples, samples_files
+    from quantcal.predictions import task_summary
+    from quantcal.store import open_store
+
+    with open_store(tmp_path / "imported.sqlite") as db:
+        files = samples_files([tmp_path / "work" / "lm_eval"])
+        assert len(files) == len(report["tasks"])
+        for f in files:
+            got = import_samples(db, f)
+            ours = task_summary(db.scored_items(got.run_id))
+            for metric, theirs in got.lm_eval_metrics.items():
+                assert ours[metric] == pytest.approx(theirs, abs=1e-9), (f.name, metric)

@@ -291,6 +291,167 @@ def compare_command(
             output_json.write_text(json.dumps(report, indent=2))
 
 
+def _settings_from_spec(spec) -> "ReportSettings":  # noqa: ANN001, F821
+    from quantcal.report.collect import ReportSettings
+    from quantcal.study.spec import REFERENCE_NAME
+
+    return ReportSettings(reference=REFERENCE_NAME, metrics=list(spec.metrics), normalizations=spec.normalizations,
+                          resamples=spec.bootstrap.resamples, seed=spec.bootstrap.seed, level=spec.bootstrap.level,
+                          recalibration=spec.recalibration.enabled, folds=spec.recalibration.folds,
+                          confidence_bins=spec.confidence_bins)
+
+
+@app.command("run")
+def run_command(
+    study: Optional[Path] = typer.Argument(None, help="Study YAML (schema in the README). Omit to run the built-in default study on the bundled SmolLM2."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default study only: also run the benchmarks found here in hub schema (e.g. ../shared/data: piqa, openbookqa, hellaswag, boolq)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Cap every task at its first N items (for a quick or CI-sized run)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (overrides the study's 'output')."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+) -> None:
+    """The main job: score the reference and every variant on every task (resuming what the study's store holds),
+    then write the report: report.html, results.json, tables.md, tables.tex, items.parquet, figures/."""
+    with user_errors():
+        from quantcal.evaluate import require_positive
+        from quantcal.report.write import write_report
+        from quantcal.store import open_store
+        from quantcal.study.runner import check_plan, plan, run_study
+        from quantcal.study.spec import default_study, load_study
+
+        if limit is not None:
+            require_positive(limit, "--limit")
+        if study is not None and data_dir is not None:
+            raise QuantcalError("--data-dir applies to the default study only; name data files in the study's tasks")
+        if data_dir is not None and not data_dir.is_dir():
+            raise QuantcalError(f"--data-dir {data_dir}: not a directory")
+        spec = load_study(study) if study is not None else default_study(data_dir)
+        if limit is not None:
+            for t in spec.tasks:
+                t.limit = min(t.limit, limit) if t.limit else limit
+        if output is not None:
+            spec.output = str(output)
+        check_plan(spec)
+        jobs = plan(spec)
+        table = Table(title=f"plan · {spec.name} · {len(jobs)} jobs")
+        for column in ("#", "variant", "model", "recipe", "task", "items"):
+            table.add_column(column)
+        for i, j in enumerate(jobs, 1):
+            table.add_row(str(i), j.variant, j.model, j.recipe or "—", j.task.name, str(j.task.limit or "all"))
+        Console(stderr=True).print(table)
+        if dry_run:
+            return
+        out_dir = Path(spec.output)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "study.json").write_text(spec.model_dump_json(indent=2))
+        _quiet_transformers()
+        say = lambda m: console.print(m, highlight=False)  # noqa: E731
+        with open_store(out_dir / "study.sqlite") as db:
+            outcomes = run_study(spec, db, _progress, say)
+            failures = [o.to_json() for o in outcomes if not o.ok]
+            if len(failures) == len(outcomes):
+                raise QuantcalError(f"every job failed; first: {failures[0]['error']}")
+            page = write_report(db, out_dir, _settings_from_spec(spec), spec.name, failures, say)
+        _print_study_summary(out_dir / "results.json")
+        console.print(f"report: {page}")
+        if failures:
+            console.print(f"[red]{len(failures)} of {len(outcomes)} job(s) failed[/]; the report covers the others")
+            raise typer.Exit(1)
+
+
+def _print_study_summary(results_file: Path) -> None:
+    results = json.loads(results_file.read_text())
+    for task, by_norm in results["tasks"].items():
+        norm, block = next(iter(by_norm.items()))
+        table = Table(title=f"{task} · normalization {norm} · Δ vs reference (* interval excludes 0)")
+        for column in ("variant", "n", "acc", "ECE", "Δacc", "ΔECE"):
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for name, v in block["variants"].items():
+            m = v["metrics"]
+            p = block["paired"].get(name, {}).get("difference", {})
+
+            def cell(key: str, src: dict) -> str:  # noqa: ANN001
+                iv = src.get(key)
+                if not iv or iv.get("estimate") is None:
+                    return "—"
+                star = "*" if iv["low"] is not None and (iv["low"] > 0 or iv["high"] < 0) else ""
+                return f"{iv['estimate']:+.4f}{star}"
+
+            table.add_row(name, str(v["n"]), f"{m['acc']['estimate']:.4f}" if "acc" in m else "—",
+                          f"{m['ece']['estimate']:.4f}" if "ece" in m else "—", cell("acc", p), cell("ece", p))
+        Console().print(table)
+        for flag in block["deployment"]["flags"]:
+            console.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
+
+
+@app.command("report")
+def report_command(
+    store: Path = typer.Argument(..., help="A study's store (study.sqlite) or any quantcal store."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Reference variant (default: the study's reference, else 'reference', else the first run)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (default: the store's folder)."),
+    resamples: Optional[int] = typer.Option(None, "--resamples", help="Bootstrap resamples (default: the study's, else 1000)."),
+) -> None:
+    """Rebuild the report from a store without scoring anything."""
+    with user_errors():
+        from quantcal.report.collect import ReportSettings
+        from quantcal.report.write import write_report
+        from quantcal.store import open_store
+        from quantcal.study.spec import REFERENCE_NAME, StudySpec
+
+        study_file = store.parent / "study.json"
+        spec = StudySpec.model_validate_json(study_file.read_text()) if study_file.is_file() else None
+        with open_store(store, create=False) as db:
+            variants = list(dict.fromkeys(r.variant for r in db.runs()))
+            if not variants:
+                raise QuantcalError(f"{store}: the store holds no runs")
+            settings = _settings_from_spec(spec) if spec else ReportSettings(reference=variants[0])
+            if ref is not None:
+                settings.reference = ref
+            elif settings.reference not in variants:
+                settings.reference = REFERENCE_NAME if REFERENCE_NAME in variants else variants[0]
+            if settings.reference not in variants:
+                raise QuantcalError(f"--ref {settings.reference!r} is not in the store; it holds {', '.join(variants)}")
+            if resamples is not None:
+                require = resamples >= 10
+                if not require:
+                    raise QuantcalError("--resamples must be at least 10")
+                settings.resamples = resamples
+            page = write_report(db, output or store.parent, settings, spec.name if spec else store.stem,
+                                say=lambda m: console.print(m, highlight=False))
+        console.print(f"report: {page}")
+
+
+@app.command("import-lm-eval")
+def import_lm_eval_command(
+    paths: list[Path] = typer.Argument(..., help="lm-eval --log_samples output: samples_<task>_<date>.jsonl files or folders holding them."),
+    store: Path = typer.Option(..., "--store", help="SQLite store to write into (created if missing)."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Variant name (default: lm-eval's model_name from its results file)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task name in the store (default: lm-eval's task name); one samples file only."),
+) -> None:
+    """Put lm-eval's per-choice log-likelihoods into a store: then `quantcal metrics`, `compare` and `report`
+    give calibration for a run you already have, without scoring anything again."""
+    with user_errors():
+        from quantcal.lm_eval_import import import_samples, samples_files
+        from quantcal.predictions import task_summary
+        from quantcal.store import open_store
+
+        files = samples_files(paths)
+        if task is not None and len(files) != 1:
+            raise QuantcalError("--task names one task: give exactly one samples file")
+        table = Table(title=f"imported into {store}")
+        for column in ("variant", "task", "items", "acc (quantcal)", "acc (lm-eval)", "acc_norm (quantcal)", "acc_norm (lm-eval)"):
+            table.add_column(column, justify="left" if column in ("variant", "task") else "right")
+        with open_store(store) as db:
+            for f in files:
+                got = import_samples(db, f, variant, task)
+                run = next(r for r in db.runs() if r.run_id == got.run_id)
+                ours = task_summary(db.scored_items(got.run_id))
+                theirs = got.lm_eval_metrics
+                table.add_row(run.variant, got.task, str(got.n_items), f"{ours['acc']:.4f}",
+                              f"{theirs['acc']:.4f}" if "acc" in theirs else "—", f"{ours['acc_norm']:.4f}",
+                              f"{theirs['acc_norm']:.4f}" if "acc_norm" in theirs else "—")
+        Console().print(table)
+
+
 @app.command("tasks")
 def tasks_command() -> None:
     """List the tasks, their hub source and what they measure."""

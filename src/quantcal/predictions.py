@@ -67,6 +67,9 @@ def choice_scores(items: Sequence[ScoredItem], normalization: str = "none") -> n
     for i, it in enumerate(items):
         ll = np.asarray(it.logliks, dtype=np.float64)
         if normalization == "tokens":
+            if 0 in it.n_tokens:
+                raise QuantcalError(f"item {it.item_id}: token counts unknown (a run imported from lm-eval); "
+                                    "use normalization none, chars or bytes")
             ll = ll / np.asarray(it.n_tokens, dtype=np.float64)
         elif normalization == "chars":
             ll = ll / np.asarray(it.n_chars, dtype=np.float64)

@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS scores (
     greedy INTEGER NOT NULL,
     PRIMARY KEY (run_id, item_id, choice)
 );
+CREATE TABLE IF NOT EXISTS texts (
+    item_hash TEXT PRIMARY KEY,
+    context TEXT NOT NULL,
+    choices TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS item_errors (
     run_id INTEGER NOT NULL,
     item_id TEXT NOT NULL,
@@ -176,6 +181,8 @@ class Store:
                     (run_id, item.id, position, item.gold, json.dumps(list(item.golds)), len(item.choices),
                      item.content_hash, json.dumps(item.meta, sort_keys=True, default=str)),
                 )
+                db.execute("INSERT OR IGNORE INTO texts (item_hash, context, choices) VALUES (?, ?, ?)",
+                           (item.content_hash, item.context, json.dumps(list(item.choices))))
                 db.executemany(
                     "INSERT INTO scores (run_id, item_id, choice, loglik, n_tokens, n_chars, n_bytes, greedy)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -186,6 +193,16 @@ class Store:
                 db.execute("INSERT OR REPLACE INTO item_errors (run_id, item_id, message) VALUES (?, ?, ?)",
                            (run_id, item.id, message))
             db.execute("UPDATE runs SET updated_at=? WHERE run_id=?", (time.time(), run_id))
+
+    def item_texts(self, hashes: Sequence[str]) -> dict[str, tuple[str, list[str]]]:
+        """Context and choices of scored items by content hash (shared by every run that scored them)."""
+        out: dict[str, tuple[str, list[str]]] = {}
+        wanted = list(dict.fromkeys(hashes))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(f"SELECT item_hash, context, choices FROM texts WHERE item_hash IN ({','.join('?' * len(chunk))})", chunk)
+            out.update({h: (c, json.loads(ch)) for h, c, ch in rows})
+        return out
 
     def errors(self, run_id: int) -> list[tuple[str, str]]:
         return list(self.db.execute("SELECT item_id, message FROM item_errors WHERE run_id=? ORDER BY item_id", (run_id,)))

@@ -1,0 +1,1 @@
+"""The study report: numbers (collect), figures, tables, one self-contained HTML page."""

@@ -1,0 +1,135 @@
+"""Every number of a study report, from its store: the single source for the HTML page, the tables and results.json.
+
+Per task and length normalization: each variant's metrics with bootstrap intervals, reliability bins and
+confidence histograms, recalibration before/after; per variant the paired difference to the reference (items
+matched by id and content hash) with its interval, and the reference-vs-variant analysis; then a deployment
+view ranking variants by accuracy and by calibration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from quantcal.analysis import compare, recalibration_report
+from quantcal.errors import QuantcalError
+from quantcal.metrics import as_inputs, bootstrap_all, paired_bootstrap, reliability_bins
+from quantcal.predictions import choice_scores
+from quantcal.store import Store
+from quantcal.study.spec import DEFAULT_METRICS
+from quantcal.summary import align, run_predictions
+
+#: Lower is better for these; the rest (acc, auroc, selective_acc) higher is better.
+LOWER_IS_BETTER = {"ece", "mce", "oe", "ace", "sce", "smece", "brier", "brier_top", "nll", "entropy",
+                   "overconfidence_rate", "aurc"}
+HIST_EDGES = np.linspace(0, 1, 21)
+
+
+@dataclass
+class ReportSettings:
+    reference: str
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    normalizations: list[str] = field(default_factory=lambda: ["none"])
+    resamples: int = 1000
+    seed: int = 0
+    level: float = 0.95
+    recalibration: bool = True
+    folds: int = 5
+    confidence_bins: int = 5
+
+
+def _intervals(d: Any, names: Sequence[str], s: ReportSettings) -> dict[str, dict[str, float]]:
+    return {k: v.to_json() for k, v in bootstrap_all(list(names), d, None, s.resamples, s.seed, s.level).items()}
+
+
+def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
+    preds, scored = run_predictions(store, variant, task, norm)
+    d = as_inputs(preds.probs, preds.labels)
+    bins = reliability_bins(d)
+    right = d.correct.astype(bool)
+    block: dict[str, Any] = {
+        "n": int(d.n),
+        "metrics": _intervals(d, s.metrics, s),
+        "reliability": {"counts": bins.counts.astype(int).tolist(), "confidence": bins.confidence.tolist(),
+                        "accuracy": bins.accuracy.tolist()},
+        "confidence_histogram": {"edges": HIST_EDGES.tolist(),
+                                 "correct": np.histogram(d.confidence[right], HIST_EDGES)[0].tolist(),
+                                 "wrong": np.histogram(d.confidence[~right], HIST_EDGES)[0].tolist()},
+    }
+    if s.recalibration and d.n >= 2 * s.folds:
+        block["recalibration"] = recalibration_report(choice_scores(scored, norm), preds.labels, k=s.folds, seed=s.seed)
+    return block
+
+
+def _paired(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
+    a = align(store, s.reference, variant, task, norm)
+    labels = a.ref.labels
+    diffs = {m: paired_bootstrap(m, a.ref.probs, a.var.probs, labels, s.resamples, s.seed, s.level).to_json()
+             for m in s.metrics}
+    return {"n": int(labels.size), "difference": diffs,
+            "analysis": compare(a.ref.probs, a.var.probs, labels, s.confidence_bins).to_json(),
+            "largest_changes": largest_changes(store, a, s.reference, task)}
+
+
+def largest_changes(store: Store, a: Any, reference: str, task: str, top: int = 5) -> list[dict[str, Any]]:
+    """The items whose p(gold) moved most, with their text (for the reader to see what moved)."""
+    ref, var = as_inputs(a.ref.probs, a.ref.labels), as_inputs(a.var.probs, a.var.labels)
+    delta = var.p_gold - ref.p_gold
+    order = np.argsort(-np.abs(delta), kind="stable")[:top]
+    hashes = {it.item_id: it.item_hash for it in run_predictions(store, reference, task)[1]}
+    texts = store.item_texts([hashes[a.ref.item_ids[i]] for i in order])
+    rows = []
+    for i in order:
+        context, choices = texts.get(hashes[a.ref.item_ids[i]], ("", []))
+        gold = int(a.ref.labels[i])
+        rows.append({"item_id": a.ref.item_ids[i], "context": context[-400:], "gold_choice": choices[gold] if gold < len(choices) else "",
+                     "p_gold_ref": float(ref.p_gold[i]), "p_gold_var": float(var.p_gold[i]), "delta": float(delta[i])})
+    return rows
+
+
+def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference: str) -> dict[str, Any]:
+    """Rank variants by accuracy and by ECE side by side; flag those that gain accuracy but lose calibration."""
+    names = list(variants)
+
+    def est(v: str, m: str) -> float:
+        return variants[v]["metrics"].get(m, {}).get("estimate", float("nan"))
+
+    by_acc = sorted(names, key=lambda v: -est(v, "acc"))
+    cal = "ece" if all("ece" in variants[v]["metrics"] for v in names) else None
+    by_cal = sorted(names, key=lambda v: est(v, cal)) if cal else []
+    flags = []
+    for v, p in paired.items():
+        d_acc, d_ece = p["difference"].get("acc"), p["difference"].get("ece")
+        if d_acc is None or d_ece is None:
+            continue
+        if d_acc["estimate"] > 0 and d_ece["estimate"] > 0:
+            sure = d_acc["low"] > 0 and d_ece["low"] > 0
+            flags.append({"variant": v, "delta_acc": d_acc, "delta_ece": d_ece, "both_intervals_exclude_zero": sure,
+                          "message": f"{v} is more accurate than {reference} but worse calibrated"
+                                     + (" (both changes outside their 95% intervals)" if sure else " (not both significant)")})
+    return {"rank_by_accuracy": by_acc, "rank_by_calibration": by_cal, "calibration_metric": cal, "flags": flags}
+
+
+def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str, Any]:
+    runs = [r for r in store.runs() if store.done_item_ids(r.run_id)]
+    if not runs:
+        raise QuantcalError(f"{store.path}: no scored items to report on")
+    tasks = list(dict.fromkeys(r.task for r in runs))
+    out: dict[str, Any] = {"reference": settings.reference, "settings": settings.__dict__, "tasks": {},
+                           "runs": [{"variant": r.variant, "task": r.task, "status": r.status, "n": r.n_items, "n_errors": r.n_errors,
+                                     "seconds": r.seconds, "config": r.config} for r in runs]}
+    for task in tasks:
+        names = list(dict.fromkeys(r.variant for r in runs if r.task == task))
+        if settings.reference in names:  # reference first
+            names = [settings.reference] + [n for n in names if n != settings.reference]
+        out["tasks"][task] = {}
+        for norm in settings.normalizations:
+            if say:
+                say(f"metrics · {task} · normalization {norm}")
+            variants = {v: _variant_block(store, v, task, norm, settings) for v in names}
+            paired = {v: _paired(store, v, task, norm, settings) for v in names[1:]} if settings.reference in names else {}
+            out["tasks"][task][norm] = {"variants": variants, "paired": paired,
+                                        "deployment": deployment_view(variants, paired, settings.reference)}
+    return out

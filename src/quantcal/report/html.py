@@ -1,0 +1,125 @@
+"""One self-contained HTML page (figures embedded as data URIs, no network), rendered with Jinja2 autoescaping
+so that dataset text shows as text, never as markup."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from jinja2 import Environment
+
+from quantcal.report.figures import Figure
+from quantcal.report.tables import diff_rows, fmt_interval, metric_rows
+
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>quantcal · {{ title }}</title>
+<style>
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1180px; color: #222; padding: 0 1rem; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2rem; margin-top: 2.4rem; } h3 { margin-top: 1.6rem; }
+table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .85rem; }
+th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; vertical-align: top; }
+th:first-child, td:first-child, td.text { text-align: left; }
+th { background: #f4f4f4; }
+td.sig { font-weight: bold; background: #fff6d6; }
+.flag { background: #ffe3e3; border-left: 4px solid #d33; padding: .5rem .8rem; margin: .5rem 0; }
+.ok { background: #e8f6e8; border-left: 4px solid #393; padding: .5rem .8rem; margin: .5rem 0; }
+.muted { color: #666; font-size: .85rem; }
+img { max-width: 100%; }
+.figs { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
+code { background: #f4f4f4; padding: 0 .2rem; }
+</style></head>
+<body>
+<h1>{{ title }}</h1>
+<p>Reference <code>{{ results.reference }}</code>; {{ n_variants }} variant(s) on {{ results.tasks|length }} task(s).
+Estimates carry {{ level }}% percentile-bootstrap intervals ({{ settings.resamples }} resamples, seed {{ settings.seed }});
+differences are <em>variant − reference</em> on the same items (matched by id and content hash), resampled jointly;
+<strong>highlighted</strong> cells are differences whose interval excludes 0.</p>
+
+<h2 id="summary">Study</h2>
+<table>
+<tr><th>variant</th><th>task</th><th>status</th><th>items</th><th>recipe / model</th></tr>
+{% for r in results.runs %}<tr><td>{{ r.variant }}</td><td>{{ r.task }}</td><td>{{ r.status }}</td><td>{{ r.n }}</td><td class="text">{{ r.what }}</td></tr>
+{% endfor %}</table>
+{% if failures %}<div class="flag"><strong>{{ failures|length }} job(s) failed:</strong><ul>
+{% for f in failures %}<li>{{ f.variant }} · {{ f.task }}: {{ f.error }}</li>{% endfor %}</ul></div>{% endif %}
+<p class="muted">Environment: {% for k, v in environment.items() %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}. Written {{ written }}.</p>
+
+{% for task in tasks %}
+<h2 id="task-{{ loop.index }}">{{ task.name }}</h2>
+{% for nb in task.blocks %}
+<h3>Metrics (length normalization: {{ nb.norm }})</h3>
+<table><tr><th>variant</th><th>n</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for row in nb.metric_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
+</table>
+{% if nb.diff_rows %}
+<table><tr><th>variant − reference</th><th>n</th>{% for m in metrics %}<th>Δ {{ m }}</th>{% endfor %}</tr>
+{% for row in nb.diff_rows %}<tr>{% for c, sig in row %}<td{% if sig %} class="sig"{% endif %}>{{ c }}</td>{% endfor %}</tr>{% endfor %}
+</table>{% endif %}
+{% endfor %}
+
+<h3>Deployment view</h3>
+<table><tr><th>rank</th><th>by accuracy</th><th>by calibration ({{ task.deployment.calibration_metric or "—" }})</th></tr>
+{% for a, c in task.ranks %}<tr><td>{{ loop.index }}</td><td class="text">{{ a }}</td><td class="text">{{ c }}</td></tr>{% endfor %}</table>
+{% for f in task.deployment.flags %}<div class="flag">{{ f.message }}: Δacc {{ "%+.4f"|format(f.delta_acc.estimate) }}, ΔECE {{ "%+.4f"|format(f.delta_ece.estimate) }}.</div>{% endfor %}
+{% if not task.deployment.flags and task.has_paired %}<div class="ok">No variant gains accuracy while losing calibration on this task.</div>{% endif %}
+
+<div class="figs">{% for fig in task.figures %}<figure><img alt="{{ fig.title }}" src="data:image/png;base64,{{ fig.data }}"><figcaption class="muted">{{ fig.title }}</figcaption></figure>{% endfor %}</div>
+
+{% for v in task.analysis %}
+<h3>{{ v.name }} vs reference: what moved</h3>
+<p>n = {{ v.a.n }}; mean Δp(gold) {{ "%+.4f"|format(v.a.mean_delta_p_gold) }}, mean |Δp(gold)| {{ "%.4f"|format(v.a.mean_abs_delta_p_gold) }},
+mean Jensen-Shannon distance {{ "%.4f"|format(v.a.mean_js_distance) }}, predictions changed {{ "%.1f"|format(100 * v.a.flip_rate) }}%.
+Flips: {{ v.a.flips.correct_to_wrong.count|int }} correct→wrong, {{ v.a.flips.wrong_to_correct.count|int }} wrong→correct.</p>
+<table><tr><th>test</th><th>n</th><th>mean before</th><th>mean after</th><th>t-test p</th><th>Wilcoxon p</th></tr>
+{% for label, key in [("p(gold), all items", "p_gold_all"), ("p(gold), reference-correct items", "p_gold_ref_correct"), ("confidence, reference-correct items", "confidence_ref_correct")] %}
+{% set t = v.a.tests[key] %}<tr><td>{{ label }}</td><td>{{ t.n|int }}</td><td>{{ "%.4f"|format(t.mean_before) }}</td><td>{{ "%.4f"|format(t.mean_after) }}</td><td>{{ "%.3g"|format(t.t_pvalue) }}</td><td>{{ "%.3g"|format(t.wilcoxon_pvalue) }}</td></tr>{% endfor %}
+<tr><td>McNemar (correctness)</td><td colspan="3">{{ v.a.tests.mcnemar.correct_to_wrong|int }} → wrong, {{ v.a.tests.mcnemar.wrong_to_correct|int }} → right</td><td colspan="2">p = {{ "%.3g"|format(v.a.tests.mcnemar.pvalue) }}</td></tr>
+</table>
+<table><tr><th>reference-confidence bin</th><th>n</th><th>confidence range</th><th>mean |Δp(gold)|</th><th>mean Δp(gold)</th><th>mean JS</th><th>flip rate</th></tr>
+{% for b in v.a.stratified.bins %}<tr><td>{{ b.bin }}</td><td>{{ b.n }}</td><td>{{ "%.2f"|format(b.ref_confidence_low) }}–{{ "%.2f"|format(b.ref_confidence_high) }}</td><td>{{ "%.4f"|format(b.mean_abs_delta_p_gold) }}</td><td>{{ "%+.4f"|format(b.mean_delta_p_gold) }}</td><td>{{ "%.4f"|format(b.mean_js_distance) }}</td><td>{{ "%.1f"|format(100 * b.flip_rate) }}%</td></tr>{% endfor %}
+</table>
+<p class="muted">Spearman(reference confidence, |Δp(gold)|) = {{ "%.3f"|format(v.a.stratified.spearman_ref_confidence_vs_abs_delta_p_gold.rho) }}
+(p = {{ "%.3g"|format(v.a.stratified.spearman_ref_confidence_vs_abs_delta_p_gold.pvalue) }}); negative means the items the reference was unsure of moved most.</p>
+<table><tr><th>item</th><th>context (end)</th><th>gold answer</th><th>p(gold) ref</th><th>p(gold) variant</th></tr>
+{% for it in v.largest %}<tr><td class="text">{{ it.item_id }}</td><td class="text">{{ it.context }}</td><td class="text">{{ it.gold_choice }}</td><td>{{ "%.3f"|format(it.p_gold_ref) }}</td><td>{{ "%.3f"|format(it.p_gold_var) }}</td></tr>{% endfor %}
+</table>
+{% endfor %}
+
+{% if task.recalibration %}
+<h3>Recalibration (temperature scaling, {{ settings.folds }}-fold cross-fitted; normalization {{ task.primary }})</h3>
+<table><tr><th>variant</th><th>T</th><th>ECE before</th><th>ECE after</th><th>NLL before</th><th>NLL after</th><th>Brier before</th><th>Brier after</th><th>acc (unchanged)</th></tr>
+{% for name, r in task.recalibration %}<tr><td>{{ name }}</td><td>{{ "%.3f"|format(r.temperature) }}</td><td>{{ "%.4f"|format(r.before.ece) }}</td><td>{{ "%.4f"|format(r.after.ece) }}</td><td>{{ "%.4f"|format(r.before.nll) }}</td><td>{{ "%.4f"|format(r.after.nll) }}</td><td>{{ "%.4f"|format(r.before.brier) }}</td><td>{{ "%.4f"|format(r.after.brier) }}</td><td>{{ "%.4f"|format(r.after.acc) }}</td></tr>{% endfor %}
+</table>{% endif %}
+{% endfor %}
+<p class="muted">Every number on this page is in results.json beside it; per-item records are in items.parquet.</p>
+</body></html>
+"""
+
+
+def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict[str, Any]) -> str:
+    settings = results["settings"]
+    metrics = settings["metrics"]
+    tasks = []
+    for name, by_norm in results["tasks"].items():
+        norms = list(by_norm)
+        primary = by_norm[norms[0]]
+        ranks = list(zip(primary["deployment"]["rank_by_accuracy"],
+                         primary["deployment"]["rank_by_calibration"] or ["—"] * len(primary["deployment"]["rank_by_accuracy"])))
+        tasks.append({
+            "name": name, "primary": norms[0], "deployment": primary["deployment"], "ranks": ranks,
+            "has_paired": bool(primary["paired"]),
+            "blocks": [{"norm": n, "metric_rows": metric_rows(b, metrics), "diff_rows": diff_rows(b, metrics)} for n, b in by_norm.items()],
+            "figures": [{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()} for f in figures.get(name, [])],
+            "analysis": [{"name": v, "a": p["analysis"], "largest": p.get("largest_changes", [])} for v, p in primary["paired"].items()],
+            "recalibration": [(v, b["recalibration"]) for v, b in primary["variants"].items() if "recalibration" in b],
+        })
+    runs = [{"variant": r["variant"], "task": r["task"], "status": r["status"], "n": r.get("n", ""),
+             "what": r["config"].get("recipe") or (r["config"].get("model") or {}).get("spec", "")} for r in results["runs"]]
+    env = Environment(autoescape=True)
+    env.globals["fmt_interval"] = fmt_interval
+    return env.from_string(TEMPLATE).render(
+        title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,
+        level=int(round(settings["level"] * 100)), n_variants=max(0, len({r["variant"] for r in runs}) - 1),
+        tasks=tasks, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""))

@@ -1,0 +1,75 @@
+"""Metric tables as rows of cells, and their Markdown and LaTeX renderings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt_interval(iv: dict[str, float], signed: bool = False) -> str:
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"{f.format(iv['estimate'])} [{f.format(iv['low'])}, {f.format(iv['high'])}]"
+
+
+def excludes_zero(iv: dict[str, float]) -> bool:
+    return iv["low"] > 0 or iv["high"] < 0
+
+
+def metric_rows(block: dict[str, Any], metrics: list[str]) -> list[list[str]]:
+    rows = []
+    for name, v in block["variants"].items():
+        rows.append([name, str(v["n"])] + [fmt_interval(v["metrics"][m]) for m in metrics])
+    return rows
+
+
+def diff_rows(block: dict[str, Any], metrics: list[str]) -> list[list[tuple[str, bool]]]:
+    """Per variant: (cell text, interval excludes 0)."""
+    rows = []
+    for name, p in block["paired"].items():
+        cells = [(name, False), (str(p["n"]), False)]
+        cells += [(fmt_interval(p["difference"][m], signed=True), excludes_zero(p["difference"][m])) for m in metrics]
+        rows.append(cells)
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    metrics = results["settings"]["metrics"]
+    level = int(round(results["settings"]["level"] * 100))
+    out = [f"# {results.get('study', {}).get('name', 'quantcal study')}", "",
+           f"Reference: `{results['reference']}`. Estimates with {level}% bootstrap intervals "
+           f"({results['settings']['resamples']} resamples); differences are variant − reference on the same items, "
+           "**bold** where the interval excludes 0.", ""]
+    for task, by_norm in results["tasks"].items():
+        for norm, block in by_norm.items():
+            out += [f"## {task} (normalization: {norm})", "", "| variant | n | " + " | ".join(metrics) + " |",
+                    "|" + "---|" * (len(metrics) + 2)]
+            out += ["| " + " | ".join(r) + " |" for r in metric_rows(block, metrics)]
+            if block["paired"]:
+                out += ["", "| difference to reference | n | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+                out += ["| " + " | ".join(f"**{t}**" if bold else t for t, bold in r) + " |" for r in diff_rows(block, metrics)]
+            out.append("")
+    return "\n".join(out)
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def latex(results: dict[str, Any]) -> str:
+    metrics = results["settings"]["metrics"]
+    out = ["% quantcal tables (booktabs); differences in bold where the interval excludes 0"]
+    for task, by_norm in results["tasks"].items():
+        for norm, block in by_norm.items():
+            out += [r"\begin{table}[t]\centering\small", f"\\caption{{{_tex(task)}, normalization {_tex(norm)}}}",
+                    r"\begin{tabular}{l r " + "l " * len(metrics) + "}", r"\toprule",
+                    "variant & n & " + " & ".join(_tex(m) for m in metrics) + r" \\", r"\midrule"]
+            out += [" & ".join(_tex(c) for c in r) + r" \\" for r in metric_rows(block, metrics)]
+            if block["paired"]:
+                out.append(r"\midrule")
+                out += [" & ".join(f"\\textbf{{{_tex(t)}}}" if bold else _tex(t) for t, bold in r) + r" \\"
+                        for r in diff_rows(block, metrics)]
+            out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)

@@ -1,0 +1,61 @@
+"""Write a study's report directory: report.html, results.json, tables.md, tables.tex, items.parquet, figures/."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from quantcal.report.collect import ReportSettings, collect
+from quantcal.report.figures import Figure, task_figures
+from quantcal.report.html import render
+from quantcal.report.tables import latex, markdown
+from quantcal.store import Store
+from quantcal.versions import package_versions
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: write null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_items(store: Store, target: Path, normalizations: Sequence[str]) -> int:
+    import pandas as pd
+
+    from quantcal.export import item_records
+
+    records = [r for norm in normalizations for r in item_records(store, norm)]
+    pd.DataFrame.from_records(records).to_parquet(target, index=False)
+    return len(records)
+
+
+def write_report(store: Store, out_dir: Path, settings: ReportSettings, title: str = "quantcal study",
+                 failures: Sequence[dict[str, Any]] = (), say: Callable[[str], None] | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = collect(store, settings, say)
+    environment = package_versions(("quantcal", "torch", "transformers", "numpy", "scipy", "relplot"))
+    written = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results["study"] = {"name": title, "store": str(store.path), "written": written, "environment": environment,
+                        "failures": list(failures)}
+    figures: dict[str, list[Figure]] = {}
+    for task, by_norm in results["tasks"].items():
+        if say:
+            say(f"figures · {task}")
+        figures[task] = task_figures(next(iter(by_norm.values())), settings.reference, task, out_dir / "figures")
+    results["figures"] = {t: [str(f.png.relative_to(out_dir)) for f in fs] for t, fs in figures.items()}
+    (out_dir / "results.json").write_text(json.dumps(_finite(results), indent=2))
+    (out_dir / "tables.md").write_text(markdown(results))
+    (out_dir / "tables.tex").write_text(latex(results))
+    write_items(store, out_dir / "items.parquet", settings.normalizations)
+    page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment, "written": written})
+    target = out_dir / "report.html"
+    target.write_text(page, encoding="utf-8")
+    return target

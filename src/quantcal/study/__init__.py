@@ -1,0 +1,1 @@
+"""Study files and the study runner (``quantcal run``)."""

@@ -1,0 +1,195 @@
+"""The study file: which reference, which variants, which tasks, which numbers, where to write them.
+
+A YAML file validated with pydantic; relative paths are resolved against the file's folder. Only
+``reference``, ``variants`` and ``tasks`` are required::
+
+    reference: smollm2-135m-instruct
+    variants:
+      - name: rtn4
+        recipe: rtn:bits=4,group_size=64
+    tasks:
+      - name: custom
+        data_file: questions.jsonl
+    output: report_dir
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quantcal.errors import QuantcalError
+
+DEFAULT_METRICS = ["acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc"]
+NORMALIZATIONS = ("none", "tokens", "chars", "bytes")
+REFERENCE_NAME = "reference"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VariantSpec(_Strict):
+    """A compressed (or other) model to compare with the reference."""
+
+    name: str = Field(description="readable name, used in the store and the report")
+    recipe: Optional[str] = Field(None, description="compression recipe applied to the reference, e.g. rtn:bits=4,group_size=64")
+    model: Optional[str] = Field(None, description="another model instead of (or as the base of) the recipe")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip() or value.strip() == REFERENCE_NAME:
+            raise ValueError(f"a variant needs a non-empty name other than {REFERENCE_NAME!r}")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _something(self) -> "VariantSpec":
+        if self.recipe is None and self.model is None:
+            raise ValueError(f"variant {self.name!r} needs a recipe or a model")
+        return self
+
+
+class TaskSpec(_Strict):
+    name: str
+    data_file: Optional[str] = Field(None, description="local copy in hub schema (.jsonl/.json/.parquet/.csv)")
+    limit: Optional[int] = Field(None, gt=0, description="first N items only")
+    template: Optional[str] = Field(None, description="prompt template (custom task)")
+
+
+class BootstrapSpec(_Strict):
+    resamples: int = Field(1000, ge=10)
+    seed: int = 0
+    level: float = Field(0.95, gt=0, lt=1)
+
+
+class RecalibrationSpec(_Strict):
+    enabled: bool = True
+    folds: int = Field(5, ge=2)
+
+
+class StudySpec(_Strict):
+    name: str = "study"
+    reference: str = Field(description="bundled name, .gguf file, checkpoint directory or hub id")
+    variants: list[VariantSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    normalization: Union[str, list[str]] = Field("none", description="length normalization(s): none, tokens, chars, bytes")
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
+    recalibration: RecalibrationSpec = Field(default_factory=RecalibrationSpec)
+    confidence_bins: int = Field(5, ge=1, description="reference-confidence quantile bins for the shift analysis")
+    output: str = "quantcal-report"
+    batch_size: int = Field(32, gt=0)
+    device: str = "cpu"
+    dtype: str = "auto"
+
+    @field_validator("normalization")
+    @classmethod
+    def _norms(cls, value: Union[str, list[str]]) -> list[str]:
+        values = [value] if isinstance(value, str) else value
+        bad = [v for v in values if v not in NORMALIZATIONS]
+        if bad or not values:
+            raise ValueError(f"unknown normalization {bad}; expected some of {', '.join(NORMALIZATIONS)}")
+        return list(values)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        from quantcal.metrics import METRICS
+
+        bad = [m for m in value if m not in METRICS]
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; known: {', '.join(METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> "StudySpec":
+        names = [v.name for v in self.variants]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"variant names must be unique: {twice}")
+        tasks = [t.name for t in self.tasks]
+        twice = sorted({n for n in tasks if tasks.count(n) > 1})
+        if twice:
+            raise ValueError(f"each task once: {twice}")
+        return self
+
+    @property
+    def normalizations(self) -> list[str]:
+        return [self.normalization] if isinstance(self.normalization, str) else list(self.normalization)
+
+
+def _resolve(path: Optional[str], base: Path) -> Optional[str]:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p))
+
+
+def _local_model(spec: str, base: Path) -> str:
+    """Model specs that look like local paths are resolved against the study file's folder."""
+    candidate = base / spec
+    return str(candidate) if not Path(spec).is_absolute() and (spec.endswith(".gguf") or candidate.exists()) else spec
+
+
+def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
+    if not isinstance(data, dict):
+        raise QuantcalError(f"{origin}: a study is a mapping with reference, variants and tasks")
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
+        raise QuantcalError(f"{origin} is not a valid study:\n  " + "\n  ".join(lines)) from None
+    spec.reference = _local_model(spec.reference, base)
+    for v in spec.variants:
+        if v.model:
+            v.model = _local_model(v.model, base)
+    for t in spec.tasks:
+        t.data_file = _resolve(t.data_file, base)
+    spec.output = _resolve(spec.output, base) or spec.output
+    return spec
+
+
+def load_study(path: Path) -> StudySpec:
+    import yaml
+
+    if not path.is_file():
+        raise QuantcalError(f"{path}: study file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise QuantcalError(f"{path}: not valid YAML: {exc}") from None
+    return parse_study(data, path.resolve().parent, str(path))
+
+
+#: Tasks of the built-in study when --data-dir points at local files in hub schema (file, default limit).
+DATA_DIR_TASKS = {
+    "piqa": ("piqa/validation.jsonl", 200),
+    "openbookqa": ("openbookqa/test.jsonl", 200),
+    "hellaswag": ("hellaswag/validation.jsonl", 100),
+    "boolq": ("boolq/validation.jsonl", 100),
+}
+
+
+def default_study(data_dir: Path | None = None, output: str = "quantcal-report") -> StudySpec:
+    """The bundled SmolLM2 against three post-training recipes on the offline task (and local benchmarks)."""
+    tasks: list[dict[str, Any]] = [{"name": "arithmetic"}]
+    if data_dir is not None:
+        for name, (rel, limit) in DATA_DIR_TASKS.items():
+            if (data_dir / rel).is_file():
+                tasks.append({"name": name, "data_file": str(data_dir / rel), "limit": limit})
+        if len(tasks) == 1:
+            raise QuantcalError(f"--data-dir {data_dir}: none of {', '.join(r for r, _ in DATA_DIR_TASKS.values())} found")
+    return parse_study({
+        "name": "default: SmolLM2-135M-Instruct, post-training quantization",
+        "reference": "smollm2-135m-instruct",
+        "variants": [
+            {"name": "rtn-w8-g64", "recipe": "rtn:bits=8,group_size=64"},
+            {"name": "rtn-w4-g64", "recipe": "rtn:bits=4,group_size=64"},
+            {"name": "gguf-q4_0", "recipe": "gguf:q4_0"},
+        ],
+        "tasks": tasks,
+        "output": output,
+    }, Path.cwd())

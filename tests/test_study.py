@@ -1,0 +1,152 @@
+"""`quantcal run study.yaml` and `quantcal report`: study validation, the plan, resuming, failures, report files."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from quantcal.cli import app
+from quantcal.errors import QuantcalError
+from quantcal.study.runner import plan
+from quantcal.study.spec import default_study, parse_study
+from tests.conftest import write_jsonl
+
+runner = CliRunner()
+SCRIPT = "<script>alert('x')</script>"
+
+
+def _questions(path: Path, n: int = 30) -> Path:
+    rows = [{"id": f"q{i}", "question": f"item {i} {SCRIPT} " + "word " * (i % 4), "choices": ["alpha", "beta gamma", "delta"],
+             "answer": i % 3} for i in range(n)]
+    return write_jsonl(path, rows)
+
+
+def _study(tmp_path: Path, model: Path, extra: str = "") -> Path:
+    _questions(tmp_path / "questions.jsonl")
+    study = tmp_path / "study.yaml"
+    study.write_text(f"""reference: {model}
+variants:
+  - name: w2
+    recipe: rtn:bits=2,group_size=16
+tasks:
+  - name: custom
+    data_file: questions.jsonl
+output: report_dir
+bootstrap: {{resamples: 50}}
+{extra}""")
+    return study
+
+
+def test_minimal_study_is_accepted_as_written_in_the_issue(tmp_path: Path) -> None:
+    spec = parse_study({"reference": "smollm2-135m-instruct", "variants": [{"name": "rtn4", "recipe": "rtn:bits=4,group_size=64"}],
+                        "tasks": [{"name": "custom", "data_file": "questions.jsonl"}], "output": "report_dir"}, tmp_path)
+    assert spec.tasks[0].data_file == str(tmp_path / "questions.jsonl")
+    assert spec.output == str(tmp_path / "report_dir")
+    assert spec.normalizations == ["none"] and "ece" in spec.metrics and spec.bootstrap.resamples == 1000
+    assert [(j.variant, j.recipe) for j in plan(spec)] == [("reference", None), ("rtn4", "rtn:bits=4,group_size=64")]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"reference": "m", "variants": [], "tasks": [{"name": "piqa"}]}, "variants"),
+    ({"reference": "m", "variants": [{"name": "a"}], "tasks": [{"name": "piqa"}]}, "needs a recipe or a model"),
+    ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}, {"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}]}, "unique"),
+    ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "metrics": ["eec"]}, "unknown metric"),
+    ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "normalization": "words"}, "normalization"),
+    ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa", "limit": 0}]}, "limit"),
+    ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "colour": "red"}, "colour"),
+    (["not", "a", "mapping"], "mapping"),
+])
+def test_invalid_studies_say_what_is_wrong(tmp_path: Path, data: object, message: str) -> None:
+    with pytest.raises(QuantcalError, match=message):
+        parse_study(data, tmp_path)
+
+
+def test_bad_study_file_is_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "s.yaml"
+    bad.write_text("reference: m\nvariants:\n  - name: a\n    recipe: awq:bits=4\ntasks:\n  - name: piqa\n")
+    result = runner.invoke(app, ["run", str(bad), "--dry-run"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    no_model = tmp_path / "m.yaml"
+    no_model.write_text("reference: /no/such/dir\nvariants:\n  - name: a\n    recipe: rtn:bits=4\ntasks:\n  - name: arithmetic\n")
+    result = runner.invoke(app, ["run", str(no_model), "--dry-run"])
+    assert result.exit_code == 2 and "unknown model" in result.output
+    missing = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_default_study_adds_the_benchmarks_found_in_data_dir(shared_data: Path) -> None:
+    spec = default_study(shared_data)
+    assert [t.name for t in spec.tasks][0] == "arithmetic" and {"piqa", "hellaswag"} <= {t.name for t in spec.tasks}
+    assert spec.reference == "smollm2-135m-instruct" and len(spec.variants) >= 2
+
+
+def test_run_writes_the_report_and_resumes(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    study = _study(tmp_path, tiny_llama, "normalization: [none, tokens]\n")
+    dry = runner.invoke(app, ["run", str(study), "--dry-run"])
+    assert dry.exit_code == 0 and not (tmp_path / "report_dir" / "study.sqlite").exists()
+
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "report_dir"
+    for name in ("report.html", "results.json", "tables.md", "tables.tex", "items.parquet", "study.sqlite",
+                 "figures/custom_reliability.png", "figures/custom_reliability.svg", "figures/custom_shift.svg"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "results.json").read_text())
+    block = results["tasks"]["custom"]["none"]
+    assert set(block["variants"]) == {"reference", "w2"} and block["variants"]["reference"]["n"] == 30
+    assert set(results["tasks"]["custom"]) == {"none", "tokens"}
+    diff = block["paired"]["w2"]["difference"]["acc"]
+    expected = block["variants"]["w2"]["metrics"]["acc"]["estimate"] - block["variants"]["reference"]["metrics"]["acc"]["estimate"]
+    assert diff["estimate"] == pytest.approx(expected)
+    assert block["variants"]["w2"]["recalibration"]["after"]["acc"] == pytest.approx(block["variants"]["w2"]["metrics"]["acc"]["estimate"])
+    items = pd.read_parquet(out / "items.parquet")
+    assert len(items) == 2 * 2 * 30 and set(items["variant"]) == {"reference", "w2"}
+
+    page = (out / "report.html").read_text()
+    assert SCRIPT not in page and "&lt;script&gt;" in page  # dataset text escaped
+    assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
+
+    with sqlite3.connect(out / "study.sqlite") as db:
+        rows = db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+    again = runner.invoke(app, ["run", str(study)])
+    assert again.exit_code == 0
+    with sqlite3.connect(out / "study.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == rows  # resumed: nothing scored twice
+
+    rebuilt = tmp_path / "rebuilt"
+    report = runner.invoke(app, ["report", str(out / "study.sqlite"), "--output", str(rebuilt)])
+    assert report.exit_code == 0, report.output
+    again_results = json.loads((rebuilt / "results.json").read_text())
+    assert again_results["tasks"]["custom"]["none"]["paired"]["w2"]["difference"] == block["paired"]["w2"]["difference"]
+
+
+def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    study = _study(tmp_path, tiny_llama)
+    (tmp_path / "empty_model").mkdir()  # looks like a checkpoint, so the plan accepts it; loading it fails
+    (tmp_path / "empty_model" / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    text = study.read_text().replace("tasks:", "  - name: broken\n    model: empty_model\ntasks:")
+    study.write_text(text)
+    result = runner.invoke(app, ["run", str(study)])
+    assert result.exit_code == 1, result.output
+    results = json.loads((tmp_path / "report_dir" / "results.json").read_text())
+    assert results["study"]["failures"][0]["variant"] == "broken"
+    assert set(results["tasks"]["custom"]["none"]["variants"]) == {"reference", "w2"}
+
+
+@pytest.mark.parametrize("name", ["study_b_gptq.yaml", "study_a_ptq_vs_qlora.yaml"])
+def test_example_studies_are_valid(name: str) -> None:
+    from quantcal.study.runner import check_plan
+    from quantcal.study.spec import load_study
+
+    spec = load_study(Path(__file__).resolve().parent.parent / "examples" / name)
+    if any(t.data_file for t in spec.tasks) and not all(Path(t.data_file).is_file() for t in spec.tasks if t.data_file):
+        pytest.skip("the shared data is not next to this checkout")
+    check_plan(spec)
+    assert len(plan(spec)) == (1 + len(spec.variants)) * len(spec.tasks)
