@@ -29,12 +29,13 @@ def random_items(n: int, seed: int) -> list[Item]:
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
-def test_scorer_matches_plain_forward(fixture: str, batch_size: int, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("packed", [True, False])
+def test_scorer_matches_plain_forward(fixture: str, batch_size: int, packed: bool, request: pytest.FixtureRequest) -> None:
     lm = load_model(resolve_source(str(request.getfixturevalue(fixture))))
     encoder = Encoder(lm.tokenizer, max_length=512)
     items = random_items(12, seed=batch_size)
     encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
-    results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size))}
+    results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size, packed=packed))}
     assert sorted(results) == list(range(len(items)))
     for e in encoded:
         (group,) = e.groups

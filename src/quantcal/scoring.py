@@ -1,10 +1,16 @@
 """The scorer: summed log-probability of every choice given its context, computed once per context.
 
-For a batch of items the contexts run left-padded through the model once (keeping only the logits of
-the last context token); the key/value cache is then gathered per choice and the choices' tokens run
-on top of it. A choice of ``m`` tokens costs ``m - 1`` extra positions and single-token choices (MMLU
-letters) cost nothing beyond the context. Results equal a plain forward of ``context + choice`` (the
-input lm-evaluation-harness builds) up to float rounding.
+Default (packed) layout: one row per item, ``context + choice_1[:-1] + choice_2[:-1] + ...``, with a 4D
+attention mask under which each choice's tokens see the context and their own earlier tokens only, and
+position ids that restart after the context for every choice. So each context token and each choice token
+is computed exactly once, in one model call per batch, and the LM head runs only on the positions whose next
+token is scored (the last context position predicts every choice's first token). Models with sliding-window
+layers (Gemma 2/3) get the window applied in their sliding layers' mask.
+
+The other layout (``packed=False``): contexts run left-padded through the model once, the key/value cache
+is gathered per choice and the choices' tokens run on top of it; it pads every choice to the longest in the
+batch. Both equal a plain forward of ``context + choice`` (the input lm-evaluation-harness builds) up to float
+rounding; the tests check both against that.
 
 Per choice the scorer reports the log-likelihood, the token count, and whether every choice token is
 the model's greedy (argmax) continuation. A NaN or infinite log-likelihood is an error for that item.
@@ -31,9 +37,14 @@ class ItemScores:
     error: str | None = None
 
 
-def plan_batches(items: Sequence[EncodedItem], batch_size: int) -> list[list[Group]]:
+def packed_length(group: Group) -> int:
+    return len(group.context) + sum(len(c) - 1 for c in group.continuations)
+
+
+def plan_batches(items: Sequence[EncodedItem], batch_size: int, packed: bool = False) -> list[list[Group]]:
     """Longest groups first (padding waste stays small, memory peaks early); ``batch_size`` choice rows per batch."""
-    groups = sorted((g for it in items for g in it.groups), key=lambda g: (-g.length, g.item_index))
+    size = packed_length if packed else (lambda g: g.length)
+    groups = sorted((g for it in items for g in it.groups), key=lambda g: (-size(g), g.item_index))
     batches: list[list[Group]] = []
     current: list[Group] = []
     rows = 0
@@ -55,6 +66,7 @@ def score_items(
     batch_size: int = 32,
     pad_token_id: int = 0,
     on_batch: Callable[[int], None] | None = None,
+    packed: bool = True,
 ) -> Iterator[list[ItemScores]]:
     """Score encoded items; after each batch yield the items it completed (for transactional storing)."""
     import torch
@@ -63,8 +75,8 @@ def score_items(
     pending: dict[int, dict[int, tuple[float, bool]]] = {}
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for batch in plan_batches(items, batch_size):
-            results = _score_batch(model, batch, pad_token_id, device)
+        for batch in plan_batches(items, batch_size, packed):
+            results = (_score_batch_packed if packed else _score_batch)(model, batch, pad_token_id, device)
             done: list[ItemScores] = []
             for group, values in zip(batch, results):
                 slot = pending.setdefault(group.item_index, {})
@@ -139,6 +151,87 @@ def _score_batch(model: Any, batch: list[Group], pad_token_id: int, device: Any)
     for r, (i, _) in enumerate(rows):
         results[i].append((float(totals[r]), bool(greedy[r])))
     return results
+
+
+def _sliding_windows(model: Any) -> tuple[dict[str, int | None], bool]:
+    """Per attention kind, its window (None: full); and whether the model takes a dict of masks by layer type."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and "sliding_attention" in layer_types:
+        return {"full_attention": None, "sliding_attention": window}, True
+    if window and getattr(config, "use_sliding_window", True):
+        return {"all": window}, False
+    return {"all": None}, False
+
+
+def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, device: Any) -> list[list[tuple[float, bool]]]:
+    """One row per group: context, then every choice's tokens but the last, under a block mask (module docstring)."""
+    import torch
+
+    width = max(packed_length(g) for g in batch)
+    rows = len(batch)
+    ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
+    segment = torch.full((rows, width), -1, dtype=torch.long)  # -1 pad, 0 context, j + 1 choice j
+    position = torch.zeros((rows, width), dtype=torch.long)
+    target = torch.zeros((rows, width), dtype=torch.long)  # next token scored at this position
+    keep = torch.zeros((rows, width), dtype=torch.bool)
+    owner: list[tuple[int, int]] = []  # (row, choice) of each kept position, in row-major order
+    for r, g in enumerate(batch):
+        c = len(g.context)
+        ids[r, :c] = torch.tensor(g.context)
+        segment[r, :c] = 0
+        position[r, :c] = torch.arange(c)
+        start = c
+        for j, cont in enumerate(g.continuations):
+            m = len(cont) - 1
+            ids[r, start:start + m] = torch.tensor(cont[:-1], dtype=torch.long)
+            segment[r, start:start + m] = j + 1
+            position[r, start:start + m] = torch.arange(c, c + m)
+            target[r, start:start + m] = torch.tensor(cont[1:], dtype=torch.long)
+            keep[r, start:start + m] = True
+            start += m
+        keep[r, c - 1] = True
+    for r, g in enumerate(batch):  # row-major order of the kept positions
+        c = len(g.context)
+        owner.append((r, -1))  # the last context position: every choice's first token
+        owner += [(r, j) for j, cont in enumerate(g.continuations) for _ in range(len(cont) - 1)]
+    q, k = segment[:, :, None], segment[:, None, :]
+    causal = torch.arange(width)[:, None] >= torch.arange(width)[None, :]
+    allowed = causal[None] & (q >= 0) & ((k == 0) | (k == q))
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # a padding query sees itself (no empty softmax rows)
+    dtype = next(model.parameters()).dtype
+    floor = torch.finfo(dtype).min
+
+    def as_mask(window: int | None) -> Any:
+        ok = allowed
+        if window:
+            distance = position[:, :, None] - position[:, None, :]
+            ok = (allowed & (distance < window)) | torch.eye(width, dtype=torch.bool)[None]
+        return torch.where(ok, 0.0, floor).to(dtype)[:, None].to(device)
+
+    windows, by_layer_type = _sliding_windows(model)
+    mask = {kind: as_mask(w) for kind, w in windows.items()} if by_layer_type else as_mask(windows["all"])
+    out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=position.to(device),
+                use_cache=False, logits_to_keep=keep.to(device))
+    logits = out.logits.reshape(-1, out.logits.shape[-1])  # (kept positions, vocab), row-major
+    targets = target[keep]  # same order; the context's last position holds a dummy 0
+    first_rows = [i for i, (_, j) in enumerate(owner) if j == -1]
+    pair_row = torch.tensor([first_rows[r] for r, g in enumerate(batch) for _ in g.continuations])
+    pair_tok = torch.tensor([cont[0] for g in batch for cont in g.continuations])
+    rest = torch.tensor([i for i, (_, j) in enumerate(owner) if j != -1], dtype=torch.long)
+    # first tokens of every choice, then every later choice token: one gather over the kept positions
+    index = torch.cat([pair_row, rest])
+    lp, hit = _gather_logprobs(logits[index.to(logits.device)][:, None], torch.cat([pair_tok, targets[rest]]).to(logits.device)[:, None])
+    lp, hit = lp[:, 0].double().cpu().tolist(), hit[:, 0].cpu().tolist()
+    totals: dict[tuple[int, int], list] = {}
+    slots = [(r, j) for r, g in enumerate(batch) for j in range(len(g.continuations))] + [owner[i] for i in rest.tolist()]
+    for slot, value, h in zip(slots, lp, hit):
+        acc = totals.setdefault(slot, [0.0, True])
+        acc[0] += value
+        acc[1] = acc[1] and h
+    del out, logits
+    return [[(totals[(r, j)][0], bool(totals[(r, j)][1])) for j in range(len(g.continuations))] for r, g in enumerate(batch)]
 
 
 def _gather_logprobs(logits: Any, targets: Any) -> tuple[Any, Any]:
