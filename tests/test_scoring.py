@@ -80,3 +80,18 @@ def test_batches_are_longest_first_and_bounded() -> None:
     assert lengths == sorted(lengths, reverse=True)
     assert all(sum(len(g.continuations) for g in b) <= 4 for b in batches)
     assert sorted(g.item_index for b in batches for g in b) == list(range(10))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+def test_packed_scorer_on_transformers_without_2d_logits_to_keep(fixture: str, request: pytest.FixtureRequest,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older transformers 5.x take only a 1-D logits_to_keep: the scorer falls back and gives the same numbers."""
+    from transformers import modeling_utils
+
+    lm = load_model(resolve_source(str(request.getfixturevalue(fixture))))
+    encoder = Encoder(lm.tokenizer, max_length=512)
+    encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(random_items(6, seed=3))]
+    new = {s.item_index: s.logliks for s in iter_flat(score_items(lm.model, encoded, batch_size=9))}
+    monkeypatch.delattr(modeling_utils, "slice_logits_to_keep")
+    old = {s.item_index: s.logliks for s in iter_flat(score_items(lm.model, encoded, batch_size=9))}
+    assert all(a == pytest.approx(b, abs=1e-5) for i in new for a, b in zip(new[i], old[i]))

@@ -165,6 +165,24 @@ def _sliding_windows(model: Any) -> tuple[dict[str, int | None], bool]:
     return {"all": None}, False
 
 
+def _logits_at(model: Any, keep: Any, **inputs: Any) -> Any:
+    """Logits at the ``keep`` positions of a (rows, width) batch, flattened row-major to (kept, vocab).
+
+    transformers releases that take a boolean (rows, width) ``logits_to_keep`` run the LM head on those positions
+    only; older 5.x releases take a 1-D index, so the LM head runs from the first kept column of any row on.
+    """
+    import torch
+    from transformers import modeling_utils
+
+    if hasattr(modeling_utils, "slice_logits_to_keep"):
+        out = model(**inputs, use_cache=False, logits_to_keep=keep.to(inputs["input_ids"].device))
+        return out.logits.reshape(-1, out.logits.shape[-1])
+    start = int(keep.float().argmax(dim=1).min())
+    columns = torch.arange(start, keep.shape[1], device=inputs["input_ids"].device)
+    out = model(**inputs, use_cache=False, logits_to_keep=columns)
+    return out.logits[keep[:, start:].to(out.logits.device)]
+
+
 def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, device: Any) -> list[list[tuple[float, bool]]]:
     """One row per group: context, then every choice's tokens but the last, under a block mask (module docstring)."""
     import torch
@@ -212,9 +230,7 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
 
     windows, by_layer_type = _sliding_windows(model)
     mask = {kind: as_mask(w) for kind, w in windows.items()} if by_layer_type else as_mask(windows["all"])
-    out = model(input_ids=ids.to(device), attention_mask=mask, position_ids=position.to(device),
-                use_cache=False, logits_to_keep=keep.to(device))
-    logits = out.logits.reshape(-1, out.logits.shape[-1])  # (kept positions, vocab), row-major
+    logits = _logits_at(model, keep, input_ids=ids.to(device), attention_mask=mask, position_ids=position.to(device))
     targets = target[keep]  # same order; the context's last position holds a dummy 0
     first_rows = [i for i, (_, j) in enumerate(owner) if j == -1]
     pair_row = torch.tensor([first_rows[r] for r, g in enumerate(batch) for _ in g.continuations])
@@ -230,7 +246,7 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
         acc = totals.setdefault(slot, [0.0, True])
         acc[0] += value
         acc[1] = acc[1] and h
-    del out, logits
+    del logits
     return [[(totals[(r, j)][0], bool(totals[(r, j)][1])) for j in range(len(g.continuations))] for r, g in enumerate(batch)]
 
 
