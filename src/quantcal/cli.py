@@ -411,8 +411,7 @@ def report_command(
             if settings.reference not in variants:
                 raise QuantcalError(f"--ref {settings.reference!r} is not in the store; it holds {', '.join(variants)}")
             if resamples is not None:
-                require = resamples >= 10
-                if not require:
+                if resamples < 10:
                     raise QuantcalError("--resamples must be at least 10")
                 settings.resamples = resamples
             page = write_report(db, output or store.parent, settings, spec.name if spec else store.stem,

@@ -197,6 +197,7 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
     owner: list[tuple[int, int]] = []  # (row, choice) of each kept position, in row-major order
     for r, g in enumerate(batch):
         c = len(g.context)
+        owner.append((r, -1))  # the last context position (kept first in the row): every choice's first token
         ids[r, :c] = torch.tensor(g.context)
         segment[r, :c] = 0
         position[r, :c] = torch.arange(c)
@@ -208,12 +209,9 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
             position[r, start:start + m] = torch.arange(c, c + m)
             target[r, start:start + m] = torch.tensor(cont[1:], dtype=torch.long)
             keep[r, start:start + m] = True
+            owner += [(r, j)] * m
             start += m
         keep[r, c - 1] = True
-    for r, g in enumerate(batch):  # row-major order of the kept positions
-        c = len(g.context)
-        owner.append((r, -1))  # the last context position: every choice's first token
-        owner += [(r, j) for j, cont in enumerate(g.continuations) for _ in range(len(cont) - 1)]
     q, k = segment[:, :, None], segment[:, None, :]
     causal = torch.arange(width)[:, None] >= torch.arange(width)[None, :]
     allowed = causal[None] & (q >= 0) & ((k == 0) | (k == q))

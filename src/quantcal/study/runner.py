@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional
 
 from quantcal.errors import QuantcalError
 from quantcal.evaluate import Job, ModelHolder, ScoringOptions, default_loader, run_job
-from quantcal.models import resolve_source
+from quantcal.models import ModelSource, resolve_source
 from quantcal.store import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
 from quantcal.tasks import get_task
@@ -65,8 +65,7 @@ def check_plan(spec: StudySpec) -> None:
         resolve_source(model)
 
 
-def _holder(job: PlannedJob, options: ScoringOptions, say: Callable[[str], None]) -> ModelHolder:
-    source = resolve_source(job.model)
+def _holder(job: PlannedJob, source: ModelSource, options: ScoringOptions, say: Callable[[str], None]) -> ModelHolder:
     if job.recipe is None:
         return ModelHolder(default_loader(source, options))
     from quantcal.recipes import parse_recipe
@@ -86,16 +85,16 @@ def run_study(
     options = ScoringOptions(batch_size=spec.batch_size, dtype=spec.dtype, device=spec.device)
     jobs = plan(spec)
     outcomes: list[JobOutcome] = []
-    holders: dict[str, ModelHolder] = {}
+    holders: dict[str, tuple[ModelSource, ModelHolder]] = {}  # resolved (files hashed) once per variant
     for number, job in enumerate(jobs, start=1):
         say(f"[{number}/{len(jobs)}] {job.variant} · {job.task.name}")
         start = time.perf_counter()
         try:
-            holder = holders.get(job.variant)
-            if holder is None:
+            if job.variant not in holders:
                 holders.clear()  # one model in memory at a time
-                holder = holders[job.variant] = _holder(job, options, say)
-            source = resolve_source(job.model)
+                source = resolve_source(job.model)
+                holders[job.variant] = (source, _holder(job, source, options, say))
+            source, holder = holders[job.variant]
             extra = {"recipe": job.recipe} if job.recipe else {}
             task = get_task(job.task.name, job.task.template)
             result = run_job(store, Job(job.variant, source, task, job.task.data_file, job.task.limit, job.task.template, extra),
