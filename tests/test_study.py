@@ -53,7 +53,7 @@ def test_minimal_study_is_accepted_as_written_in_the_issue(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("data, message", [
     ({"reference": "m", "variants": [], "tasks": [{"name": "piqa"}]}, "variants"),
-    ({"reference": "m", "variants": [{"name": "a"}], "tasks": [{"name": "piqa"}]}, "needs a recipe or a model"),
+    ({"reference": "m", "variants": [{"name": "a"}], "tasks": [{"name": "piqa"}]}, "needs a recipe, a model, an adapter or a finetune block"),
     ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}, {"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}]}, "unique"),
     ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "metrics": ["eec"]}, "unknown metric"),
     ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "normalization": "words"}, "normalization"),
@@ -140,7 +140,7 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path: Path, tiny_llam
     assert set(results["tasks"]["custom"]["none"]["variants"]) == {"reference", "w2"}
 
 
-@pytest.mark.parametrize("name", ["study_b_gptq.yaml", "study_a_ptq_vs_qlora.yaml"])
+@pytest.mark.parametrize("name", ["study_b_gptq.yaml", "study_a_ptq_vs_qlora.yaml", "qlora_heldout_hellaswag.yaml"])
 def test_example_studies_are_valid(name: str) -> None:
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study

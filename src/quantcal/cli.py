@@ -34,7 +34,7 @@ def user_errors() -> Iterator[None]:
         console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished batches are stored; run the same command again to resume")
+        console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume (finetune: add --resume)")
         raise typer.Exit(130) from None
 
 
@@ -56,7 +56,7 @@ def _progress(description: str, total: int):  # noqa: ANN202 - tqdm object
 
 @app.command("eval")
 def eval_command(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Bundled name (smollm2-135m-instruct, gemma3-270m), a .gguf file, a local HF checkpoint directory, or a hub id."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Bundled name (smollm2-135m-instruct, gemma3-270m), a .gguf file, a local HF checkpoint directory, or a hub id. Default: {DEFAULT_MODEL} (with --adapter: the adapter's base)."),
     task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task."),
@@ -69,12 +69,13 @@ def eval_command(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, ..."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Model window for left truncation (default: from the model config, as lm-eval)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached). With --adapter: re-quantize the merged model."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter (a 'quantcal finetune' output or any peft adapter folder) on --model (default: the base it was trained on)."),
+    deploy: Optional[str] = typer.Option(None, "--deploy", help="How the adapter is served: nf4 (on the 4-bit base it was trained on, simulated; default), nf4-native (bitsandbytes 4-bit modules, slow on CPU), merged (into the float base; the default with --recipe)."),
 ) -> None:
     """Score a model on tasks: per-choice log-likelihoods into the store, then acc and acc_norm."""
     with user_errors():
-        from quantcal.evaluate import Job, ModelHolder, ScoringOptions, default_loader, require_positive, run_job, store_path_default
-        from quantcal.models import resolve_source
+        from quantcal.evaluate import Job, ScoringOptions, require_positive, run_job, store_path_default
         from quantcal.predictions import task_summary
         from quantcal.store import open_store
         from quantcal.tasks import get_task
@@ -93,22 +94,14 @@ def eval_command(
         if data_file is not None and not data_file.is_file():
             raise QuantcalError(f"{data_file}: file not found")
         _quiet_transformers()
-        spec = None
-        if recipe is not None:
-            from quantcal.recipes import parse_recipe
+        from quantcal.loading import VariantDef, prepare
 
-            spec = parse_recipe(recipe)
-        source = resolve_source(model)
-        variant = name or (f"{source.name}/{spec.slug}" if spec else source.name)
+        defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
+                          str(adapter) if adapter is not None else None, deploy)
         options = ScoringOptions(batch_size=batch_size, dtype=dtype, device=device, max_length=max_length,
                                  trust_remote_code=trust_remote_code)
-        if spec is not None:
-            from quantcal.recipes.variants import load_variant
-
-            holder = ModelHolder(lambda: load_variant(source, spec, dtype, device, progress=lambda m: console.print(m, highlight=False)))
-        else:
-            holder = ModelHolder(default_loader(source, options))
-        extra = {"recipe": spec.key} if spec else {}
+        source, extra, holder = prepare(defn, options, lambda m: console.print(m, highlight=False))
+        variant = name or _variant_name(source.name, extra)
         store_path = store or store_path_default(variant)
         results: dict[str, dict[str, float]] = {}
         with open_store(store_path) as db:
@@ -128,10 +121,22 @@ def eval_command(
         console.print(f"store: {store_path}")
         if output_json is not None:
             output_json.parent.mkdir(parents=True, exist_ok=True)
-            payload = {"model": model, "variant": variant, "store": str(store_path),
+            payload = {"model": source.spec, "variant": variant, "store": str(store_path),
                        "results": {k: {m: (int(v) if m == "n" else v) for m, v in r.items()} for k, r in results.items()}}
             output_json.write_text(json.dumps(payload, indent=2))
             console.print(f"results: {output_json}")
+
+
+def _variant_name(base: str, extra: dict) -> str:
+    """A readable default name: base, adapter form, recipe slug (``smollm2-135m-instruct/adapter-nf4``)."""
+    parts = [base]
+    if "adapter" in extra:
+        parts.append(f"adapter-{extra['deploy']}")
+    if "recipe" in extra:
+        from quantcal.recipes import parse_recipe
+
+        parts.append(parse_recipe(extra["recipe"]).slug)
+    return "/".join(parts)
 
 
 def _print_summary(variant: str, results: dict[str, dict[str, float]]) -> None:
@@ -171,6 +176,100 @@ def quantize_command(
             table.add_row(label, value)
         Console().print(table)
         console.print(f"variant: {path}")
+
+
+@app.command("finetune")
+def finetune_command(
+    data: str = typer.Option(..., "--data", help="Training source: task:NAME (a benchmark's items as prompt + gold answer; rows from --data-file, else the hub train split), a .jsonl of {prompt, completion} or {messages}, or hub:ORG/NAME[:SPLIT]."),
+    out: Path = typer.Option(..., "--out", help="Run directory: checkpoints/, log.csv, loss.png, adapter/ (peft format + quantcal-finetune.json)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model (bundled name, .gguf, checkpoint dir, hub id)."),
+    method: str = typer.Option("qlora", "--method", help="qlora: LoRA on a 4-bit NF4 base; lora: LoRA on the float base (the control)."),
+    base_form: str = typer.Option("simulated", "--base-form", help="qlora base: simulated (NF4 weights dequantized once into float: same arithmetic, faster on CPU) or native (bitsandbytes 4-bit modules)."),
+    quant_type: str = typer.Option("nf4", "--quant-type", help="qlora 4-bit type: nf4 or fp4."),
+    double_quant: bool = typer.Option(True, "--double-quant/--no-double-quant", help="qlora: quantize the absmax constants too (QLoRA's double quantization)."),
+    r: int = typer.Option(16, "--r", help="LoRA rank."),
+    alpha: int = typer.Option(32, "--alpha", help="LoRA scale numerator (scale = alpha / r)."),
+    dropout: float = typer.Option(0.05, "--dropout", help="LoRA dropout."),
+    target_modules: str = typer.Option("all-linear", "--target-modules", help="Comma-separated module names (e.g. q_proj,v_proj) or all-linear (QLoRA's choice)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default 100 unless --epochs)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training data instead of --steps."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (linear warm-up, then constant)."),
+    warmup_steps: int = typer.Option(5, "--warmup-steps", help="Warm-up steps."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Examples per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    max_length: int = typer.Option(256, "--max-length", help="Tokens per example (longer ones keep their end)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds adapter initialisation, data order and dropout."),
+    save_every: int = typer.Option(25, "--save-every", help="Checkpoint every N steps (and always on Ctrl-C / SIGTERM)."),
+    eval_every: int = typer.Option(25, "--eval-every", help="Held-out eval loss every N steps."),
+    val_size: int = typer.Option(32, "--val-size", help="Training examples set aside for the eval loss (at most a fifth)."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="task:NAME sources: local rows in hub schema."),
+    skip: int = typer.Option(0, "--skip", help="Skip the first N examples of the source (e.g. the items a study evaluates)."),
+    take: Optional[int] = typer.Option(None, "--take", help="Use at most N examples after --skip."),
+    holdout: list[str] = typer.Option([], "--holdout", help="Evaluated items that must not be trained on (refused if any training prompt matches): NAME, NAME=FILE, NAME=FILE@LIMIT, or a study .yaml (all its tasks). Repeatable."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the backward pass (less memory, slower)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+) -> None:
+    """Fine-tune LoRA adapters on a 4-bit NF4 base (QLoRA) or on the float base (LoRA), loss on completion tokens
+    only; checkpoints, resume, loss log and plot; the adapter is then a variant ('quantcal eval --adapter OUT')."""
+    with user_errors():
+        from quantcal.finetune.base import BaseConfig
+        from quantcal.finetune.data import check_disjoint, load_examples
+        from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
+        from quantcal.models import load_tokenizer, resolve_source
+
+        base = BaseConfig(method, base_form, quant_type, 64, double_quant)  # type: ignore[arg-type]
+        settings = TrainSettings(steps=steps if steps is not None or epochs is not None else 100, epochs=epochs, lr=lr,
+                                 warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
+                                 max_length=max_length, seed=seed, save_every=save_every, eval_every=eval_every,
+                                 val_size=val_size, gradient_checkpointing=gradient_checkpointing)
+        targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
+        lora = LoraSettings(r, alpha, dropout, targets or ("all-linear",))
+        if r < 1 or alpha < 1 or not 0 <= dropout < 1:
+            raise QuantcalError("--r and --alpha must be positive and --dropout in [0, 1)")
+        _quiet_transformers()
+        source = resolve_source(model)
+        examples = load_examples(data, str(data_file) if data_file else None, skip, take, load_tokenizer(source))
+        held = _holdout_items(holdout)
+        if held:
+            check_disjoint(examples, held)
+            console.print(f"held out: {len(held)} evaluated item(s); none in the {len(examples)} training examples")
+        else:
+            console.print("[yellow]warning[/]: no --holdout given, so nothing checks that evaluated items are not trained on")
+        run = FinetuneRun(source, base, lora, settings, {"source": data, "data_file": str(data_file) if data_file else None,
+                                                          "skip": skip, "take": take, "held_out": holdout, "n_held_out": len(held)})
+
+        meta = finetune(run, examples, out, resume, _step_bar, lambda m: console.print(m, highlight=False))
+        table = Table(title=f"{method} ({base_form if method == 'qlora' else 'float'} base) · {source.name}")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        for label, value in [("steps", str(meta["steps_done"])), ("training examples", str(meta["data"]["n_train"])),
+                             ("train loss, first 10 steps", f"{meta['first_train_loss']:.4f}"),
+                             ("train loss, last 10 steps", f"{meta['final_train_loss']:.4f}"),
+                             ("held-out eval loss", "—" if meta["final_eval_loss"] is None else f"{meta['final_eval_loss']:.4f}"),
+                             ("seconds per step (median, this session)", "—" if meta["seconds_per_step_median"] is None else f"{meta['seconds_per_step_median']:.2f}")]:
+            table.add_row(label, value)
+        Console().print(table)
+        console.print(f"adapter: {out / 'adapter'}  (evaluate: quantcal eval --adapter {out})")
+
+
+def _holdout_items(specs: list[str]) -> list:  # list[Item]
+    """Items named by --holdout values: NAME, NAME=FILE, NAME=FILE@LIMIT or a study file (its tasks)."""
+    from quantcal.tasks import get_task, load_items
+
+    items = []
+    for text in specs:
+        if text.endswith((".yaml", ".yml")):
+            from quantcal.study.spec import load_study
+
+            for t in load_study(Path(text)).tasks:
+                items += load_items(get_task(t.name, t.template), t.data_file, t.limit)
+            continue
+        name, _, rest = text.partition("=")
+        path, _, limit = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if limit and not limit.isdigit():
+            raise QuantcalError(f"--holdout {text}: the limit after @ must be a number")
+        items += load_items(get_task(name), path or None, int(limit) if limit else None)
+    return items
 
 
 @app.command("recipes")
@@ -291,6 +390,12 @@ def compare_command(
             output_json.write_text(json.dumps(report, indent=2))
 
 
+def _step_bar(total: int, initial: int):  # noqa: ANN202 - tqdm object
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="fine-tuning", unit="step", dynamic_ncols=True, file=sys.stderr)
+
+
 def _settings_from_spec(spec) -> "ReportSettings":  # noqa: ANN001, F821
     from quantcal.report.collect import ReportSettings
     from quantcal.study.spec import REFERENCE_NAME
@@ -308,6 +413,10 @@ def run_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Cap every task at its first N items (for a quick or CI-sized run)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (overrides the study's 'output')."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    executor: str = typer.Option("local", "--executor", help="local (one job after another, in this process) or ray (jobs as Ray tasks; the driver alone writes the store)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local Ray instance."),
+    job_cpus: float = typer.Option(1.0, "--job-cpus", help="Ray: CPUs each job declares (and the torch threads it uses)."),
+    job_gpus: float = typer.Option(0.0, "--job-gpus", help="Ray: GPUs each job declares (1 by default when the study's device is cuda)."),
 ) -> None:
     """The main job: score the reference and every variant on every task (resuming what the study's store holds),
     then write the report: report.html, results.json, tables.md, tables.tex, items.parquet, figures/."""
@@ -315,11 +424,15 @@ def run_command(
         from quantcal.evaluate import require_positive
         from quantcal.report.write import write_report
         from quantcal.store import open_store
-        from quantcal.study.runner import check_plan, plan, run_study
+        from quantcal.study.runner import check_plan, plan, run_study, train_adapters
         from quantcal.study.spec import default_study, load_study
 
         if limit is not None:
             require_positive(limit, "--limit")
+        if executor not in ("local", "ray"):
+            raise QuantcalError(f"--executor must be local or ray, got {executor!r}")
+        if executor == "local" and (address is not None or job_cpus != 1.0 or job_gpus != 0.0):
+            raise QuantcalError("--address, --job-cpus and --job-gpus go with --executor ray")
         if study is not None and data_dir is not None:
             raise QuantcalError("--data-dir applies to the default study only; name data files in the study's tasks")
         if data_dir is not None and not data_dir.is_dir():
@@ -333,10 +446,11 @@ def run_command(
         check_plan(spec)
         jobs = plan(spec)
         table = Table(title=f"plan · {spec.name} · {len(jobs)} jobs")
-        for column in ("#", "variant", "model", "recipe", "task", "items"):
+        for column in ("#", "variant", "model", "adapter / recipe", "task", "items"):
             table.add_column(column)
         for i, j in enumerate(jobs, 1):
-            table.add_row(str(i), j.variant, j.model, j.recipe or "—", j.task.name, str(j.task.limit or "all"))
+            how = " + ".join(x for x in (f"adapter ({j.definition.deploy_form})" if j.adapter else "", j.recipe or "") if x)
+            table.add_row(str(i), j.variant, j.model or "adapter's base", how or "—", j.task.name, str(j.task.limit or "all"))
         Console(stderr=True).print(table)
         if dry_run:
             return
@@ -346,7 +460,14 @@ def run_command(
         _quiet_transformers()
         say = lambda m: console.print(m, highlight=False)  # noqa: E731
         with open_store(out_dir / "study.sqlite") as db:
-            outcomes = run_study(spec, db, _progress, say)
+            trained = train_adapters(spec, _step_bar, say)
+            if executor == "ray":
+                from quantcal.study.ray_executor import RaySettings, run_study_ray
+
+                outcomes = run_study_ray(spec, db, RaySettings(address, job_cpus, job_gpus), _progress, say)
+            else:
+                outcomes = run_study(spec, db, _progress, say)
+            outcomes = [o for o in trained if not o.ok] + outcomes
             failures = [o.to_json() for o in outcomes if not o.ok]
             if len(failures) == len(outcomes):
                 raise QuantcalError(f"every job failed; first: {failures[0]['error']}")

@@ -10,10 +10,11 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from quantcal.cache import file_sha256
 from quantcal.encoding import Encoder
+from quantcal.items import Item
 from quantcal.errors import QuantcalError
 from quantcal.models import LoadedModel, ModelSource, load_model, model_max_length
 from quantcal.scoring import score_items
@@ -103,6 +104,46 @@ def default_loader(source: ModelSource, options: ScoringOptions) -> Callable[[],
     return lambda: load_model(source, options.dtype, options.device, options.trust_remote_code)
 
 
+@dataclass
+class PendingJob:
+    """What a job still has to score: its run in the store, all its items, and the ``(position, item)`` to do."""
+
+    run_id: int
+    items: list[Item]
+    todo: list[tuple[int, Item]]
+
+
+#: One batch of results: ``(position, item, logliks, n_tokens, greedy)`` entries and ``(item, error)`` pairs.
+BatchResult = tuple[list[tuple[int, Item, Sequence[float], Sequence[int], Sequence[bool]]], list[tuple[Item, str]]]
+
+
+def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
+    """Open (or find) the job's run in the store and list the items it has not scored yet."""
+    items = load_items(job.task, job.data_file, job.limit)
+    config = job_config(job, options)
+    run_id = store.get_or_create_run(job.variant, job.task.name, config_hash(config), config, package_versions())
+    done = store.done_item_ids(run_id)
+    return PendingJob(run_id, items, [(pos, it) for pos, it in enumerate(items) if it.id not in done])
+
+
+def score_pending(lm: LoadedModel, todo: Sequence[tuple[int, Item]], target_delimiter: str,
+                  options: ScoringOptions) -> Iterator[BatchResult]:
+    """Score ``todo`` with a loaded model; yields each batch's results as soon as they are complete."""
+    window = options.max_length or model_max_length(lm.model, lm.tokenizer)
+    encoder = Encoder(lm.tokenizer, window, options.add_special_tokens)
+    encoded = [encoder.encode_item(k, it, target_delimiter) for k, (_, it) in enumerate(todo)]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    for batch in score_items(lm.model, encoded, options.batch_size, pad):
+        entries, errors = [], []
+        for s in batch:
+            position, item = todo[s.item_index]
+            if s.error:
+                errors.append((item, s.error))
+            else:
+                entries.append((position, item, s.logliks, s.n_tokens, s.greedy))
+        yield entries, errors
+
+
 def run_job(
     store: Store,
     job: Job,
@@ -111,35 +152,28 @@ def run_job(
     progress: Callable[[str, int], Any] | None = None,
 ) -> JobResult:
     """Score every item of ``job`` not yet in the store. ``progress(description, total)`` returns a tqdm-like bar."""
-    items = load_items(job.task, job.data_file, job.limit)
-    config = job_config(job, options)
-    run_id = store.get_or_create_run(job.variant, job.task.name, config_hash(config), config, package_versions())
-    done = store.done_item_ids(run_id)
-    todo = [(pos, it) for pos, it in enumerate(items) if it.id not in done]
-    if not todo:
-        return JobResult(run_id, [it.id for it in items], 0, len(store.errors(run_id)), 0.0)
-    lm = model.get()
-    window = options.max_length or model_max_length(lm.model, lm.tokenizer)
-    encoder = Encoder(lm.tokenizer, window, options.add_special_tokens)
-    encoded = [encoder.encode_item(k, it, job.task.target_delimiter) for k, (_, it) in enumerate(todo)]
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    bar = progress(f"{job.variant} · {job.task.name}", len(todo)) if progress else None
+    pending = pending_job(store, job, options)
+    return store_results(store, job, pending, lambda: score_pending(model.get(), pending.todo, job.task.target_delimiter, options),
+                         progress)
+
+
+def store_results(store: Store, job: Job, pending: PendingJob, batches: Callable[[], Iterable[BatchResult]],
+                  progress: Callable[[str, int], Any] | None = None) -> JobResult:
+    """Write each batch of results as it comes (a crash keeps what was written) and close the run's status."""
+    run_id = pending.run_id
+    ids = [it.id for it in pending.items]
+    if not pending.todo:
+        return JobResult(run_id, ids, 0, len(store.errors(run_id)), 0.0)
+    bar = progress(f"{job.variant} · {job.task.name}", len(pending.todo)) if progress else None
     start = time.perf_counter()
     store.set_status(run_id, "running")
     scored_now = 0
     try:
-        for batch in score_items(lm.model, encoded, options.batch_size, pad):
-            entries, errors = [], []
-            for s in batch:
-                position, item = todo[s.item_index]
-                if s.error:
-                    errors.append((item, s.error))
-                else:
-                    entries.append((position, item, s.logliks, s.n_tokens, s.greedy))
+        for entries, errors in batches():
             store.write_scores(run_id, entries, errors)
             scored_now += len(entries)
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(len(entries) + len(errors))
     except KeyboardInterrupt:
         store.set_status(run_id, "interrupted", time.perf_counter() - start)
         raise
@@ -148,7 +182,7 @@ def run_job(
             bar.close()
     n_errors = len(store.errors(run_id))
     store.set_status(run_id, "done" if not n_errors else "done-with-errors", time.perf_counter() - start)
-    return JobResult(run_id, [it.id for it in items], scored_now, n_errors, time.perf_counter() - start)
+    return JobResult(run_id, ids, scored_now, n_errors, time.perf_counter() - start)
 
 
 def require_positive(value: int, name: str) -> int:

@@ -128,7 +128,6 @@ def load_model(
     revision: str | None = None,
 ) -> LoadedModel:
     """Load model and tokenizer for ``source`` in eval mode on ``device``."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype, device)
@@ -149,6 +148,17 @@ def load_model(
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, source)
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """The tokenizer alone (e.g. to render chat templates before a model is loaded)."""
+    from transformers import AutoTokenizer
+
+    location = str(dequantized_gguf_copy(source)) if source.kind in ("bundled", "gguf") else source.location
+    try:
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise QuantcalError(f"cannot load the tokenizer of {source.spec!r}: {str(exc).splitlines()[0]}") from exc
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:

@@ -112,6 +112,28 @@ def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference:
     return {"rank_by_accuracy": by_acc, "rank_by_calibration": by_cal, "calibration_metric": cal, "flags": flags}
 
 
+def adapter_notes(runs: list[dict[str, Any]], reference: str) -> list[str]:
+    """Study A's confound, stated wherever it applies: an adapter tuned on a small budget is compared with a
+    reference that its publisher instruction-tuned at a much larger scale, so the difference is not quantization's
+    alone."""
+    ref_model = next(((r["config"].get("model") or {}).get("spec") for r in runs if r["variant"] == reference), None)
+    notes, seen = [], set()
+    for r in runs:
+        info = r["config"].get("adapter_training")
+        if r["variant"] in seen or r["variant"] == reference or not info:
+            continue
+        seen.add(r["variant"])
+        budget = (f"{info['steps']} steps x {info['examples_per_step']} examples "
+                  f"({info['n_train']} training examples from {info['data']})")
+        notes.append(
+            f"{r['variant']} is a {info['method']} adapter on {info['base']} trained for {budget}, served as "
+            f"{r['config'].get('deploy')}. The reference ({ref_model or reference}) was instruction-tuned by its publisher, "
+            "almost certainly on far more data: differences mix the effect of the 4-bit base with that of a different "
+            "instruction-tuning scale (Study A's confound). A LoRA control on the float base with the same data and "
+            "steps separates the two.")
+    return notes
+
+
 def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str, Any]:
     runs = [r for r in store.runs() if store.done_item_ids(r.run_id)]
     if not runs:
@@ -120,6 +142,7 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
     out: dict[str, Any] = {"reference": settings.reference, "settings": settings.__dict__, "tasks": {},
                            "runs": [{"variant": r.variant, "task": r.task, "status": r.status, "n": r.n_items, "n_errors": r.n_errors,
                                      "seconds": r.seconds, "config": r.config} for r in runs]}
+    out["notes"] = adapter_notes(out["runs"], settings.reference)
     for task in tasks:
         names = list(dict.fromkeys(r.variant for r in runs if r.task == task))
         if settings.reference in names:  # reference first

@@ -42,6 +42,7 @@ differences are <em>variant − reference</em> on the same items (matched by id 
 <tr><th>variant</th><th>task</th><th>status</th><th>items</th><th>recipe / model</th></tr>
 {% for r in results.runs %}<tr><td>{{ r.variant }}</td><td>{{ r.task }}</td><td>{{ r.status }}</td><td>{{ r.n }}</td><td class="text">{{ r.what }}</td></tr>
 {% endfor %}</table>
+{% for note in results.notes %}<div class="flag"><strong>Confound:</strong> {{ note }}</div>{% endfor %}
 {% if failures %}<div class="flag"><strong>{{ failures|length }} job(s) failed:</strong><ul>
 {% for f in failures %}<li>{{ f.variant }} · {{ f.task }}: {{ f.error }}</li>{% endfor %}</ul></div>{% endif %}
 <p class="muted">Environment: {% for k, v in environment.items() %}{{ k }} {{ v }}{% if not loop.last %}, {% endif %}{% endfor %}. Written {{ written }}.</p>
@@ -116,10 +117,20 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
             "recalibration": [(v, b["recalibration"]) for v, b in primary["variants"].items() if "recalibration" in b],
         })
     runs = [{"variant": r["variant"], "task": r["task"], "status": r["status"], "n": r.get("n", ""),
-             "what": r["config"].get("recipe") or (r["config"].get("model") or {}).get("spec", "")} for r in results["runs"]]
+             "what": _what(r["config"])} for r in results["runs"]]
     env = Environment(autoescape=True)
     env.globals["fmt_interval"] = fmt_interval
     return env.from_string(TEMPLATE).render(
         title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,
         level=int(round(settings["level"] * 100)), n_variants=max(0, len({r["variant"] for r in runs}) - 1),
         tasks=tasks, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""))
+
+
+def _what(config: dict[str, Any]) -> str:
+    """A run's model in words: base, adapter form, recipe."""
+    parts = [(config.get("model") or {}).get("spec", "")]
+    if config.get("adapter"):
+        parts.append(f"+ adapter ({config.get('deploy')})")
+    if config.get("recipe"):
+        parts.append(f"+ {config['recipe']}")
+    return " ".join(p for p in parts if p)

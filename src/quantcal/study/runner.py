@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from quantcal.errors import QuantcalError
-from quantcal.evaluate import Job, ModelHolder, ScoringOptions, default_loader, run_job
+from quantcal.evaluate import Job, ModelHolder, ScoringOptions, run_job
+from quantcal.loading import VariantDef, prepare
 from quantcal.models import ModelSource, resolve_source
 from quantcal.store import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
@@ -22,9 +23,15 @@ from quantcal.tasks import get_task
 @dataclass(frozen=True)
 class PlannedJob:
     variant: str
-    model: str
+    model: Optional[str]  # None: an adapter's recorded base
     recipe: Optional[str]
     task: TaskSpec
+    adapter: Optional[str] = None
+    deploy: Optional[str] = None
+
+    @property
+    def definition(self) -> VariantDef:
+        return VariantDef(self.model, self.recipe, self.adapter, self.deploy)
 
 
 @dataclass
@@ -46,33 +53,90 @@ def plan(spec: StudySpec) -> list[PlannedJob]:
     """Reference first, then each variant, each over every task."""
     jobs = [PlannedJob(REFERENCE_NAME, spec.reference, None, t) for t in spec.tasks]
     for v in spec.variants:
-        jobs += [PlannedJob(v.name, v.model or spec.reference, v.recipe, t) for t in spec.tasks]
+        adapter = spec.adapter_of(v)
+        model = v.model or (spec.reference if v.finetune or not adapter else None)
+        jobs += [PlannedJob(v.name, model, v.recipe, t, adapter, v.deploy) for t in spec.tasks]
     return jobs
 
 
 def check_plan(spec: StudySpec) -> None:
     """Fail before any work on what can be checked cheaply: task names, recipes, data files, templates."""
-    from quantcal.recipes import parse_recipe
-
     for t in spec.tasks:
         get_task(t.name, t.template)
         if t.data_file and not Path(t.data_file).is_file():
             raise QuantcalError(f"task {t.name}: data file {t.data_file} not found")
+    models = {spec.reference}
     for v in spec.variants:
-        if v.recipe:
-            parse_recipe(v.recipe)
-    for model in {spec.reference, *(v.model for v in spec.variants if v.model)}:
+        try:
+            if v.finetune is not None:  # its adapter does not exist before the study trains it
+                from quantcal.finetune.deploy import check_form
+
+                VariantDef(v.model or spec.reference, v.recipe).check()
+                check_form(v.deploy or ("merged" if v.recipe else "nf4"))
+                if v.recipe and (v.deploy or "merged") != "merged":
+                    raise QuantcalError("a recipe after an adapter re-quantizes the merged model: use deploy form 'merged'")
+                _check_training_source(v.finetune.data, v.finetune.data_file)
+                models.add(v.model or spec.reference)
+                continue
+            defn = VariantDef(v.model or (None if v.adapter else spec.reference), v.recipe, v.adapter, v.deploy)
+            defn.check()
+            models.add(defn.base_spec())
+        except QuantcalError as exc:
+            raise QuantcalError(f"variant {v.name}: {exc}") from None
+    for model in models:
         resolve_source(model)
 
 
-def _holder(job: PlannedJob, source: ModelSource, options: ScoringOptions, say: Callable[[str], None]) -> ModelHolder:
-    if job.recipe is None:
-        return ModelHolder(default_loader(source, options))
-    from quantcal.recipes import parse_recipe
-    from quantcal.recipes.variants import load_variant
+def _check_training_source(data: str, data_file: Optional[str]) -> None:
+    if data.startswith("task:"):
+        get_task(data[5:])
+    elif not data.startswith("hub:") and not Path(data).is_file():
+        raise QuantcalError(f"finetune data {data} not found (expected task:NAME, hub:ORG/NAME or a .jsonl file)")
+    if data_file and not Path(data_file).is_file():
+        raise QuantcalError(f"finetune data file {data_file} not found")
 
-    spec = parse_recipe(job.recipe)
-    return ModelHolder(lambda: load_variant(source, spec, options.dtype, options.device, progress=say))
+
+def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None = None,
+                   say: Callable[[str], None] = lambda message: None) -> list[JobOutcome]:
+    """Train every finetune-block adapter that is not trained yet (resuming an interrupted one), holding out every
+    item the study evaluates; returns an outcome per variant that had to train (failed ones are reported)."""
+    from quantcal.finetune.base import BaseConfig
+    from quantcal.finetune.data import check_disjoint, load_examples
+    from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
+    from quantcal.models import load_tokenizer
+    from quantcal.tasks import load_items
+
+    outcomes = []
+    held = None
+    for v in spec.variants:
+        f, out = v.finetune, spec.adapter_of(v)
+        if f is None or out is None or (Path(out) / "adapter" / "adapter_config.json").is_file():
+            continue
+        start = time.perf_counter()
+        say(f"fine-tuning {v.name} ({f.method}, {f.steps or f.epochs} {'steps' if f.steps else 'epochs'}) into {out}")
+        try:
+            if held is None:
+                held = [it for t in spec.tasks for it in load_items(get_task(t.name, t.template), t.data_file, t.limit)]
+            source = resolve_source(v.model or spec.reference)
+            examples = load_examples(f.data, f.data_file, f.skip, f.take, load_tokenizer(source))
+            check_disjoint(examples, held)
+            run = FinetuneRun(source, BaseConfig(f.method, f.base_form),
+                              LoraSettings(f.r, f.alpha, f.dropout, tuple(f.target_modules)),
+                              TrainSettings(steps=None if f.epochs else f.steps, epochs=f.epochs, lr=f.lr,
+                                            batch_size=f.batch_size, grad_accum=f.grad_accum, max_length=f.max_length,
+                                            seed=f.seed),
+                              {"source": f.data, "data_file": f.data_file, "skip": f.skip, "take": f.take,
+                               "held_out": f"study {spec.name}: {', '.join(t.name for t in spec.tasks)}", "n_held_out": len(held)})
+            meta = finetune(run, examples, Path(out), resume=Path(out).exists(), progress=progress, say=say)
+            say(f"  {v.name}: train loss {meta['first_train_loss']:.4f} -> {meta['final_train_loss']:.4f}, "
+                f"eval loss {meta['final_eval_loss']}")
+            outcomes.append(JobOutcome(v.name, "finetune", True, seconds=time.perf_counter() - start))
+        except KeyboardInterrupt:
+            raise
+        except QuantcalError as exc:
+            outcomes.append(JobOutcome(v.name, "finetune", False, seconds=time.perf_counter() - start, error=str(exc)))
+            say(f"  failed: {exc}")
+    return outcomes
 
 
 def run_study(
@@ -85,17 +149,15 @@ def run_study(
     options = ScoringOptions(batch_size=spec.batch_size, dtype=spec.dtype, device=spec.device)
     jobs = plan(spec)
     outcomes: list[JobOutcome] = []
-    holders: dict[str, tuple[ModelSource, ModelHolder]] = {}  # resolved (files hashed) once per variant
+    holders: dict[str, tuple[ModelSource, dict[str, Any], ModelHolder]] = {}  # resolved (files hashed) once per variant
     for number, job in enumerate(jobs, start=1):
         say(f"[{number}/{len(jobs)}] {job.variant} · {job.task.name}")
         start = time.perf_counter()
         try:
             if job.variant not in holders:
                 holders.clear()  # one model in memory at a time
-                source = resolve_source(job.model)
-                holders[job.variant] = (source, _holder(job, source, options, say))
-            source, holder = holders[job.variant]
-            extra = {"recipe": job.recipe} if job.recipe else {}
+                holders[job.variant] = prepare(job.definition, options, say)
+            source, extra, holder = holders[job.variant]
             task = get_task(job.task.name, job.task.template)
             result = run_job(store, Job(job.variant, source, task, job.task.data_file, job.task.limit, job.task.template, extra),
                              options, holder, progress)

@@ -16,7 +16,7 @@ A YAML file validated with pydantic; relative paths are resolved against the fil
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -31,12 +31,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FinetuneSpec(_Strict):
+    """Train the variant's adapter as part of the study (once; resumed if interrupted), on the variant's model
+    (else the reference). Every item the study evaluates is held out: training on one is refused."""
+
+    data: str = Field(description="task:NAME, a .jsonl of prompt/completion or messages, or hub:ORG/NAME[:SPLIT]")
+    data_file: Optional[str] = Field(None, description="task:NAME sources: local rows in hub schema")
+    skip: int = Field(0, ge=0)
+    take: Optional[int] = Field(None, gt=0)
+    method: Literal["qlora", "lora"] = "qlora"
+    base_form: Literal["simulated", "native"] = "simulated"
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+    steps: Optional[int] = Field(100, gt=0)
+    epochs: Optional[float] = Field(None, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_length: int = Field(256, gt=0)
+    seed: int = 0
+
+
 class VariantSpec(_Strict):
     """A compressed (or other) model to compare with the reference."""
 
     name: str = Field(description="readable name, used in the store and the report")
     recipe: Optional[str] = Field(None, description="compression recipe applied to the reference, e.g. rtn:bits=4,group_size=64")
-    model: Optional[str] = Field(None, description="another model instead of (or as the base of) the recipe")
+    model: Optional[str] = Field(None, description="another model instead of (or as the base of) the recipe or adapter")
+    adapter: Optional[str] = Field(None, description="a LoRA adapter folder (quantcal finetune's output); base: 'model', else the adapter's recorded base")
+    deploy: Optional[str] = Field(None, description="adapter deployment form: nf4 (default), nf4-native, merged (default with a recipe)")
+    finetune: Optional[FinetuneSpec] = Field(None, description="train the adapter in the study (into OUTPUT/adapters/NAME)")
 
     @field_validator("name")
     @classmethod
@@ -47,8 +73,12 @@ class VariantSpec(_Strict):
 
     @model_validator(mode="after")
     def _something(self) -> "VariantSpec":
-        if self.recipe is None and self.model is None:
-            raise ValueError(f"variant {self.name!r} needs a recipe or a model")
+        if self.finetune is not None and self.adapter is not None:
+            raise ValueError(f"variant {self.name!r}: give an adapter or a finetune block, not both")
+        if self.recipe is None and self.model is None and self.adapter is None and self.finetune is None:
+            raise ValueError(f"variant {self.name!r} needs a recipe, a model, an adapter or a finetune block")
+        if self.deploy is not None and self.adapter is None and self.finetune is None:
+            raise ValueError(f"variant {self.name!r}: 'deploy' goes with an adapter")
         return self
 
 
@@ -116,6 +146,14 @@ class StudySpec(_Strict):
             raise ValueError(f"each task once: {twice}")
         return self
 
+    def adapter_of(self, variant: VariantSpec) -> Optional[str]:
+        """The variant's adapter: its own, or where its finetune block trains one (OUTPUT/adapters/NAME). Variants
+        with the same base and finetune block share one adapter (named after the first), trained once."""
+        if variant.finetune is not None:
+            first = next(v for v in self.variants if v.finetune == variant.finetune and v.model == variant.model)
+            return str(Path(self.output) / "adapters" / first.name)
+        return variant.adapter
+
     @property
     def normalizations(self) -> list[str]:
         return [self.normalization] if isinstance(self.normalization, str) else list(self.normalization)
@@ -146,6 +184,11 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
     for v in spec.variants:
         if v.model:
             v.model = _local_model(v.model, base)
+        v.adapter = _resolve(v.adapter, base)
+        if v.finetune is not None:
+            v.finetune.data_file = _resolve(v.finetune.data_file, base)
+            if v.finetune.data.endswith((".jsonl", ".json")):
+                v.finetune.data = _resolve(v.finetune.data, base) or v.finetune.data
     for t in spec.tasks:
         t.data_file = _resolve(t.data_file, base)
     spec.output = _resolve(spec.output, base) or spec.output
