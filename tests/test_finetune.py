@@ -115,6 +115,11 @@ def test_training_lowers_the_loss_and_resume_matches_an_uninterrupted_run(tmp_pa
     assert max(abs(x["train_loss"] - y["train_loss"]) for x, y in zip(a, b)) < 1e-5
     assert abs(full["final_eval_loss"] - resumed["final_eval_loss"]) < 1e-5
     assert (tmp_path / "full" / "loss.png").is_file()
+    assert finetune(_run(tiny_llama), examples, tmp_path / "full", resume=True) == full  # finished: reused as is
+    other = _run(tiny_llama)
+    other = FinetuneRun(other.model, other.base, LoraSettings(r=8), other.train)
+    with pytest.raises(QuantcalError, match="other settings.*lora"):
+        finetune(other, examples, tmp_path / "cut", resume=True)
     meta = json.loads((tmp_path / "full" / "adapter" / "quantcal-finetune.json").read_text())
     assert meta["base"]["method"] == "qlora" and meta["data"]["n_train"] + meta["data"]["n_val"] == len(examples)
 

@@ -28,8 +28,8 @@ class VariantDef:
             return None
         return self.deploy or ("merged" if self.recipe else "nf4")
 
-    def check(self) -> None:
-        """Cheap checks, before any model is loaded."""
+    def check(self, adapter_exists: bool = True) -> None:
+        """Cheap checks, before any model is loaded (``adapter_exists=False``: the adapter is trained later)."""
         if self.deploy is not None and self.adapter is None:
             raise QuantcalError("a deployment form (--deploy / deploy:) goes with an adapter")
         if self.recipe is not None:
@@ -39,7 +39,8 @@ class VariantDef:
         if self.adapter is not None:
             from quantcal.finetune.deploy import adapter_dir, check_form
 
-            adapter_dir(self.adapter)
+            if adapter_exists:
+                adapter_dir(self.adapter)
             check_form(self.deploy_form or "")
             if self.recipe is not None and self.deploy_form != "merged":
                 raise QuantcalError("a recipe after an adapter re-quantizes the merged model: use deploy form 'merged'")

@@ -23,6 +23,7 @@ import shutil
 import signal
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -139,21 +140,33 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
 
     out = Path(out)
     settings = run.train
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise QuantcalError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+    train_ex, val_ex = split_validation(examples, settings.val_size, settings.seed)
+    signature = run_signature(run, train_ex, val_ex)
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise QuantcalError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+        started = json.loads((out / "run.json").read_text()).get("signature") if (out / "run.json").is_file() else None
+        if started is not None and started != signature:
+            changed = sorted(k for k in signature if signature[k] != started.get(k))
+            raise QuantcalError(f"{out} holds a run with other settings ({', '.join(changed)} differ): "
+                                "choose another output folder, or delete that one to start again")
+        if (out / "adapter" / META_FILE).is_file():
+            say(f"{out}: already trained with these settings")
+            return json.loads((out / "adapter" / META_FILE).read_text())
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     loaded = load_base(run.model, run.base)
     model, tokenizer = loaded.model, loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    train_ex, val_ex = split_validation(examples, settings.val_size, settings.seed)
     train_tok = tokenize_examples(train_ex, tokenizer, settings.max_length)
     val_tok = tokenize_examples(val_ex, tokenizer, settings.max_length) if val_ex else []
     total = settings.total_steps(len(train_tok))
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = get_peft_model(model, run.lora.peft_config())
+    with warnings.catch_warnings():  # peft calls a transformers property that transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, run.lora.peft_config())
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     start_step, resumed_from = 0, None
@@ -166,7 +179,7 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
         start_step, resumed_from = int(state["step"]), latest.name
         say(f"resuming from {latest.name} (step {start_step} of {total})")
     _truncate_log(out / "log.csv", start_step)
-    meta = _meta(run, train_ex, val_ex, len(train_tok), total, tokenizer)
+    meta = _meta(run, train_ex, val_ex, len(train_tok), total) | {"signature": signature}
     (out / "run.json").write_text(json.dumps(meta, indent=2, default=str))
     model.train()
     step_seconds: list[float] = []
@@ -224,7 +237,7 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
         model.save_pretrained(scratch)
         (scratch / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     _plot(out)
-    return meta
+    return json.loads(json.dumps(meta, default=str))  # the same whether trained now or read back
 
 
 def evaluate_loss(model: Any, examples: Sequence[TokenizedExample], pad: int, batch_size: int) -> float:
@@ -331,8 +344,17 @@ class _GracefulStop:
         self.requested = True
 
 
-def _meta(run: FinetuneRun, train_ex: Sequence[Example], val_ex: Sequence[Example], n_train_tok: int, total: int,
-          tokenizer: Any) -> dict[str, Any]:
+def run_signature(run: FinetuneRun, train_ex: Sequence[Example], val_ex: Sequence[Example]) -> dict[str, Any]:
+    """Everything that decides the trained weights (not where files are, nor how often to save or evaluate):
+    a run may only be resumed, or a finished one reused, under the same signature."""
+    train = {k: v for k, v in asdict(run.train).items() if k not in ("save_every", "eval_every")}
+    signature = {"model": run.model.fingerprint, "base": run.base.to_json(), "lora": asdict(run.lora), "train": train,
+                 "data": data_hash(train_ex), "val": data_hash(val_ex)}
+    return json.loads(json.dumps(signature))  # as it reads back from run.json (tuples become lists)
+
+
+def _meta(run: FinetuneRun, train_ex: Sequence[Example], val_ex: Sequence[Example], n_train_tok: int,
+          total: int) -> dict[str, Any]:
     return {
         "model": run.model.to_json(), "base": run.base.to_json(), "lora": asdict(run.lora), "train": asdict(run.train),
         "data": {**run.data, "n_train": len(train_ex), "n_train_tokenized": n_train_tok, "n_val": len(val_ex),

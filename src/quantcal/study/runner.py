@@ -68,19 +68,11 @@ def check_plan(spec: StudySpec) -> None:
     models = {spec.reference}
     for v in spec.variants:
         try:
-            if v.finetune is not None:  # its adapter does not exist before the study trains it
-                from quantcal.finetune.deploy import check_form
-
-                VariantDef(v.model or spec.reference, v.recipe).check()
-                check_form(v.deploy or ("merged" if v.recipe else "nf4"))
-                if v.recipe and (v.deploy or "merged") != "merged":
-                    raise QuantcalError("a recipe after an adapter re-quantizes the merged model: use deploy form 'merged'")
+            job = next(j for j in plan(spec) if j.variant == v.name)
+            job.definition.check(adapter_exists=v.finetune is None)  # a finetune block's adapter comes later
+            if v.finetune is not None:
                 _check_training_source(v.finetune.data, v.finetune.data_file)
-                models.add(v.model or spec.reference)
-                continue
-            defn = VariantDef(v.model or (None if v.adapter else spec.reference), v.recipe, v.adapter, v.deploy)
-            defn.check()
-            models.add(defn.base_spec())
+            models.add(job.model or job.definition.base_spec())
         except QuantcalError as exc:
             raise QuantcalError(f"variant {v.name}: {exc}") from None
     for model in models:
@@ -108,12 +100,13 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
 
     outcomes = []
     held = None
+    done: set[str] = set()
     for v in spec.variants:
         f, out = v.finetune, spec.adapter_of(v)
-        if f is None or out is None or (Path(out) / "adapter" / "adapter_config.json").is_file():
+        if f is None or out is None or out in done:
             continue
+        done.add(out)
         start = time.perf_counter()
-        say(f"fine-tuning {v.name} ({f.method}, {f.steps or f.epochs} {'steps' if f.steps else 'epochs'}) into {out}")
         try:
             if held is None:
                 held = [it for t in spec.tasks for it in load_items(get_task(t.name, t.template), t.data_file, t.limit)]
@@ -127,15 +120,18 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
                                             seed=f.seed),
                               {"source": f.data, "data_file": f.data_file, "skip": f.skip, "take": f.take,
                                "held_out": f"study {spec.name}: {', '.join(t.name for t in spec.tasks)}", "n_held_out": len(held)})
+            if not (Path(out) / "adapter" / "adapter_config.json").is_file():
+                say(f"fine-tuning {v.name} ({f.method}, {f.steps or f.epochs} {'steps' if f.steps else 'epochs'}) into {out}")
             meta = finetune(run, examples, Path(out), resume=Path(out).exists(), progress=progress, say=say)
             say(f"  {v.name}: train loss {meta['first_train_loss']:.4f} -> {meta['final_train_loss']:.4f}, "
                 f"eval loss {meta['final_eval_loss']}")
             outcomes.append(JobOutcome(v.name, "finetune", True, seconds=time.perf_counter() - start))
         except KeyboardInterrupt:
             raise
-        except QuantcalError as exc:
-            outcomes.append(JobOutcome(v.name, "finetune", False, seconds=time.perf_counter() - start, error=str(exc)))
-            say(f"  failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a failed training must not stop the other jobs; the reason is kept
+            reason = str(exc) if isinstance(exc, QuantcalError) else traceback.format_exception_only(type(exc), exc)[-1].strip()
+            outcomes.append(JobOutcome(v.name, "finetune", False, seconds=time.perf_counter() - start, error=reason))
+            say(f"  failed: {reason}")
     return outcomes
 
 
