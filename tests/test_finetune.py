@@ -161,6 +161,8 @@ def test_cli_finetune_refuses_held_out_items_and_eval_scores_the_adapter(tmp_pat
               "--steps", "3", "--batch-size", "2", "--max-length", "32", "--r", "2", "--target-modules", "q_proj,v_proj"]
     refused = runner.invoke(app, common + ["--out", str(tmp_path / "x"), "--holdout", f"custom={data}@10"])
     assert refused.exit_code == 2 and "held out" in refused.output
+    paged = runner.invoke(app, common + ["--out", str(tmp_path / "p"), "--optim", "paged_adamw"])
+    assert paged.exit_code == 2 and "needs a CUDA device" in paged.output
     ok = runner.invoke(app, common + ["--out", str(tmp_path / "ft"), "--skip", "10", "--holdout", f"custom={data}@10"])
     assert ok.exit_code == 0, ok.output
     scored = runner.invoke(app, ["eval", "--adapter", str(tmp_path / "ft"), "--task", "custom", "--data-file", str(data),

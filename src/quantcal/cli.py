@@ -208,6 +208,8 @@ def finetune_command(
     holdout: list[str] = typer.Option([], "--holdout", help="Evaluated items that must not be trained on (refused if any training prompt matches): NAME, NAME=FILE, NAME=FILE@LIMIT, or a study .yaml (all its tasks). Repeatable."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations in the backward pass (less memory, slower)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    optim: str = typer.Option("adamw", "--optim", help="adamw, or paged_adamw / paged_adamw_8bit (bitsandbytes, CUDA only: QLoRA's paged optimizers)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0 ... (bfloat16 compute on a GPU)."),
 ) -> None:
     """Fine-tune LoRA adapters on a 4-bit NF4 base (QLoRA) or on the float base (LoRA), loss on completion tokens
     only; checkpoints, resume, loss log and plot; the adapter is then a variant ('quantcal eval --adapter OUT')."""
@@ -221,7 +223,7 @@ def finetune_command(
         settings = TrainSettings(steps=steps if steps is not None or epochs is not None else 100, epochs=epochs, lr=lr,
                                  warmup_steps=warmup_steps, batch_size=batch_size, grad_accum=grad_accum,
                                  max_length=max_length, seed=seed, save_every=save_every, eval_every=eval_every,
-                                 val_size=val_size, gradient_checkpointing=gradient_checkpointing)
+                                 val_size=val_size, gradient_checkpointing=gradient_checkpointing, optim=optim)
         targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
         lora = LoraSettings(r, alpha, dropout, targets or ("all-linear",))
         if r < 1 or alpha < 1 or not 0 <= dropout < 1:
@@ -236,7 +238,8 @@ def finetune_command(
         else:
             console.print("[yellow]warning[/]: no --holdout given, so nothing checks that evaluated items are not trained on")
         run = FinetuneRun(source, base, lora, settings, {"source": data, "data_file": str(data_file) if data_file else None,
-                                                          "skip": skip, "take": take, "held_out": holdout, "n_held_out": len(held)})
+                                                          "skip": skip, "take": take, "held_out": holdout, "n_held_out": len(held)},
+                          device)
 
         meta = finetune(run, examples, out, resume, _step_bar, lambda m: console.print(m, highlight=False))
         table = Table(title=f"{method} ({base_form if method == 'qlora' else 'float'} base) · {source.name}")

@@ -73,8 +73,11 @@ class TrainSettings:
     val_size: int = 32
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0
+    optim: str = "adamw"
 
     def __post_init__(self) -> None:
+        if self.optim not in OPTIMIZERS:
+            raise QuantcalError(f"--optim must be one of {', '.join(OPTIMIZERS)}, got {self.optim!r}")
         for name in ("batch_size", "grad_accum", "max_length", "save_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise QuantcalError(f"--{name.replace('_', '-')} must be at least 1")
@@ -97,6 +100,7 @@ class FinetuneRun:
     lora: LoraSettings
     train: TrainSettings
     data: dict[str, Any] = field(default_factory=dict)  # source, data_file, skip, take, held_out
+    device: str = "cpu"  # where to train (not part of the signature); bf16 compute on a GPU, float32 on CPU
 
 
 def batch_indices(step: int, accum: int, batch_size: int, n: int, seed: int) -> Iterator[list[int]]:
@@ -140,6 +144,9 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
 
     out = Path(out)
     settings = run.train
+    if settings.optim != "adamw" and not run.device.startswith("cuda"):
+        raise QuantcalError(f"--optim {settings.optim} needs a CUDA device (bitsandbytes pages optimizer state between "
+                            "GPU and CPU memory); use --optim adamw on CPU")
     train_ex, val_ex = split_validation(examples, settings.val_size, settings.seed)
     signature = run_signature(run, train_ex, val_ex)
     if out.exists() and any(out.iterdir()):
@@ -155,7 +162,7 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
             return json.loads((out / "adapter" / META_FILE).read_text())
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    loaded = load_base(run.model, run.base)
+    loaded = load_base(run.model, run.base, device=run.device)
     model, tokenizer = loaded.model, loaded.tokenizer
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     train_tok = tokenize_examples(train_ex, tokenizer, settings.max_length)
@@ -168,7 +175,7 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(model, run.lora.peft_config())
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = make_optimizer(settings.optim, trainable, settings)
     start_step, resumed_from = 0, None
     latest = latest_checkpoint(out) if resume else None
     if latest is not None:
@@ -176,6 +183,8 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
         state = torch.load(latest / "state.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         start_step, resumed_from = int(state["step"]), latest.name
         say(f"resuming from {latest.name} (step {start_step} of {total})")
     _truncate_log(out / "log.csv", start_step)
@@ -198,7 +207,7 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
                     group["lr"] = lr_at(step, settings)
                 losses = []
                 for idx in batch_indices(step, settings.grad_accum, settings.batch_size, len(train_tok), settings.seed):
-                    batch = collate([train_tok[i] for i in idx], pad)
+                    batch = _to(collate([train_tok[i] for i in idx], pad), run.device)
                     loss = model(**batch, use_cache=False).loss
                     (loss / settings.grad_accum).backward()
                     losses.append(float(loss.detach()))
@@ -240,6 +249,24 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
     return json.loads(json.dumps(meta, default=str))  # the same whether trained now or read back
 
 
+OPTIMIZERS = ("adamw", "paged_adamw", "paged_adamw_8bit")
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' paged AdamW (QLoRA's memory-spike guard: optimizer state paged to CPU memory), which
+    exists for CUDA devices only."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if name == "paged_adamw_8bit" else bnb.optim.PagedAdamW
+    return cls(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def _to(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def evaluate_loss(model: Any, examples: Sequence[TokenizedExample], pad: int, batch_size: int) -> float:
     """Mean loss per completion token over ``examples`` (dropout off)."""
     was_training = model.training
@@ -247,7 +274,7 @@ def evaluate_loss(model: Any, examples: Sequence[TokenizedExample], pad: int, ba
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
-            batch = collate(examples[start:start + batch_size], pad)
+            batch = _to(collate(examples[start:start + batch_size], pad), next(model.parameters()).device)
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += float(model(**batch, use_cache=False).loss) * n
             count += n
@@ -260,7 +287,10 @@ def save_checkpoint(out: Path, model: Any, optimizer: torch.optim.Optimizer, ste
     target = out / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(target) as scratch:
         model.save_pretrained(scratch)
-        torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "step": step}, scratch / "state.pt")
+        state = {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(), "step": step}
+        if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        torch.save(state, scratch / "state.pt")
     for old in sorted((out / "checkpoints").glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -117,9 +117,10 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
                               LoraSettings(f.r, f.alpha, f.dropout, tuple(f.target_modules)),
                               TrainSettings(steps=None if f.epochs else f.steps, epochs=f.epochs, lr=f.lr,
                                             batch_size=f.batch_size, grad_accum=f.grad_accum, max_length=f.max_length,
-                                            seed=f.seed),
+                                            seed=f.seed, optim=f.optim),
                               {"source": f.data, "data_file": f.data_file, "skip": f.skip, "take": f.take,
-                               "held_out": f"study {spec.name}: {', '.join(t.name for t in spec.tasks)}", "n_held_out": len(held)})
+                               "held_out": f"study {spec.name}: {', '.join(t.name for t in spec.tasks)}", "n_held_out": len(held)},
+                              spec.device)
             if not (Path(out) / "adapter" / "adapter_config.json").is_file():
                 say(f"fine-tuning {v.name} ({f.method}, {f.steps or f.epochs} {'steps' if f.steps else 'epochs'}) into {out}")
             meta = finetune(run, examples, Path(out), resume=Path(out).exists(), progress=progress, say=say)

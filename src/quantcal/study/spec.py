@@ -52,6 +52,7 @@ class FinetuneSpec(_Strict):
     grad_accum: int = Field(1, gt=0)
     max_length: int = Field(256, gt=0)
     seed: int = 0
+    optim: Literal["adamw", "paged_adamw", "paged_adamw_8bit"] = "adamw"
 
 
 class VariantSpec(_Strict):
