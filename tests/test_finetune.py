@@ -212,3 +212,16 @@ bootstrap: {{resamples: 20}}
     assert leaky.exit_code == 1
     failures = json.loads((tmp_path / "leaky" / "results.json").read_text())["study"]["failures"]
     assert any(f["task"] == "finetune" and "held out" in f["error"] for f in failures)
+
+
+def test_native_and_simulated_nf4_agree_on_the_bundled_smollm2(smol_checkpoint: Path) -> None:
+    source = resolve_source("smollm2-135m-instruct")
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(smol_checkpoint)(["The capital of France is Paris, and of Italy"],
+                                                          return_tensors="pt").input_ids
+    out = []
+    for form in ("simulated", "native"):
+        with torch.no_grad():
+            out.append(load_base(source, BaseConfig("qlora", form)).model(ids).logits.log_softmax(-1))  # type: ignore[arg-type]
+    assert torch.allclose(out[0], out[1], atol=1e-4)
