@@ -76,6 +76,23 @@ def test_jsonl_sources_prompt_completion_and_chat(tmp_path: Path) -> None:
         load_examples("nothing-here")
 
 
+def test_hub_instruction_source_reads_the_named_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcal.data_files import Row
+    from quantcal.finetune import data as data_module
+
+    calls = []
+
+    def fake_hub(path: str, config: object, split: str) -> list[Row]:
+        calls.append((path, config, split))
+        return [Row({"prompt": "Say hi.", "completion": " hi"}, 0, f"{path}[0]")]
+
+    monkeypatch.setattr(data_module, "read_hub_rows", fake_hub)
+    (ex,) = load_examples("hub:org/instructions:train_sft")
+    assert calls == [("org/instructions", None, "train_sft")] and ex.completion == " hi"
+    load_examples("hub:org/instructions")
+    assert calls[-1][2] == "train"
+
+
 def test_data_order_is_a_function_of_seed_and_step() -> None:
     n, bs = 10, 3
     stream = [i for step in range(10) for batch in batch_indices(step, 2, bs, n, seed=5) for i in batch]
