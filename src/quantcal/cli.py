@@ -226,8 +226,6 @@ def finetune_command(
                                  val_size=val_size, gradient_checkpointing=gradient_checkpointing, optim=optim)
         targets = tuple(t.strip() for t in target_modules.split(",") if t.strip())
         lora = LoraSettings(r, alpha, dropout, targets or ("all-linear",))
-        if r < 1 or alpha < 1 or not 0 <= dropout < 1:
-            raise QuantcalError("--r and --alpha must be positive and --dropout in [0, 1)")
         _quiet_transformers()
         source = resolve_source(model)
         examples = load_examples(data, str(data_file) if data_file else None, skip, take, load_tokenizer(source))
@@ -262,10 +260,10 @@ def _holdout_items(specs: list[str]) -> list:  # list[Item]
     items = []
     for text in specs:
         if text.endswith((".yaml", ".yml")):
+            from quantcal.study.runner import study_items
             from quantcal.study.spec import load_study
 
-            for t in load_study(Path(text)).tasks:
-                items += load_items(get_task(t.name, t.template), t.data_file, t.limit)
+            items += study_items(load_study(Path(text)))
             continue
         name, _, rest = text.partition("=")
         path, _, limit = rest.rpartition("@") if "@" in rest else (rest, "", "")

@@ -49,6 +49,10 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: tuple[str, ...] = ("all-linear",)
 
+    def __post_init__(self) -> None:
+        if self.r < 1 or self.alpha < 1 or not 0 <= self.dropout < 1:
+            raise QuantcalError("--r and --alpha must be positive and --dropout in [0, 1)")
+
     def peft_config(self) -> Any:
         from peft import LoraConfig
 

@@ -66,9 +66,10 @@ def check_plan(spec: StudySpec) -> None:
         if t.data_file and not Path(t.data_file).is_file():
             raise QuantcalError(f"task {t.name}: data file {t.data_file} not found")
     models = {spec.reference}
+    first_jobs = {j.variant: j for j in reversed(plan(spec))}
     for v in spec.variants:
         try:
-            job = next(j for j in plan(spec) if j.variant == v.name)
+            job = first_jobs[v.name]
             job.definition.check(adapter_exists=v.finetune is None)  # a finetune block's adapter comes later
             if v.finetune is not None:
                 _check_training_source(v.finetune.data, v.finetune.data_file)
@@ -88,6 +89,13 @@ def _check_training_source(data: str, data_file: Optional[str]) -> None:
         raise QuantcalError(f"finetune data file {data_file} not found")
 
 
+def study_items(spec: StudySpec) -> list[Any]:
+    """Every item the study evaluates (what fine-tuning must hold out)."""
+    from quantcal.tasks import load_items
+
+    return [it for t in spec.tasks for it in load_items(get_task(t.name, t.template), t.data_file, t.limit)]
+
+
 def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None = None,
                    say: Callable[[str], None] = lambda message: None) -> list[JobOutcome]:
     """Train every finetune-block adapter that is not trained yet (resuming an interrupted one), holding out every
@@ -96,7 +104,6 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
     from quantcal.finetune.data import check_disjoint, load_examples
     from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
     from quantcal.models import load_tokenizer
-    from quantcal.tasks import load_items
 
     outcomes = []
     held = None
@@ -109,7 +116,7 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
         start = time.perf_counter()
         try:
             if held is None:
-                held = [it for t in spec.tasks for it in load_items(get_task(t.name, t.template), t.data_file, t.limit)]
+                held = study_items(spec)
             source = resolve_source(v.model or spec.reference)
             examples = load_examples(f.data, f.data_file, f.skip, f.take, load_tokenizer(source))
             check_disjoint(examples, held)
