@@ -21,7 +21,12 @@ def test_spec_canonical_key_and_errors() -> None:
     a = parse_recipe("rtn:group_size=64,bits=4")
     assert a.key == parse_recipe("rtn:bits=4,group_size=64,sym=false").key == "rtn:bits=4,group_size=64,sym=false"
     assert parse_recipe("gguf:q4_0").key == "gguf:type=q4_0" and parse_recipe("bnb:nf4").slug == "bnb-nf4"
-    for bad, message in [("awq:bits=4", "known recipes: bnb, gguf, gptq, rtn"), ("rtn:bits=9", "in [2, 8]"),
+    # the default execution form stays out of the key (keys of earlier builds hold); native is a different variant
+    assert parse_recipe("bnb:nf4,mode=simulated").key == "bnb:blocksize=64,double_quant=false,type=nf4"
+    native = parse_recipe("bnb:nf4,mode=native")
+    assert native.key == "bnb:blocksize=64,double_quant=false,mode=native,type=nf4" and native.slug == "bnb-nf4-native"
+    for bad, message in [("awk:bits=4", "known recipes: awq, bnb, gguf, gptq, hqq, quanto, rtn"),
+                         ("quanto:qint3", "one of qint8, qint4, qint2"), ("hqq:bits=5", "one of 1, 2, 3, 4, 8"), ("rtn:bits=9", "in [2, 8]"),
                          ("rtn:group_size=0", "not 0"), ("rtn:colour=red", "valid keys: bits"),
                          ("gguf:q9_9", "one of q8_0"), ("bnb", "type is required"), ("rtn:sym=perhaps", "true, false")]:
         with pytest.raises(QuantcalError, match=re.escape(message)):
@@ -104,13 +109,15 @@ def test_bnb_grid(kind: str) -> None:
     assert (q - w).abs().mean() < 0.15 * w.abs().mean() if kind != "int8" else (q - w).abs().max() < 0.05
 
 
-def test_gguf_refuses_k_quants_and_ragged_rows(tmp_path: Path, tiny_llama: Path) -> None:
+def test_gguf_refuses_unported_types_and_ragged_rows(tmp_path: Path, tiny_llama: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from quantcal.recipes.variants import build_variant
 
-    with pytest.raises(QuantcalError, match="K-quants need llama.cpp"):
-        build_variant(resolve_source(str(tiny_llama)), parse_recipe("gguf:q4_k"), tmp_path / "k")
+    with pytest.raises(QuantcalError, match="gguf:q2_k: not available"):
+        build_variant(resolve_source(str(tiny_llama)), parse_recipe("gguf:q2_k"), tmp_path / "k")
+    with pytest.raises(QuantcalError, match=r"32 input features, not a multiple of the q4_k block size 256 \(fallback=true"):
+        build_variant(resolve_source(str(tiny_llama)), parse_recipe("gguf:q4_k,fallback=false"), tmp_path / "k")
     odd = tmp_path / "odd"
     config = LlamaConfig(vocab_size=49152, hidden_size=48, intermediate_size=96, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
@@ -162,3 +169,59 @@ def test_gptq_variant_layer_error_below_rtn(tmp_path: Path, tiny_llama: Path, mo
     assert gptq_meta["calibration"]["source"] == "self" and len(gptq_meta["calibration"]["sha256"]) == 16
     assert gptq_meta["mean_layer_error"] < rtn_meta["mean_layer_error"]
     assert json.dumps(gptq_meta)  # the record is plain JSON
+
+
+@pytest.mark.parametrize("bits,group,axis", [(3, 32, 1), (4, 64, 1), (2, 16, 0), (8, 64, 1)])
+def test_hqq_groups_have_at_most_2_pow_bits_values(bits: int, group: int, axis: int) -> None:
+    pytest.importorskip("hqq")
+    from quantcal.recipes import hqq
+
+    params = dict(parse_recipe(f"hqq:bits={bits},group_size={group},axis={axis}").params)
+    w = torch.randn(48, 128)
+    q = hqq.roundtrip(w, params)
+    assert max(row.unique().numel() for row in hqq.groups(q, params)) <= 2 ** bits
+    assert float((q - w).norm() / w.norm()) < {2: 0.5, 3: 0.25, 4: 0.12, 8: 0.01}[bits]
+    with pytest.raises(QuantcalError, match="does not divide"):
+        hqq.roundtrip(torch.randn(3, 10), params, "tiny")
+
+
+@pytest.mark.parametrize("kind,levels", [("qint8", 256), ("qint4", 16), ("qint2", 4)])
+def test_quanto_grid_and_group_choice(kind: str, levels: int) -> None:
+    pytest.importorskip("optimum.quanto")
+    from quantcal.recipes import quanto
+
+    linear = torch.nn.Linear(576, 32)  # 576 = SmolLM2's width: quanto's 128 does not divide it, it takes 96
+    module = quanto.quantized_linear(linear, kind)
+    q = module.qweight.dequantize()
+    group = quanto.group_size(module)
+    assert group == (-1 if kind == "qint8" else 96)
+    rows = q.reshape(-1, 576 if group == -1 else group)
+    assert max(row.unique().numel() for row in rows) <= levels
+    x = torch.randn(4, 576)
+    assert torch.allclose(module(x), x @ q.T + linear.bias, atol=1e-5)  # quanto's module computes with that grid
+
+
+@pytest.mark.parametrize("recipe", ["quanto:qint4", "bnb:nf4", "bnb:int8"])
+def test_native_mode_matches_simulated(recipe: str, tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcal.encoding import Encoder
+    from quantcal.items import Item
+    from quantcal.recipes.variants import load_variant, variant_dir, variant_meta
+    from quantcal.scoring import iter_flat, score_items
+
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    source = resolve_source(str(tiny_llama))
+    simulated = load_variant(source, parse_recipe(recipe), dtype="float32")
+    native_spec = parse_recipe(recipe + ",mode=native")
+    native = load_variant(source, native_spec, dtype="float32")
+    meta = variant_meta(variant_dir(source, native_spec))
+    assert meta["mode"] == "native" and not list(variant_dir(source, native_spec).glob("*.safetensors"))
+    kinds = {type(m).__name__ for m in native.model.model.layers[0].modules()}
+    assert kinds & {"QLinear", "Linear4bit", "Linear8bitLt"}
+    item = Item("a", "the cat sat on the", ("mat", "dog river", "quietly"), 0)
+
+    def score(lm):  # noqa: ANN001, ANN202
+        encoded = [Encoder(lm.tokenizer, 128).encode_item(0, item, " ")]
+        return np.array(iter_flat(score_items(lm.model, encoded))[0].logliks)
+    # int8: LLM.int8() also quantizes activations at run time, which the simulated (weights-only) form does not
+    tolerance = 0.05 if recipe == "bnb:int8" else 1e-4
+    assert np.abs(score(simulated) - score(native)).max() < tolerance

@@ -74,7 +74,7 @@ def score_items(
     by_index = {it.item_index: it for it in items}
     pending: dict[int, dict[int, tuple[float, bool]]] = {}
     device = next(model.parameters()).device
-    with torch.inference_mode():
+    with grad_free(model):
         for batch in plan_batches(items, batch_size, packed):
             results = (_score_batch_packed if packed else _score_batch)(model, batch, pad_token_id, device)
             done: list[ItemScores] = []
@@ -262,6 +262,15 @@ def _gather_logprobs(logits: Any, targets: Any) -> tuple[Any, Any]:
         hits.append(chunk.argmax(-1) == t)
         del chunk
     return torch.cat(lps), torch.cat(hits)
+
+
+def grad_free(model: Any) -> Any:
+    """``torch.inference_mode()``, or ``torch.no_grad()`` when the model holds tensor-subclass weights (quanto's
+    quantized tensors cannot run under inference mode)."""
+    import torch
+
+    plain = all(type(p) in (torch.nn.Parameter, torch.Tensor) for p in model.parameters())
+    return torch.inference_mode() if plain else torch.no_grad()
 
 
 def reference_loglik(model: Any, context: Sequence[int], continuation: Sequence[int]) -> tuple[float, bool]:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from quantcal.errors import QuantcalError
-from quantcal.models import LoadedModel, ModelSource, dequantized_gguf_copy, load_model, resolve_dtype
+from quantcal.models import LoadedModel, ModelSource, load_model
 
 Method = Literal["qlora", "lora"]
 BaseForm = Literal["simulated", "native"]
@@ -72,19 +72,6 @@ def quantize_simulated(model: torch.nn.Module, config: BaseConfig) -> None:
 
 
 def _load_native_4bit(source: ModelSource, config: BaseConfig, dtype: str, device: str) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from quantcal.recipes.bnb import load_native
 
-    if config.blocksize != 64:
-        raise QuantcalError("the native 4-bit base uses bitsandbytes' block size 64; use --base-form simulated for others")
-    location = str(dequantized_gguf_copy(source)) if source.kind in ("bundled", "gguf") else source.location
-    compute = resolve_dtype(dtype, device)
-    bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=config.quant_type,
-                             bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=compute)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, quantization_config=bnb, dtype=compute,
-                                                     device_map=device, use_safetensors=True)
-    except (OSError, ValueError, ImportError) as exc:
-        raise QuantcalError(f"cannot load {source.spec!r} with a native 4-bit base: {str(exc).splitlines()[0]}") from exc
-    model.eval()
-    return LoadedModel(model, tokenizer, source)
+    return load_native(source, config.recipe_params, dtype, device)

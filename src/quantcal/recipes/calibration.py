@@ -7,13 +7,16 @@ Sources:
   random offsets;
 - ``c4``: ``allenai/c4`` (en) from the hub, as Study B: random documents longer than ``seqlen``, one random
   window each (needs network).
-The token windows' SHA-256 is recorded with the variant.
+The token windows' SHA-256 is recorded with the variant. Self-generated windows are cached per
+(model fingerprint, nsamples, seqlen, seed) as ``.npy`` under ``$QUANTCAL_CACHE/calibration`` (sampling 64 x 512
+tokens costs minutes on a CPU; GPTQ, AWQ and the error probe of the same model then share them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,13 @@ import torch
 from quantcal.errors import QuantcalError
 
 
-def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seqlen: int, seed: int,
+                    fingerprint: str | None = None) -> torch.Tensor:
+    """``(nsamples, seqlen)`` token ids; ``fingerprint`` (the model's) enables the cache of self-generated windows."""
     if source == "self":
-        return _self_generated(model, tokenizer, nsamples, seqlen, seed)
+        if fingerprint is None:
+            return _self_generated(model, tokenizer, nsamples, seqlen, seed)
+        return _cached_self_generated(model, tokenizer, nsamples, seqlen, seed, fingerprint)
     if source == "c4":
         return _c4(tokenizer, nsamples, seqlen, seed)
     path = Path(source)
@@ -35,6 +42,24 @@ def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seql
 
 def ids_hash(ids: torch.Tensor) -> str:
     return hashlib.sha256(ids.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
+
+
+def _cached_self_generated(model: Any, tokenizer: Any, nsamples: int, seqlen: int, seed: int,
+                           fingerprint: str) -> torch.Tensor:
+    import numpy as np
+
+    from quantcal.cache import cache_root
+
+    key = hashlib.sha256(json.dumps([fingerprint, nsamples, seqlen, seed]).encode()).hexdigest()[:20]
+    path = cache_root() / "calibration" / f"self-{key}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    ids = _self_generated(model, tokenizer, nsamples, seqlen, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(f".{os.getpid()}.npy")
+    np.save(scratch, ids.numpy())
+    os.replace(scratch, path)
+    return ids
 
 
 def _self_generated(model: Any, tokenizer: Any, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:

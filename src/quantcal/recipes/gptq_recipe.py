@@ -26,8 +26,9 @@ PARAMS = {
 
 
 def apply(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,
-          progress: Callable[[int, int], None] | None = None, **_: Any) -> dict[str, Any]:
-    ids = calibration_ids(model, tokenizer, params["calib"], params["nsamples"], params["seqlen"], params["seed"])
+          progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None, **_: Any) -> dict[str, Any]:
+    ids = calibration_ids(model, tokenizer, params["calib"], params["nsamples"], params["seqlen"], params["seed"],
+                          fingerprint=fingerprint)
     errors = gptq_model(model, ids, params["bits"], params["group_size"], params["sym"], params["damp"],
                         params["desc_act"], progress)
     sizes = [(m.weight.numel(), grid.bits_per_weight(params["bits"], params["group_size"], m.in_features, params["sym"]))

@@ -21,6 +21,7 @@ class Param:
     high: float | None = None
     help: str = ""
     forbid: tuple[Any, ...] = ()
+    key_default: bool = True  # False: left out of the canonical key at its default (parameters added later)
 
     def parse(self, family: str, key: str, text: str) -> Any:
         try:
@@ -53,11 +54,15 @@ class Param:
 class RecipeSpec:
     family: str
     params: dict[str, Any] = field(default_factory=dict)
+    unkeyed_defaults: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
-        """Canonical text: family and every parameter, sorted; equal specs have equal keys."""
-        body = ",".join(f"{k}={_text(v)}" for k, v in sorted(self.params.items()))
+        """Canonical text: family and every parameter, sorted; equal specs have equal keys. Parameters added after a
+        family's first release (``mode``, ``fallback``) are left out at their default, so earlier keys (and the
+        variants and study runs stored under them) stay valid."""
+        body = ",".join(f"{k}={_text(v)}" for k, v in sorted(self.params.items())
+                        if not (k in self.unkeyed_defaults and self.unkeyed_defaults[k] == v))
         return f"{self.family}:{body}" if body else self.family
 
     @property
@@ -66,8 +71,9 @@ class RecipeSpec:
         p = self.params
         if "bits" in p and "group_size" in p:
             return f"{self.family}-w{p['bits']}g{p['group_size']}"
+        native = "-native" if p.get("mode") == "native" else ""
         if "type" in p:
-            return f"{self.family}-{p['type']}"
+            return f"{self.family}-{p['type']}{native}"
         return self.family
 
 
@@ -103,4 +109,4 @@ def parse_spec(text: str, schemas: dict[str, tuple[dict[str, Param], str | None]
             if param.default is None:
                 raise QuantcalError(f"recipe {family}: {key} is required ({param.describe()})")
             values[key] = param.default
-    return RecipeSpec(family, values)
+    return RecipeSpec(family, values, {k: p.default for k, p in params_schema.items() if not p.key_default})

@@ -6,6 +6,9 @@ time, bits per weight, sizes, and each quantized layer's relative output error. 
 fingerprint, the canonical recipe (all parameters, calibration source included) and the versions of torch and
 quantcal's recipe code, so a second build is a cache hit and any changed parameter is a miss.
 
+A ``mode=native`` variant stores only that JSON (its statistics come from the simulated round trip, the same
+grid); loading it quantizes the reference with the library's own modules.
+
 Layer error (reported for every recipe): on a fixed probe of 8 windows of 256 tokens sampled from the reference
 model (seed 0), each block linear's ``||X (W_q - W)^T||_F / ||X W^T||_F`` with ``X`` the reference model's
 inputs to that layer. GPTQ also reports its own errors on its calibration data.
@@ -35,7 +38,9 @@ PROBE = {"nsamples": 8, "seqlen": 256, "seed": 0}
 
 
 def variant_key(source: ModelSource, spec: RecipeSpec) -> str:
-    versions = package_versions(("torch", "gguf", "bitsandbytes"))
+    library = FAMILIES[spec.family].library
+    versions = package_versions(("torch", "gguf", "bitsandbytes")
+                                + (() if library in ("quantcal", "gguf", "bitsandbytes") else (library,)))
     blob = json.dumps([source.fingerprint, spec.key, RECIPE_CODE_VERSION, versions], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -57,14 +62,15 @@ def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None
     say(f"building {spec.key}")
     start = time.perf_counter()
     family = FAMILIES[spec.family]
-    stats = family.apply(model, dict(spec.params), tokenizer=tokenizer,
+    stats = family.apply(model, dict(spec.params), tokenizer=tokenizer, fingerprint=source.fingerprint,
                          progress=lambda i, n: say(f"{spec.family}: block {i}/{n}"))
     seconds = time.perf_counter() - start
     quantized = {name: m.weight.data for name, m in block_linears(model)}
     errors = probe_layer_errors(model, tokenizer, originals, quantized, source)
     meta = {
-        "recipe": spec.key, "family": spec.family, "params": spec.params, "mode": "simulated",
-        "source": source.to_json(), "versions": package_versions(("quantcal", "torch", "transformers", "gguf", "bitsandbytes")),
+        "recipe": spec.key, "family": spec.family, "params": spec.params, "mode": spec.params.get("mode", "simulated"),
+        "source": source.to_json(),
+        "versions": package_versions(tuple(dict.fromkeys(("quantcal", "torch", "transformers", "gguf", "bitsandbytes", family.library)))),
         "build_seconds": seconds, "bits_per_weight": stats.pop("bits_per_weight"),
         "quantized_layers": len(quantized), "quantized_params": int(sum(w.numel() for w in quantized.values())),
         "total_params": int(sum(p.numel() for p in model.parameters())),
@@ -73,9 +79,10 @@ def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None
     meta["packed_size_mb"] = (meta["quantized_params"] * meta["bits_per_weight"]
                               + (meta["total_params"] - meta["quantized_params"]) * 16) / 8 / 2**20
     with atomic_dir(target) as scratch:
-        model.save_pretrained(scratch, safe_serialization=True)
-        tokenizer.save_pretrained(scratch)
-        meta["checkpoint_size_mb"] = sum(f.stat().st_size for f in scratch.glob("*.safetensors")) / 2**20
+        if meta["mode"] == "simulated":  # a native variant is rebuilt from the reference by its library at load time
+            model.save_pretrained(scratch, safe_serialization=True)
+            tokenizer.save_pretrained(scratch)
+            meta["checkpoint_size_mb"] = sum(f.stat().st_size for f in scratch.glob("*.safetensors")) / 2**20
         (scratch / "quantcal-variant.json").write_text(json.dumps(meta, indent=2, default=str))
     return target
 
@@ -112,22 +119,16 @@ def probe_layer_errors(model: torch.nn.Module, tokenizer: Any, originals: dict[s
 
 
 def probe_ids(model: torch.nn.Module, tokenizer: Any, source: ModelSource) -> torch.Tensor:
-    """The fixed error probe, generated once per model and cached as .npy (no pickles)."""
-    import numpy as np
-
-    key = hashlib.sha256(json.dumps([source.fingerprint, PROBE]).encode()).hexdigest()[:20]
-    path = cache_root() / "calibration" / f"probe-{key}.npy"
-    if path.is_file():
-        return torch.from_numpy(np.load(path))
-    ids = calibration_ids(model, tokenizer, "self", PROBE["nsamples"], PROBE["seqlen"], PROBE["seed"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, ids.numpy())
-    return ids
+    """The fixed error probe: self-generated windows, cached per model."""
+    return calibration_ids(model, tokenizer, "self", PROBE["nsamples"], PROBE["seqlen"], PROBE["seed"],
+                           fingerprint=source.fingerprint)
 
 
 def load_variant(source: ModelSource, spec: RecipeSpec, dtype: str = "auto", device: str = "cpu",
                  progress: Callable[[str], None] | None = None) -> LoadedModel:
     path = build_variant(source, spec, progress=progress)
+    if spec.params.get("mode") == "native":
+        return FAMILIES[spec.family].native(source, dict(spec.params), dtype, device)
     local = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
     loaded = load_model(local, dtype=dtype, device=device)
     return LoadedModel(loaded.model, loaded.tokenizer, source)
