@@ -17,7 +17,9 @@ from pathlib import Path
 FILES = {"piqa": "piqa/validation.jsonl", "hellaswag": "hellaswag/validation.jsonl",
          "boolq": "boolq/validation.jsonl", "openbookqa": "openbookqa/test.jsonl"}
 DEFAULT_RECIPES = ["rtn:bits=8,group_size=64", "rtn:bits=4,group_size=64", "rtn:bits=2,group_size=64",
-                   "gptq:bits=4,group_size=64", "gguf:q8_0", "gguf:q4_0", "bnb:nf4", "bnb:int8"]
+                   "gptq:bits=4,group_size=64", "gguf:q8_0", "gguf:q4_0", "bnb:nf4", "bnb:int8",
+                   "awq:bits=4,group_size=64", "hqq:bits=4,group_size=64", "quanto:qint8", "quanto:qint4",
+                   "gguf:q4_k", "gguf:q6_k"]
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ FAMILIES: dict[str, Family] = {
                   "AWQ (Lin et al. 2024), in-house: activation-aware scales + clipping, calibrated"),
     "hqq": Family(hqq.PARAMS, None, hqq.apply, "HQQ half-quadratic zero-point optimisation (hqq library), no calibration",
                   library="hqq"),
-    "gguf": Family(gguf_types.PARAMS, "type", gguf_types.apply, "llama.cpp formats via the gguf package", library="gguf"),
+    "gguf": Family(gguf_types.PARAMS, "type", gguf_types.apply, "llama.cpp formats: the gguf package; K-quants ported from llama.cpp", library="gguf"),
     "bnb": Family(bnb.PARAMS, "type", bnb.apply, "bitsandbytes NF4 / FP4 / int8", bnb.load_native, "bitsandbytes"),
     "quanto": Family(quanto.PARAMS, "type", quanto.apply, "optimum-quanto qint8 / qint4 / qint2", _quanto_native,
                      "optimum-quanto"),

@@ -23,6 +23,14 @@ from typing import Any
 import torch
 
 from quantcal.errors import QuantcalError
+from quantcal.recipes.spec import Param
+
+PARAMS = {  # the calibration parameters of every calibrated recipe (GPTQ, AWQ)
+    "nsamples": Param(int, 64, low=1, high=4096, help="calibration windows (Study B and AutoAWQ: 128)"),
+    "seqlen": Param(int, 512, low=8, high=32768, help="tokens per window (Study B: 2048)"),
+    "calib": Param(str, "self", help="'self' (text sampled from the model, offline), 'c4' (hub), or a .txt/.jsonl path"),
+    "seed": Param(int, 0, low=0),
+}
 
 
 def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seqlen: int, seed: int,
@@ -38,6 +46,17 @@ def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seql
     if not path.is_file():
         raise QuantcalError(f"calibration source {source!r}: expected 'self', 'c4' or a .txt/.jsonl file")
     return _from_text(_read_text(path), tokenizer, nsamples, seqlen, seed, str(path))
+
+
+def params_ids(model: Any, tokenizer: Any, params: dict[str, Any], fingerprint: str | None) -> torch.Tensor:
+    """The windows a calibrated recipe's ``calib``/``nsamples``/``seqlen``/``seed`` parameters ask for."""
+    return calibration_ids(model, tokenizer, params["calib"], params["nsamples"], params["seqlen"], params["seed"],
+                           fingerprint=fingerprint)
+
+
+def record(params: dict[str, Any], ids: torch.Tensor) -> dict[str, Any]:
+    """What the variant's JSON record says about its calibration data."""
+    return {"source": params["calib"], "nsamples": params["nsamples"], "seqlen": params["seqlen"], "sha256": ids_hash(ids)}
 
 
 def ids_hash(ids: torch.Tensor) -> str:

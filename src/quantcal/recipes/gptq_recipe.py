@@ -6,8 +6,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from quantcal.recipes import grid
-from quantcal.recipes.calibration import calibration_ids, ids_hash
+from quantcal.recipes import calibration, grid
 from quantcal.recipes.gptq import gptq_model
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
@@ -18,22 +17,15 @@ PARAMS = {
     "sym": Param(bool, False, choices=(True, False)),
     "desc_act": Param(bool, False, choices=(True, False), help="quantize columns by decreasing Hessian diagonal"),
     "damp": Param(float, 0.01, low=0.0, high=1.0, help="dampening, a share of the mean Hessian diagonal"),
-    "nsamples": Param(int, 64, low=1, high=4096, help="calibration windows (Study B: 128)"),
-    "seqlen": Param(int, 512, low=8, high=32768, help="tokens per window (Study B: 2048)"),
-    "calib": Param(str, "self", help="'self' (text sampled from the model, offline), 'c4' (hub), or a .txt/.jsonl path"),
-    "seed": Param(int, 0, low=0),
+    **calibration.PARAMS,
 }
 
 
 def apply(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,
           progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None, **_: Any) -> dict[str, Any]:
-    ids = calibration_ids(model, tokenizer, params["calib"], params["nsamples"], params["seqlen"], params["seed"],
-                          fingerprint=fingerprint)
+    ids = calibration.params_ids(model, tokenizer, params, fingerprint)
     errors = gptq_model(model, ids, params["bits"], params["group_size"], params["sym"], params["damp"],
                         params["desc_act"], progress)
-    sizes = [(m.weight.numel(), grid.bits_per_weight(params["bits"], params["group_size"], m.in_features, params["sym"]))
-             for _, m in block_linears(model)]
-    return {"bits_per_weight": sum(n * b for n, b in sizes) / sum(n for n, _ in sizes),
-            "calibration": {"source": params["calib"], "nsamples": params["nsamples"], "seqlen": params["seqlen"],
-                            "sha256": ids_hash(ids)},
-            "gptq_sequential_layer_error": errors}
+    linears = [m for _, m in block_linears(model)]
+    return {"bits_per_weight": grid.model_bits_per_weight(linears, params["bits"], params["group_size"], params["sym"]),
+            "calibration": calibration.record(params, ids), "gptq_sequential_layer_error": errors}

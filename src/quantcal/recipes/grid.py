@@ -58,3 +58,9 @@ def bits_per_weight(bits: int, group_size: int, cols: int, sym: bool) -> float:
     g = cols if group_size <= 0 else group_size
     groups_per_row = -(-cols // g)
     return bits + groups_per_row * (16 + (0 if sym else bits)) / cols
+
+
+def model_bits_per_weight(linears: list, bits: int, group_size: int, sym: bool) -> float:
+    """:func:`bits_per_weight` averaged over ``linears`` (modules with ``weight`` and ``in_features``), by size."""
+    sizes = [(m.weight.numel(), bits_per_weight(bits, group_size, m.in_features, sym)) for m in linears]
+    return sum(n * b for n, b in sizes) / sum(n for n, _ in sizes)

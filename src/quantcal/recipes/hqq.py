@@ -23,7 +23,7 @@ from quantcal.recipes.spec import Param
 PARAMS = {
     "bits": Param(int, 4, choices=(1, 2, 3, 4, 8), help="bits per weight code"),
     "group_size": Param(int, 64, choices=(16, 32, 64, 128, 256), help="weights per group"),
-    "axis": Param(int, 1, choices=(0, 1), help="1: groups along the input columns; 0: along the output rows"),
+    "axis": Param(int, 1, choices=(0, 1), help="1: groups of consecutive input columns; 0: HQQ's strided layout"),
     "optimize": Param(bool, True, choices=(True, False), help="half-quadratic refinement of the zero points"),
 }
 
