@@ -26,7 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parent.parent.parent / "shared" / "data")
-    parser.add_argument("--tasks", nargs="+", default=["piqa"])
+    parser.add_argument("--tasks", nargs="*", default=["piqa"], help="none: build the variants only")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
     parser.add_argument("--store", type=Path, default=Path("benchmarks/work/recipe_sanity.sqlite"))
@@ -52,7 +52,8 @@ def main() -> None:
                 start = time.perf_counter()
                 meta = variant_meta(build_variant(source, spec))
                 entry.update(build_seconds=meta["build_seconds"], wall_seconds_first_call=time.perf_counter() - start,
-                             bits_per_weight=meta["bits_per_weight"], mean_layer_error=meta["mean_layer_error"])
+                             bits_per_weight=meta["bits_per_weight"], mean_layer_error=meta["mean_layer_error"],
+                             **{k: meta[k] for k in ("gguf_type_counts", "quanto_group_sizes") if k in meta})
                 holder = ModelHolder(lambda spec=spec: load_variant(source, spec))
             else:
                 holder = ModelHolder(default_loader(source, options))

@@ -225,3 +225,20 @@ def test_native_mode_matches_simulated(recipe: str, tmp_path: Path, tiny_llama: 
     # int8: LLM.int8() also quantizes activations at run time, which the simulated (weights-only) form does not
     tolerance = 0.05 if recipe == "bnb:int8" else 1e-4
     assert np.abs(score(simulated) - score(native)).max() < tolerance
+
+
+def test_cli_quantize_reports_mode_and_gguf_fallback(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from quantcal.cli import app
+
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COLUMNS", "200")
+    native = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama), "--recipe", "quanto:qint8,mode=native"])
+    assert native.exit_code == 0, native.output
+    assert "native" in native.output and "none (native: built at load)" in native.output
+    kquant = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama), "--recipe", "gguf:q6_k"])
+    assert kquant.exit_code == 0, kquant.output
+    assert "q8_0 x14" in kquant.output  # llama.cpp's fallback for Q6_K on rows not a multiple of 256
+    bad = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama), "--recipe", "awq:bits=4,group_size=48"])
+    assert bad.exit_code == 2 and "does not divide" in bad.output and "Traceback" not in bad.output

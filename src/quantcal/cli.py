@@ -151,7 +151,7 @@ def _print_summary(variant: str, results: dict[str, dict[str, float]]) -> None:
 @app.command("quantize")
 def quantize_command(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="The reference model (bundled name, .gguf, checkpoint dir, hub id)."),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="rtn:bits=4,group_size=64 | gptq:bits=4,group_size=64,desc_act=false,damp=0.01 | gguf:q4_0 | bnb:nf4 ..."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="rtn:bits=4,group_size=64 | gptq:bits=4,group_size=64 | awq:bits=4,group_size=64 | hqq:bits=3 | gguf:q4_k | bnb:nf4[,mode=native] | quanto:qint4 ... (quantcal recipes lists every parameter)"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the variant here instead of the cache."),
 ) -> None:
     """Build one compressed variant (cached: a second build with the same recipe is instant) and report it."""
@@ -167,12 +167,18 @@ def quantize_command(
         table = Table(title=f"{model} · {spec.key}")
         table.add_column("")
         table.add_column("value", justify="right")
-        for label, value in [("bits per weight (quantized layers)", f"{meta['bits_per_weight']:.3f}"),
-                             ("packed size (MB, other weights 16-bit)", f"{meta['packed_size_mb']:.1f}"),
-                             ("checkpoint on disk (MB, simulated float)", f"{meta['checkpoint_size_mb']:.1f}"),
-                             ("build time (s)", f"{meta['build_seconds']:.1f}"),
-                             ("mean relative layer output error", f"{meta['mean_layer_error']:.4f}"),
-                             ("quantized layers", str(meta["quantized_layers"]))]:
+        rows = [("execution mode", meta.get("mode", "simulated")),
+                ("bits per weight (quantized layers)", f"{meta['bits_per_weight']:.3f}"),
+                ("packed size (MB, other weights 16-bit)", f"{meta['packed_size_mb']:.1f}"),
+                ("checkpoint on disk (MB, simulated float)",
+                 f"{meta['checkpoint_size_mb']:.1f}" if "checkpoint_size_mb" in meta else "none (native: built at load)"),
+                ("build time (s)", f"{meta['build_seconds']:.1f}"),
+                ("mean relative layer output error", f"{meta['mean_layer_error']:.4f}"),
+                ("quantized layers", str(meta["quantized_layers"]))]
+        if meta.get("gguf_fallback_layers"):
+            rows.append(("GGUF types (llama.cpp fallback for narrow layers)",
+                         ", ".join(f"{k} x{v}" for k, v in meta["gguf_type_counts"].items())))
+        for label, value in rows:
             table.add_row(label, value)
         Console().print(table)
         console.print(f"variant: {path}")

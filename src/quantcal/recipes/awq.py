@@ -46,6 +46,12 @@ def check_groups(name: str, in_features: int, group_size: int) -> None:
                             f"use one of {divisors or [-1]} (or -1 for per-channel)")
 
 
+def check_model(model: nn.Module, group_size: int) -> None:
+    """Refuse, before any calibration work, a group size that does not divide some layer's inputs."""
+    for name, module in block_linears(model):
+        check_groups(name, module.in_features, group_size)
+
+
 def quantize(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
     """AWQ's zero-point grid, group-wise along the input dimension (``group_size`` must divide the columns)."""
     rows, cols = w.shape
@@ -211,8 +217,7 @@ def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size
               do_clip: bool = True, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
     """Quantize every linear in the decoder blocks in place (simulated). Returns per layer: the chosen ``alpha``,
     whether it was scaled, and the relative output error on the subsampled calibration inputs."""
-    for name, module in block_linears(model):
-        check_groups(name, module.in_features, group_size)
+    check_model(model, group_size)
     hidden, kwargs = capture_layer_inputs(model, calibration)
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)

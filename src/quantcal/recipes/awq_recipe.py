@@ -7,7 +7,7 @@ from typing import Any, Callable
 from torch import nn
 
 from quantcal.recipes import calibration, grid
-from quantcal.recipes.awq import awq_model
+from quantcal.recipes.awq import awq_model, check_model
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
 
@@ -22,6 +22,7 @@ PARAMS = {
 
 def apply(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,
           progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None, **_: Any) -> dict[str, Any]:
+    check_model(model, params["group_size"])
     ids = calibration.params_ids(model, tokenizer, params, fingerprint)
     report = awq_model(model, ids, params["bits"], params["group_size"], params["n_grid"], params["clip"], progress)
     linears = [m for _, m in block_linears(model)]

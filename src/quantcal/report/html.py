@@ -127,10 +127,11 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
 
 
 def _what(config: dict[str, Any]) -> str:
-    """A run's model in words: base, adapter form, recipe."""
+    """A run's model in words: base, adapter form, recipe and its execution mode."""
     parts = [(config.get("model") or {}).get("spec", "")]
     if config.get("adapter"):
         parts.append(f"+ adapter ({config.get('deploy')})")
     if config.get("recipe"):
-        parts.append(f"+ {config['recipe']}")
+        mode = "native" if "mode=native" in config["recipe"] else "simulated"  # the key omits the default mode
+        parts.append(f"+ {config['recipe']} ({mode})")
     return " ".join(p for p in parts if p)
