@@ -52,7 +52,9 @@ class BaseConfig:
 def load_base(source: ModelSource, config: BaseConfig, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
     """The base model for training or evaluating an adapter, frozen, in the form ``config`` asks for."""
     if config.method == "qlora" and config.form == "native":
-        loaded = _load_native_4bit(source, config, dtype, device)
+        from quantcal.recipes.bnb import load_native
+
+        loaded = load_native(source, config.recipe_params, dtype, device)
     else:
         loaded = load_model(source, dtype=dtype, device=device)
         if config.method == "qlora":
@@ -69,9 +71,3 @@ def quantize_simulated(model: torch.nn.Module, config: BaseConfig) -> None:
 
     for _, linear in block_linears(model):
         linear.weight.data = roundtrip(linear.weight.data, config.recipe_params)
-
-
-def _load_native_4bit(source: ModelSource, config: BaseConfig, dtype: str, device: str) -> LoadedModel:
-    from quantcal.recipes.bnb import load_native
-
-    return load_native(source, config.recipe_params, dtype, device)

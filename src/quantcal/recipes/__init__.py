@@ -14,13 +14,6 @@ from quantcal.recipes import awq_recipe, bnb, gguf_types, gptq_recipe, hqq, quan
 from quantcal.recipes.spec import Param, RecipeSpec, parse_spec
 
 
-def _quanto_native(source: Any, params: dict[str, Any], dtype: str = "auto", device: str = "cpu") -> Any:
-    from quantcal.models import LoadedModel, load_model
-
-    loaded = load_model(source, dtype=dtype, device=device)
-    return LoadedModel(quanto.to_native(loaded.model, params), loaded.tokenizer, source)
-
-
 @dataclass(frozen=True)
 class Family:
     params: dict[str, Param]
@@ -40,7 +33,7 @@ FAMILIES: dict[str, Family] = {
                   library="hqq"),
     "gguf": Family(gguf_types.PARAMS, "type", gguf_types.apply, "llama.cpp formats: the gguf package; K-quants ported from llama.cpp", library="gguf"),
     "bnb": Family(bnb.PARAMS, "type", bnb.apply, "bitsandbytes NF4 / FP4 / int8", bnb.load_native, "bitsandbytes"),
-    "quanto": Family(quanto.PARAMS, "type", quanto.apply, "optimum-quanto qint8 / qint4 / qint2", _quanto_native,
+    "quanto": Family(quanto.PARAMS, "type", quanto.apply, "optimum-quanto qint8 / qint4 / qint2", quanto.load_native,
                      "optimum-quanto"),
 }
 

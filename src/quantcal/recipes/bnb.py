@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from quantcal.errors import QuantcalError
-from quantcal.recipes.layers import block_linears
+from quantcal.recipes.layers import block_linears, mean_bits
 from quantcal.recipes.spec import Param
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
     for _, linear in block_linears(model):
         linear.weight.data = roundtrip(linear.weight.data, params)
         sizes.append((linear.weight.numel(), bits_per_weight(params, linear.in_features)))
-    return {"bits_per_weight": sum(n * b for n, b in sizes) / sum(n for n, _ in sizes)}
+    return {"bits_per_weight": mean_bits(sizes)}
 
 
 def load_native(source: ModelSource, params: dict[str, Any], dtype: str = "auto", device: str = "cpu") -> LoadedModel:

@@ -19,7 +19,7 @@ from torch import nn
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes import gguf_kquants
-from quantcal.recipes.layers import block_linears
+from quantcal.recipes.layers import block_linears, mean_bits
 from quantcal.recipes.spec import Param
 
 QUANTIZABLE = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "mxfp4", "tq1_0", "tq2_0", "bf16", "f16")
@@ -88,6 +88,6 @@ def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
         linear.weight.data = torch.from_numpy(roundtrip(w.float().numpy(), types[layer_name])).to(w.dtype)
         sizes.append((w.numel(), bits_per_weight(types[layer_name])))
     fell_back = {layer: kind for layer, kind in types.items() if kind != name}
-    return {"bits_per_weight": sum(n * b for n, b in sizes) / sum(n for n, _ in sizes),
+    return {"bits_per_weight": mean_bits(sizes),
             "gguf_fallback_layers": fell_back,
             "gguf_type_counts": {kind: list(types.values()).count(kind) for kind in sorted(set(types.values()))}}

@@ -62,5 +62,6 @@ def bits_per_weight(bits: int, group_size: int, cols: int, sym: bool) -> float:
 
 def model_bits_per_weight(linears: list, bits: int, group_size: int, sym: bool) -> float:
     """:func:`bits_per_weight` averaged over ``linears`` (modules with ``weight`` and ``in_features``), by size."""
-    sizes = [(m.weight.numel(), bits_per_weight(bits, group_size, m.in_features, sym)) for m in linears]
-    return sum(n * b for n, b in sizes) / sum(n for n, _ in sizes)
+    from quantcal.recipes.layers import mean_bits
+
+    return mean_bits([(m.weight.numel(), bits_per_weight(bits, group_size, m.in_features, sym)) for m in linears])

@@ -106,6 +106,11 @@ def input_gram(layer: nn.Module, hidden: list[torch.Tensor], kwargs: dict) -> di
     return {k: (v[0], v[1]) for k, v in stats.items()}
 
 
+def mean_bits(sizes: list[tuple[int, float]]) -> float:
+    """Bits per weight over layers of ``(weight count, bits per weight)``, weighted by size."""
+    return sum(n * b for n, b in sizes) / sum(n for n, _ in sizes)
+
+
 def relative_output_error(w: torch.Tensor, w_q: torch.Tensor, gram: torch.Tensor) -> float:
     """``||X (W_q - W)^T||_F / ||X W^T||_F`` from the Gram matrix ``X^T X`` (no second pass over the data)."""
     d = (w_q.double() - w.double())

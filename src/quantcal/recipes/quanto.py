@@ -10,14 +10,17 @@ one group per row).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from quantcal.errors import QuantcalError
-from quantcal.recipes.layers import block_linears
+from quantcal.recipes.layers import block_linears, mean_bits
 from quantcal.recipes.spec import Param
+
+if TYPE_CHECKING:
+    from quantcal.models import LoadedModel, ModelSource
 
 PARAMS = {
     "type": Param(str, None, choices=("qint8", "qint4", "qint2")),
@@ -58,14 +61,17 @@ def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
             linear.weight.data = module.qweight.dequantize().to(linear.weight.dtype).contiguous()
         groups[name] = group_size(module)
         sizes.append((linear.weight.numel(), bits_per_weight(params["type"], linear.in_features, groups[name])))
-    return {"bits_per_weight": sum(n * b for n, b in sizes) / sum(n for n, _ in sizes),
+    return {"bits_per_weight": mean_bits(sizes),
             "quanto_group_sizes": sorted(set(groups.values()))}
 
 
-def to_native(model: nn.Module, params: dict[str, Any]) -> nn.Module:
-    """Replace every decoder-block linear by quanto's frozen ``QLinear`` (in place); returns the model."""
-    modules = dict(model.named_modules())
-    for name, linear in list(block_linears(model)):
+def load_native(source: ModelSource, params: dict[str, Any], dtype: str = "auto", device: str = "cpu") -> LoadedModel:
+    """The reference with every decoder-block linear replaced by quanto's frozen ``QLinear``."""
+    from quantcal.models import load_model
+
+    loaded = load_model(source, dtype=dtype, device=device)
+    modules = dict(loaded.model.named_modules())
+    for name, linear in list(block_linears(loaded.model)):
         parent, _, leaf = name.rpartition(".")
         setattr(modules[parent], leaf, quantized_linear(linear, params["type"]))
-    return model
+    return loaded

@@ -18,8 +18,7 @@ PARAMS = {
 
 
 def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
-    bpw = []
-    for _, linear in block_linears(model):
+    linears = [linear for _, linear in block_linears(model)]
+    for linear in linears:
         linear.weight.data = grid.rtn(linear.weight.data, params["bits"], params["group_size"], params["sym"])
-        bpw.append((linear.weight.numel(), grid.bits_per_weight(params["bits"], params["group_size"], linear.in_features, params["sym"])))
-    return {"bits_per_weight": sum(n * b for n, b in bpw) / sum(n for n, _ in bpw)}
+    return {"bits_per_weight": grid.model_bits_per_weight(linears, params["bits"], params["group_size"], params["sym"])}
