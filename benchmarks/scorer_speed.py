@@ -90,21 +90,21 @@ def request_tokens(encoded: list) -> tuple[int, int, int]:
     return requests, unique, choice
 
 
-def floor_seconds(model, encoded: list, batch_size: int, pad: int, device: str) -> float:  # noqa: ANN001
-    """Plain forward passes over each item's unique tokens, LM head and log-softmax on the choice positions."""
+def floor_seconds(model, encoded: list, batch_size: int, max_tokens: int | None, pad: int, device: str) -> float:  # noqa: ANN001
+    """Plain forward passes over each item's unique tokens, LM head and log-softmax on the choice positions;
+    items batched as the scorer batches them (same row and token caps)."""
     import torch
 
-    seqs = []
-    for e in encoded:
-        toks = list(e.groups[0].context) + [t for g in e.groups for c in g.continuations for t in c]
-        seqs.append((toks, sum(len(c) for g in e.groups for c in g.continuations)))
-    seqs.sort(key=lambda s: -len(s[0]))
-    per_batch = max(1, batch_size // max(len(e.n_tokens) for e in encoded))
+    from quantcal.scoring import plan_batches
+
+    def unique(g) -> tuple[list[int], int]:  # noqa: ANN001
+        return list(g.context) + [t for c in g.continuations for t in c], sum(len(c) for c in g.continuations)
+
+    batches = [[unique(g) for g in batch] for batch in plan_batches(encoded, batch_size, True, max_tokens)]
     sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        for i in range(0, len(seqs), per_batch):
-            batch = seqs[i:i + per_batch]
+        for batch in batches:
             width = max(len(t) for t, _ in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -139,7 +139,8 @@ def quantcal_worker(spec: dict) -> dict:
     source = resolve_source(spec["checkpoint"])
     lm = load_model(source, spec["dtype"], spec["device"])
     task = get_task(spec["task"])
-    options = ScoringOptions(batch_size=spec["batch_size"], dtype=spec["dtype"], device=spec["device"])
+    options = ScoringOptions(batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"], dtype=spec["dtype"],
+                             device=spec["device"])
     if spec["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp) / "bench.sqlite") as store:
@@ -155,7 +156,7 @@ def quantcal_worker(spec: dict) -> dict:
                for k, it in enumerate(load_items(task, spec["data_file"], spec["limit"]))]
     requests, unique, choice = request_tokens(encoded)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    floor = floor_seconds(lm.model, encoded, spec["batch_size"], pad, spec["device"]) if spec["floor"] else None
+    floor = floor_seconds(lm.model, encoded, spec["batch_size"], spec["max_batch_tokens"], pad, spec["device"]) if spec["floor"] else None
     params = sum(p.numel() for p in lm.model.parameters())
     embed = lm.model.get_input_embeddings().weight.numel()
     summary = task_summary(scored, task.kind)
@@ -196,7 +197,8 @@ def main() -> None:
     parser.add_argument("--lm-eval-python", default=None, help="python of lm-eval's environment (omit: quantcal only)")
     parser.add_argument("--tasks", default="hellaswag,openbookqa,piqa,boolq,mmlu")
     parser.add_argument("--limit", default="hellaswag=300,openbookqa=500,piqa=500,boolq=200,mmlu=300")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="choice rows per forward pass, both tools")
+    parser.add_argument("--max-batch-tokens", type=int, default=2048, help="quantcal's token cap per forward pass (0: none)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--no-floor", action="store_true")
@@ -231,14 +233,14 @@ def main() -> None:
         write_task_yamls(yaml_dir, {t: (data_files[t], TASK_FILES[t][1]) for t in tasks}, lm_eval_tasks_dir(args.lm_eval_python))
     report: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                     "model": label, "checkpoint": str(checkpoint), "device": args.device, "dtype": args.dtype,
-                    "batch_size": args.batch_size, "tasks": {}}
+                    "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens or None, "tasks": {}}
     if args.device.startswith("cuda"):
         import torch
 
         report["gpu"] = torch.cuda.get_device_name(0)
     for task in tasks:
         spec = {"checkpoint": str(checkpoint), "task": task, "data_file": str(data_files[task]), "limit": limits.get(task),
-                "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype, "floor": not args.no_floor,
+                "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens or None, "device": args.device, "dtype": args.dtype, "floor": not args.no_floor,
                 "yaml_dir": str(work / "yaml")}
         print(f"[{task}] quantcal ...", flush=True)
         qc = run_worker(sys.executable, Path(__file__), spec, work, f"quantcal_{task}")
@@ -264,7 +266,7 @@ def main() -> None:
         report["tasks"][task] = entry
         print(json.dumps({task: {k: v for k, v in entry.items() if k in ("items_per_s", "speedup", "mfu", "quantcal_over_floor",
                                                                         "same_accuracy", "loglik_abs_diff")}}), flush=True)
-    print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size}")
+    print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size} rows, quantcal cap {args.max_batch_tokens or 'none'} tokens")
     print(f"{'task':<11} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}")
     for task, e in report["tasks"].items():
         lm = e.get("lm_eval", {})

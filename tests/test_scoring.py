@@ -28,14 +28,16 @@ def random_items(n: int, seed: int) -> list[Item]:
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
-@pytest.mark.parametrize("batch_size", [1, 7, 64])
+@pytest.mark.parametrize(("batch_size", "max_tokens"), [(1, None), (7, None), (64, None), (64, 48)])
 @pytest.mark.parametrize("packed", [True, False])
-def test_scorer_matches_plain_forward(fixture: str, batch_size: int, packed: bool, request: pytest.FixtureRequest) -> None:
+def test_scorer_matches_plain_forward(fixture: str, batch_size: int, max_tokens: int | None, packed: bool,
+                                      request: pytest.FixtureRequest) -> None:
     lm = load_model(resolve_source(str(request.getfixturevalue(fixture))))
     encoder = Encoder(lm.tokenizer, max_length=512)
     items = random_items(12, seed=batch_size)
     encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
-    results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size, packed=packed))}
+    results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size, packed=packed,
+                                                                   max_batch_tokens=max_tokens))}
     assert sorted(results) == list(range(len(items)))
     for e in encoded:
         (group,) = e.groups
@@ -80,6 +82,27 @@ def test_batches_are_longest_first_and_bounded() -> None:
     assert lengths == sorted(lengths, reverse=True)
     assert all(sum(len(g.continuations) for g in b) <= 4 for b in batches)
     assert sorted(g.item_index for b in batches for g in b) == list(range(10))
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_batches_respect_the_token_cap(packed: bool) -> None:
+    """Padded positions (input rows x widest group) stay under the cap; a group wider than the cap goes alone."""
+    from quantcal.encoding import EncodedItem, Group
+    from quantcal.scoring import packed_length
+
+    rng = random.Random(0)
+    items = []
+    for i in range(40):
+        conts = tuple(tuple(range(rng.randint(1, 6))) for _ in range(rng.randint(2, 4)))
+        items.append(EncodedItem(i, (Group(i, tuple(range(rng.randint(1, 60))), conts, tuple(range(len(conts)))),), (1,) * len(conts)))
+    size = packed_length if packed else (lambda g: g.length)
+    batches = plan_batches(items, batch_size=64, packed=packed, max_tokens=50)
+    assert sorted(g.item_index for b in batches for g in b) == list(range(40))
+    for b in batches:
+        rows = len(b) if packed else sum(len(g.continuations) for g in b)
+        assert rows * max(size(g) for g in b) <= 50 or len(b) == 1
+    assert any(len(b) == 1 and size(b[0]) * (1 if packed else len(b[0].continuations)) > 50 for b in batches)
+    assert len(batches) > len(plan_batches(items, batch_size=64, packed=packed))
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])

@@ -48,6 +48,7 @@ def test_minimal_study_is_accepted_as_written_in_the_issue(tmp_path: Path) -> No
     assert spec.tasks[0].data_file == str(tmp_path / "questions.jsonl")
     assert spec.output == str(tmp_path / "report_dir")
     assert spec.normalizations == ["none"] and "ece" in spec.metrics and spec.bootstrap.resamples == 1000
+    assert spec.batch_size == 64 and spec.max_batch_tokens == 2048
     assert [(j.variant, j.recipe) for j in plan(spec)] == [("reference", None), ("rtn4", "rtn:bits=4,group_size=64")]
 
 
@@ -59,6 +60,7 @@ def test_minimal_study_is_accepted_as_written_in_the_issue(tmp_path: Path) -> No
     ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "normalization": "words"}, "normalization"),
     ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa", "limit": 0}]}, "limit"),
     ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "colour": "red"}, "colour"),
+    ({"reference": "m", "variants": [{"name": "a", "recipe": "rtn"}], "tasks": [{"name": "piqa"}], "max_batch_tokens": 0}, "max_batch_tokens"),
     (["not", "a", "mapping"], "mapping"),
 ])
 def test_invalid_studies_say_what_is_wrong(tmp_path: Path, data: object, message: str) -> None:

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from quantcal.errors import QuantcalError
+from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 
 app = typer.Typer(
     help="quantcal: when you compress an LLM, what happens to how much you can trust its confidence?",
@@ -60,7 +61,8 @@ def eval_command(
     task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Choice rows per forward pass (an item's choices always share one batch)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Choice rows per forward pass (an item's choices always share one batch)."),
+    max_batch_tokens: int = typer.Option(DEFAULT_MAX_BATCH_TOKENS, "--max-batch-tokens", help="Padded token positions per forward pass (rows x width); 0: no cap. Bounds memory; 1-2k is fastest on CPU."),
     store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),
     output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write {model, results: {task: {n, acc, acc_norm}}} here."),
     name: Optional[str] = typer.Option(None, "--name", help="Variant name in the store (default: the model's name)."),
@@ -81,6 +83,8 @@ def eval_command(
         from quantcal.tasks import get_task
 
         require_positive(batch_size, "--batch-size")
+        if max_batch_tokens < 0:
+            raise QuantcalError(f"--max-batch-tokens must be 0 (no cap) or positive, got {max_batch_tokens}")
         if limit is not None:
             require_positive(limit, "--limit")
         task_names = [t.strip() for t in task.split(",") if t.strip()]
@@ -98,7 +102,8 @@ def eval_command(
 
         defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
                           str(adapter) if adapter is not None else None, deploy)
-        options = ScoringOptions(batch_size=batch_size, dtype=dtype, device=device, max_length=max_length,
+        options = ScoringOptions(batch_size=batch_size, max_batch_tokens=max_batch_tokens or None, dtype=dtype,
+                                 device=device, max_length=max_length,
                                  trust_remote_code=trust_remote_code)
         source, extra, holder = prepare(defn, options, lambda m: console.print(m, highlight=False))
         variant = name or _variant_name(source.name, extra)

@@ -17,7 +17,7 @@ from quantcal.encoding import Encoder
 from quantcal.items import Item
 from quantcal.errors import QuantcalError
 from quantcal.models import LoadedModel, ModelSource, load_model, model_max_length
-from quantcal.scoring import score_items
+from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS, score_items
 from quantcal.store import Store
 from quantcal.tasks import Task, load_items
 from quantcal.versions import package_versions
@@ -28,7 +28,8 @@ SCORER_VERSION = 1
 
 @dataclass
 class ScoringOptions:
-    batch_size: int = 32
+    batch_size: int = 64
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
     dtype: str = "auto"
     device: str = "cpu"
     max_length: int | None = None
@@ -133,7 +134,8 @@ def score_pending(lm: LoadedModel, todo: Sequence[tuple[int, Item]], target_deli
     encoder = Encoder(lm.tokenizer, window, options.add_special_tokens)
     encoded = [encoder.encode_item(k, it, target_delimiter) for k, (_, it) in enumerate(todo)]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    for batch in score_items(lm.model, encoded, options.batch_size, pad):
+    for batch in score_items(lm.model, encoded, options.batch_size, pad,
+                             max_batch_tokens=options.max_batch_tokens):
         entries, errors = [], []
         for s in batch:
             position, item = todo[s.item_index]

@@ -26,6 +26,9 @@ from quantcal.encoding import EncodedItem, Group
 
 #: Rows of (batch x positions x vocabulary) logits turned into log-probabilities at once; bounds memory.
 LOGPROB_CHUNK_ELEMENTS = 1 << 25
+#: Padded token positions per forward pass. On a 2-core CPU, batches of 1-2k tokens ran 1.1-2x faster than
+#: uncapped 64-row batches of long items (benchmarks/README.md).
+DEFAULT_MAX_BATCH_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,13 @@ def packed_length(group: Group) -> int:
     return len(group.context) + sum(len(c) - 1 for c in group.continuations)
 
 
-def plan_batches(items: Sequence[EncodedItem], batch_size: int, packed: bool = False) -> list[list[Group]]:
-    """Longest groups first (padding waste stays small, memory peaks early); ``batch_size`` choice rows per batch."""
+def plan_batches(items: Sequence[EncodedItem], batch_size: int, packed: bool = False,
+                 max_tokens: int | None = None) -> list[list[Group]]:
+    """Longest groups first (padding waste stays small, memory peaks early); at most ``batch_size`` choice rows and,
+    when ``max_tokens`` is set, at most that many padded token positions (input rows x width) per batch.
+
+    A group wider than ``max_tokens`` forms a batch of its own: an item is never split.
+    """
     size = packed_length if packed else (lambda g: g.length)
     groups = sorted((g for it in items for g in it.groups), key=lambda g: (-size(g), g.item_index))
     batches: list[list[Group]] = []
@@ -50,7 +58,9 @@ def plan_batches(items: Sequence[EncodedItem], batch_size: int, packed: bool = F
     rows = 0
     for group in groups:
         n = len(group.continuations)
-        if current and rows + n > batch_size:
+        width = size(current[0]) if current else size(group)  # the batch's first group is its widest
+        tensor_rows = len(current) + 1 if packed else rows + n
+        if current and (rows + n > batch_size or (max_tokens is not None and tensor_rows * width > max_tokens)):
             batches.append(current)
             current, rows = [], 0
         current.append(group)
@@ -67,15 +77,18 @@ def score_items(
     pad_token_id: int = 0,
     on_batch: Callable[[int], None] | None = None,
     packed: bool = True,
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
 ) -> Iterator[list[ItemScores]]:
-    """Score encoded items; after each batch yield the items it completed (for transactional storing)."""
-    import torch
+    """Score encoded items; after each batch yield the items it completed (for transactional storing).
 
+    A batch holds at most ``batch_size`` choice rows and ``max_batch_tokens`` padded token positions (``None``: no
+    token cap). The cap keeps matrix products at the sizes a CPU runs fastest and bounds the logits held at once.
+    """
     by_index = {it.item_index: it for it in items}
     pending: dict[int, dict[int, tuple[float, bool]]] = {}
     device = next(model.parameters()).device
     with grad_free(model):
-        for batch in plan_batches(items, batch_size, packed):
+        for batch in plan_batches(items, batch_size, packed, max_batch_tokens):
             results = (_score_batch_packed if packed else _score_batch)(model, batch, pad_token_id, device)
             done: list[ItemScores] = []
             for group, values in zip(batch, results):
@@ -141,7 +154,9 @@ def _score_batch(model: Any, batch: list[Group], pad_token_id: int, device: Any)
             input_ids=x.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
             past_key_values=cache, use_cache=False,
         )
-        lp, hit = _gather_logprobs(out2.logits, targets.to(device))
+        flat = out2.logits.reshape(-1, out2.logits.shape[-1])
+        lp, hit = _gather_logprobs(flat, None, targets.reshape(-1).to(device))
+        lp, hit = lp.reshape(targets.shape), hit.reshape(targets.shape)
         valid_d = valid.to(device)
         totals += torch.where(valid_d, lp, torch.zeros_like(lp)).sum(-1).double().cpu()
         greedy &= (hit | ~valid_d).all(-1).cpu()
@@ -236,8 +251,8 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
     rest = torch.tensor([i for i, (_, j) in enumerate(owner) if j != -1], dtype=torch.long)
     # first tokens of every choice, then every later choice token: one gather over the kept positions
     index = torch.cat([pair_row, rest])
-    lp, hit = _gather_logprobs(logits[index.to(logits.device)][:, None], torch.cat([pair_tok, targets[rest]]).to(logits.device)[:, None])
-    lp, hit = lp[:, 0].double().cpu().tolist(), hit[:, 0].cpu().tolist()
+    lp, hit = _gather_logprobs(logits, index.to(logits.device), torch.cat([pair_tok, targets[rest]]).to(logits.device))
+    lp, hit = lp.double().cpu().tolist(), hit.cpu().tolist()
     totals: dict[tuple[int, int], list] = {}
     slots = [(r, j) for r, g in enumerate(batch) for j in range(len(g.continuations))] + [owner[i] for i in rest.tolist()]
     for slot, value, h in zip(slots, lp, hit):
@@ -248,17 +263,19 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
     return [[(totals[(r, j)][0], bool(totals[(r, j)][1])) for j in range(len(g.continuations))] for r, g in enumerate(batch)]
 
 
-def _gather_logprobs(logits: Any, targets: Any) -> tuple[Any, Any]:
-    """Log-probabilities of ``targets`` and whether each is the argmax, computed a chunk of rows at a time."""
+def _gather_logprobs(logits: Any, rows: Any | None, targets: Any) -> tuple[Any, Any]:
+    """Log-probabilities of ``targets`` at ``logits[rows]`` (rows of a (positions, vocab) matrix; ``None``: all) and
+    whether each is the argmax; a chunk of rows at a time, so at most ``LOGPROB_CHUNK_ELEMENTS`` float32
+    log-probabilities exist at once and the indexed rows are never copied all together."""
     import torch
 
-    rows, positions, vocab = logits.shape
-    step = max(1, LOGPROB_CHUNK_ELEMENTS // max(1, positions * vocab))
+    step = max(1, LOGPROB_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
     lps, hits = [], []
-    for start in range(0, rows, step):
-        chunk = torch.log_softmax(logits[start:start + step].float(), dim=-1)
+    for start in range(0, len(targets), step):
+        picked = logits[start:start + step] if rows is None else logits[rows[start:start + step]]
+        chunk = torch.log_softmax(picked.float(), dim=-1)
         t = targets[start:start + step]
-        lps.append(chunk.gather(-1, t[..., None]).squeeze(-1))
+        lps.append(chunk.gather(-1, t[:, None]).squeeze(-1))
         hits.append(chunk.argmax(-1) == t)
         del chunk
     return torch.cat(lps), torch.cat(hits)

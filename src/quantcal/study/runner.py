@@ -150,7 +150,8 @@ def run_study(
     say: Callable[[str], None] = lambda message: None,
 ) -> list[JobOutcome]:
     """Run every planned job; returns one outcome per job (``ok=False`` with the reason for a failed one)."""
-    options = ScoringOptions(batch_size=spec.batch_size, dtype=spec.dtype, device=spec.device)
+    options = ScoringOptions(batch_size=spec.batch_size, max_batch_tokens=spec.max_batch_tokens, dtype=spec.dtype,
+                             device=spec.device)
     jobs = plan(spec)
     outcomes: list[JobOutcome] = []
     holders: dict[str, tuple[ModelSource, dict[str, Any], ModelHolder]] = {}  # resolved (files hashed) once per variant

@@ -21,6 +21,7 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantcal.errors import QuantcalError
+from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 
 DEFAULT_METRICS = ["acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc"]
 NORMALIZATIONS = ("none", "tokens", "chars", "bytes")
@@ -112,7 +113,9 @@ class StudySpec(_Strict):
     recalibration: RecalibrationSpec = Field(default_factory=RecalibrationSpec)
     confidence_bins: int = Field(5, ge=1, description="reference-confidence quantile bins for the shift analysis")
     output: str = "quantcal-report"
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(64, gt=0, description="choice rows per forward pass")
+    max_batch_tokens: Optional[int] = Field(DEFAULT_MAX_BATCH_TOKENS, gt=0,
+                                            description="padded token positions per forward pass (null: no cap)")
     device: str = "cpu"
     dtype: str = "auto"
 
