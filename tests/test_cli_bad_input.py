@@ -93,6 +93,7 @@ def test_hub_schema_mismatch_names_expected_fields(tmp_path: Path, tiny_llama: P
 def test_bad_numbers(store: Path) -> None:
     assert_user_error(run("eval", "--limit", "0", "--store", str(store)), "--limit")
     assert_user_error(run("eval", "--batch-size", "0", "--store", str(store)), "--batch-size")
+    assert_user_error(run("eval", "--max-batch-tokens", "-1", "--store", str(store)), "--max-batch-tokens")
 
 
 def test_not_a_store(tmp_path: Path) -> None:
