@@ -41,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from lm_eval_parity import TASK_FILES, lm_eval_tasks_dir, write_task_yamls  # noqa: E402
 
+from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
+
 TASK_FILES = {**TASK_FILES, "mmlu": ("mmlu_format.jsonl", "mmlu/default/mmlu_high_school_biology.yaml")}
 H100_BF16_PEAK = 989.4e12
 GEMMA2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
@@ -198,7 +200,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="hellaswag,openbookqa,piqa,boolq,mmlu")
     parser.add_argument("--limit", default="hellaswag=300,openbookqa=500,piqa=500,boolq=200,mmlu=300")
     parser.add_argument("--batch-size", type=int, default=16, help="choice rows per forward pass, both tools")
-    parser.add_argument("--max-batch-tokens", type=int, default=2048, help="quantcal's token cap per forward pass (0: none)")
+    parser.add_argument("--max-batch-tokens", type=int, default=DEFAULT_MAX_BATCH_TOKENS, help="quantcal's token cap per forward pass (0: none)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--no-floor", action="store_true")

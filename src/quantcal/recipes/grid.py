@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from quantcal.recipes.layers import mean_bits
+
 
 def fit(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scale and zero for ``w`` of shape (rows, group columns)."""
@@ -62,6 +64,4 @@ def bits_per_weight(bits: int, group_size: int, cols: int, sym: bool) -> float:
 
 def model_bits_per_weight(linears: list, bits: int, group_size: int, sym: bool) -> float:
     """:func:`bits_per_weight` averaged over ``linears`` (modules with ``weight`` and ``in_features``), by size."""
-    from quantcal.recipes.layers import mean_bits
-
     return mean_bits([(m.weight.numel(), bits_per_weight(bits, group_size, m.in_features, sym)) for m in linears])
