@@ -233,16 +233,17 @@ def main() -> None:
         yaml_dir = work / "yaml"
         yaml_dir.mkdir(exist_ok=True)
         write_task_yamls(yaml_dir, {t: (data_files[t], TASK_FILES[t][1]) for t in tasks}, lm_eval_tasks_dir(args.lm_eval_python))
+    cap = args.max_batch_tokens or None  # 0 on the command line: no cap
     report: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                     "model": label, "checkpoint": str(checkpoint), "device": args.device, "dtype": args.dtype,
-                    "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens or None, "tasks": {}}
+                    "batch_size": args.batch_size, "max_batch_tokens": cap, "tasks": {}}
     if args.device.startswith("cuda"):
         import torch
 
         report["gpu"] = torch.cuda.get_device_name(0)
     for task in tasks:
         spec = {"checkpoint": str(checkpoint), "task": task, "data_file": str(data_files[task]), "limit": limits.get(task),
-                "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens or None, "device": args.device, "dtype": args.dtype, "floor": not args.no_floor,
+                "batch_size": args.batch_size, "max_batch_tokens": cap, "device": args.device, "dtype": args.dtype, "floor": not args.no_floor,
                 "yaml_dir": str(work / "yaml")}
         print(f"[{task}] quantcal ...", flush=True)
         qc = run_worker(sys.executable, Path(__file__), spec, work, f"quantcal_{task}")
@@ -268,7 +269,7 @@ def main() -> None:
         report["tasks"][task] = entry
         print(json.dumps({task: {k: v for k, v in entry.items() if k in ("items_per_s", "speedup", "mfu", "quantcal_over_floor",
                                                                         "same_accuracy", "loglik_abs_diff")}}), flush=True)
-    print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size} rows, quantcal cap {args.max_batch_tokens or 'none'} tokens")
+    print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size} rows, quantcal cap {cap or 'none'} tokens")
     print(f"{'task':<11} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}")
     for task, e in report["tasks"].items():
         lm = e.get("lm_eval", {})

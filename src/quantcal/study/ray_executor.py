@@ -22,7 +22,7 @@ from quantcal.evaluate import BatchResult, Job, PendingJob, ScoringOptions, pend
 from quantcal.items import Item
 from quantcal.loading import VariantDef, prepare
 from quantcal.store import Store
-from quantcal.study.runner import JobOutcome, PlannedJob, plan
+from quantcal.study.runner import JobOutcome, PlannedJob, plan, scoring_options
 from quantcal.study.spec import StudySpec
 from quantcal.tasks import get_task
 
@@ -60,8 +60,7 @@ def run_study_ray(
         raise QuantcalError("--executor ray needs Ray: pip install 'quantcal[ray]'") from exc
     if settings.cpus_per_job <= 0 or settings.gpus_per_job < 0:
         raise QuantcalError("--job-cpus must be positive and --job-gpus at least 0")
-    options = ScoringOptions(batch_size=spec.batch_size, max_batch_tokens=spec.max_batch_tokens, dtype=spec.dtype,
-                             device=spec.device)
+    options = scoring_options(spec)
     if options.device.startswith("cuda") and settings.gpus_per_job == 0:
         settings = RaySettings(settings.address, settings.cpus_per_job, 1.0)
     started_here = not ray.is_initialized()

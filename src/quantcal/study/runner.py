@@ -143,6 +143,12 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
     return outcomes
 
 
+def scoring_options(spec: StudySpec) -> ScoringOptions:
+    """How a study's jobs score, the same for every executor."""
+    return ScoringOptions(batch_size=spec.batch_size, max_batch_tokens=spec.max_batch_tokens, dtype=spec.dtype,
+                          device=spec.device)
+
+
 def run_study(
     spec: StudySpec,
     store: Store,
@@ -150,8 +156,7 @@ def run_study(
     say: Callable[[str], None] = lambda message: None,
 ) -> list[JobOutcome]:
     """Run every planned job; returns one outcome per job (``ok=False`` with the reason for a failed one)."""
-    options = ScoringOptions(batch_size=spec.batch_size, max_batch_tokens=spec.max_batch_tokens, dtype=spec.dtype,
-                             device=spec.device)
+    options = scoring_options(spec)
     jobs = plan(spec)
     outcomes: list[JobOutcome] = []
     holders: dict[str, tuple[ModelSource, dict[str, Any], ModelHolder]] = {}  # resolved (files hashed) once per variant
