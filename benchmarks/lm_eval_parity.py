@@ -103,11 +103,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="report path (default benchmarks/results/lm_eval_parity_<model>.json)")
     args = parser.parse_args()
 
-    from quantcal.evaluate import Job, ModelHolder, ScoringOptions, default_loader, run_job
+    from quantcal.jobs import Job, ScoringOptions, run_job
     from quantcal.models import dequantized_gguf_copy, resolve_source
     from quantcal.predictions import task_summary
     from quantcal.store import open_store
     from quantcal.tasks import get_task
+    from quantcal.variant import VariantDef, prepare
 
     tasks = [t for t in args.tasks.split(",") if t]
     limits: dict[str, int | None] = {t: None for t in tasks}
@@ -129,7 +130,7 @@ def main() -> None:
     lm_seconds = run_lm_eval(args.lm_eval_python, checkpoint, tasks, limits, yaml_dir, work / "lm_eval", args.batch_size)
 
     options = ScoringOptions(batch_size=args.batch_size)
-    holder = ModelHolder(default_loader(source, options))
+    holder = prepare(VariantDef(args.model), source=source).holder
     report = {"model": args.model, "checkpoint": str(checkpoint), "batch_size": args.batch_size, "tasks": {}}
     rows = []
     with open_store(work / "quantcal.sqlite") as store:

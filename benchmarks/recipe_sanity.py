@@ -32,13 +32,14 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("benchmarks/work/recipe_sanity.sqlite"))
     args = parser.parse_args()
 
-    from quantcal.evaluate import Job, ModelHolder, ScoringOptions, default_loader, run_job
+    from quantcal.jobs import Job, ScoringOptions, run_job
     from quantcal.metrics import ece
     from quantcal.models import resolve_source
     from quantcal.predictions import predictions, task_summary
     from quantcal.recipes import parse_recipe
-    from quantcal.recipes.variants import build_variant, load_variant, variant_meta
+    from quantcal.recipes.variants import build_variant, variant_meta
     from quantcal.store import open_store
+    from quantcal.variant import VariantDef, prepare
     from quantcal.tasks import get_task
 
     source = resolve_source(args.model)
@@ -54,9 +55,7 @@ def main() -> None:
                 entry.update(build_seconds=meta["build_seconds"], wall_seconds_first_call=time.perf_counter() - start,
                              bits_per_weight=meta["bits_per_weight"], mean_layer_error=meta["mean_layer_error"],
                              **{k: meta[k] for k in ("gguf_type_counts", "quanto_group_sizes") if k in meta})
-                holder = ModelHolder(lambda spec=spec: load_variant(source, spec))
-            else:
-                holder = ModelHolder(default_loader(source, options))
+            holder = prepare(VariantDef(args.model, recipe), source=source).holder
             name = f"{source.name}/{spec.slug}" if spec else source.name
             for task in args.tasks:
                 job = Job(name, source, get_task(task), str(args.data_dir / FILES[task]), args.limit,

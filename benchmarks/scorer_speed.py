@@ -132,23 +132,23 @@ def quantcal_worker(spec: dict) -> dict:
     import torch
 
     from quantcal.encoding import Encoder
-    from quantcal.evaluate import Job, ModelHolder, ScoringOptions, run_job
+    from quantcal.jobs import Job, ScoringOptions, run_job
     from quantcal.models import load_model, model_max_length, resolve_source
     from quantcal.predictions import task_summary
     from quantcal.store import open_store
     from quantcal.tasks import get_task, load_items
+    from quantcal.variant import ModelHolder
 
     source = resolve_source(spec["checkpoint"])
     lm = load_model(source, spec["dtype"], spec["device"])
     task = get_task(spec["task"])
-    options = ScoringOptions(batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"], dtype=spec["dtype"],
-                             device=spec["device"])
+    options = ScoringOptions(batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"])
     if spec["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp) / "bench.sqlite") as store:
         sync(spec["device"])
         start = time.perf_counter()
-        outcome = run_job(store, Job("bench", source, task, spec["data_file"], spec["limit"]), options, ModelHolder(lambda: lm))
+        outcome = run_job(store, Job("bench", source, task, spec["data_file"], spec["limit"], dtype=spec["dtype"]), options, ModelHolder(lambda: lm))
         sync(spec["device"])
         seconds = time.perf_counter() - start
         scored = store.scored_items(outcome.run_id)

@@ -123,7 +123,7 @@ def test_training_lowers_the_loss_and_resume_matches_an_uninterrupted_run(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         finetune(_run(tiny_llama), examples, tmp_path / "cut", stop_after=7)
     assert (tmp_path / "cut" / "checkpoints" / "step-000007" / "state.pt").is_file()
-    with pytest.raises(QuantcalError, match="--resume"):
+    with pytest.raises(QuantcalError, match="`resume`"):
         finetune(_run(tiny_llama), examples, tmp_path / "cut")
     resumed = finetune(_run(tiny_llama), examples, tmp_path / "cut", resume=True)
     assert resumed["resumed_from"] == "step-000007"
@@ -142,28 +142,27 @@ def test_training_lowers_the_loss_and_resume_matches_an_uninterrupted_run(tmp_pa
 
 
 def test_deployment_forms(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.evaluate import ScoringOptions
-    from quantcal.finetune.deploy import load_adapter_model
-    from quantcal.loading import VariantDef, prepare
+    from quantcal.variant import VariantDef, load_variant_model, prepare
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     finetune(_run(tiny_llama, steps=6), _examples(), tmp_path / "run")
     ids = torch.randint(0, 1000, (2, 10), generator=torch.Generator().manual_seed(1))
     lp = {}
     for form in ("nf4", "nf4-native", "merged"):
-        model = load_adapter_model(tmp_path / "run", form).model
+        defn = VariantDef(adapter=str(tmp_path / "run"), deploy=form)
+        model = load_variant_model(defn, resolve_source(defn.base_spec())).model
         with torch.no_grad():
             lp[form] = model(ids).logits.float().log_softmax(-1)
     assert torch.allclose(lp["nf4"], lp["nf4-native"], atol=1e-4)
     assert (lp["nf4"] - lp["merged"]).abs().max() > 1e-3
-    source, extra, holder = prepare(VariantDef(adapter=str(tmp_path / "run"), recipe="rtn:bits=4,group_size=32"),
-                                    ScoringOptions())
+    prepared = prepare(VariantDef(adapter=str(tmp_path / "run"), recipe="rtn:bits=4,group_size=32"))
+    source, extra, holder = prepared.source, prepared.config, prepared.holder
     assert extra["deploy"] == "merged" and extra["recipe"].startswith("rtn") and source.location == str(tiny_llama.resolve())
     with torch.no_grad():
         requantized = holder.get().model(ids).logits.log_softmax(-1)
     assert (requantized - lp["merged"]).abs().max() > 1e-4
     with pytest.raises(QuantcalError, match="merged"):
-        prepare(VariantDef(adapter=str(tmp_path / "run"), recipe="rtn:bits=4", deploy="nf4"), ScoringOptions())
+        prepare(VariantDef(adapter=str(tmp_path / "run"), recipe="rtn:bits=4", deploy="nf4"))
 
 
 def test_cli_finetune_refuses_held_out_items_and_eval_scores_the_adapter(tmp_path: Path, tiny_llama: Path,

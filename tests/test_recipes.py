@@ -132,13 +132,14 @@ def test_variant_cache_hit_miss_and_identical_reload(tmp_path: Path, tiny_llama:
     from quantcal.encoding import Encoder
     from quantcal.items import Item
     from quantcal.recipes import FAMILIES
-    from quantcal.recipes.variants import load_variant, variant_dir, variant_meta
+    from quantcal.recipes.variants import variant_dir, variant_meta
+    from quantcal.variant import VariantDef, load_variant_model
     from quantcal.scoring import iter_flat, score_items
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(tiny_llama))
     spec = parse_recipe("rtn:bits=4,group_size=16")
-    first = load_variant(source, spec)
+    first = load_variant_model(VariantDef(str(tiny_llama), spec.key), source)
     meta = variant_meta(variant_dir(source, spec))
     assert meta["recipe"] == spec.key and meta["quantized_layers"] == 14
     assert meta["bits_per_weight"] == pytest.approx(4 + 20 / 16) and 0 < meta["mean_layer_error"] < 1
@@ -147,7 +148,7 @@ def test_variant_cache_hit_miss_and_identical_reload(tmp_path: Path, tiny_llama:
     original = FAMILIES["rtn"].apply
     monkeypatch.setitem(FAMILIES, "rtn", FAMILIES["rtn"].__class__(FAMILIES["rtn"].params, None,
                                                                   lambda *a, **k: calls.append(1) or original(*a, **k), ""))
-    second = load_variant(source, spec)
+    second = load_variant_model(VariantDef(str(tiny_llama), spec.key), source)
     assert calls == []  # cache hit
     assert variant_dir(source, parse_recipe("rtn:bits=4,group_size=32")) != variant_dir(source, spec)
 
@@ -205,14 +206,15 @@ def test_quanto_grid_and_group_choice(kind: str, levels: int) -> None:
 def test_native_mode_matches_simulated(recipe: str, tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.encoding import Encoder
     from quantcal.items import Item
-    from quantcal.recipes.variants import load_variant, variant_dir, variant_meta
+    from quantcal.recipes.variants import variant_dir, variant_meta
+    from quantcal.variant import LoadOptions, VariantDef, load_variant_model
     from quantcal.scoring import iter_flat, score_items
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(tiny_llama))
-    simulated = load_variant(source, parse_recipe(recipe), dtype="float32")
+    simulated = load_variant_model(VariantDef(str(tiny_llama), recipe), source, LoadOptions(dtype="float32"))
     native_spec = parse_recipe(recipe + ",mode=native")
-    native = load_variant(source, native_spec, dtype="float32")
+    native = load_variant_model(VariantDef(str(tiny_llama), recipe + ",mode=native"), source, LoadOptions(dtype="float32"))
     meta = variant_meta(variant_dir(source, native_spec))
     assert meta["mode"] == "native" and not list(variant_dir(source, native_spec).glob("*.safetensors"))
     kinds = {type(m).__name__ for m in native.model.model.layers[0].modules()}

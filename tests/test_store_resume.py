@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from quantcal.evaluate import Job, ModelHolder, ScoringOptions, default_loader, run_job
-from quantcal.models import resolve_source
+from quantcal.jobs import Job, ScoringOptions, run_job
+from quantcal.variant import ModelHolder
+from quantcal.models import load_model, resolve_source
 from quantcal.store import open_store
 from quantcal.tasks import get_task
 from tests.conftest import write_jsonl
@@ -80,7 +81,7 @@ def test_finished_job_rescored_never_and_limit_extends(tmp_path: Path, tiny_llam
 
     def loader():  # noqa: ANN202
         loads.append(1)
-        return default_loader(source, options)()
+        return load_model(source)
 
     with open_store(tmp_path / "s.sqlite") as store:
         first = run_job(store, Job("v", source, get_task("custom"), str(data), limit=5), options, ModelHolder(loader))
@@ -100,13 +101,13 @@ def test_export_formats_roundtrip(tmp_path: Path, tiny_llama: Path) -> None:
 
     import pandas as pd
 
-    from quantcal.export import export_store
+    from quantcal.records import export_store
 
     data = write_jsonl(tmp_path / "q.jsonl", questions(6))
     source = resolve_source(str(tiny_llama))
     options = ScoringOptions()
     with open_store(tmp_path / "s.sqlite") as store:
-        run_job(store, Job("v", source, get_task("custom"), str(data)), options, ModelHolder(default_loader(source, options)))
+        run_job(store, Job("v", source, get_task("custom"), str(data)), options, ModelHolder(lambda: load_model(source)))
         for fmt in ("jsonl", "csv", "parquet"):
             assert export_store(store, tmp_path / f"out.{fmt}", fmt) == 6
     records = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
@@ -141,7 +142,7 @@ def test_non_finite_loglik_is_an_item_error_not_a_number(tmp_path: Path, tiny_ll
     source = resolve_source(str(broken))
     options = ScoringOptions(batch_size=1)
     with open_store(tmp_path / "s.sqlite") as store:
-        result = run_job(store, Job("v", source, get_task("custom"), str(data)), options, ModelHolder(default_loader(source, options)))
+        result = run_job(store, Job("v", source, get_task("custom"), str(data)), options, ModelHolder(lambda: load_model(source)))
         assert result.n_errors == 1
         (error,) = store.errors(result.run_id)
         assert error[0] == "bad" and "non-finite log-likelihood" in error[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +20,9 @@ from quantcal.errors import QuantcalError
 log = logging.getLogger(__name__)
 
 SourceKind = Literal["bundled", "gguf", "local", "hub"]
+
+#: The bundled model every command and API function falls back to.
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
 #: Bundled models: name -> (what to install, how to find the file).
 BUNDLED: dict[str, str] = {
@@ -213,6 +215,3 @@ def model_max_length(model: Any, tokenizer: Any, default: int = 2048) -> int:
         return int(limit)
     return default
 
-
-def cpu_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))

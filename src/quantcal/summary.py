@@ -8,13 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from quantcal.analysis import compare, recalibration_report
+from quantcal.analysis import Comparison, compare
 from quantcal.errors import QuantcalError
-from quantcal.metrics import bootstrap_all, paired_bootstrap
-from quantcal.predictions import Predictions, choice_scores, predictions
+from quantcal.metrics import DEFAULT_METRICS, Interval, bootstrap_all, paired_bootstrap
+from quantcal.predictions import Predictions, predictions
 from quantcal.store import ScoredItem, Store
-
-DEFAULT_METRICS = ("acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc")
 
 
 @dataclass(frozen=True)
@@ -49,18 +47,22 @@ def align(store: Store, ref: str, variant: str, task: str, normalization: str = 
 
 
 def run_metrics(preds: Predictions, names: Sequence[str] = DEFAULT_METRICS, n_resamples: int = 1000,
-                seed: int = 0) -> dict[str, dict[str, float]]:
-    return {k: v.to_json() for k, v in bootstrap_all(list(names), preds.probs, preds.labels, n_resamples, seed).items()}
+                seed: int = 0, level: float = 0.95) -> dict[str, Interval]:
+    """Each metric with its percentile bootstrap interval (all metrics on the same resamples)."""
+    return bootstrap_all(list(names), preds.probs, preds.labels, n_resamples, seed, level)
+
+
+def paired_analysis(aligned: Aligned, names: Sequence[str] = DEFAULT_METRICS, n_resamples: int = 1000,
+                    seed: int = 0, n_bins: int = 5, level: float = 0.95) -> tuple[dict[str, Interval], Comparison]:
+    """Paired metric differences (variant − reference, same resampled items) and the reference-vs-variant analysis."""
+    labels = aligned.ref.labels
+    diffs = {name: paired_bootstrap(name, aligned.ref.probs, aligned.var.probs, labels, n_resamples, seed, level)
+             for name in names}
+    return diffs, compare(aligned.ref.probs, aligned.var.probs, labels, n_bins)
 
 
 def comparison_report(aligned: Aligned, names: Sequence[str] = DEFAULT_METRICS, n_resamples: int = 1000,
-                      seed: int = 0, n_bins: int = 5) -> dict[str, Any]:
-    labels = aligned.ref.labels
-    diffs = {name: paired_bootstrap(name, aligned.ref.probs, aligned.var.probs, labels, n_resamples, seed).to_json()
-             for name in names}
-    return {"n": int(labels.size), "paired_difference": diffs,
-            "analysis": compare(aligned.ref.probs, aligned.var.probs, labels, n_bins).to_json()}
-
-
-def recalibration(preds: Predictions, scored: list[ScoredItem]) -> dict[str, Any]:
-    return recalibration_report(choice_scores(scored, preds.normalization), preds.labels)
+                      seed: int = 0, n_bins: int = 5, level: float = 0.95) -> dict[str, Any]:
+    """:func:`paired_analysis` as JSON: ``{n, paired_difference: {metric: interval}, analysis}``."""
+    diffs, analysis = paired_analysis(aligned, names, n_resamples, seed, n_bins, level)
+    return {"n": analysis.n, "paired_difference": {k: v.to_json() for k, v in diffs.items()}, "analysis": analysis.to_json()}

@@ -35,9 +35,9 @@ class BaseConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("qlora", "lora"):
-            raise QuantcalError(f"--method must be qlora or lora, got {self.method!r}")
+            raise QuantcalError(f"`method` must be qlora or lora, got {self.method!r}")
         if self.form not in ("simulated", "native"):
-            raise QuantcalError(f"--base-form must be simulated or native, got {self.form!r}")
+            raise QuantcalError(f"`base_form` must be simulated or native, got {self.form!r}")
         if self.quant_type not in ("nf4", "fp4"):
             raise QuantcalError(f"4-bit type must be nf4 or fp4, got {self.quant_type!r}")
 

@@ -50,7 +50,7 @@ def load_examples(source: str, data_file: str | None = None, skip: int = 0, take
                   tokenizer: Any = None) -> list[Example]:
     """Read a training source (see the module docstring) and keep examples ``[skip, skip + take)``."""
     if skip < 0 or (take is not None and take < 1):
-        raise QuantcalError(f"--skip must be >= 0 and --take >= 1, got skip={skip}, take={take}")
+        raise QuantcalError(f"`skip` must be >= 0 and `take` >= 1, got skip={skip}, take={take}")
     if source.startswith("task:"):
         task = get_task(source[5:])
         if data_file is None and task.hub_path is not None:
@@ -62,7 +62,7 @@ def load_examples(source: str, data_file: str | None = None, skip: int = 0, take
             items = load_items(task, data_file)
         examples = examples_from_items(items, task.target_delimiter)
     elif data_file is not None:
-        raise QuantcalError("--data-file goes with a task:NAME source only")
+        raise QuantcalError("`data_file` goes with a task:NAME source only")
     elif source.startswith("hub:"):
         path, _, split = source[4:].partition(":")
         examples = [_example(r.data, r.origin, tokenizer) for r in read_hub_rows(path, None, split or "train")]
@@ -73,7 +73,7 @@ def load_examples(source: str, data_file: str | None = None, skip: int = 0, take
                             "or a .jsonl file of prompt/completion or messages records")
     selected = examples[skip: None if take is None else skip + take]
     if not selected:
-        raise QuantcalError(f"{source}: no training examples after --skip {skip} (it has {len(examples)})")
+        raise QuantcalError(f"{source}: no training examples after `skip` {skip} (it has {len(examples)})")
     return selected
 
 
@@ -108,7 +108,7 @@ def check_disjoint(examples: Iterable[Example], held_out: Iterable[Item]) -> Non
     if clashes:
         ex, item = clashes[0]
         raise QuantcalError(f"{len(clashes)} training example(s) are evaluated items (held out), e.g. {ex.origin} is "
-                            f"item {item.id}; train on a disjoint slice (--skip/--take)")
+                            f"item {item.id}; train on a disjoint slice (`skip`/`take`)")
 
 
 def data_hash(examples: Sequence[Example]) -> str:
@@ -142,7 +142,7 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: i
             continue
         out.append(TokenizedExample(tuple(whole), n_prompt))
     if not out:
-        raise QuantcalError("no training example has a completion token left within --max-length")
+        raise QuantcalError("no training example has a completion token left within `max_length`")
     return out
 
 

@@ -6,8 +6,8 @@
   as the unmerged adapter on ``Linear4bit`` modules up to float rounding.
 - ``nf4-native``: the adapter unmerged on bitsandbytes ``Linear4bit`` modules (slow on a CPU; the real thing).
 - ``merged``: the adapter merged into the float base (serve without a quantized base).
-- ``merged`` + a recipe: merged, then compressed again with any recipe (handled by the caller through the
-  variant cache, with the merged checkpoint as the reference).
+- ``merged`` + a recipe: merged, then compressed again with any recipe (:mod:`quantcal.variant` hands the merged
+  checkpoint to the variant cache as the reference).
 
 ``nf4`` and ``merged`` are built once into safetensors checkpoints cached under a key of the base's
 fingerprint, the adapter's file hashes and the form.
@@ -24,7 +24,7 @@ from quantcal.cache import atomic_dir, cache_root, file_sha256
 from quantcal.errors import QuantcalError
 from quantcal.finetune.base import BaseConfig, load_base
 from quantcal.finetune.train import META_FILE
-from quantcal.models import LoadedModel, ModelSource, load_model, resolve_source
+from quantcal.models import LoadedModel, ModelSource, load_model
 
 DeployForm = Literal["nf4", "nf4-native", "merged"]
 DEPLOY_FORMS: tuple[str, ...] = ("nf4", "nf4-native", "merged")
@@ -62,7 +62,7 @@ def adapter_base_model(path: str | Path) -> str:
     config = json.loads((adapter_dir(path) / "adapter_config.json").read_text())
     name = config.get("base_model_name_or_path")
     if not name:
-        raise QuantcalError(f"{path}: the adapter does not say which base model it belongs to; pass --model")
+        raise QuantcalError(f"{path}: the adapter does not say which base model it belongs to; name the base `model`")
     return str(name)
 
 
@@ -121,19 +121,13 @@ def deployed_source(source: ModelSource, adapter: str | Path, form: str) -> Mode
     return ModelSource(str(path), "local", str(path), None, f"adapter:{path.name}")
 
 
-def load_adapter_model(adapter: str | Path, form: str, base: str | None = None, dtype: str = "auto",
-                       device: str = "cpu") -> LoadedModel:
-    """A model to score: the adapter in deployment form ``form`` on ``base`` (default: its recorded base)."""
-    source = resolve_source(base or adapter_base_model(adapter))
-    if check_form(form) == "nf4-native":
-        from peft import PeftModel
+def load_native_adapter(adapter: str | Path, source: ModelSource, dtype: str = "auto", device: str = "cpu") -> LoadedModel:
+    """The ``nf4-native`` form: the adapter unmerged on ``source`` loaded with bitsandbytes 4-bit modules."""
+    from peft import PeftModel
 
-        quant = base_config_of(adapter)
-        loaded = load_base(source, BaseConfig("qlora", "native", quant.quant_type, quant.blocksize, quant.double_quant),
-                           dtype=dtype, device=device)
-        model = PeftModel.from_pretrained(loaded.model, str(adapter_dir(adapter)))
-        model.eval()
-        return LoadedModel(model, loaded.tokenizer, source)
-    local = deployed_source(source, adapter, form)
-    loaded = load_model(local, dtype=dtype, device=device)
-    return LoadedModel(loaded.model, loaded.tokenizer, source)
+    quant = base_config_of(adapter)
+    loaded = load_base(source, BaseConfig("qlora", "native", quant.quant_type, quant.blocksize, quant.double_quant),
+                       dtype=dtype, device=device)
+    model = PeftModel.from_pretrained(loaded.model, str(adapter_dir(adapter)))
+    model.eval()
+    return LoadedModel(model, loaded.tokenizer, source)

@@ -51,7 +51,7 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha < 1 or not 0 <= self.dropout < 1:
-            raise QuantcalError("--r and --alpha must be positive and --dropout in [0, 1)")
+            raise QuantcalError("`r` and `alpha` must be positive and `dropout` in [0, 1)")
 
     def peft_config(self) -> Any:
         from peft import LoraConfig
@@ -81,14 +81,14 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         if self.optim not in OPTIMIZERS:
-            raise QuantcalError(f"--optim must be one of {', '.join(OPTIMIZERS)}, got {self.optim!r}")
+            raise QuantcalError(f"`optim` must be one of {', '.join(OPTIMIZERS)}, got {self.optim!r}")
         for name in ("batch_size", "grad_accum", "max_length", "save_every", "eval_every"):
             if getattr(self, name) < 1:
-                raise QuantcalError(f"--{name.replace('_', '-')} must be at least 1")
+                raise QuantcalError(f"`{name}` must be at least 1")
         if (self.steps is None) == (self.epochs is None):
-            raise QuantcalError("give either --steps or --epochs")
+            raise QuantcalError("give either `steps` or `epochs`")
         if self.lr <= 0:
-            raise QuantcalError("--lr must be positive")
+            raise QuantcalError("`lr` must be positive")
 
     def total_steps(self, n_train: int) -> int:
         if self.steps is not None:
@@ -149,13 +149,13 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
     out = Path(out)
     settings = run.train
     if settings.optim != "adamw" and not run.device.startswith("cuda"):
-        raise QuantcalError(f"--optim {settings.optim} needs a CUDA device (bitsandbytes pages optimizer state between "
-                            "GPU and CPU memory); use --optim adamw on CPU")
+        raise QuantcalError(f"`optim` {settings.optim} needs a CUDA device (bitsandbytes pages optimizer state between "
+                            "GPU and CPU memory); use `optim` adamw on CPU")
     train_ex, val_ex = split_validation(examples, settings.val_size, settings.seed)
     signature = run_signature(run, train_ex, val_ex)
     if out.exists() and any(out.iterdir()):
         if not resume:
-            raise QuantcalError(f"{out} is not empty: pass --resume to continue that run, or choose another --out")
+            raise QuantcalError(f"{out} is not empty: pass `resume` to continue that run, or choose another `out`")
         started = json.loads((out / "run.json").read_text()).get("signature") if (out / "run.json").is_file() else None
         if started is not None and started != signature:
             changed = sorted(k for k in signature if signature[k] != started.get(k))
@@ -204,7 +204,7 @@ def finetune(run: FinetuneRun, examples: Sequence[Example], out: Path, resume: b
                 if stop.requested or (stop_after is not None and step - start_step >= stop_after):
                     if step > start_step:
                         save_checkpoint(out, model, optimizer, step)
-                    say(f"stopped at step {step} of {total}; checkpoint saved, continue with --resume")
+                    say(f"stopped at step {step} of {total}; checkpoint saved, continue with `resume`")
                     raise KeyboardInterrupt
                 t0 = time.perf_counter()
                 for group in optimizer.param_groups:

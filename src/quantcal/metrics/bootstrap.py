@@ -21,7 +21,7 @@ import numpy as np
 from quantcal.errors import QuantcalError
 from quantcal.metrics.inputs import Inputs, as_inputs
 from quantcal.metrics.registry import METRICS, get_metric
-from quantcal.metrics.resampling import VECTORISED, counts_from_indices, smece_resampled
+from quantcal.metrics.resampling import counts_from_indices, smece_resampled
 from quantcal.metrics.smooth import smece_with_bandwidth
 
 
@@ -52,13 +52,15 @@ def _plan(metric: MetricArg, d: Inputs, params: dict[str, Any]) -> tuple[float, 
         def fn(x: Inputs) -> float:
             return float(metric(x.probs, x.labels, **params))
         return fn(d), lambda idx, counts: np.array([fn(d.take(row)) for row in idx])
-    metric_fn = get_metric(metric).fn
+    entry = get_metric(metric)
+    metric_fn = entry.fn
     if metric == "smece":
         estimate, sigma = smece_with_bandwidth(d, params.get("sigma"))
         return estimate, lambda idx, counts: smece_resampled(d, counts(), sigma)
     estimate = metric_fn(d, **params)
-    if not params and metric in VECTORISED:
-        return estimate, lambda idx, counts: VECTORISED[metric](d, counts())
+    resampled = entry.resampled
+    if not params and resampled is not None:
+        return estimate, lambda idx, counts: resampled(d, counts())
     return estimate, lambda idx, counts: np.array([metric_fn(d.take(row), **params) for row in idx])
 
 

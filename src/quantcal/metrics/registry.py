@@ -1,14 +1,19 @@
-"""Every metric by name, so reports and the CLI can ask for them by string."""
+"""Every metric by name, so reports and the CLI can ask for them by string.
+
+An entry holds the metric's function, its direction and kind, and its resampled form: the same metric computed on
+every bootstrap resample at once from the matrix of draw counts (:mod:`quantcal.metrics.resampling`), or
+``None`` where a metric is recomputed per resample.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from quantcal.errors import QuantcalError
-from quantcal.metrics import calibration_error, classwise, scores, selective, smooth
+from quantcal.metrics import calibration_error, classwise, resampling, scores, selective, smooth
 from quantcal.metrics.inputs import Inputs
 
 
@@ -18,6 +23,8 @@ class Metric:
     fn: Callable[..., float]
     higher_is_better: bool
     kind: str  # "accuracy", "calibration", "proper score", "uncertainty", "selective"
+    #: The metric at its default parameters on all resamples at once: ``(inputs, counts (R, n)) -> (R,)``.
+    resampled: Optional[Callable[[Inputs, np.ndarray], np.ndarray]] = None
 
     @property
     def doc(self) -> str:
@@ -25,22 +32,26 @@ class Metric:
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("acc", scores.acc, True, "accuracy"),
-    Metric("nll", scores.nll, False, "proper score"),
-    Metric("brier", scores.brier, False, "proper score"),
-    Metric("brier_top", scores.brier_top, False, "proper score"),
-    Metric("entropy", scores.entropy, False, "uncertainty"),
-    Metric("ece", calibration_error.ece, False, "calibration"),
-    Metric("mce", calibration_error.mce, False, "calibration"),
-    Metric("ace", classwise.ace, False, "calibration"),
-    Metric("sce", classwise.sce, False, "calibration"),
-    Metric("oe", calibration_error.oe, False, "calibration"),
-    Metric("overconfidence_rate", calibration_error.overconfidence_rate, False, "calibration"),
-    Metric("smece", smooth.smece, False, "calibration"),
-    Metric("auroc", selective.auroc, True, "selective"),
-    Metric("aurc", selective.aurc, False, "selective"),
-    Metric("selective_acc", selective.selective_acc, True, "selective"),
+    Metric("acc", scores.acc, True, "accuracy", resampling.per_item(scores.correct_items)),
+    Metric("nll", scores.nll, False, "proper score", resampling.per_item(scores.nll_items)),
+    Metric("brier", scores.brier, False, "proper score", resampling.per_item(scores.brier_items)),
+    Metric("brier_top", scores.brier_top, False, "proper score", resampling.per_item(scores.brier_top_items)),
+    Metric("entropy", scores.entropy, False, "uncertainty", resampling.per_item(scores.entropy_items)),
+    Metric("ece", calibration_error.ece, False, "calibration", resampling.ece_counts),
+    Metric("mce", calibration_error.mce, False, "calibration", resampling.mce_counts),
+    Metric("ace", classwise.ace, False, "calibration", resampling.ace_counts),
+    Metric("sce", classwise.sce, False, "calibration", resampling.sce_counts),
+    Metric("oe", calibration_error.oe, False, "calibration", resampling.oe_counts),
+    Metric("overconfidence_rate", calibration_error.overconfidence_rate, False, "calibration",
+           resampling.per_item(calibration_error.overconfident_items)),
+    Metric("smece", smooth.smece, False, "calibration"),  # fixed-bandwidth form: resampling.smece_resampled
+    Metric("auroc", selective.auroc, True, "selective", resampling.auroc_counts),
+    Metric("aurc", selective.aurc, False, "selective", resampling.aurc_counts),
+    Metric("selective_acc", selective.selective_acc, True, "selective", resampling.selective_acc_counts),
 )}
+
+#: What reports, studies and the CLI compute unless told otherwise.
+DEFAULT_METRICS: tuple[str, ...] = ("acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc")
 
 
 def get_metric(name: str) -> Metric:

@@ -14,8 +14,6 @@ import numpy as np
 
 from quantcal.metrics.binning import bin_index
 from quantcal.metrics.inputs import Inputs
-from quantcal.metrics import scores
-from quantcal.metrics.calibration_error import overconfident_items
 from quantcal.metrics.classwise import class_columns
 
 
@@ -37,19 +35,19 @@ def _binned(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> tuple[np.ndarray
     return counts @ onehot, counts @ (onehot * d.confidence[:, None]), counts @ (onehot * d.correct[:, None])
 
 
-def _ece(d: Inputs, counts: np.ndarray) -> np.ndarray:
+def ece_counts(d: Inputs, counts: np.ndarray) -> np.ndarray:
     _, conf_sum, correct_sum = _binned(d, counts)
     return np.abs(correct_sum - conf_sum).sum(axis=1) / counts.sum(axis=1)
 
 
-def _mce(d: Inputs, counts: np.ndarray) -> np.ndarray:
+def mce_counts(d: Inputs, counts: np.ndarray) -> np.ndarray:
     size, conf_sum, correct_sum = _binned(d, counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.where(size > 0, np.abs(correct_sum - conf_sum) / size, -np.inf)
     return gap.max(axis=1)
 
 
-def _oe(d: Inputs, counts: np.ndarray) -> np.ndarray:
+def oe_counts(d: Inputs, counts: np.ndarray) -> np.ndarray:
     size, conf_sum, correct_sum = _binned(d, counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         conf = np.where(size > 0, conf_sum / np.maximum(size, 1), 0.0)
@@ -57,7 +55,7 @@ def _oe(d: Inputs, counts: np.ndarray) -> np.ndarray:
     return (size * conf * np.maximum(conf - accuracy, 0.0)).sum(axis=1) / counts.sum(axis=1)
 
 
-def _sce(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> np.ndarray:
+def sce_counts(d: Inputs, counts: np.ndarray, n_bins: int = 15) -> np.ndarray:
     per_class = []
     for offered, scores, hits in class_columns(d):
         c = np.take(counts, np.flatnonzero(offered), axis=1)
@@ -97,7 +95,7 @@ def _prefix_sums(cum_count: np.ndarray, weighted: list[np.ndarray], values: list
     return out
 
 
-def _ace(d: Inputs, counts: np.ndarray, n_ranges: int = 15) -> np.ndarray:
+def ace_counts(d: Inputs, counts: np.ndarray, n_ranges: int = 15) -> np.ndarray:
     per_class = []
     for offered, scores, hits in class_columns(d):
         order = np.lexsort((hits, scores))
@@ -131,7 +129,7 @@ def _sorted_blocks(d: Inputs, counts: np.ndarray, descending: bool) -> tuple[np.
     return size, wrong, sorted_conf[starts]
 
 
-def _auroc(d: Inputs, counts: np.ndarray) -> np.ndarray:
+def auroc_counts(d: Inputs, counts: np.ndarray) -> np.ndarray:
     size, wrong, _ = _sorted_blocks(d, counts, descending=False)
     right = size - wrong
     neg_below = np.cumsum(wrong, axis=1) - wrong
@@ -145,7 +143,7 @@ def _harmonic(n: int) -> np.ndarray:
     return np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
 
 
-def _aurc(d: Inputs, counts: np.ndarray) -> np.ndarray:
+def aurc_counts(d: Inputs, counts: np.ndarray) -> np.ndarray:
     size, wrong, _ = _sorted_blocks(d, counts, descending=True)
     n = counts.sum(axis=1)
     before = np.cumsum(size, axis=1) - size
@@ -158,7 +156,7 @@ def _aurc(d: Inputs, counts: np.ndarray) -> np.ndarray:
     return (errors_before * h_span + spread).sum(axis=1) / n
 
 
-def _selective_acc(d: Inputs, counts: np.ndarray, coverage: float = 0.8) -> np.ndarray:
+def selective_acc_counts(d: Inputs, counts: np.ndarray, coverage: float = 0.8) -> np.ndarray:
     import math
 
     size, wrong, _ = _sorted_blocks(d, counts, descending=True)
@@ -211,24 +209,7 @@ def smece_resampled(d: Inputs, counts: np.ndarray, sigma: float) -> np.ndarray:
     return (np.abs(numerator / density) * density).sum(axis=1) / density.sum(axis=1)
 
 
-def _per_item(values: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs, np.ndarray], np.ndarray]:
+def per_item(values: Callable[[Inputs], np.ndarray]) -> Callable[[Inputs, np.ndarray], np.ndarray]:
+    """A mean of per-item values, on every resample: ``counts @ values / n``."""
     return lambda d, counts: _mean_of(values(d), counts)
 
-
-#: Vectorised resampling, for each metric at its default parameters.
-VECTORISED: dict[str, Callable[[Inputs, np.ndarray], np.ndarray]] = {
-    "acc": _per_item(scores.correct_items),
-    "nll": _per_item(scores.nll_items),
-    "brier": _per_item(scores.brier_items),
-    "brier_top": _per_item(scores.brier_top_items),
-    "entropy": _per_item(scores.entropy_items),
-    "overconfidence_rate": _per_item(overconfident_items),
-    "ece": _ece,
-    "mce": _mce,
-    "oe": _oe,
-    "sce": _sce,
-    "ace": _ace,
-    "auroc": _auroc,
-    "aurc": _aurc,
-    "selective_acc": _selective_acc,
-}

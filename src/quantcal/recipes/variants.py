@@ -26,7 +26,7 @@ import torch
 
 from quantcal.cache import atomic_dir, cache_root
 from quantcal.errors import QuantcalError
-from quantcal.models import LoadedModel, ModelSource, load_model
+from quantcal.models import ModelSource, load_model
 from quantcal.recipes import FAMILIES
 from quantcal.recipes.calibration import calibration_ids
 from quantcal.recipes.layers import block_linears
@@ -122,16 +122,6 @@ def probe_ids(model: torch.nn.Module, tokenizer: Any, source: ModelSource) -> to
     """The fixed error probe: self-generated windows, cached per model."""
     return calibration_ids(model, tokenizer, "self", PROBE["nsamples"], PROBE["seqlen"], PROBE["seed"],
                            fingerprint=source.fingerprint)
-
-
-def load_variant(source: ModelSource, spec: RecipeSpec, dtype: str = "auto", device: str = "cpu",
-                 progress: Callable[[str], None] | None = None) -> LoadedModel:
-    path = build_variant(source, spec, progress=progress)
-    if spec.params.get("mode") == "native":
-        return FAMILIES[spec.family].native(source, dict(spec.params), dtype, device)
-    local = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
-    loaded = load_model(local, dtype=dtype, device=device)
-    return LoadedModel(loaded.model, loaded.tokenizer, source)
 
 
 def variant_meta(path: Path) -> dict[str, Any]:

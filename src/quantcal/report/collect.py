@@ -9,21 +9,17 @@ view ranking variants by accuracy and by calibration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from quantcal.analysis import compare, recalibration_report
+from quantcal.analysis import recalibration_report
 from quantcal.errors import QuantcalError
-from quantcal.metrics import as_inputs, bootstrap_all, paired_bootstrap, reliability_bins
+from quantcal.metrics import DEFAULT_METRICS, as_inputs, reliability_bins
 from quantcal.predictions import choice_scores
 from quantcal.store import Store
-from quantcal.study.spec import DEFAULT_METRICS
-from quantcal.summary import align, run_predictions
+from quantcal.summary import align, comparison_report, run_metrics, run_predictions
 
-#: Lower is better for these; the rest (acc, auroc, selective_acc) higher is better.
-LOWER_IS_BETTER = {"ece", "mce", "oe", "ace", "sce", "smece", "brier", "brier_top", "nll", "entropy",
-                   "overconfidence_rate", "aurc"}
 HIST_EDGES = np.linspace(0, 1, 21)
 
 
@@ -40,10 +36,6 @@ class ReportSettings:
     confidence_bins: int = 5
 
 
-def _intervals(d: Any, names: Sequence[str], s: ReportSettings) -> dict[str, dict[str, float]]:
-    return {k: v.to_json() for k, v in bootstrap_all(list(names), d, None, s.resamples, s.seed, s.level).items()}
-
-
 def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
     preds, scored = run_predictions(store, variant, task, norm)
     d = as_inputs(preds.probs, preds.labels)
@@ -51,7 +43,7 @@ def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSe
     right = d.correct.astype(bool)
     block: dict[str, Any] = {
         "n": int(d.n),
-        "metrics": _intervals(d, s.metrics, s),
+        "metrics": {k: v.to_json() for k, v in run_metrics(preds, s.metrics, s.resamples, s.seed, s.level).items()},
         "reliability": {"counts": bins.counts.astype(int).tolist(), "confidence": bins.confidence.tolist(),
                         "accuracy": bins.accuracy.tolist()},
         "confidence_histogram": {"edges": HIST_EDGES.tolist(),
@@ -65,11 +57,8 @@ def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSe
 
 def _paired(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
     a = align(store, s.reference, variant, task, norm)
-    labels = a.ref.labels
-    diffs = {m: paired_bootstrap(m, a.ref.probs, a.var.probs, labels, s.resamples, s.seed, s.level).to_json()
-             for m in s.metrics}
-    return {"n": int(labels.size), "difference": diffs,
-            "analysis": compare(a.ref.probs, a.var.probs, labels, s.confidence_bins).to_json(),
+    report = comparison_report(a, s.metrics, s.resamples, s.seed, s.confidence_bins, s.level)
+    return {"n": report["n"], "difference": report["paired_difference"], "analysis": report["analysis"],
             "largest_changes": largest_changes(store, a, s.reference, task)}
 
 

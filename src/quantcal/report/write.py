@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -11,6 +12,7 @@ from typing import Any, Callable, Sequence
 from quantcal.report.collect import ReportSettings, collect
 from quantcal.report.figures import Figure, task_figures
 from quantcal.report.html import render
+from quantcal.records import item_records, write_records
 from quantcal.report.tables import latex, markdown
 from quantcal.store import Store
 from quantcal.versions import package_versions
@@ -27,18 +29,17 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def write_items(store: Store, target: Path, normalizations: Sequence[str]) -> int:
-    import pandas as pd
+@dataclass(frozen=True)
+class WrittenReport:
+    """What :func:`write_report` wrote: the page, every number on it (as in ``results.json``) and every file."""
 
-    from quantcal.export import item_records
-
-    records = [r for norm in normalizations for r in item_records(store, norm)]
-    pd.DataFrame.from_records(records).to_parquet(target, index=False)
-    return len(records)
+    page: Path
+    results: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
 
 
 def write_report(store: Store, out_dir: Path, settings: ReportSettings, title: str = "quantcal study",
-                 failures: Sequence[dict[str, Any]] = (), say: Callable[[str], None] | None = None) -> Path:
+                 failures: Sequence[dict[str, Any]] = (), say: Callable[[str], None] | None = None) -> WrittenReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = collect(store, settings, say)
     environment = package_versions(("quantcal", "torch", "transformers", "numpy", "scipy", "relplot"))
@@ -54,8 +55,10 @@ def write_report(store: Store, out_dir: Path, settings: ReportSettings, title: s
     (out_dir / "results.json").write_text(json.dumps(_finite(results), indent=2))
     (out_dir / "tables.md").write_text(markdown(results))
     (out_dir / "tables.tex").write_text(latex(results))
-    write_items(store, out_dir / "items.parquet", settings.normalizations)
+    write_records(item_records(store, settings.normalizations), out_dir / "items.parquet", "parquet")
     page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment, "written": written})
     target = out_dir / "report.html"
     target.write_text(page, encoding="utf-8")
-    return target
+    files = [target] + [out_dir / n for n in ("results.json", "tables.md", "tables.tex", "items.parquet")]
+    files += [f for fs in figures.values() for fig in fs for f in (fig.png, fig.svg)]
+    return WrittenReport(target, _finite(results), files)

@@ -12,19 +12,17 @@ Ray is an optional dependency (``pip install 'quantcal[ray]'``); the default exe
 from __future__ import annotations
 
 import time
-import traceback
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from quantcal.errors import QuantcalError
-from quantcal.evaluate import BatchResult, Job, PendingJob, ScoringOptions, pending_job, store_results
+from quantcal.jobs import BatchResult, Job, PendingJob, ScoringOptions, pending_job, score_pending, store_results
 from quantcal.items import Item
-from quantcal.loading import VariantDef, prepare
 from quantcal.store import Store
-from quantcal.study.runner import JobOutcome, PlannedJob, plan, scoring_options
+from quantcal.study.runner import JobOutcome, PlannedJob, load_options, plan, scoring_options
 from quantcal.study.spec import StudySpec
-from quantcal.tasks import get_task
+from quantcal.variant import LoadOptions, PreparedVariant, VariantDef, prepare
 
 
 @dataclass(frozen=True)
@@ -35,15 +33,12 @@ class RaySettings:
 
 
 def score_remote_job(defn: VariantDef, todo: Sequence[tuple[int, Item]], target_delimiter: str,
-                     options: ScoringOptions, threads: int) -> list[BatchResult]:
+                     options: ScoringOptions, load: LoadOptions, threads: int) -> list[BatchResult]:
     """The body of one Ray task: load the variant, score the items, return every batch's results."""
     import torch
 
-    from quantcal.evaluate import score_pending
-
     torch.set_num_threads(max(1, threads))
-    _, _, holder = prepare(defn, options)
-    return list(score_pending(holder.get(), todo, target_delimiter, options))
+    return list(score_pending(prepare(defn, load).holder.get(), todo, target_delimiter, options))
 
 
 def run_study_ray(
@@ -57,11 +52,11 @@ def run_study_ray(
     try:
         import ray
     except ImportError as exc:
-        raise QuantcalError("--executor ray needs Ray: pip install 'quantcal[ray]'") from exc
+        raise QuantcalError("`executor` ray needs Ray: pip install 'quantcal[ray]'") from exc
     if settings.cpus_per_job <= 0 or settings.gpus_per_job < 0:
-        raise QuantcalError("--job-cpus must be positive and --job-gpus at least 0")
-    options = scoring_options(spec)
-    if options.device.startswith("cuda") and settings.gpus_per_job == 0:
+        raise QuantcalError("`cpus_per_job` must be positive and `gpus_per_job` at least 0")
+    options, load = scoring_options(spec), load_options(spec)
+    if load.device.startswith("cuda") and settings.gpus_per_job == 0:
         settings = RaySettings(settings.address, settings.cpus_per_job, 1.0)
     started_here = not ray.is_initialized()
     if started_here:
@@ -71,30 +66,28 @@ def run_study_ray(
             raise QuantcalError(f"cannot start or reach Ray ({settings.address or 'local'}): {exc}") from exc
     remote = ray.remote(num_cpus=settings.cpus_per_job, num_gpus=settings.gpus_per_job, max_retries=0)(score_remote_job)
     try:
-        return _drive(ray, remote, plan(spec), store, options, settings, progress, say)
+        return _drive(ray, remote, plan(spec), store, options, load, settings, progress, say)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _drive(ray: Any, remote: Any, jobs: list[PlannedJob], store: Store, options: ScoringOptions, settings: RaySettings,
-           progress: Callable[[str, int], Any] | None, say: Callable[[str], None]) -> list[JobOutcome]:
+def _drive(ray: Any, remote: Any, jobs: list[PlannedJob], store: Store, options: ScoringOptions, load: LoadOptions,
+           settings: RaySettings, progress: Callable[[str, int], Any] | None, say: Callable[[str], None]) -> list[JobOutcome]:
     outcomes: dict[int, JobOutcome] = {}
     prepared: dict[int, tuple[Job, PendingJob]] = {}
     waiting: dict[str, deque[int]] = defaultdict(deque)  # per variant, the jobs after its first
     heads: list[int] = []
     headed: set[str] = set()
-    sources: dict[str, Any] = {}
+    variants: dict[str, PreparedVariant] = {}  # resolved here for the store's records; loaded by the tasks
     for number, job in enumerate(jobs):
         try:
-            if job.variant not in sources:
-                sources[job.variant] = prepare(job.definition, options)[:2]
-            source, extra = sources[job.variant]
-            task = get_task(job.task.name, job.task.template)
-            full = Job(job.variant, source, task, job.task.data_file, job.task.limit, job.task.template, extra)
+            if job.variant not in variants:
+                variants[job.variant] = prepare(job.definition, load)
+            full = job.job(variants[job.variant], load.dtype)
             prepared[number] = (full, pending_job(store, full, options))
         except QuantcalError as exc:
-            outcomes[number] = JobOutcome(job.variant, job.task.name, False, error=str(exc))
+            outcomes[number] = JobOutcome.failed(job.variant, job.task.name, exc)
             continue
         (waiting[job.variant] if job.variant in headed else heads).append(number)
         headed.add(job.variant)
@@ -103,11 +96,11 @@ def _drive(ray: Any, remote: Any, jobs: list[PlannedJob], store: Store, options:
     def submit(number: int) -> None:
         full, pending = prepared[number]
         if not pending.todo:  # nothing left to score: no task, no model load
-            outcomes[number] = _outcome(store_results(store, full, pending, lambda: []), full, 0.0)
+            outcomes[number] = JobOutcome.of(store_results(store, full, pending, lambda: []), full.variant, full.task.name, 0.0)
             for follower in list(waiting.pop(full.variant, ())):
                 submit(follower)
             return
-        ref = remote.remote(jobs[number].definition, pending.todo, full.task.target_delimiter, options,
+        ref = remote.remote(jobs[number].definition, pending.todo, full.task.target_delimiter, options, load,
                             int(settings.cpus_per_job))
         in_flight[ref] = (number, time.perf_counter())
 
@@ -120,27 +113,14 @@ def _drive(ray: Any, remote: Any, jobs: list[PlannedJob], store: Store, options:
         try:
             batches = ray.get(ref)
             result = store_results(store, full, pending, lambda: batches, progress)
-            outcomes[number] = _outcome(result, full, time.perf_counter() - t0)
+            outcomes[number] = JobOutcome.of(result, full.variant, full.task.name, time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - a failed job must not stop the study; the reason is kept
-            outcomes[number] = JobOutcome(full.variant, full.task.name, False, seconds=time.perf_counter() - t0,
-                                          error=_reason(exc))
+            cause = getattr(exc, "cause", None)  # RayTaskError carries the task's own exception
+            outcomes[number] = JobOutcome.failed(full.variant, full.task.name,
+                                                 cause if isinstance(cause, BaseException) else exc, time.perf_counter() - t0)
         say(f"[{len(outcomes)}/{len(jobs)}] {full.variant} · {full.task.name}"
             + ("" if outcomes[number].ok else f" failed: {outcomes[number].error}"))
         for follower in list(waiting.pop(full.variant, ())):
             submit(follower)
     return [outcomes[i] for i in sorted(outcomes)]
 
-
-def _outcome(result: Any, job: Job, seconds: float) -> JobOutcome:
-    ok = result.n_items > result.n_errors
-    return JobOutcome(job.variant, job.task.name, ok, result.n_items, result.n_scored_now, result.n_errors, seconds,
-                      None if ok else "no item could be scored")
-
-
-def _reason(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)  # RayTaskError carries the task's own exception
-    if isinstance(cause, BaseException):
-        exc = cause
-    if isinstance(exc, QuantcalError):
-        return str(exc)
-    return traceback.format_exception_only(type(exc), exc)[-1].strip()

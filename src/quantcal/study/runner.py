@@ -12,26 +12,27 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from quantcal.errors import QuantcalError
-from quantcal.evaluate import Job, ModelHolder, ScoringOptions, run_job
-from quantcal.loading import VariantDef, prepare
-from quantcal.models import ModelSource, resolve_source
+from quantcal.jobs import Job, JobResult, ScoringOptions, run_job
+from quantcal.finetune.base import BaseConfig
+from quantcal.finetune.data import check_disjoint, load_examples
+from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
+from quantcal.models import load_tokenizer, resolve_source
 from quantcal.store import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
-from quantcal.tasks import get_task
+from quantcal.tasks import get_task, load_items
+from quantcal.variant import LoadOptions, PreparedVariant, VariantDef, prepare
 
 
 @dataclass(frozen=True)
 class PlannedJob:
     variant: str
-    model: Optional[str]  # None: an adapter's recorded base
-    recipe: Optional[str]
+    definition: VariantDef
     task: TaskSpec
-    adapter: Optional[str] = None
-    deploy: Optional[str] = None
 
-    @property
-    def definition(self) -> VariantDef:
-        return VariantDef(self.model, self.recipe, self.adapter, self.deploy)
+    def job(self, prepared: PreparedVariant, dtype: str = "auto") -> Job:
+        """The evaluation job: this task's items scored with the prepared variant."""
+        return Job(self.variant, prepared.source, get_task(self.task.name, self.task.template), self.task.data_file,
+                   self.task.limit, self.task.template, prepared.config, dtype)
 
 
 @dataclass
@@ -45,17 +46,33 @@ class JobOutcome:
     seconds: float = 0.0
     error: Optional[str] = None
 
+    @classmethod
+    def of(cls, result: JobResult, variant: str, task: str, seconds: float) -> "JobOutcome":
+        """A job that ran: it failed only if no item could be scored."""
+        ok = result.n_items > result.n_errors
+        return cls(variant, task, ok, result.n_items, result.n_scored_now, result.n_errors, seconds,
+                   None if ok else "no item could be scored")
+
+    @classmethod
+    def failed(cls, variant: str, task: str, exc: BaseException, seconds: float = 0.0) -> "JobOutcome":
+        return cls(variant, task, False, seconds=seconds, error=failure_reason(exc))
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def failure_reason(exc: BaseException) -> str:
+    """One line for a failed job: a user error's own message, else the exception's type and message."""
+    if isinstance(exc, QuantcalError):
+        return str(exc)
+    return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
 def plan(spec: StudySpec) -> list[PlannedJob]:
     """Reference first, then each variant, each over every task."""
-    jobs = [PlannedJob(REFERENCE_NAME, spec.reference, None, t) for t in spec.tasks]
+    jobs = [PlannedJob(REFERENCE_NAME, VariantDef(spec.reference), t) for t in spec.tasks]
     for v in spec.variants:
-        adapter = spec.adapter_of(v)
-        model = v.model or (spec.reference if v.finetune or not adapter else None)
-        jobs += [PlannedJob(v.name, model, v.recipe, t, adapter, v.deploy) for t in spec.tasks]
+        jobs += [PlannedJob(v.name, spec.definition(v), t) for t in spec.tasks]
     return jobs
 
 
@@ -73,7 +90,7 @@ def check_plan(spec: StudySpec) -> None:
             job.definition.check(adapter_exists=v.finetune is None)  # a finetune block's adapter comes later
             if v.finetune is not None:
                 _check_training_source(v.finetune.data, v.finetune.data_file)
-            models.add(job.model or job.definition.base_spec())
+            models.add(job.definition.model or job.definition.base_spec())
         except QuantcalError as exc:
             raise QuantcalError(f"variant {v.name}: {exc}") from None
     for model in models:
@@ -91,8 +108,6 @@ def _check_training_source(data: str, data_file: Optional[str]) -> None:
 
 def study_items(spec: StudySpec) -> list[Any]:
     """Every item the study evaluates (what fine-tuning must hold out)."""
-    from quantcal.tasks import load_items
-
     return [it for t in spec.tasks for it in load_items(get_task(t.name, t.template), t.data_file, t.limit)]
 
 
@@ -100,11 +115,6 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
                    say: Callable[[str], None] = lambda message: None) -> list[JobOutcome]:
     """Train every finetune-block adapter that is not trained yet (resuming an interrupted one), holding out every
     item the study evaluates; returns an outcome per variant that had to train (failed ones are reported)."""
-    from quantcal.finetune.base import BaseConfig
-    from quantcal.finetune.data import check_disjoint, load_examples
-    from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
-    from quantcal.models import load_tokenizer
-
     outcomes = []
     held = None
     done: set[str] = set()
@@ -137,16 +147,19 @@ def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None =
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed training must not stop the other jobs; the reason is kept
-            reason = str(exc) if isinstance(exc, QuantcalError) else traceback.format_exception_only(type(exc), exc)[-1].strip()
-            outcomes.append(JobOutcome(v.name, "finetune", False, seconds=time.perf_counter() - start, error=reason))
-            say(f"  failed: {reason}")
+            outcomes.append(JobOutcome.failed(v.name, "finetune", exc, time.perf_counter() - start))
+            say(f"  failed: {outcomes[-1].error}")
     return outcomes
 
 
 def scoring_options(spec: StudySpec) -> ScoringOptions:
     """How a study's jobs score, the same for every executor."""
-    return ScoringOptions(batch_size=spec.batch_size, max_batch_tokens=spec.max_batch_tokens, dtype=spec.dtype,
-                          device=spec.device)
+    return ScoringOptions(batch_size=spec.batch_size, max_batch_tokens=spec.max_batch_tokens)
+
+
+def load_options(spec: StudySpec) -> LoadOptions:
+    """How a study's variants load, the same for every executor."""
+    return LoadOptions(dtype=spec.dtype, device=spec.device)
 
 
 def run_study(
@@ -156,31 +169,24 @@ def run_study(
     say: Callable[[str], None] = lambda message: None,
 ) -> list[JobOutcome]:
     """Run every planned job; returns one outcome per job (``ok=False`` with the reason for a failed one)."""
-    options = scoring_options(spec)
+    options, load = scoring_options(spec), load_options(spec)
     jobs = plan(spec)
     outcomes: list[JobOutcome] = []
-    holders: dict[str, tuple[ModelSource, dict[str, Any], ModelHolder]] = {}  # resolved (files hashed) once per variant
+    prepared: dict[str, PreparedVariant] = {}  # resolved (files hashed) once per variant
     for number, job in enumerate(jobs, start=1):
         say(f"[{number}/{len(jobs)}] {job.variant} · {job.task.name}")
         start = time.perf_counter()
         try:
-            if job.variant not in holders:
-                holders.clear()  # one model in memory at a time
-                holders[job.variant] = prepare(job.definition, options, say)
-            source, extra, holder = holders[job.variant]
-            task = get_task(job.task.name, job.task.template)
-            result = run_job(store, Job(job.variant, source, task, job.task.data_file, job.task.limit, job.task.template, extra),
-                             options, holder, progress)
-            outcomes.append(JobOutcome(job.variant, job.task.name, result.n_items > result.n_errors, result.n_items,
-                                       result.n_scored_now, result.n_errors, time.perf_counter() - start,
-                                       None if result.n_items > result.n_errors else "no item could be scored"))
+            if job.variant not in prepared:
+                prepared.clear()  # one model in memory at a time
+                prepared[job.variant] = prepare(job.definition, load, say)
+            variant = prepared[job.variant]
+            result = run_job(store, job.job(variant, spec.dtype), options, variant.holder, progress)
+            outcomes.append(JobOutcome.of(result, job.variant, job.task.name, time.perf_counter() - start))
         except KeyboardInterrupt:
             raise
-        except QuantcalError as exc:
-            outcomes.append(JobOutcome(job.variant, job.task.name, False, seconds=time.perf_counter() - start, error=str(exc)))
         except Exception as exc:  # noqa: BLE001 - a failed job must not stop the study; the reason is kept
-            detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            outcomes.append(JobOutcome(job.variant, job.task.name, False, seconds=time.perf_counter() - start, error=detail))
+            outcomes.append(JobOutcome.failed(job.variant, job.task.name, exc, time.perf_counter() - start))
         if not outcomes[-1].ok:
             say(f"  failed: {outcomes[-1].error}")
     return outcomes

@@ -21,9 +21,10 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantcal.errors import QuantcalError
+from quantcal.metrics.registry import DEFAULT_METRICS
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
+from quantcal.variant import VariantDef
 
-DEFAULT_METRICS = ["acc", "ece", "ace", "brier", "nll", "overconfidence_rate", "smece", "auroc"]
 NORMALIZATIONS = ("none", "tokens", "chars", "bytes")
 REFERENCE_NAME = "reference"
 
@@ -158,6 +159,18 @@ class StudySpec(_Strict):
             return str(Path(self.output) / "adapters" / first.name)
         return variant.adapter
 
+    def cap_items(self, limit: int) -> None:
+        """Cap every task at its first ``limit`` items (a task's own smaller limit stays)."""
+        for t in self.tasks:
+            t.limit = min(t.limit, limit) if t.limit else limit
+
+    def definition(self, variant: VariantSpec) -> VariantDef:
+        """The variant as a :class:`~quantcal.variant.VariantDef`: its model (the reference when it has only a
+        recipe or trains its adapter here; else the adapter's recorded base), recipe, adapter and deployment form."""
+        adapter = self.adapter_of(variant)
+        model = variant.model or (self.reference if variant.finetune or not adapter else None)
+        return VariantDef(model, variant.recipe, adapter, variant.deploy)
+
     @property
     def normalizations(self) -> list[str]:
         return [self.normalization] if isinstance(self.normalization, str) else list(self.normalization)
@@ -199,9 +212,11 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
     return spec
 
 
-def load_study(path: Path) -> StudySpec:
+def load_study(path: str | Path) -> StudySpec:
+    """A study from its YAML file (relative paths inside it are read from the file's folder)."""
     import yaml
 
+    path = Path(path)
     if not path.is_file():
         raise QuantcalError(f"{path}: study file not found")
     try:
@@ -228,7 +243,7 @@ def default_study(data_dir: Path | None = None, output: str = "quantcal-report")
             if (data_dir / rel).is_file():
                 tasks.append({"name": name, "data_file": str(data_dir / rel), "limit": limit})
         if len(tasks) == 1:
-            raise QuantcalError(f"--data-dir {data_dir}: none of {', '.join(r for r, _ in DATA_DIR_TASKS.values())} found")
+            raise QuantcalError(f"`data_dir` {data_dir}: none of {', '.join(r for r, _ in DATA_DIR_TASKS.values())} found")
     return parse_study({
         "name": "default: SmolLM2-135M-Instruct, post-training quantization",
         "reference": "smollm2-135m-instruct",

@@ -29,7 +29,7 @@ def get_task(name: str, template: str | None = None) -> Task:
     if name == "custom":
         return custom_task(template or DEFAULT_TEMPLATE)
     if template is not None:
-        raise QuantcalError(f"--template applies to the custom task only, not {name!r}")
+        raise QuantcalError(f"`template` applies to the custom task only, not {name!r}")
     try:
         return TASKS[name]
     except KeyError:

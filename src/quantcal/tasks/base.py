@@ -45,13 +45,13 @@ class Task:
             return "built-in generator"
         if self.hub_path:
             return f"{self.hub_path}" + (f" ({self.hub_config})" if self.hub_config else "") + f" [{self.split}]"
-        return "local file (--data-file)"
+        return "local file (`data_file`)"
 
 
 def load_items(task: Task, data_file: str | Path | None = None, limit: int | None = None) -> list[Item]:
     """Read the task's rows (local file if given, else the hub, else its generator) and build items."""
     if limit is not None and limit < 1:
-        raise QuantcalError(f"--limit must be a positive number of items, got {limit}")
+        raise QuantcalError(f"`limit` must be a positive number of items, got {limit}")
     if data_file is not None:
         rows = read_local_rows(data_file)
     elif task.generate is not None:
@@ -59,7 +59,7 @@ def load_items(task: Task, data_file: str | Path | None = None, limit: int | Non
     elif task.hub_path is not None:
         rows = read_hub_rows(task.hub_path, task.hub_config, task.split)
     else:
-        raise QuantcalError(f"task {task.name!r} needs a data file: pass --data-file PATH")
+        raise QuantcalError(f"task {task.name!r} needs a data file: pass a local copy as `data_file`")
     if limit is not None:
         rows = rows[:limit]
     if not rows:

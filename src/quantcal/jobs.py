@@ -1,6 +1,7 @@
 """One evaluation job: score a task's items with a model into the store, resuming what is done.
 
 The model is loaded only if some item still needs scoring, so re-running a finished job is instant.
+How a variant becomes that model is :mod:`quantcal.variant`'s business; this module only scores and stores.
 """
 
 from __future__ import annotations
@@ -9,36 +10,44 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from quantcal.cache import file_sha256
 from quantcal.encoding import Encoder
 from quantcal.items import Item
 from quantcal.errors import QuantcalError
-from quantcal.models import LoadedModel, ModelSource, load_model, model_max_length
+from quantcal.models import LoadedModel, ModelSource, model_max_length
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS, score_items
 from quantcal.store import Store
 from quantcal.tasks import Task, load_items
+from quantcal.variant import ModelHolder
 from quantcal.versions import package_versions
 
 #: Bumped when the scorer's numbers could change for the same inputs (a new run, not a resumed one).
 SCORER_VERSION = 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScoringOptions:
-    batch_size: int = 64
-    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS
-    dtype: str = "auto"
-    device: str = "cpu"
-    max_length: int | None = None
+    """How items are batched and encoded (how the model is loaded is :class:`quantcal.variant.LoadOptions`)."""
+
+    batch_size: int = 64  # choice rows per forward pass
+    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS  # padded token positions per pass; None: no cap
+    max_length: int | None = None  # model window for left truncation; None: from the model config
     add_special_tokens: bool | None = None
-    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        require_positive(self.batch_size, "batch_size")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise QuantcalError(f"`max_batch_tokens` must be positive (or none for no cap), got {self.max_batch_tokens}")
+        if self.max_length is not None:
+            require_positive(self.max_length, "max_length")
 
 
 @dataclass
 class Job:
+    """One (variant, task) job: ``extra_config`` holds what identifies the variant beyond its base model."""
+
     variant: str
     source: ModelSource
     task: Task
@@ -46,6 +55,7 @@ class Job:
     limit: int | None = None
     template: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "auto"
 
 
 @dataclass
@@ -59,19 +69,6 @@ class JobResult:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
-
-
-class ModelHolder:
-    """Loads a model on first use and keeps it for the following jobs of the same variant."""
-
-    def __init__(self, loader: Callable[[], LoadedModel]) -> None:
-        self._loader = loader
-        self._loaded: LoadedModel | None = None
-
-    def get(self) -> LoadedModel:
-        if self._loaded is None:
-            self._loaded = self._loader()
-        return self._loaded
 
 
 def data_fingerprint(task: Task, data_file: str | None) -> str:
@@ -89,7 +86,7 @@ def job_config(job: Job, options: ScoringOptions) -> dict[str, Any]:
         "template": job.template,
         "target_delimiter": job.task.target_delimiter,
         "data": data_fingerprint(job.task, job.data_file),
-        "dtype": options.dtype,
+        "dtype": job.dtype,
         "max_length": options.max_length,
         "add_special_tokens": options.add_special_tokens,
         "scorer_version": SCORER_VERSION,
@@ -99,10 +96,6 @@ def job_config(job: Job, options: ScoringOptions) -> dict[str, Any]:
 
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def default_loader(source: ModelSource, options: ScoringOptions) -> Callable[[], LoadedModel]:
-    return lambda: load_model(source, options.dtype, options.device, options.trust_remote_code)
 
 
 @dataclass
@@ -188,10 +181,8 @@ def store_results(store: Store, job: Job, pending: PendingJob, batches: Callable
 
 
 def require_positive(value: int, name: str) -> int:
+    """``value`` if it is at least 1; else an error naming the parameter ``name``."""
     if value < 1:
-        raise QuantcalError(f"{name} must be at least 1, got {value}")
+        raise QuantcalError(f"`{name}` must be at least 1, got {value}")
     return value
 
-
-def store_path_default(model_name: str) -> Path:
-    return Path("quantcal-out") / f"{model_name.replace('/', '__')}.sqlite"

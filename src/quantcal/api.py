@@ -1,0 +1,580 @@
+"""quantcal from Python: the functions the CLI calls, for notebooks and scripts.
+
+Every function takes plain values (names, paths, dicts), returns a typed record, and raises
+:class:`~quantcal.errors.QuantcalError` with one readable line for anything the caller can fix. Progress goes to
+two optional callbacks: ``progress(description, total)`` returns a tqdm-like bar (``update(n)``, ``close()``) and
+``say(message)`` takes a line of news (building a variant, a failed job). Both default to silence.
+
+    >>> import quantcal
+    >>> r = quantcal.jobs("smollm2-135m-instruct", ["arithmetic"], limit=20)   # doctest: +SKIP
+    >>> r.tasks["arithmetic"].acc                                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+from quantcal.analysis import Comparison
+from quantcal.errors import QuantcalError
+from quantcal.jobs import Job, ScoringOptions, require_positive, run_job
+from quantcal.finetune.base import BaseConfig
+from quantcal.finetune.data import check_disjoint, load_examples
+from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune as run_finetune
+from quantcal.items import Item
+from quantcal.lm_eval_import import import_samples, samples_files
+from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
+from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_source
+from quantcal.predictions import task_summary
+from quantcal.records import export_store, item_frame
+from quantcal.recipes import parse_recipe
+from quantcal.recipes.variants import build_variant, variant_meta
+from quantcal.report.collect import ReportSettings
+from quantcal.report.write import WrittenReport, write_report
+from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
+from quantcal.store import open_store
+from quantcal.study.runner import JobOutcome, PlannedJob, check_plan, plan, run_study as run_jobs, study_items, train_adapters
+from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study
+from quantcal.summary import align, paired_analysis, run_metrics, run_predictions
+from quantcal.tasks import get_task, load_items as task_items
+from quantcal.variant import LoadOptions, VariantDef, prepare
+
+Progress = Callable[[str, int], Any]
+Say = Callable[[str], None]
+StudyLike = Union[str, Path, Mapping[str, Any], StudySpec, None]
+
+
+def _silent(message: str) -> None:
+    """The default ``say``: no news."""
+
+
+# evaluate --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskResult:
+    """One task of an :func:`evaluate` call: lm-eval's headline numbers on the items this call asked for."""
+
+    task: str
+    n: int  # items scored (of this call's items)
+    acc: float  # argmax of the raw log-likelihoods (TruthfulQA MC2: the mean true-answer mass)
+    acc_norm: Optional[float]  # argmax per character, lm-eval's acc_norm (None for MC2)
+    n_errors: int  # items that could not be scored (see the store)
+    n_scored_now: int  # items scored by this call (the rest were already in the store)
+    seconds: float
+    run_id: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What :func:`evaluate` scored: per task numbers, and where the per-choice log-likelihoods are stored."""
+
+    variant: str  # the name in the store
+    model: str  # the base model as given (bundled name, file, directory or hub id)
+    store: Path
+    tasks: dict[str, TaskResult]
+
+    def items(self, normalization: str = "none") -> Any:
+        """This variant's per-item records (see :func:`load_items`)."""
+        frame = load_items(self.store, normalization)
+        return frame[(frame["variant"] == self.variant) & frame["task"].isin(list(self.tasks))].reset_index(drop=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "variant": self.variant, "store": str(self.store),
+                "results": {name: {"n": t.n, "acc": t.acc, **({"acc_norm": t.acc_norm} if t.acc_norm is not None else {})}
+                            for name, t in self.tasks.items()}}
+
+
+def default_store(variant: str) -> Path:
+    """Where :func:`evaluate` writes unless told: ``quantcal-out/<variant>.sqlite`` (``/`` becomes ``__``)."""
+    return Path("quantcal-out") / f"{variant.replace('/', '__')}.sqlite"
+
+
+def evaluate(
+    model: Optional[str] = None,
+    tasks: Union[str, Sequence[str]] = ("arithmetic",),
+    *,
+    recipe: Optional[str] = None,
+    adapter: Union[str, Path, None] = None,
+    deploy: Optional[str] = None,
+    name: Optional[str] = None,
+    store: Union[str, Path, None] = None,
+    data_file: Union[str, Path, None] = None,
+    template: Optional[str] = None,
+    limit: Optional[int] = None,
+    batch_size: int = 64,
+    max_batch_tokens: Optional[int] = DEFAULT_MAX_BATCH_TOKENS,
+    max_length: Optional[int] = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    progress: Optional[Progress] = None,
+    say: Say = _silent,
+) -> EvalResult:
+    """Score a model (or a variant of it) on tasks: per-choice log-likelihoods into a store, then acc and acc_norm.
+
+    Args:
+        model: a bundled name (``smollm2-135m-instruct``, ``gemma3-270m``), a ``.gguf`` file, a local checkpoint
+            directory or a hub id. Default: the bundled SmolLM2, or the adapter's base when ``adapter`` is given.
+        tasks: task names (``quantcal tasks`` lists them), a list or a comma-separated string.
+        recipe: compress the model first (``rtn:bits=4,group_size=64``, ``gptq:bits=4``, ``gguf:q4_0`` ...; cached).
+        adapter: a LoRA adapter folder (``quantcal finetune`` output or any peft adapter).
+        deploy: how the adapter is served: ``nf4`` (default), ``nf4-native`` or ``merged`` (default with a recipe).
+        name: the variant's name in the store (default: model, adapter form and recipe, e.g. ``smollm2-135m-instruct/rtn-w4-g64``).
+        store: the SQLite store (default :func:`default_store`); what it already holds is not scored again.
+        data_file: a local copy of the (single) task's data in hub schema.
+        template: the prompt template of the ``custom`` task, e.g. ``"Q: {question}\\nA:"``.
+        limit: score only the first ``limit`` items of each task.
+        batch_size, max_batch_tokens: choice rows and padded tokens per forward pass (``None``: no token cap).
+        max_length: the model window for left truncation (default: from the model config, as lm-eval).
+        device, dtype, trust_remote_code: how the model is loaded.
+
+    Returns:
+        An :class:`EvalResult`; ``result.tasks["arithmetic"].acc`` and ``result.items()`` for per-item records.
+
+    Example:
+        >>> r = evaluate("smollm2-135m-instruct", ["arithmetic"], limit=20)   # doctest: +SKIP
+        >>> round(r.tasks["arithmetic"].acc, 2)                                # doctest: +SKIP
+    """
+    task_names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not task_names:
+        raise QuantcalError("`tasks` is empty")
+    if limit is not None:
+        require_positive(limit, "limit")
+    if data_file is not None and len(task_names) != 1:
+        raise QuantcalError("`data_file` goes with exactly one task")
+    if template is not None and "custom" not in task_names:
+        raise QuantcalError("`template` applies to the custom task only")
+    task_list = [get_task(t, template if t == "custom" else None) for t in task_names]
+    if data_file is not None and not Path(data_file).is_file():
+        raise QuantcalError(f"{data_file}: file not found")
+    options = ScoringOptions(batch_size, max_batch_tokens, max_length)
+    defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
+                      str(adapter) if adapter is not None else None, deploy)
+    variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code), say)
+    variant_name = name or variant.default_name
+    store_path = Path(store) if store is not None else default_store(variant_name)
+    results: dict[str, TaskResult] = {}
+    with open_store(store_path) as db:
+        for task in task_list:
+            job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
+                      template if task.name == "custom" else None, variant.config, dtype)
+            outcome = run_job(db, job, options, variant.holder, progress)
+            wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
+            scored = [s for s in db.scored_items(outcome.run_id) if s.item_id in wanted]
+            if not scored:
+                raise QuantcalError(f"{task.name}: no item could be scored")
+            summary = task_summary(scored, task.kind)
+            results[task.name] = TaskResult(task.name, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
+                                            outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id)
+    return EvalResult(variant_name, variant.source.spec, store_path, results)
+
+
+# studies ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyPlan:
+    """A study ready to run: the validated spec (limits and output applied) and its jobs, reference first."""
+
+    spec: StudySpec
+    jobs: list[PlannedJob]
+
+    @property
+    def output(self) -> Path:
+        return Path(self.spec.output)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What :func:`run_study` did: every job's outcome and the report it wrote."""
+
+    name: str
+    output: Path  # the report directory
+    store: Path  # OUTPUT/study.sqlite
+    jobs: list[JobOutcome]  # adapter trainings that failed first, then one per (variant, task)
+    report: WrittenReport
+
+    @property
+    def failures(self) -> list[JobOutcome]:
+        return [j for j in self.jobs if not j.ok]
+
+    @property
+    def page(self) -> Path:
+        return self.report.page
+
+    def metrics(self, normalization: Optional[str] = None) -> Any:
+        """The headline table as a DataFrame: one row per (task, normalization, variant, metric), with the estimate,
+        its interval, and the paired difference to the reference with its interval (NaN for the reference)."""
+        import pandas as pd
+
+        rows = []
+        for task, by_norm in self.report.results["tasks"].items():
+            for norm, block in by_norm.items():
+                if normalization is not None and norm != normalization:
+                    continue
+                for variant, v in block["variants"].items():
+                    paired = block["paired"].get(variant, {}).get("difference", {})
+                    for metric, iv in v["metrics"].items():
+                        d = paired.get(metric, {})
+                        rows.append({"task": task, "normalization": norm, "variant": variant, "metric": metric,
+                                     "n": v["n"], "estimate": iv["estimate"], "low": iv["low"], "high": iv["high"],
+                                     "delta": d.get("estimate"), "delta_low": d.get("low"), "delta_high": d.get("high")})
+        return pd.DataFrame(rows)
+
+    def items(self, normalization: str = "none") -> Any:
+        """Per-item records of every variant (see :func:`load_items`)."""
+        return load_items(self.store, normalization)
+
+
+def study_spec(study: StudyLike = None, *, data_dir: Union[str, Path, None] = None) -> StudySpec:
+    """A study from a YAML path, a dict (relative paths from the working directory), a :class:`StudySpec`, or
+    ``None`` for the built-in study (``data_dir``: also the local benchmarks found there)."""
+    if data_dir is not None:
+        if study is not None:
+            raise QuantcalError("`data_dir` applies to the default study only; name data files in the study's tasks")
+        if not Path(data_dir).is_dir():
+            raise QuantcalError(f"`data_dir` {data_dir}: not a directory")
+    if study is None:
+        return default_study(Path(data_dir) if data_dir is not None else None)
+    if isinstance(study, StudySpec):
+        return study.model_copy(deep=True)
+    if isinstance(study, Mapping):
+        return parse_study(dict(study), Path.cwd(), "study dict")
+    if isinstance(study, (str, Path)):
+        return load_study(Path(study))
+    raise QuantcalError(f"a study is a YAML path, a dict or a StudySpec, not {type(study).__name__}")
+
+
+def plan_study(study: StudyLike = None, *, output: Union[str, Path, None] = None, limit: Optional[int] = None,
+               data_dir: Union[str, Path, None] = None) -> StudyPlan:
+    """Validate a study and list its jobs without running anything (``quantcal run --dry-run``).
+
+    ``limit`` caps every task at its first N items; ``output`` replaces the study's report directory."""
+    if limit is not None:
+        require_positive(limit, "limit")
+    spec = study_spec(study, data_dir=data_dir)
+    if limit is not None:
+        spec.cap_items(limit)
+    if output is not None:
+        spec.output = str(output)
+    check_plan(spec)
+    return StudyPlan(spec, plan(spec))
+
+
+def report_settings(spec: StudySpec) -> ReportSettings:
+    """What a study's report computes: its metrics, normalizations, bootstrap and recalibration settings."""
+    return ReportSettings(reference=REFERENCE_NAME, metrics=list(spec.metrics), normalizations=spec.normalizations,
+                          resamples=spec.bootstrap.resamples, seed=spec.bootstrap.seed, level=spec.bootstrap.level,
+                          recalibration=spec.recalibration.enabled, folds=spec.recalibration.folds,
+                          confidence_bins=spec.confidence_bins)
+
+
+def run_study(
+    study: Union[StudyLike, StudyPlan] = None,
+    *,
+    output: Union[str, Path, None] = None,
+    limit: Optional[int] = None,
+    executor: str = "local",
+    ray: Any = None,
+    progress: Optional[Progress] = None,
+    step_progress: Optional[Callable[[int, int], Any]] = None,
+    say: Say = _silent,
+) -> StudyResult:
+    """The main job: train the study's adapters, score the reference and every variant on every task (resuming what
+    the study's store holds), then write the report.
+
+    Args:
+        study: a study YAML path, a dict with the same keys (``reference``, ``variants``, ``tasks`` ...), a
+            :class:`StudySpec`, a :class:`StudyPlan` from :func:`plan_study`, or ``None`` for the built-in study.
+        output: the report directory (replaces the study's ``output``).
+        limit: cap every task at its first N items.
+        executor: ``local`` (one job after another) or ``ray`` (jobs as Ray tasks; ``ray`` takes a
+            :class:`~quantcal.study.ray_executor.RaySettings`).
+        progress, step_progress, say: item bars, fine-tuning step bars, news lines.
+
+    Returns:
+        A :class:`StudyResult`; ``result.metrics()`` is the headline table, ``result.page`` the HTML report.
+        Failed jobs are in ``result.failures`` (the report covers the others); if every job failed, an error.
+
+    Example:
+        >>> result = run_study({"reference": "smollm2-135m-instruct",                      # doctest: +SKIP
+        ...                     "variants": [{"name": "rtn4", "recipe": "rtn:bits=4,group_size=64"}],
+        ...                     "tasks": [{"name": "arithmetic", "limit": 50}]}, output="my-report")
+    """
+    if executor not in ("local", "ray"):
+        raise QuantcalError(f"`executor` must be local or ray, got {executor!r}")
+    if executor == "local" and ray is not None:
+        raise QuantcalError("Ray settings go with `executor` ray")
+    if isinstance(study, StudyPlan):
+        planned = plan_study(study.spec, output=output, limit=limit)
+    else:
+        planned = plan_study(study, output=output, limit=limit)
+    spec = planned.spec
+    out_dir = planned.output
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "study.json").write_text(spec.model_dump_json(indent=2))
+    store_path = out_dir / "study.sqlite"
+    with open_store(store_path) as db:
+        trained = train_adapters(spec, step_progress, say)
+        if executor == "ray":
+            from quantcal.study.ray_executor import RaySettings, run_study_ray  # optional dependency
+
+            outcomes = run_study_ray(spec, db, ray or RaySettings(), progress, say)
+        else:
+            outcomes = run_jobs(spec, db, progress, say)
+        outcomes = [o for o in trained if not o.ok] + outcomes
+        failures = [o.to_json() for o in outcomes if not o.ok]
+        if len(failures) == len(outcomes):
+            raise QuantcalError(f"every job failed; first: {failures[0]['error']}")
+        written = write_report(db, out_dir, report_settings(spec), spec.name, failures, say)
+    return StudyResult(spec.name, out_dir, store_path, outcomes, written)
+
+
+def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output: Union[str, Path, None] = None,
+           resamples: Optional[int] = None, say: Say = _silent) -> WrittenReport:
+    """Rebuild a report from a store without scoring (a study's settings come from its ``study.json``).
+
+    ``ref``: the reference variant (default: the study's, else ``reference``, else the store's first run)."""
+    store = Path(store)
+    study_file = store.parent / "study.json"
+    spec = StudySpec.model_validate_json(study_file.read_text()) if study_file.is_file() else None
+    if resamples is not None and resamples < 10:
+        raise QuantcalError("`resamples` must be at least 10")
+    with open_store(store, create=False) as db:
+        variants = list(dict.fromkeys(r.variant for r in db.runs()))
+        if not variants:
+            raise QuantcalError(f"{store}: the store holds no runs")
+        settings = report_settings(spec) if spec else ReportSettings(reference=variants[0])
+        if ref is not None:
+            settings.reference = ref
+        elif settings.reference not in variants:
+            settings.reference = REFERENCE_NAME if REFERENCE_NAME in variants else variants[0]
+        if settings.reference not in variants:
+            raise QuantcalError(f"`ref` {settings.reference!r} is not in the store; it holds {', '.join(variants)}")
+        if resamples is not None:
+            settings.resamples = resamples
+        return write_report(db, Path(output) if output else store.parent, settings, spec.name if spec else store.stem,
+                            say=say)
+
+
+# items, metrics, comparisons ---------------------------------------------------------------------------------------
+def _store_path(store_or_report_dir: Union[str, Path]) -> Path:
+    path = Path(store_or_report_dir)
+    return path / "study.sqlite" if path.is_dir() else path
+
+
+def load_items(store_or_report_dir: Union[str, Path], normalization: Union[str, Sequence[str]] = "none") -> Any:
+    """One row per item x variant (x normalization) as a pandas DataFrame, sorted by run then dataset position.
+
+    Columns: ``run_id, variant, task, recipe, normalization, position, item_id, item_hash, gold, golds, n_choices,
+    pred, confidence, p_gold, correct, probs, logliks, n_tokens, n_chars, n_bytes, greedy, question, choices``
+    (:mod:`quantcal.records` defines each). ``store_or_report_dir``: a store, or a report directory holding
+    ``study.sqlite``.
+
+    Example:
+        >>> items = load_items("quantcal-report")                                   # doctest: +SKIP
+        >>> items.pivot_table(index="position", columns="variant", values="p_gold")  # doctest: +SKIP
+    """
+    norms = [normalization] if isinstance(normalization, str) else list(normalization)
+    with open_store(_store_path(store_or_report_dir), create=False) as db:
+        return item_frame(db, norms)
+
+
+def export(store: Union[str, Path], out: Union[str, Path, None] = None, fmt: str = "jsonl",
+           normalization: str = "none") -> tuple[Path, int]:
+    """Write :func:`load_items`' records to JSON lines, CSV or Parquet (default: beside the store); returns the file
+    and the number of records."""
+    store = Path(store)
+    target = Path(out) if out is not None else store.with_suffix(f".{fmt}")
+    with open_store(store, create=False) as db:
+        return target, export_store(db, target, fmt, normalization)
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """One run's metrics, each with its percentile bootstrap interval."""
+
+    variant: str
+    task: str
+    n: int
+    values: dict[str, Interval]
+
+
+def store_metrics(store: Union[str, Path], names: Sequence[str] = DEFAULT_METRICS, *, resamples: int = 1000,
+            normalization: str = "none", seed: int = 0, level: float = 0.95) -> list[RunMetrics]:
+    """Accuracy and calibration of every run in a store that has scored items, with bootstrap intervals.
+
+    Example:
+        >>> [(m.variant, m.values["ece"].estimate) for m in store_metrics("quantcal-report")]   # doctest: +SKIP
+    """
+    for name in names:
+        get_metric(name)
+    require_positive(resamples, "resamples")
+    out = []
+    with open_store(_store_path(store), create=False) as db:
+        for run in db.runs():
+            if not db.done_item_ids(run.run_id):
+                continue
+            preds, _ = run_predictions(db, run.variant, run.task, normalization)
+            out.append(RunMetrics(run.variant, run.task, len(preds.item_ids), run_metrics(preds, names, resamples, seed, level)))
+    return out
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """A variant against a reference on the same items: paired metric differences (variant − reference) with
+    intervals, and the item-level analysis (:class:`~quantcal.analysis.Comparison`: p(gold) changes, Jensen-Shannon
+    distance, flips, paired tests, changes by the reference's confidence)."""
+
+    ref: str
+    variant: str
+    task: str
+    n: int  # items both scored
+    differences: dict[str, Interval]
+    analysis: Comparison
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "paired_difference": {k: v.to_json() for k, v in self.differences.items()},
+                "analysis": self.analysis.to_json()}
+
+
+def compare(store: Union[str, Path], ref: str, variant: str, task: str, *, names: Sequence[str] = DEFAULT_METRICS,
+            resamples: int = 1000, normalization: str = "none", seed: int = 0, bins: int = 5) -> PairedComparison:
+    """Paired analysis of two variants of a store on the items both scored (matched by id and content).
+
+    Example:
+        >>> c = compare("quantcal-report", "reference", "rtn-w4-g64", "arithmetic")   # doctest: +SKIP
+        >>> c.differences["ece"].excludes_zero                                        # doctest: +SKIP
+    """
+    require_positive(resamples, "resamples")
+    with open_store(_store_path(store), create=False) as db:
+        aligned = align(db, ref, variant, task, normalization)
+    differences, analysis = paired_analysis(aligned, names, resamples, seed, bins)
+    return PairedComparison(ref, variant, task, analysis.n, differences, analysis)
+
+
+# variants ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    """A built compressed variant: its checkpoint folder and its record (``quantcal-variant.json``)."""
+
+    model: str
+    recipe: str  # the canonical recipe key
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def bits_per_weight(self) -> float:
+        return float(self.meta["bits_per_weight"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.meta.get("mode", "simulated"))
+
+
+def quantize(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64", out: Union[str, Path, None] = None,
+             say: Say = _silent) -> Variant:
+    """Build one compressed variant (cached: the same model and recipe build once) and return its record.
+
+    Example:
+        >>> v = quantize("smollm2-135m-instruct", "rtn:bits=4,group_size=64")   # doctest: +SKIP
+        >>> v.bits_per_weight                                                   # doctest: +SKIP
+    """
+    spec = parse_recipe(recipe)
+    path = build_variant(resolve_source(model), spec, Path(out) if out is not None else None, progress=say)
+    return Variant(model, spec.key, path, variant_meta(path))
+
+
+# fine-tuning -------------------------------------------------------------------------------------------------------
+def holdout_items(specs: Iterable[str]) -> list[Item]:
+    """Items named by held-out specs: ``NAME``, ``NAME=FILE``, ``NAME=FILE@LIMIT`` or a study ``.yaml`` (its tasks)."""
+    items: list[Item] = []
+    for text in specs:
+        if text.endswith((".yaml", ".yml")):
+            items += study_items(load_study(Path(text)))
+            continue
+        name, _, rest = text.partition("=")
+        path, _, limit = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if limit and not limit.isdigit():
+            raise QuantcalError(f"`holdout` {text}: the limit after @ must be a number")
+        items += task_items(get_task(name), path or None, int(limit) if limit else None)
+    return items
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    """A trained (or resumed, or reused) adapter run: where the adapter is and how training went."""
+
+    out: Path
+    adapter: Path
+    base: str  # the base model's short name
+    n_held_out: int
+    meta: dict[str, Any] = field(default_factory=dict)  # the run's record (also OUT/adapter/quantcal-finetune.json)
+
+
+def train_adapter(
+    data: str,
+    out: Union[str, Path],
+    *,
+    model: str = DEFAULT_MODEL,
+    base: BaseConfig = BaseConfig(),
+    lora: LoraSettings = LoraSettings(),
+    train: Optional[TrainSettings] = None,
+    data_file: Union[str, Path, None] = None,
+    skip: int = 0,
+    take: Optional[int] = None,
+    holdout: Sequence[str] = (),
+    resume: bool = False,
+    device: str = "cpu",
+    progress: Optional[Callable[[int, int], Any]] = None,
+    say: Say = _silent,
+) -> FinetuneResult:
+    """Fine-tune a LoRA adapter on a 4-bit NF4 base (QLoRA, ``base=BaseConfig("qlora")``) or the float base
+    (``BaseConfig("lora")``), loss on completion tokens only, with checkpoints and exact resume.
+
+    ``data``: ``task:NAME`` (a benchmark's items as prompt + gold answer; rows from ``data_file``), a ``.jsonl`` of
+    ``{prompt, completion}`` or ``{messages}``, or ``hub:ORG/NAME[:SPLIT]``. ``holdout``: evaluated items that must
+    not be trained on (see :func:`holdout_items`); training on one is refused. The adapter is then a variant:
+    ``evaluate(adapter=out)``.
+    """
+    source = resolve_source(model)
+    examples = load_examples(data, str(data_file) if data_file else None, skip, take, load_tokenizer(source))
+    held = holdout_items(holdout)
+    if held:
+        check_disjoint(examples, held)
+        say(f"held out: {len(held)} evaluated item(s); none in the {len(examples)} training examples")
+    else:
+        say("warning: no `holdout` given, so nothing checks that evaluated items are not trained on")
+    run = FinetuneRun(source, base, lora, train or TrainSettings(),
+                      {"source": data, "data_file": str(data_file) if data_file else None, "skip": skip, "take": take,
+                       "held_out": list(holdout), "n_held_out": len(held)}, device)
+    meta = run_finetune(run, examples, Path(out), resume, progress, say)
+    return FinetuneResult(Path(out), Path(out) / "adapter", source.name, len(held), meta)
+
+
+# lm-eval -----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImportedRun:
+    """One lm-eval samples file in a store: accuracies recomputed by quantcal beside lm-eval's own."""
+
+    variant: str
+    task: str
+    n_items: int
+    acc: float
+    acc_norm: Optional[float]
+    lm_eval: dict[str, float]  # lm-eval's reported metrics for the task
+
+
+def import_lm_eval(paths: Sequence[Union[str, Path]], store: Union[str, Path], *, variant: Optional[str] = None,
+                   task: Optional[str] = None) -> list[ImportedRun]:
+    """Put lm-eval's per-choice log-likelihoods (``--log_samples`` output) into a store, so metrics, comparisons
+    and reports work on a run you already have."""
+    files = samples_files([Path(p) for p in paths])
+    if task is not None and len(files) != 1:
+        raise QuantcalError("`task` names one task: give exactly one samples file")
+    out = []
+    with open_store(Path(store)) as db:
+        for f in files:
+            got = import_samples(db, f, variant, task)
+            run = next(r for r in db.runs() if r.run_id == got.run_id)
+            ours = task_summary(db.scored_items(got.run_id))
+            out.append(ImportedRun(run.variant, got.task, got.n_items, ours["acc"], ours.get("acc_norm"), got.lm_eval_metrics))
+    return out

@@ -1,0 +1,39 @@
+"""The ``quantcal`` command line: each command parses its flags, calls :mod:`quantcal.api`, and renders the result.
+
+No library logic lives here. The API is imported inside each command, so ``quantcal --help`` answers without
+loading torch. Library errors name parameters (`` `limit` ``); :func:`~quantcal.cli.common.as_flags` shows flags.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from quantcal.cli.analysis import compare_command, export_command, metrics_command
+from quantcal.cli.catalog import models_command, tasks_command
+from quantcal.cli.evaluate import eval_command
+from quantcal.cli.finetune import finetune_command
+from quantcal.cli.lm_eval import import_lm_eval_command
+from quantcal.cli.study import report_command, run_command
+from quantcal.cli.variants import quantize_command, recipes_command
+
+app = typer.Typer(
+    help="quantcal: when you compress an LLM, what happens to how much you can trust its confidence?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+for _name, _command in (
+    ("eval", eval_command), ("quantize", quantize_command), ("finetune", finetune_command), ("recipes", recipes_command),
+    ("export", export_command), ("metrics", metrics_command), ("compare", compare_command), ("run", run_command),
+    ("report", report_command), ("import-lm-eval", import_lm_eval_command), ("tasks", tasks_command),
+    ("models", models_command),
+):
+    app.command(_name)(_command)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+__all__ = ["app", "main"]

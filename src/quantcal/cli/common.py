@@ -1,0 +1,69 @@
+"""What every command shares: the consoles, one-line errors with CLI flag names, progress bars and news lines."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from quantcal.errors import QuantcalError
+
+#: Tables and results go to stdout; news, bars and errors to stderr.
+out = Console()
+console = Console(stderr=True)
+
+#: Library parameters whose CLI flag is not simply ``--`` + the name with dashes.
+FLAG_NAMES = {"tasks": "--task", "names": "--metrics", "cpus_per_job": "--job-cpus", "gpus_per_job": "--job-gpus"}
+
+
+def as_flags(message: str) -> str:
+    """A library message with each backquoted parameter (`` `max_length` ``) shown as its flag (``--max-length``)."""
+    return re.sub(r"`([a-z][a-z0-9_]*)`", lambda m: FLAG_NAMES.get(m.group(1), "--" + m.group(1).replace("_", "-")),
+                  message)
+
+
+def say(message: str) -> None:
+    """A news line on stderr (building a variant, a failed job), flags named as on the command line."""
+    console.print(Text(as_flags(message)), highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print a user error as one line and exit 2; Ctrl-C exits 130 with a hint that work was kept."""
+    try:
+        yield
+    except QuantcalError as exc:
+        console.print(Text.assemble(("error: ", "bold red"), as_flags(str(exc))), soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume (finetune: add --resume)")
+        raise typer.Exit(130) from None
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' own warnings and nested bars out of the terminal (our bars tell the progress)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def item_bar(description: str, total: int) -> Any:
+    """A bar over a job's items (the library's ``progress`` callback)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="item", dynamic_ncols=True, file=sys.stderr)
+
+
+def step_bar(total: int, initial: int) -> Any:
+    """A bar over fine-tuning steps (the library's ``progress`` callback for training)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="fine-tuning", unit="step", dynamic_ncols=True, file=sys.stderr)

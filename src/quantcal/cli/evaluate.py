@@ -1,0 +1,61 @@
+"""``quantcal eval``: score one model or variant on tasks (:func:`quantcal.api.evaluate`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from quantcal.cli.common import console, item_bar, out, quiet_transformers, say, user_errors
+from quantcal.errors import QuantcalError
+from quantcal.models import DEFAULT_MODEL
+from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
+
+
+def eval_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Bundled name (smollm2-135m-instruct, gemma3-270m), a .gguf file, a local HF checkpoint directory, or a hub id. Default: {DEFAULT_MODEL} (with --adapter: the adapter's base)."),
+    task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Choice rows per forward pass (an item's choices always share one batch)."),
+    max_batch_tokens: int = typer.Option(DEFAULT_MAX_BATCH_TOKENS, "--max-batch-tokens", help="Padded token positions per forward pass (rows x width); 0: no cap. Bounds memory; 1-2k is fastest on CPU."),
+    store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),
+    output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write {model, results: {task: {n, acc, acc_norm}}} here."),
+    name: Optional[str] = typer.Option(None, "--name", help="Variant name in the store (default: the model's name)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template for the custom task, e.g. 'Q: {question}\\nA:'."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, ..."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Model window for left truncation (default: from the model config, as lm-eval)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached). With --adapter: re-quantize the merged model."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter (a 'quantcal finetune' output or any peft adapter folder) on --model (default: the base it was trained on)."),
+    deploy: Optional[str] = typer.Option(None, "--deploy", help="How the adapter is served: nf4 (on the 4-bit base it was trained on, simulated; default), nf4-native (bitsandbytes 4-bit modules, slow on CPU), merged (into the float base; the default with --recipe)."),
+) -> None:
+    """Score a model on tasks: per-choice log-likelihoods into the store, then acc and acc_norm."""
+    with user_errors():
+        if max_batch_tokens < 0:
+            raise QuantcalError(f"`max_batch_tokens` must be 0 (no cap) or positive, got {max_batch_tokens}")
+        quiet_transformers()
+        from quantcal import api
+
+        result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
+                              data_file=data_file, template=template, limit=limit, batch_size=batch_size,
+                              max_batch_tokens=max_batch_tokens or None, max_length=max_length, device=device,
+                              dtype=dtype, trust_remote_code=trust_remote_code, progress=item_bar, say=say)
+        for t in result.tasks.values():
+            if t.n_errors:
+                say(f"warning: {t.task}: {t.n_errors} item(s) could not be scored; see 'quantcal export'")
+        table = Table(title=f"quantcal · {result.variant}")
+        for column in ("task", "n", "acc", "acc_norm"):
+            table.add_column(column, justify="right" if column != "task" else "left")
+        for t in result.tasks.values():
+            table.add_row(t.task, str(t.n), f"{t.acc:.4f}", f"{t.acc_norm:.4f}" if t.acc_norm is not None else "—")
+        out.print(table)
+        console.print(f"store: {result.store}")
+        if output_json is not None:
+            output_json.parent.mkdir(parents=True, exist_ok=True)
+            output_json.write_text(json.dumps(result.to_json(), indent=2))
+            console.print(f"results: {output_json}")

@@ -1,0 +1,91 @@
+"""``quantcal run`` (the main job) and ``quantcal report``: :func:`quantcal.api.run_study`, :func:`~quantcal.api.rebuild_report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from quantcal.cli.common import console, item_bar, out, quiet_transformers, say, step_bar, user_errors
+from quantcal.errors import QuantcalError
+
+
+def run_command(
+    study: Optional[Path] = typer.Argument(None, help="Study YAML (schema in the README). Omit to run the built-in default study on the bundled SmolLM2."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default study only: also run the benchmarks found here in hub schema (e.g. ../shared/data: piqa, openbookqa, hellaswag, boolq)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Cap every task at its first N items (for a quick or CI-sized run)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (overrides the study's 'output')."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    executor: str = typer.Option("local", "--executor", help="local (one job after another, in this process) or ray (jobs as Ray tasks; the driver alone writes the store)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local Ray instance."),
+    job_cpus: float = typer.Option(1.0, "--job-cpus", help="Ray: CPUs each job declares (and the torch threads it uses)."),
+    job_gpus: float = typer.Option(0.0, "--job-gpus", help="Ray: GPUs each job declares (1 by default when the study's device is cuda)."),
+) -> None:
+    """The main job: score the reference and every variant on every task (resuming what the study's store holds),
+    then write the report: report.html, results.json, tables.md, tables.tex, items.parquet, figures/."""
+    with user_errors():
+        if executor not in ("local", "ray"):
+            raise QuantcalError(f"`executor` must be local or ray, got {executor!r}")
+        if executor == "local" and (address is not None or job_cpus != 1.0 or job_gpus != 0.0):
+            raise QuantcalError("`address`, `job_cpus` and `job_gpus` go with `executor` ray")
+        from quantcal import api
+        from quantcal.study.ray_executor import RaySettings
+
+        plan = api.plan_study(study, output=output, limit=limit, data_dir=data_dir)
+        table = Table(title=f"plan · {plan.spec.name} · {len(plan.jobs)} jobs")
+        for column in ("#", "variant", "model", "adapter / recipe", "task", "items"):
+            table.add_column(column)
+        for i, j in enumerate(plan.jobs, 1):
+            d = j.definition
+            how = " + ".join(x for x in (f"adapter ({d.deploy_form})" if d.adapter else "", d.recipe or "") if x)
+            table.add_row(str(i), j.variant, d.model or "adapter's base", how or "—", j.task.name, str(j.task.limit or "all"))
+        console.print(table)
+        if dry_run:
+            return
+        quiet_transformers()
+        ray = RaySettings(address, job_cpus, job_gpus) if executor == "ray" else None
+        result = api.run_study(plan, executor=executor, ray=ray, progress=item_bar, step_progress=step_bar, say=say)
+        _print_summary(result.report.results)
+        console.print(f"report: {result.page}")
+        if result.failures:
+            console.print(f"[red]{len(result.failures)} of {len(result.jobs)} job(s) failed[/]; the report covers the others")
+            raise typer.Exit(1)
+
+
+def _print_summary(results: dict[str, Any]) -> None:
+    for task, by_norm in results["tasks"].items():
+        norm, block = next(iter(by_norm.items()))
+        table = Table(title=f"{task} · normalization {norm} · Δ vs reference (* interval excludes 0)")
+        for column in ("variant", "n", "acc", "ECE", "Δacc", "ΔECE"):
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for name, v in block["variants"].items():
+            m = v["metrics"]
+            p = block["paired"].get(name, {}).get("difference", {})
+            table.add_row(name, str(v["n"]), f"{m['acc']['estimate']:.4f}" if "acc" in m else "—",
+                          f"{m['ece']['estimate']:.4f}" if "ece" in m else "—", _delta(p.get("acc")), _delta(p.get("ece")))
+        out.print(table)
+        for flag in block["deployment"]["flags"]:
+            console.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
+
+
+def _delta(interval: Optional[dict[str, Any]]) -> str:
+    if not interval or interval.get("estimate") is None:
+        return "—"
+    star = "*" if interval["low"] is not None and (interval["low"] > 0 or interval["high"] < 0) else ""
+    return f"{interval['estimate']:+.4f}{star}"
+
+
+def report_command(
+    store: Path = typer.Argument(..., help="A study's store (study.sqlite) or any quantcal store."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Reference variant (default: the study's reference, else 'reference', else the first run)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (default: the store's folder)."),
+    resamples: Optional[int] = typer.Option(None, "--resamples", help="Bootstrap resamples (default: the study's, else 1000)."),
+) -> None:
+    """Rebuild the report from a store without scoring anything."""
+    with user_errors():
+        from quantcal import api
+
+        written = api.rebuild_report(store, ref=ref, output=output, resamples=resamples, say=say)
+        console.print(f"report: {written.page}")

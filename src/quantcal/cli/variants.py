@@ -1,0 +1,55 @@
+"""``quantcal quantize`` and ``quantcal recipes``: build a compressed variant (:func:`quantcal.api.quantize`), list recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from quantcal.cli.common import console, out, quiet_transformers, say, user_errors
+from quantcal.models import DEFAULT_MODEL
+
+
+def quantize_command(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="The reference model (bundled name, .gguf, checkpoint dir, hub id)."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="rtn:bits=4,group_size=64 | gptq:bits=4,group_size=64 | awq:bits=4,group_size=64 | hqq:bits=3 | gguf:q4_k | bnb:nf4[,mode=native] | quanto:qint4 ... (quantcal recipes lists every parameter)"),
+    target: Optional[Path] = typer.Option(None, "--out", help="Write the variant here instead of the cache."),
+) -> None:
+    """Build one compressed variant (cached: a second build with the same recipe is instant) and report it."""
+    with user_errors():
+        from quantcal import api
+
+        quiet_transformers()
+        variant = api.quantize(model, recipe, target, say=say)
+        meta = variant.meta
+        table = Table(title=f"{model} · {variant.recipe}")
+        table.add_column("")
+        table.add_column("value", justify="right")
+        rows = [("execution mode", variant.mode),
+                ("bits per weight (quantized layers)", f"{variant.bits_per_weight:.3f}"),
+                ("packed size (MB, other weights 16-bit)", f"{meta['packed_size_mb']:.1f}"),
+                ("checkpoint on disk (MB, simulated float)",
+                 f"{meta['checkpoint_size_mb']:.1f}" if "checkpoint_size_mb" in meta else "none (native: built at load)"),
+                ("build time (s)", f"{meta['build_seconds']:.1f}"),
+                ("mean relative layer output error", f"{meta['mean_layer_error']:.4f}"),
+                ("quantized layers", str(meta["quantized_layers"]))]
+        if meta.get("gguf_fallback_layers"):
+            rows.append(("GGUF types (llama.cpp fallback for narrow layers)",
+                         ", ".join(f"{k} x{v}" for k, v in meta["gguf_type_counts"].items())))
+        for label, value in rows:
+            table.add_row(label, value)
+        out.print(table)
+        console.print(f"variant: {variant.path}")
+
+
+def recipes_command() -> None:
+    """List the compression recipes and their parameters."""
+    from quantcal.recipes import FAMILIES
+
+    for name, family in FAMILIES.items():
+        out.print(f"[bold]{name}[/]: {family.summary}")
+        for key, param in family.params.items():
+            default = "required" if param.default is None else f"default {param.default}"
+            out.print(f"    {key}: {param.describe()} ({default}){' — ' + param.help if param.help else ''}", highlight=False)

@@ -1,0 +1,155 @@
+"""How a variant's definition becomes a model to score: the one place where that happens.
+
+A variant is a base model, optionally a LoRA adapter in one of its deployment forms, optionally a compression
+recipe (applied after the adapter is merged). :class:`VariantDef` is its only form: study files
+(``VariantSpec.definition``), the study runner, the Ray executor, the Python API and the CLI all hold one.
+
+The load path runs one way (:func:`load_variant_model`):
+
+1. resolve the base model's source (a bundled name, a ``.gguf``, a checkpoint directory or a hub id; hashed);
+2. apply the adapter's deployment form: ``nf4`` or ``merged`` give a float checkpoint (built once, cached);
+3. build or fetch the recipe's variant of those weights (cached under their fingerprint and the recipe key);
+4. load the resulting checkpoint with transformers.
+
+The native forms are the only side branches: ``nf4-native`` keeps the adapter unmerged on bitsandbytes 4-bit
+modules, and a ``mode=native`` recipe quantizes the weights with the library's own modules at load time.
+
+:func:`prepare` does steps 1 and the cheap part of the rest up front (what identifies the variant in the store)
+and hands back a :class:`ModelHolder` that runs the path on first use, so a finished job never loads a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from quantcal.errors import QuantcalError
+from quantcal.finetune.deploy import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
+                                      deployed_source, load_native_adapter, training_summary)
+from quantcal.models import LoadedModel, ModelSource, load_model, resolve_source
+from quantcal.recipes import FAMILIES, parse_recipe
+from quantcal.recipes.spec import RecipeSpec
+from quantcal.recipes.variants import build_variant
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model is loaded, whatever the variant: precision, device, and whether hub code may run."""
+
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class VariantDef:
+    """What a variant is: ``model`` (default: the adapter's recorded base), a ``recipe``, an ``adapter`` folder and
+    its deployment form ``deploy`` (default ``nf4``, what QLoRA serves; ``merged`` when a recipe follows)."""
+
+    model: Optional[str] = None
+    recipe: Optional[str] = None
+    adapter: Optional[str] = None
+    deploy: Optional[str] = None
+
+    @property
+    def deploy_form(self) -> Optional[str]:
+        if self.adapter is None:
+            return None
+        return self.deploy or ("merged" if self.recipe else "nf4")
+
+    @property
+    def recipe_spec(self) -> Optional[RecipeSpec]:
+        return parse_recipe(self.recipe) if self.recipe is not None else None
+
+    def check(self, adapter_exists: bool = True) -> None:
+        """Cheap checks, before any model is loaded (``adapter_exists=False``: the adapter is trained later)."""
+        if self.deploy is not None and self.adapter is None:
+            raise QuantcalError("a deployment form (`deploy`) goes with an adapter")
+        _ = self.recipe_spec
+        if self.adapter is not None:
+            if adapter_exists:
+                adapter_dir(self.adapter)
+            check_form(self.deploy_form or "")
+            if self.recipe is not None and self.deploy_form != "merged":
+                raise QuantcalError("a recipe after an adapter re-quantizes the merged model: use deploy form 'merged'")
+        if self.model is None and self.adapter is None:
+            raise QuantcalError("a variant needs a model, an adapter, or both")
+
+    def base_spec(self) -> str:
+        """The base model: ``model``, else the base recorded with the adapter."""
+        if self.model is not None:
+            return self.model
+        assert self.adapter is not None
+        return adapter_base_model(self.adapter)
+
+    def default_name(self, source: ModelSource) -> str:
+        """A readable name: base, adapter form, recipe slug (``smollm2-135m-instruct/adapter-nf4/rtn-w4-g64``)."""
+        parts = [source.name]
+        if self.adapter is not None:
+            parts.append(f"adapter-{self.deploy_form}")
+        if self.recipe_spec is not None:
+            parts.append(self.recipe_spec.slug)
+        return "/".join(parts)
+
+    def run_config(self) -> dict[str, Any]:
+        """The store's run-configuration entries that identify the variant beyond its base model."""
+        config: dict[str, Any] = {}
+        if self.recipe_spec is not None:
+            config["recipe"] = self.recipe_spec.key
+        if self.adapter is not None:
+            config.update({"adapter": adapter_fingerprint(self.adapter), "deploy": self.deploy_form,
+                           "adapter_training": training_summary(self.adapter)})
+        return config
+
+
+class ModelHolder:
+    """Loads a model on first use and keeps it for the following jobs of the same variant."""
+
+    def __init__(self, loader: Callable[[], LoadedModel]) -> None:
+        self._loader = loader
+        self._loaded: LoadedModel | None = None
+
+    def get(self) -> LoadedModel:
+        if self._loaded is None:
+            self._loaded = self._loader()
+        return self._loaded
+
+
+@dataclass(frozen=True)
+class PreparedVariant:
+    """A variant ready to score: its base model's source, what identifies it in the store, and a lazy loader."""
+
+    definition: VariantDef
+    source: ModelSource
+    config: dict[str, Any]
+    holder: ModelHolder
+
+    @property
+    def default_name(self) -> str:
+        return self.definition.default_name(self.source)
+
+
+def prepare(defn: VariantDef, options: LoadOptions = LoadOptions(), say: Callable[[str], None] = lambda m: None,
+            source: ModelSource | None = None) -> PreparedVariant:
+    """Check ``defn``, resolve its base model (or take ``source``) and return it with a loader that runs on first use."""
+    defn.check()
+    source = source or resolve_source(defn.base_spec())
+    return PreparedVariant(defn, source, defn.run_config(), ModelHolder(lambda: load_variant_model(defn, source, options, say)))
+
+
+def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptions = LoadOptions(),
+                       say: Callable[[str], None] = lambda m: None) -> LoadedModel:
+    """The variant's model, loaded: adapter deployment form, then recipe, then transformers (see the module doc)."""
+    form = defn.deploy_form
+    if form == "nf4-native":  # side branch: the adapter unmerged on bitsandbytes 4-bit modules
+        assert defn.adapter is not None
+        return load_native_adapter(defn.adapter, source, options.dtype, options.device)
+    weights = source if defn.adapter is None or form is None else deployed_source(source, defn.adapter, form)
+    spec = defn.recipe_spec
+    if spec is not None:
+        path = build_variant(weights, spec, progress=say)
+        if spec.params.get("mode") == "native":  # side branch: the library's own quantized modules, built at load
+            return FAMILIES[spec.family].native(weights, dict(spec.params), options.dtype, options.device)
+        weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
+    loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
+    return LoadedModel(loaded.model, loaded.tokenizer, source)
