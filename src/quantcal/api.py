@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from quantcal.analysis import Comparison
 from quantcal.errors import QuantcalError
+from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.jobs import Job, ScoringOptions, require_positive, run_job
 from quantcal.finetune.base import BaseConfig
 from quantcal.finetune.data import check_disjoint, load_examples
@@ -25,6 +26,7 @@ from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, fi
 from quantcal.items import Item
 from quantcal.lm_eval_import import import_samples, samples_files
 from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
+from quantcal.metrics.bootstrap import check_resamples
 from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_source
 from quantcal.predictions import task_summary
 from quantcal.records import export_store, item_frame
@@ -158,7 +160,7 @@ def evaluate(
         for task in task_list:
             job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
                       template if task.name == "custom" else None, variant.config, dtype)
-            outcome = run_job(db, job, options, variant.holder, progress)
+            outcome = run_job(db, job, options, variant.holder, progress, say)
             wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
             scored = [s for s in db.scored_items(outcome.run_id) if s.item_id in wanted]
             if not scored:
@@ -309,8 +311,8 @@ def run_study(
         planned = plan_study(study, output=output, limit=limit)
     spec = planned.spec
     out_dir = planned.output
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "study.json").write_text(spec.model_dump_json(indent=2))
+    check_writable_dir(out_dir)  # before any work: a read-only or full output folder is refused now
+    write_text_atomic(out_dir / "study.json", spec.model_dump_json(indent=2))
     store_path = out_dir / "study.sqlite"
     with open_store(store_path) as db:
         trained = train_adapters(spec, step_progress, say)
@@ -336,9 +338,11 @@ def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output
     store = Path(store)
     study_file = store.parent / "study.json"
     spec = StudySpec.model_validate_json(study_file.read_text()) if study_file.is_file() else None
-    if resamples is not None and resamples < 10:
-        raise QuantcalError("`resamples` must be at least 10")
-    with open_store(store, create=False) as db:
+    if resamples is not None:
+        if resamples < 10:
+            raise QuantcalError("`resamples` must be at least 10")
+        check_resamples(resamples)
+    with open_store(store, readonly=True) as db:
         variants = list(dict.fromkeys(r.variant for r in db.runs()))
         if not variants:
             raise QuantcalError(f"{store}: the store holds no runs")
@@ -374,7 +378,7 @@ def load_items(store_or_report_dir: Union[str, Path], normalization: Union[str, 
         >>> items.pivot_table(index="position", columns="variant", values="p_gold")  # doctest: +SKIP
     """
     norms = [normalization] if isinstance(normalization, str) else list(normalization)
-    with open_store(_store_path(store_or_report_dir), create=False) as db:
+    with open_store(_store_path(store_or_report_dir), readonly=True) as db:
         return item_frame(db, norms)
 
 
@@ -384,7 +388,7 @@ def export(store: Union[str, Path], out: Union[str, Path, None] = None, fmt: str
     and the number of records."""
     store = Path(store)
     target = Path(out) if out is not None else store.with_suffix(f".{fmt}")
-    with open_store(store, create=False) as db:
+    with open_store(store, readonly=True) as db:
         return target, export_store(db, target, fmt, normalization)
 
 
@@ -407,9 +411,9 @@ def store_metrics(store: Union[str, Path], names: Sequence[str] = DEFAULT_METRIC
     """
     for name in names:
         get_metric(name)
-    require_positive(resamples, "resamples")
+    check_resamples(resamples)
     out = []
-    with open_store(_store_path(store), create=False) as db:
+    with open_store(_store_path(store), readonly=True) as db:
         for run in db.runs():
             if not db.done_item_ids(run.run_id):
                 continue
@@ -444,8 +448,8 @@ def compare(store: Union[str, Path], ref: str, variant: str, task: str, *, names
         >>> c = compare("quantcal-report", "reference", "rtn-w4-g64", "arithmetic")   # doctest: +SKIP
         >>> c.differences["ece"].excludes_zero                                        # doctest: +SKIP
     """
-    require_positive(resamples, "resamples")
-    with open_store(_store_path(store), create=False) as db:
+    check_resamples(resamples)
+    with open_store(_store_path(store), readonly=True) as db:
         aligned = align(db, ref, variant, task, normalization)
     differences, analysis = paired_analysis(aligned, names, resamples, seed, bins)
     return PairedComparison(ref, variant, task, analysis.n, differences, analysis)

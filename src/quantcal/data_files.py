@@ -43,14 +43,27 @@ def read_local_rows(path: str | Path) -> list[Row]:
     raise QuantcalError(f"{path}: unsupported file type {suffix!r}; expected one of {', '.join(LOCAL_FORMATS)}")
 
 
-def _read_jsonl(path: Path) -> Iterator[Row]:
+def _decode(raw: bytes, path: Path, line_no: int | None = None) -> str:
+    """UTF-8 text (a leading byte-order mark allowed), or one error naming the line and byte that are not UTF-8."""
     try:
-        handle = path.open("r", encoding="utf-8")
+        return raw.decode("utf-8-sig" if line_no in (None, 1) else "utf-8")
+    except UnicodeDecodeError as exc:
+        line = line_no if line_no is not None else raw[: exc.start].count(b"\n") + 1
+        column = exc.start + 1 if line_no is not None else exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise QuantcalError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column {column}); "
+                            "save the file as UTF-8") from None
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON lines file; a line that is not UTF-8, not JSON
+    or not an object is one error naming ``path:line``."""
+    try:
+        handle = path.open("rb")
     except OSError as exc:
         raise QuantcalError(f"{path}: cannot read ({exc.strerror})") from exc
     with handle:
-        index = 0
-        for line_no, line in enumerate(handle, start=1):
+        for line_no, raw in enumerate(handle, start=1):
+            line = _decode(raw, path, line_no)
             if not line.strip():
                 continue
             try:
@@ -59,13 +72,17 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
                 raise QuantcalError(f"{path}:{line_no}: not valid JSON ({exc.msg}); expected one JSON object per line") from exc
             if not isinstance(data, dict):
                 raise QuantcalError(f"{path}:{line_no}: expected a JSON object, got {type(data).__name__}")
-            yield Row(data, index, f"{path}:{line_no}")
-            index += 1
+            yield line_no, data
+
+
+def _read_jsonl(path: Path) -> Iterator[Row]:
+    for index, (line_no, data) in enumerate(json_lines(path)):
+        yield Row(data, index, f"{path}:{line_no}")
 
 
 def _read_json(path: Path) -> list[Row]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_decode(path.read_bytes(), path))
     except OSError as exc:
         raise QuantcalError(f"{path}: cannot read ({exc.strerror})") from exc
     except json.JSONDecodeError as exc:

@@ -39,6 +39,7 @@ class EncodedItem:
     item_index: int
     groups: tuple[Group, ...]
     n_tokens: tuple[int, ...]
+    truncated: bool = False  # some choice's context lost its start to the model window (left truncation)
 
 
 class Encoder:
@@ -91,7 +92,7 @@ class Encoder:
             # Rare: left truncation differs per choice (or an odd tokenizer split the context
             # differently): score each choice on its own, exactly as lm-eval feeds it.
             groups = tuple(Group(index, tuple(truncate(c, x, self.max_length)), (tuple(x),), (j,)) for j, (c, x) in enumerate(pairs))
-        return EncodedItem(index, tuple(groups), n_tokens)
+        return EncodedItem(index, tuple(groups), n_tokens, not fits)
 
 
 def truncate(context: list[int], continuation: list[int], max_length: int) -> list[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -16,6 +17,7 @@ from quantcal.cache import file_sha256
 from quantcal.encoding import Encoder
 from quantcal.items import Item
 from quantcal.errors import QuantcalError
+from quantcal.faults import describe, sqlite_cause
 from quantcal.models import LoadedModel, ModelSource, model_max_length
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS, score_items
 from quantcal.store import Store
@@ -115,17 +117,28 @@ def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
     """Open (or find) the job's run in the store and list the items it has not scored yet."""
     items = load_items(job.task, job.data_file, job.limit)
     config = job_config(job, options)
-    run_id = store.get_or_create_run(job.variant, job.task.name, config_hash(config), config, package_versions())
+    try:
+        run_id = store.get_or_create_run(job.variant, job.task.name, config_hash(config), config, package_versions())
+    except sqlite3.Error as exc:
+        if sqlite_cause(exc) is None:
+            raise
+        raise QuantcalError(describe(exc, f"start {job.variant} · {job.task.name} in the store {store.path}",
+                                     "nothing was scored")) from exc
     done = store.done_item_ids(run_id)
     return PendingJob(run_id, items, [(pos, it) for pos, it in enumerate(items) if it.id not in done])
 
 
 def score_pending(lm: LoadedModel, todo: Sequence[tuple[int, Item]], target_delimiter: str,
-                  options: ScoringOptions) -> Iterator[BatchResult]:
-    """Score ``todo`` with a loaded model; yields each batch's results as soon as they are complete."""
+                  options: ScoringOptions, say: Callable[[str], None] | None = None) -> Iterator[BatchResult]:
+    """Score ``todo`` with a loaded model; yields each batch's results as soon as they are complete. Items longer
+    than the model window keep the end of their context (lm-eval's left truncation); ``say`` hears how many."""
     window = options.max_length or model_max_length(lm.model, lm.tokenizer)
     encoder = Encoder(lm.tokenizer, window, options.add_special_tokens)
     encoded = [encoder.encode_item(k, it, target_delimiter) for k, (_, it) in enumerate(todo)]
+    truncated = sum(e.truncated for e in encoded)
+    if truncated and say is not None:
+        say(f"warning: {truncated} of {len(encoded)} items are longer than the model window ({window} tokens) and "
+            "lose the start of their context (left truncation, as lm-eval does)")
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     for batch in score_items(lm.model, encoded, options.batch_size, pad,
                              max_batch_tokens=options.max_batch_tokens):
@@ -145,10 +158,13 @@ def run_job(
     options: ScoringOptions,
     model: ModelHolder,
     progress: Callable[[str, int], Any] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> JobResult:
-    """Score every item of ``job`` not yet in the store. ``progress(description, total)`` returns a tqdm-like bar."""
+    """Score every item of ``job`` not yet in the store. ``progress(description, total)`` returns a tqdm-like bar;
+    ``say`` takes warnings (items cut to the model window)."""
     pending = pending_job(store, job, options)
-    return store_results(store, job, pending, lambda: score_pending(model.get(), pending.todo, job.task.target_delimiter, options),
+    return store_results(store, job, pending,
+                         lambda: score_pending(model.get(), pending.todo, job.task.target_delimiter, options, say),
                          progress)
 
 
@@ -172,6 +188,14 @@ def store_results(store: Store, job: Job, pending: PendingJob, batches: Callable
     except KeyboardInterrupt:
         store.set_status(run_id, "interrupted", time.perf_counter() - start)
         raise
+    except sqlite3.Error as exc:
+        if sqlite_cause(exc) is None:
+            raise
+        stored = len(store.done_item_ids(run_id))
+        kept = (f"{scored_now} of the {len(pending.todo)} items scored by this run were stored "
+                f"({stored} of {len(ids)} in the store)")
+        raise QuantcalError(describe(exc, f"write {job.variant} · {job.task.name} to the store {store.path}", kept)
+                            + "; then run the same command again to resume") from exc
     finally:
         if bar is not None:
             bar.close()

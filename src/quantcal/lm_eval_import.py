@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from quantcal.cache import file_sha256
+from quantcal.data_files import json_lines
 from quantcal.errors import QuantcalError
 from quantcal.items import Item
 from quantcal.store import Store
@@ -72,8 +74,17 @@ def _item(sample: dict[str, Any], where: str) -> tuple[Item, list[float], list[b
     resps = sample.get("filtered_resps") or [r[0] for r in sample.get("resps", [])]
     if len(resps) != len(pairs) or len(pairs) < 2:
         raise QuantcalError(f"{where}: not a multiple-choice sample ({len(pairs)} choices, {len(resps)} responses)")
-    logliks = [float(r[0]) for r in resps]
-    greedy = [str(r[1]) == "True" for r in resps]
+    logliks = []
+    for j, r in enumerate(resps):
+        value = r[0] if isinstance(r, (list, tuple)) and r else r
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise QuantcalError(f"{where}: the log-likelihood of choice {j} is {value!r}, not a number") from None
+        if not math.isfinite(number):
+            raise QuantcalError(f"{where}: the log-likelihood of choice {j} is {number}, not a finite number")
+        logliks.append(number)
+    greedy = [isinstance(r, (list, tuple)) and len(r) > 1 and str(r[1]) == "True" for r in resps]
     choices = [cont[1:] if cont.startswith(" ") else cont for _, cont in pairs]
     target = sample.get("target")
     if isinstance(target, str) and not target.lstrip("-").isdigit():
@@ -81,26 +92,38 @@ def _item(sample: dict[str, Any], where: str) -> tuple[Item, list[float], list[b
             raise QuantcalError(f"{where}: target {target!r} is none of the choices")
         gold = [c.strip() for c in choices].index(target.strip())
     else:
-        gold = int(target)
+        try:
+            gold = int(target)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise QuantcalError(f"{where}: target {target!r} is neither a choice nor an index") from None
     if not 0 <= gold < len(choices):
         raise QuantcalError(f"{where}: gold index {gold} out of range for {len(choices)} choices")
-    item = Item(id=f"doc{sample['doc_id']}", context=pairs[0][0], choices=tuple(choices), gold=gold,
+    item = Item(id=f"doc{_doc_id(sample, where)}", context=pairs[0][0], choices=tuple(choices), gold=gold,
                 meta={"origin": where, "doc_hash": sample.get("doc_hash")})
     return item, logliks, greedy
 
 
+def _doc_id(sample: dict[str, Any], where: str) -> int:
+    value = sample.get("doc_id")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise QuantcalError(f"{where}: 'doc_id' is {value!r}; lm-eval writes an integer document id")
+    return value
+
+
 def read_samples(path: Path) -> Iterator[tuple[int, Item, list[float], list[bool]]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path.name}:{number}"
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QuantcalError(f"{where}: not JSON ({exc.msg})") from None
+    """Every sample of an lm-eval samples file, validated; any malformed line is one error naming it."""
+    seen: dict[int, str] = {}
+    for number, sample in json_lines(path):
+        where = f"{path.name}:{number}"
+        try:
             item, logliks, greedy = _item(sample, where)
-            yield int(sample["doc_id"]), item, logliks, greedy
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise QuantcalError(f"{where}: not an lm-eval log-likelihood sample ({type(exc).__name__}: {exc})") from None
+        doc_id = _doc_id(sample, where)
+        if doc_id in seen:
+            raise QuantcalError(f"{where}: doc_id {doc_id} repeats {seen[doc_id]}")
+        seen[doc_id] = where
+        yield doc_id, item, logliks, greedy
 
 
 def lm_eval_results(samples: Path, task: str) -> tuple[dict[str, float], dict[str, Any]]:
@@ -125,11 +148,12 @@ def import_samples(store: Store, path: Path, variant: str | None = None, task: s
     config = {"source": "lm-eval --log_samples", "samples_sha256": file_sha256(path)[:16], "lm_eval_task": m["task"] if m else None,
               **{k: v for k, v in info.items() if k != "date"}}
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    samples = list(read_samples(path))  # validate everything before the store is touched
+    if not samples:
+        raise QuantcalError(f"{path}: no samples")
     run_id = store.get_or_create_run(name, task_name, config_hash, config, {"lm_eval": str(info.get("lm_eval_version"))})
     done = store.done_item_ids(run_id)
-    entries = [(position, item, logliks, [0] * len(logliks), greedy)
-               for position, item, logliks, greedy in read_samples(path) if item.id not in done]
-    for start in range(0, len(entries), 500):
-        store.write_scores(run_id, entries[start:start + 500])
+    store.write_scores(run_id, [(position, item, logliks, [0] * len(logliks), greedy)
+                                for position, item, logliks, greedy in samples if item.id not in done])  # one transaction
     store.set_status(run_id, "done")
     return Imported(task_name, path, run_id, len(store.done_item_ids(run_id)), lm_metrics)

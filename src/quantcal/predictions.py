@@ -56,6 +56,14 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def log_softmax_rows(scores: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax, computed without underflow (a probability of 1e-400 stays about -921, not -inf);
+    ``-inf`` entries (padding) stay ``-inf``."""
+    top = np.max(scores, axis=1, keepdims=True)
+    shifted = scores - top
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
 def choice_scores(items: Sequence[ScoredItem], normalization: str = "none") -> np.ndarray:
     """(n, k) matrix of length-normalised log-likelihoods, ``-inf`` where an item has fewer choices."""
     if normalization not in NORMALIZATIONS:

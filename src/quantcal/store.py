@@ -9,12 +9,18 @@ Tables
 - ``item_errors``: items whose scoring failed (e.g. a non-finite log-likelihood), with the message.
 
 Re-running the same job resumes: finished items are skipped and nothing is written twice. A killed
-process loses at most the batch in flight (WAL journal, one transaction per batch).
+process loses at most the batch in flight (WAL journal, one transaction per batch). Two processes writing the same
+run never store an item twice (an item already stored by the other is left as it is).
+
+Opening checks what is there: a file that is not SQLite, or an SQLite file without quantcal's tables and columns,
+is refused in one line (nothing is created in it); reading commands open the store read-only, so a read-only
+file or mount can still be read and no ``-wal``/``-shm`` files are left beside a file we may not write.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -23,9 +29,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from quantcal.errors import QuantcalError
+from quantcal.faults import describe, sqlite_cause
 from quantcal.items import Item
 
 SCHEMA_VERSION = 1
+#: How long a writer waits for another process's write lock before giving up with a "locked" error.
+LOCK_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -110,9 +119,10 @@ class ScoredItem:
 class Store:
     """A study's SQLite store. Open with :func:`open_store`; use as a context manager."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, readonly: bool = False) -> None:
         self.path = path
         self.db = connection
+        self.readonly = readonly
 
     def close(self) -> None:
         self.db.close()
@@ -125,6 +135,8 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise QuantcalError(f"{self.path} was opened read-only")
         with self.db:
             yield self.db
 
@@ -175,12 +187,14 @@ class Store:
         with self.transaction() as db:
             for position, item, logliks, n_tokens, greedy in entries:
                 db.execute("DELETE FROM item_errors WHERE run_id=? AND item_id=?", (run_id, item.id))
-                db.execute(
-                    "INSERT INTO items (run_id, item_id, position, gold, golds, n_choices, item_hash, meta)"
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO items (run_id, item_id, position, gold, golds, n_choices, item_hash, meta)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, item.id, position, item.gold, json.dumps(list(item.golds)), len(item.choices),
                      item.content_hash, json.dumps(item.meta, sort_keys=True, default=str)),
-                )
+                ).rowcount
+                if not inserted:  # another process stored this item meanwhile: keep its scores, add none
+                    continue
                 db.execute("INSERT OR IGNORE INTO texts (item_hash, context, choices) VALUES (?, ?, ?)",
                            (item.content_hash, item.context, json.dumps(list(item.choices))))
                 db.executemany(
@@ -197,6 +211,8 @@ class Store:
     def item_texts(self, hashes: Sequence[str]) -> dict[str, tuple[str, list[str]]]:
         """Context and choices of scored items by content hash (shared by every run that scored them)."""
         out: dict[str, tuple[str, list[str]]] = {}
+        if not _tables(self.db).get("texts"):  # a store written before texts were kept, opened read-only
+            return out
         wanted = list(dict.fromkeys(hashes))
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
@@ -226,24 +242,90 @@ class Store:
         return out
 
 
-def open_store(path: str | Path, create: bool = True) -> Store:
-    """Open (or create) a store. Refuses files that are not quantcal stores."""
+#: Every table and its columns, as this quantcal writes them; ``texts`` may be absent from stores written before
+#: item texts were kept (it is added when such a store is opened for writing).
+TABLES: dict[str, set[str]] = {
+    "meta": {"key", "value"},
+    "runs": {"run_id", "variant", "task", "config_hash", "config", "versions", "status", "created_at", "updated_at", "seconds"},
+    "items": {"run_id", "item_id", "position", "gold", "golds", "n_choices", "item_hash", "meta"},
+    "scores": {"run_id", "item_id", "choice", "loglik", "n_tokens", "n_chars", "n_bytes", "greedy"},
+    "texts": {"item_hash", "context", "choices"},
+    "item_errors": {"run_id", "item_id", "message"},
+}
+OPTIONAL_TABLES = {"texts"}
+
+
+def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:
+    names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    return {n: {c[1] for c in db.execute(f"PRAGMA table_info('{n}')")} for n in names}
+
+
+def _check_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a store whose tables, columns or schema version are not this quantcal's."""
+    found = _tables(db)
+    missing = [t for t in TABLES if t not in found and t not in OPTIONAL_TABLES]
+    if missing:
+        raise QuantcalError(f"{path}: not a quantcal store, or a damaged one (table {', '.join(missing)} missing)")
+    for table, columns in TABLES.items():
+        lacking = sorted(columns - found.get(table, columns))
+        if lacking:
+            raise QuantcalError(f"{path}: damaged quantcal store (table {table} lacks column {', '.join(lacking)})")
+    row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if row is None:
+        raise QuantcalError(f"{path}: damaged quantcal store (no schema version in meta)")
+    if str(row[0]) != str(SCHEMA_VERSION):
+        raise QuantcalError(f"{path}: store schema version {row[0]}, this quantcal reads version {SCHEMA_VERSION}")
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the store file and create its ``-wal``/``-shm`` files beside it."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection; a file we may not write is opened immutable (no -wal/-shm files are created)."""
+    uri = f"file:{path.resolve()}?mode=ro" + ("" if _writable(path) else "&immutable=1")
+    return sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)
+
+
+def open_store(path: str | Path, create: bool = True, readonly: bool = False) -> Store:
+    """Open (or create) a store; ``readonly`` for commands that only read. Refuses files that are not quantcal
+    stores, and says in one line why a store cannot be opened (locked, read-only, disk full, missing)."""
     path = Path(path)
+    if path.is_dir():
+        raise QuantcalError(f"{path}: a directory, not a store")
     if not path.exists():
-        if not create:
+        if not create or readonly:
             raise QuantcalError(f"{path}: store not found")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QuantcalError(describe(exc, f"create the store {path}")) from exc
+    db = None
     try:
-        db = sqlite3.connect(str(path), timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
-        with db:
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        version = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        db = _connect_readonly(path) if readonly else sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S)
+        found = _tables(db)
+        if not readonly:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if not found:  # a new (empty) file: lay the schema
+                db.executescript(_SCHEMA)
+                with db:
+                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            else:
+                _check_schema(db, path)
+                if "texts" not in found:
+                    db.executescript(_SCHEMA)  # CREATE TABLE IF NOT EXISTS: adds only the missing optional table
+        else:
+            _check_schema(db, path)
+    except QuantcalError:
+        if db is not None:
+            db.close()
+        raise
     except sqlite3.DatabaseError as exc:
+        if db is not None:
+            db.close()
+        if sqlite_cause(exc) is not None:
+            raise QuantcalError(describe(exc, f"open the store {path}")) from exc
         raise QuantcalError(f"{path}: not a quantcal store ({exc})") from exc
-    if int(version) != SCHEMA_VERSION:
-        db.close()
-        raise QuantcalError(f"{path}: store schema version {version}, this quantcal reads version {SCHEMA_VERSION}")
-    return Store(path, db)
+    return Store(path, db, readonly)

@@ -28,6 +28,14 @@ def as_flags(message: str) -> str:
                   message)
 
 
+def unescape(text: str | None) -> str | None:
+    """Backslash escapes typed on a command line (``\\n``, ``\\t``, ``\\\\``) as the characters they name, so
+    ``--template 'Q: {question}\\nA:'`` means what the same string means in a study file."""
+    if text is None:
+        return None
+    return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
 def say(message: str) -> None:
     """A news line on stderr (building a variant, a failed job), flags named as on the command line."""
     console.print(Text(as_flags(message)), highlight=False, soft_wrap=True)

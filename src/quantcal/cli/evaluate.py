@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from quantcal.cli.common import console, item_bar, out, quiet_transformers, say, user_errors
+from quantcal.cli.common import console, item_bar, out, quiet_transformers, say, unescape, user_errors
 from quantcal.errors import QuantcalError
+from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.models import DEFAULT_MODEL
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 
@@ -25,7 +26,7 @@ def eval_command(
     store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),
     output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write {model, results: {task: {n, acc, acc_norm}}} here."),
     name: Optional[str] = typer.Option(None, "--name", help="Variant name in the store (default: the model's name)."),
-    template: Optional[str] = typer.Option(None, "--template", help="Prompt template for the custom task, e.g. 'Q: {question}\\nA:'."),
+    template: Optional[str] = typer.Option(None, "--template", help="Prompt template for the custom task, e.g. 'Q: {question}\\nA:' (\\n and \\t typed here mean a newline and a tab, as in a study file)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, ..."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Model window for left truncation (default: from the model config, as lm-eval)."),
@@ -34,10 +35,17 @@ def eval_command(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter (a 'quantcal finetune' output or any peft adapter folder) on --model (default: the base it was trained on)."),
     deploy: Optional[str] = typer.Option(None, "--deploy", help="How the adapter is served: nf4 (on the 4-bit base it was trained on, simulated; default), nf4-native (bitsandbytes 4-bit modules, slow on CPU), merged (into the float base; the default with --recipe)."),
 ) -> None:
-    """Score a model on tasks: per-choice log-likelihoods into the store, then acc and acc_norm."""
+    """Score a model on tasks: per-choice log-likelihoods into the store, then acc and acc_norm.
+
+    Exit codes: 0 every item scored; 1 some items could not be scored (the others are stored; 'quantcal export'
+    lists them with their error); 2 bad input, or the disk, a permission or a lock stopped the work (what was
+    scored is kept: run the same command again to resume)."""
     with user_errors():
         if max_batch_tokens < 0:
             raise QuantcalError(f"`max_batch_tokens` must be 0 (no cap) or positive, got {max_batch_tokens}")
+        if output_json is not None:
+            check_writable_dir(output_json.parent)  # before any scoring, not after it
+        template = unescape(template)
         quiet_transformers()
         from quantcal import api
 
@@ -45,9 +53,9 @@ def eval_command(
                               data_file=data_file, template=template, limit=limit, batch_size=batch_size,
                               max_batch_tokens=max_batch_tokens or None, max_length=max_length, device=device,
                               dtype=dtype, trust_remote_code=trust_remote_code, progress=item_bar, say=say)
-        for t in result.tasks.values():
-            if t.n_errors:
-                say(f"warning: {t.task}: {t.n_errors} item(s) could not be scored; see 'quantcal export'")
+        failed = {t.task: t.n_errors for t in result.tasks.values() if t.n_errors}
+        for name, n in failed.items():
+            say(f"warning: {name}: {n} item(s) could not be scored; 'quantcal export --store {result.store}' lists them")
         table = Table(title=f"quantcal · {result.variant}")
         for column in ("task", "n", "acc", "acc_norm"):
             table.add_column(column, justify="right" if column != "task" else "left")
@@ -56,6 +64,7 @@ def eval_command(
         out.print(table)
         console.print(f"store: {result.store}")
         if output_json is not None:
-            output_json.parent.mkdir(parents=True, exist_ok=True)
-            output_json.write_text(json.dumps(result.to_json(), indent=2))
+            write_text_atomic(output_json, json.dumps(result.to_json(), indent=2))
             console.print(f"results: {output_json}")
+        if failed:
+            raise typer.Exit(1)

@@ -36,6 +36,10 @@ def adapter_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     for candidate in (p, p / "adapter"):
         if (candidate / "adapter_config.json").is_file():
+            if not (candidate / "adapter_model.safetensors").is_file() and (candidate / "adapter_model.bin").is_file():
+                raise QuantcalError(f"{candidate}: the adapter's weights are a pickle (adapter_model.bin), which quantcal "
+                                    "never loads (a pickle can run code); save it as adapter_model.safetensors "
+                                    "(peft: save_pretrained(..., safe_serialization=True))")
             return candidate.resolve()
     raise QuantcalError(f"{path}: no LoRA adapter here (no adapter_config.json, nor adapter/adapter_config.json)")
 

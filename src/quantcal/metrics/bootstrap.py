@@ -64,10 +64,26 @@ def _plan(metric: MetricArg, d: Inputs, params: dict[str, Any]) -> tuple[float, 
     return estimate, lambda idx, counts: np.array([metric_fn(d.take(row), **params) for row in idx])
 
 
+#: Resamples above this are refused where settings are read (study files, the CLI, the API).
+MAX_RESAMPLES = 100_000
+#: Memory the draws of one bootstrap may take: indices and counts, 16 bytes per (resample, item).
+MAX_DRAW_BYTES = 4 * 2**30
+
+
+def check_resamples(n_resamples: int, n_items: int | None = None) -> int:
+    """``n_resamples`` if it is in [1, MAX_RESAMPLES] and its draws over ``n_items`` fit :data:`MAX_DRAW_BYTES`."""
+    if not 1 <= n_resamples <= MAX_RESAMPLES:
+        raise QuantcalError(f"`resamples` must be between 1 and {MAX_RESAMPLES}, got {n_resamples}")
+    if n_items is not None and 16 * n_resamples * n_items > MAX_DRAW_BYTES:
+        need = 16 * n_resamples * n_items / 2**30
+        raise QuantcalError(f"`resamples` {n_resamples} over {n_items} items needs about {need:.1f} GiB for the draws "
+                            f"(at most {MAX_DRAW_BYTES / 2**30:.0f}); use at most {MAX_DRAW_BYTES // (16 * n_items)}")
+    return n_resamples
+
+
 def _draws(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, Callable[[], np.ndarray]]:
     """Drawn indices (n_resamples, n) and a memoised function giving their count matrix."""
-    if n_resamples < 1:
-        raise QuantcalError(f"n_resamples must be at least 1, got {n_resamples}")
+    check_resamples(n_resamples, n)
     idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     memo: list[np.ndarray] = []
 

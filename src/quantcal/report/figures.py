@@ -27,11 +27,19 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, folder: Path, key: str, title: str) -> Figure:
+    """Save PNG and SVG through temporary names, so a failure (a full disk) leaves no truncated figure."""
     folder.mkdir(parents=True, exist_ok=True)
     png, svg = folder / f"{key}.png", folder / f"{key}.svg"
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    fig.savefig(svg, bbox_inches="tight")
-    _pyplot().close(fig)
+    try:
+        for target, options in ((png, {"dpi": 110}), (svg, {})):
+            scratch = target.with_name(f".{target.name}.partial")
+            try:
+                fig.savefig(scratch, format=target.suffix[1:], bbox_inches="tight", **options)
+                scratch.replace(target)
+            finally:
+                scratch.unlink(missing_ok=True)
+    finally:
+        _pyplot().close(fig)
     return Figure(key, title, png, svg)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 
@@ -31,21 +32,31 @@ def diff_rows(block: dict[str, Any], metrics: list[str]) -> list[list[tuple[str,
     return rows
 
 
+def _md(text: str) -> str:
+    """Text from names and data as inert Markdown: HTML escaped (renderers pass HTML through), table pipes, code
+    ticks and emphasis characters escaped."""
+    text = html.escape(str(text), quote=False)
+    for ch in ("\\", "|", "`", "*", "_", "[", "]"):
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
 def markdown(results: dict[str, Any]) -> str:
     metrics = results["settings"]["metrics"]
     level = int(round(results["settings"]["level"] * 100))
-    out = [f"# {results.get('study', {}).get('name', 'quantcal study')}", "",
-           f"Reference: `{results['reference']}`. Estimates with {level}% bootstrap intervals "
+    out = [f"# {_md(results.get('study', {}).get('name', 'quantcal study'))}", "",
+           f"Reference: {_md(results['reference'])}. Estimates with {level}% bootstrap intervals "
            f"({results['settings']['resamples']} resamples); differences are variant − reference on the same items, "
            "**bold** where the interval excludes 0.", ""]
     for task, by_norm in results["tasks"].items():
         for norm, block in by_norm.items():
-            out += [f"## {task} (normalization: {norm})", "", "| variant | n | " + " | ".join(metrics) + " |",
+            out += [f"## {_md(task)} (normalization: {norm})", "", "| variant | n | " + " | ".join(metrics) + " |",
                     "|" + "---|" * (len(metrics) + 2)]
-            out += ["| " + " | ".join(r) + " |" for r in metric_rows(block, metrics)]
+            out += ["| " + " | ".join([_md(r[0])] + r[1:]) + " |" for r in metric_rows(block, metrics)]
             if block["paired"]:
                 out += ["", "| difference to reference | n | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
-                out += ["| " + " | ".join(f"**{t}**" if bold else t for t, bold in r) + " |" for r in diff_rows(block, metrics)]
+                out += ["| " + " | ".join([_md(r[0][0])] + [f"**{t}**" if bold else t for t, bold in r[1:]]) + " |"
+                        for r in diff_rows(block, metrics)]
             out.append("")
     return "\n".join(out)
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 from quantcal.report.collect import ReportSettings, collect
 from quantcal.report.figures import Figure, task_figures
 from quantcal.report.html import render
+from quantcal.faults import write_text_atomic, writing
 from quantcal.records import item_records, write_records
 from quantcal.report.tables import latex, markdown
 from quantcal.store import Store
@@ -40,6 +41,14 @@ class WrittenReport:
 
 def write_report(store: Store, out_dir: Path, settings: ReportSettings, title: str = "quantcal study",
                  failures: Sequence[dict[str, Any]] = (), say: Callable[[str], None] | None = None) -> WrittenReport:
+    """Compute every number from ``store`` and write the report's files into ``out_dir`` (each file whole or not at
+    all: a full disk or a read-only folder ends in one user error, and the store is untouched)."""
+    with writing(out_dir, "write the report to"):
+        return _write_report(store, Path(out_dir), settings, title, failures, say)
+
+
+def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: str,
+                  failures: Sequence[dict[str, Any]], say: Callable[[str], None] | None) -> WrittenReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = collect(store, settings, say)
     environment = package_versions(("quantcal", "torch", "transformers", "numpy", "scipy", "relplot"))
@@ -52,13 +61,13 @@ def write_report(store: Store, out_dir: Path, settings: ReportSettings, title: s
             say(f"figures · {task}")
         figures[task] = task_figures(next(iter(by_norm.values())), settings.reference, task, out_dir / "figures")
     results["figures"] = {t: [str(f.png.relative_to(out_dir)) for f in fs] for t, fs in figures.items()}
-    (out_dir / "results.json").write_text(json.dumps(_finite(results), indent=2))
-    (out_dir / "tables.md").write_text(markdown(results))
-    (out_dir / "tables.tex").write_text(latex(results))
+    write_text_atomic(out_dir / "results.json", json.dumps(_finite(results), indent=2))
+    write_text_atomic(out_dir / "tables.md", markdown(results))
+    write_text_atomic(out_dir / "tables.tex", latex(results))
     write_records(item_records(store, settings.normalizations), out_dir / "items.parquet", "parquet")
     page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment, "written": written})
     target = out_dir / "report.html"
-    target.write_text(page, encoding="utf-8")
+    write_text_atomic(target, page)
     files = [target] + [out_dir / n for n in ("results.json", "tables.md", "tables.tex", "items.parquet")]
     files += [f for fs in figures.values() for fig in fs for f in (fig.png, fig.svg)]
     return WrittenReport(target, _finite(results), files)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 from quantcal.errors import QuantcalError
 from quantcal.jobs import Job, JobResult, ScoringOptions, run_job
+from quantcal.metrics.bootstrap import check_resamples
 from quantcal.finetune.base import BaseConfig
 from quantcal.finetune.data import check_disjoint, load_examples
 from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
@@ -77,11 +78,21 @@ def plan(spec: StudySpec) -> list[PlannedJob]:
 
 
 def check_plan(spec: StudySpec) -> None:
-    """Fail before any work on what can be checked cheaply: task names, recipes, data files, templates."""
+    """Fail before any work on what can be checked cheaply: task names, recipes, data files, templates, and whether
+    the report's bootstrap fits in memory for each task whose items can be read without the hub."""
     for t in spec.tasks:
-        get_task(t.name, t.template)
+        task = get_task(t.name, t.template)
         if t.data_file and not Path(t.data_file).is_file():
             raise QuantcalError(f"task {t.name}: data file {t.data_file} not found")
+        if t.data_file or task.generate is not None:
+            try:
+                n_items = len(load_items(task, t.data_file, t.limit))
+            except QuantcalError:
+                continue  # a bad data file fails its own jobs, reported with the others
+            try:
+                check_resamples(spec.bootstrap.resamples, n_items)
+            except QuantcalError as exc:
+                raise QuantcalError(f"task {t.name}: {exc}") from None
     models = {spec.reference}
     first_jobs = {j.variant: j for j in reversed(plan(spec))}
     for v in spec.variants:
@@ -181,7 +192,7 @@ def run_study(
                 prepared.clear()  # one model in memory at a time
                 prepared[job.variant] = prepare(job.definition, load, say)
             variant = prepared[job.variant]
-            result = run_job(store, job.job(variant, spec.dtype), options, variant.holder, progress)
+            result = run_job(store, job.job(variant, spec.dtype), options, variant.holder, progress, say)
             outcomes.append(JobOutcome.of(result, job.variant, job.task.name, time.perf_counter() - start))
         except KeyboardInterrupt:
             raise

@@ -15,12 +15,15 @@ A YAML file validated with pydantic; relative paths are resolved against the fil
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantcal.errors import QuantcalError
+from quantcal.metrics.bootstrap import MAX_RESAMPLES
 from quantcal.metrics.registry import DEFAULT_METRICS
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 from quantcal.variant import VariantDef
@@ -93,7 +96,7 @@ class TaskSpec(_Strict):
 
 
 class BootstrapSpec(_Strict):
-    resamples: int = Field(1000, ge=10)
+    resamples: int = Field(1000, ge=10, le=MAX_RESAMPLES)
     seed: int = 0
     level: float = Field(0.95, gt=0, lt=1)
 
@@ -156,7 +159,7 @@ class StudySpec(_Strict):
         with the same base and finetune block share one adapter (named after the first), trained once."""
         if variant.finetune is not None:
             first = next(v for v in self.variants if v.finetune == variant.finetune and v.model == variant.model)
-            return str(Path(self.output) / "adapters" / first.name)
+            return str(Path(self.output) / "adapters" / folder_name(first.name))
         return variant.adapter
 
     def cap_items(self, limit: int) -> None:
@@ -174,6 +177,15 @@ class StudySpec(_Strict):
     @property
     def normalizations(self) -> list[str]:
         return [self.normalization] if isinstance(self.normalization, str) else list(self.normalization)
+
+
+def folder_name(name: str) -> str:
+    """A variant name as one safe path component: the name itself when it is plain (letters, digits, ``.-_``, not
+    ``.`` or ``..``), else a slug of it with a short hash, so ``../../x`` can never leave its parent folder."""
+    if re.fullmatch(r"[A-Za-z0-9._-]+", name) and name not in (".", ".."):
+        return name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "variant"
+    return f"{slug[:60]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def _resolve(path: Optional[str], base: Path) -> Optional[str]:

@@ -14,9 +14,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from quantcal.errors import QuantcalError
+
 from quantcal.tasks.base import Task
 
 DEFAULT_SIZE = 200
+#: The most items the generator makes (a larger ``limit`` is refused rather than built in memory).
+MAX_SIZE = 100_000
 SEED = 1234
 
 
@@ -26,6 +30,8 @@ def _answer(op: str, a: int, b: int) -> int:
 
 def generate(n: int | None = None, seed: int = SEED) -> list[dict[str, Any]]:
     """Rows ``{"id", "question", "choices", "answer"}`` of the arithmetic task."""
+    if n is not None and n > MAX_SIZE:
+        raise QuantcalError(f"`limit` {n} is more than the arithmetic task generates (at most {MAX_SIZE} items)")
     rows = []
     for i in range(DEFAULT_SIZE if n is None else n):
         rng = random.Random(seed * 1_000_003 + i)
