@@ -84,6 +84,77 @@ def test_two_processes_on_one_job_end_with_every_item_once(tmp_path: Path, tiny_
     assert _rows(tmp_path / "s.sqlite") == (40, 120)
 
 
+def test_claims_of_dead_or_expired_owners_are_taken_over_and_live_ones_are_not(tmp_path: Path) -> None:
+    import os
+    import socket
+    import time
+
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = f"{host}:{finished.stdout.strip()}:t"
+    alive = f"{host}:{os.getpid()}:t"
+    ids = [f"i{k}" for k in range(8)]
+    with open_store(tmp_path / "s.sqlite") as db:
+        run = db.get_or_create_run("v", "t", "h", {}, {})
+        assert db.claim(run, ids, alive, 2, 60) == ["i0", "i1"]
+        assert db.claim(run, ids, "elsewhere:1:t", 2, 60) == ["i2", "i3"]
+        assert db.claim(run, ids, "elsewhere:2:t", 1, 0.01) == ["i4"]
+        with db.transaction() as conn:  # a local worker that died holding two claims
+            conn.executemany("INSERT INTO claims VALUES (?, ?, ?, ?)", [(run, i, dead, time.time() + 60) for i in ("i5", "i6")])
+        time.sleep(0.05)
+        # a new worker skips the live local owner and the unexpired remote one; it takes the expired claim, the dead
+        # owner's claims and the free item
+        assert db.claim(run, ids, "me:9:t", 10, 60) == ["i4", "i5", "i6", "i7"]
+        assert db.unfinished(run, ids) == 8 and db.unfinished(run, ids, {"i0"}) == 7
+
+
+def test_two_processes_share_a_job_and_one_killed_still_ends_complete(tmp_path: Path, tiny_llama: Path) -> None:
+    import os
+    import signal
+    import time
+
+    data = write_jsonl(tmp_path / "q.jsonl", questions(300))
+    store = tmp_path / "s.sqlite"
+    args = [sys.executable, "-m", "quantcal.cli", "eval", "--model", str(tiny_llama), "--task", "custom",
+            "--data-file", str(data), "--store", str(store), "--name", "v", "--batch-size", "3"]
+    victim = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    survivor = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and victim.poll() is None:
+        time.sleep(0.2)
+        try:
+            if _rows(store)[0] >= 30:
+                break
+        except sqlite3.Error:
+            continue
+    assert victim.poll() is None, "the job finished before a worker could be killed; make it longer"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    output = survivor.communicate(timeout=600)[0]
+    assert survivor.returncode == 0 and "Traceback" not in output, output
+    assert _rows(store) == (300, 900)  # every item once, the killed worker's claims taken over
+
+
+def test_a_truncated_variant_cache_entry_is_rebuilt(tmp_path: Path, tiny_llama: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcal.recipes import parse_recipe
+    from quantcal.recipes.variants import variant_dir
+
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "q.jsonl", questions(4))
+    args = ["eval", "--model", str(tiny_llama), "--task", "custom", "--data-file", str(data), "--recipe",
+            "rtn:bits=4,group_size=16"]
+    assert runner.invoke(app, args + ["--store", str(tmp_path / "a.sqlite")]).exit_code == 0
+    entry = variant_dir(resolve_source(str(tiny_llama)), parse_recipe("rtn:bits=4,group_size=16"))
+    weights = next(entry.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    again = runner.invoke(app, args + ["--store", str(tmp_path / "b.sqlite")])
+    assert again.exit_code == 0 and "is damaged" in again.output and "building it again" in again.output, again.output
+    a = quantcal.load_items(tmp_path / "a.sqlite")
+    b = quantcal.load_items(tmp_path / "b.sqlite")
+    assert list(a["p_gold"]) == list(b["p_gold"])  # the rebuilt variant is the same variant
+
+
 # 2. a store locked by another process -----------------------------------------------------------------------------
 def test_locked_store_at_start_and_mid_run(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
                                             scored_store: Path) -> None:
@@ -404,3 +475,61 @@ def test_exported_log_probabilities_stay_finite_where_probabilities_underflow(tm
     path, _ = quantcal.export(tmp_path / "s.sqlite", tmp_path / "x.jsonl")
     record = json.loads(path.read_text())
     assert record["p_gold"] == 0.0 and record["logprobs"][1] == pytest.approx(-899.0)
+
+
+# stopped at a random point ----------------------------------------------------------------------------------------
+def _study(folder: Path, tiny_llama: Path, data: Path) -> Path:
+    study = folder / "study.yaml"
+    study.write_text(f"reference: {tiny_llama}\nvariants: [{{name: w4, recipe: 'rtn:bits=4,group_size=16'}}]\n"
+                     f"tasks: [{{name: custom, data_file: {data}}}]\nbootstrap: {{resamples: 50}}\n"
+                     f"batch_size: 3\noutput: {folder / 'out'}\n")
+    return study
+
+
+def _scores(store: Path) -> dict[tuple[str, str, int], float]:
+    with sqlite3.connect(store) as db:
+        return {(v, i, c): ll for v, i, c, ll in db.execute(
+            "SELECT r.variant, s.item_id, s.choice, s.loglik FROM scores s JOIN runs r ON r.run_id = s.run_id")}
+
+
+@pytest.mark.parametrize("signame, seed", [("SIGKILL", 0), ("SIGKILL", 1), ("SIGTERM", 2)])
+def test_run_stopped_at_a_random_point_resumes_to_the_uninterrupted_result(tmp_path: Path, tiny_llama: Path,
+                                                                            signame: str, seed: int) -> None:
+    import os
+    import random
+    import signal
+    import time
+
+    data = write_jsonl(tmp_path / "q.jsonl", questions(120))
+    env = {**os.environ, "QUANTCAL_CACHE": str(tmp_path / "cache")}
+    cli = [sys.executable, "-m", "quantcal.cli", "run"]
+    for folder in ("whole", "cut"):
+        (tmp_path / folder).mkdir()
+    whole, cut = _study(tmp_path / "whole", tiny_llama, data), _study(tmp_path / "cut", tiny_llama, data)
+    subprocess.run(cli + [str(whole)], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(cli + [str(cut)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if signame == "SIGKILL":
+        time.sleep(random.Random(seed).uniform(3.0, 8.0))  # before, during or after the variant build and scoring
+    else:  # mid-scoring, so the interruption path runs
+        store = tmp_path / "cut" / "out" / "study.sqlite"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            try:
+                if store.exists() and _rows(store)[0] >= 20:
+                    break
+            except sqlite3.Error:
+                continue
+    stopped = proc.poll() is None
+    if stopped:
+        os.kill(proc.pid, getattr(signal, signame))
+    output = proc.communicate(timeout=300)[0]
+    if signame == "SIGTERM":  # sent mid-scoring: ends as Ctrl-C does, finished items kept
+        assert stopped and proc.returncode == 130 and "interrupted" in output and "Traceback" not in output, output
+    again = subprocess.run(cli + [str(cut)], env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    expected, got = _scores(tmp_path / "whole" / "out" / "study.sqlite"), _scores(tmp_path / "cut" / "out" / "study.sqlite")
+    assert got.keys() == expected.keys() and len(got) == 2 * 120 * 3
+    assert max(abs(got[k] - expected[k]) for k in got) < 1e-4
+    assert (tmp_path / "cut" / "out" / "report.html").is_file()
+    assert not list((tmp_path / "cut").rglob("*.partial"))

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -37,9 +40,14 @@ class ScoringOptions:
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS  # padded token positions per pass; None: no cap
     max_length: int | None = None  # model window for left truncation; None: from the model config
     add_special_tokens: bool | None = None
+    claim_size: int = 64  # items a process claims at a time when several share a job
+    claim_lease_s: float = 120.0  # a claim not renewed for this long is taken over (its process died)
 
     def __post_init__(self) -> None:
         require_positive(self.batch_size, "batch_size")
+        require_positive(self.claim_size, "claim_size")
+        if self.claim_lease_s <= 0:
+            raise QuantcalError(f"`claim_lease_s` must be positive, got {self.claim_lease_s}")
         if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
             raise QuantcalError(f"`max_batch_tokens` must be positive (or none for no cap), got {self.max_batch_tokens}")
         if self.max_length is not None:
@@ -128,17 +136,32 @@ def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
     return PendingJob(run_id, items, [(pos, it) for pos, it in enumerate(items) if it.id not in done])
 
 
+@dataclass
+class Truncation:
+    """Items seen and items cut to the model window (lm-eval's left truncation keeps the end of the context)."""
+
+    items: int = 0
+    truncated: int = 0
+    window: int = 0
+
+    def warning(self) -> str | None:
+        if not self.truncated:
+            return None
+        return (f"warning: {self.truncated} of {self.items} items are longer than the model window ({self.window} "
+                "tokens) and lose the start of their context (left truncation, as lm-eval does)")
+
+
 def score_pending(lm: LoadedModel, todo: Sequence[tuple[int, Item]], target_delimiter: str,
-                  options: ScoringOptions, say: Callable[[str], None] | None = None) -> Iterator[BatchResult]:
+                  options: ScoringOptions, truncation: Truncation | None = None) -> Iterator[BatchResult]:
     """Score ``todo`` with a loaded model; yields each batch's results as soon as they are complete. Items longer
-    than the model window keep the end of their context (lm-eval's left truncation); ``say`` hears how many."""
+    than the model window keep the end of their context; ``truncation`` counts them."""
     window = options.max_length or model_max_length(lm.model, lm.tokenizer)
     encoder = Encoder(lm.tokenizer, window, options.add_special_tokens)
     encoded = [encoder.encode_item(k, it, target_delimiter) for k, (_, it) in enumerate(todo)]
-    truncated = sum(e.truncated for e in encoded)
-    if truncated and say is not None:
-        say(f"warning: {truncated} of {len(encoded)} items are longer than the model window ({window} tokens) and "
-            "lose the start of their context (left truncation, as lm-eval does)")
+    if truncation is not None:
+        truncation.items += len(encoded)
+        truncation.truncated += sum(e.truncated for e in encoded)
+        truncation.window = window
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     for batch in score_items(lm.model, encoded, options.batch_size, pad,
                              max_batch_tokens=options.max_batch_tokens):
@@ -161,11 +184,54 @@ def run_job(
     say: Callable[[str], None] | None = None,
 ) -> JobResult:
     """Score every item of ``job`` not yet in the store. ``progress(description, total)`` returns a tqdm-like bar;
-    ``say`` takes warnings (items cut to the model window)."""
+    ``say`` takes warnings (items cut to the model window).
+
+    Several processes may run the same job on one store at once: each claims ``options.claim_size`` pending items at
+    a time (see :meth:`Store.claim`), so every item is scored once, and each waits at the end for the others' claims
+    to be stored or to expire (a killed process's items are then taken over)."""
     pending = pending_job(store, job, options)
-    return store_results(store, job, pending,
-                         lambda: score_pending(model.get(), pending.todo, job.task.target_delimiter, options, say),
-                         progress)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    try:
+        return store_results(store, job, pending, lambda: _claimed_batches(store, pending, job, options, model, owner, say),
+                             progress)
+    finally:
+        if pending.todo:
+            store.release_claims(pending.run_id, owner)
+
+
+#: How often a process with nothing left to claim looks again while others hold live claims.
+CLAIM_POLL_S = 0.5
+
+
+def _claimed_batches(store: Store, pending: PendingJob, job: Job, options: ScoringOptions, model: ModelHolder,
+                     owner: str, say: Callable[[str], None] | None) -> Iterator[BatchResult]:
+    """Claim, score and yield slices of the pending items until none is left unstored (others' included)."""
+    by_id = {it.id: (pos, it) for pos, it in pending.todo}
+    order = list(by_id)
+    failed: set[str] = set()  # items this process could not score: not claimed again in this run
+    truncation = Truncation()
+    waiting = False
+    while True:
+        ids = store.claim(pending.run_id, order, owner, options.claim_size, options.claim_lease_s, failed)
+        if not ids:
+            left = store.unfinished(pending.run_id, order, failed)
+            if not left:
+                break
+            if not waiting and say is not None:
+                say(f"{job.variant} · {job.task.name}: waiting for {left} item(s) claimed by another process "
+                    f"(taken over if its lease of {options.claim_lease_s:.0f} s runs out)")
+            waiting = True
+            time.sleep(CLAIM_POLL_S)  # the rest is claimed by other processes: wait for it, or for their leases
+            continue
+        waiting = False
+        chunk = [by_id[i] for i in ids]
+        for entries, errors in score_pending(model.get(), chunk, job.task.target_delimiter, options, truncation):
+            failed.update(item.id for item, _ in errors)
+            yield entries, errors
+            store.renew_claims(pending.run_id, owner, options.claim_lease_s)
+    message = truncation.warning()
+    if message and say is not None:
+        say(message)
 
 
 def store_results(store: Store, job: Job, pending: PendingJob, batches: Callable[[], Iterable[BatchResult]],

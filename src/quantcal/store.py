@@ -7,6 +7,9 @@ Tables
   An item row is written in the same transaction as its scores, so "has an item row" means "done".
 - ``scores``: per run, item and choice: log-likelihood, token/char/byte counts, greedy flag.
 - ``item_errors``: items whose scoring failed (e.g. a non-finite log-likelihood), with the message.
+- ``claims``: items a process is scoring now (owner, lease expiry), so several processes share one job: each
+  claims a slice of the pending items in a transaction, renews its lease as it stores batches, and takes over
+  claims whose lease expired (a crashed worker's).
 
 Re-running the same job resumes: finished items are skipped and nothing is written twice. A killed
 process loses at most the batch in flight (WAL journal, one transaction per batch). Two processes writing the same
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -84,6 +88,13 @@ CREATE TABLE IF NOT EXISTS item_errors (
     message TEXT NOT NULL,
     PRIMARY KEY (run_id, item_id)
 );
+CREATE TABLE IF NOT EXISTS claims (
+    run_id INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (run_id, item_id)
+);
 """
 
 
@@ -116,6 +127,23 @@ class ScoredItem:
     greedy: tuple[bool, ...]
 
 
+def owner_alive(owner: str) -> bool:
+    """Whether a claim's owner (``host:pid:token``) may still be working: a process on this host that no longer
+    exists is not (its claims are taken over at once, not after the lease); one on another host is trusted until
+    its lease expires."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 class Store:
     """A study's SQLite store. Open with :func:`open_store`; use as a context manager."""
 
@@ -143,18 +171,17 @@ class Store:
     # runs -----------------------------------------------------------------
     def get_or_create_run(self, variant: str, task: str, config_hash: str, config: dict[str, Any],
                           versions: dict[str, str]) -> int:
+        """The run of (variant, task, configuration), created if new; safe when two processes start it at once."""
         now = time.time()
-        with self.transaction() as db:
-            row = db.execute("SELECT run_id FROM runs WHERE variant=? AND task=? AND config_hash=?",
-                             (variant, task, config_hash)).fetchone()
-            if row:
-                return int(row[0])
-            cur = db.execute(
-                "INSERT INTO runs (variant, task, config_hash, config, versions, status, created_at, updated_at)"
+        with self._immediate() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO runs (variant, task, config_hash, config, versions, status, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
                 (variant, task, config_hash, json.dumps(config, sort_keys=True), json.dumps(versions, sort_keys=True), now, now),
             )
-            return int(cur.lastrowid)
+            row = db.execute("SELECT run_id FROM runs WHERE variant=? AND task=? AND config_hash=?",
+                             (variant, task, config_hash)).fetchone()
+        return int(row[0])
 
     def set_status(self, run_id: int, status: str, add_seconds: float = 0.0) -> None:
         with self.transaction() as db:
@@ -176,6 +203,48 @@ class Store:
             known = sorted({f"{r.variant}/{r.task}" for r in self.runs()})
             raise QuantcalError(f"{self.path}: no run for variant {variant!r} on task {task!r}; runs: {', '.join(known) or 'none'}")
         return matches[-1]
+
+    # claims ---------------------------------------------------------------
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken at its start, so a read-then-write by two processes cannot interleave."""
+        if self.readonly:
+            raise QuantcalError(f"{self.path} was opened read-only")
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.rollback()
+            raise
+        self.db.commit()
+
+    def claim(self, run_id: int, wanted: Sequence[str], owner: str, n: int, lease_s: float,
+              skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+        """Claim up to ``n`` of ``wanted`` (in that order) that are neither stored, nor in ``skip``, nor claimed by
+        another owner whose lease is still running; returns the claimed ids (empty: nothing left to take now)."""
+        now = time.time()
+        with self._immediate() as db:
+            done = {r[0] for r in db.execute("SELECT item_id FROM items WHERE run_id=?", (run_id,))}
+            held = {item_id for item_id, other in db.execute(
+                "SELECT item_id, owner FROM claims WHERE run_id=? AND owner<>? AND expires>?", (run_id, owner, now))
+                if owner_alive(other)}
+            take = [i for i in wanted if i not in done and i not in held and i not in skip][:n]
+            db.executemany("INSERT OR REPLACE INTO claims (run_id, item_id, owner, expires) VALUES (?, ?, ?, ?)",
+                           [(run_id, i, owner, now + lease_s) for i in take])
+        return take
+
+    def renew_claims(self, run_id: int, owner: str, lease_s: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE claims SET expires=? WHERE run_id=? AND owner=?", (time.time() + lease_s, run_id, owner))
+
+    def release_claims(self, run_id: int, owner: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM claims WHERE run_id=? AND owner=?", (run_id, owner))
+
+    def unfinished(self, run_id: int, wanted: Sequence[str], skip: set[str] = frozenset()) -> int:  # type: ignore[assignment]
+        """How many of ``wanted`` are not stored yet (``skip`` aside): scored by nobody, or claimed by another."""
+        done = self.done_item_ids(run_id)
+        return sum(1 for i in wanted if i not in done and i not in skip)
 
     # items ----------------------------------------------------------------
     def done_item_ids(self, run_id: int) -> set[str]:
@@ -206,6 +275,8 @@ class Store:
             for item, message in errors:
                 db.execute("INSERT OR REPLACE INTO item_errors (run_id, item_id, message) VALUES (?, ?, ?)",
                            (run_id, item.id, message))
+            db.executemany("DELETE FROM claims WHERE run_id=? AND item_id=?",
+                           [(run_id, e[1].id) for e in entries] + [(run_id, item.id) for item, _ in errors])
             db.execute("UPDATE runs SET updated_at=? WHERE run_id=?", (time.time(), run_id))
 
     def item_texts(self, hashes: Sequence[str]) -> dict[str, tuple[str, list[str]]]:
@@ -242,8 +313,8 @@ class Store:
         return out
 
 
-#: Every table and its columns, as this quantcal writes them; ``texts`` may be absent from stores written before
-#: item texts were kept (it is added when such a store is opened for writing).
+#: Every table and its columns, as this quantcal writes them; ``texts`` and ``claims`` may be absent from stores
+#: written before they existed (they are added when such a store is opened for writing).
 TABLES: dict[str, set[str]] = {
     "meta": {"key", "value"},
     "runs": {"run_id", "variant", "task", "config_hash", "config", "versions", "status", "created_at", "updated_at", "seconds"},
@@ -251,8 +322,9 @@ TABLES: dict[str, set[str]] = {
     "scores": {"run_id", "item_id", "choice", "loglik", "n_tokens", "n_chars", "n_bytes", "greedy"},
     "texts": {"item_hash", "context", "choices"},
     "item_errors": {"run_id", "item_id", "message"},
+    "claims": {"run_id", "item_id", "owner", "expires"},
 }
-OPTIONAL_TABLES = {"texts"}
+OPTIONAL_TABLES = {"texts", "claims"}
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:
@@ -314,8 +386,8 @@ def open_store(path: str | Path, create: bool = True, readonly: bool = False) ->
                     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             else:
                 _check_schema(db, path)
-                if "texts" not in found:
-                    db.executescript(_SCHEMA)  # CREATE TABLE IF NOT EXISTS: adds only the missing optional table
+                if OPTIONAL_TABLES - set(found):
+                    db.executescript(_SCHEMA)  # CREATE TABLE IF NOT EXISTS: adds only the missing optional tables
         else:
             _check_schema(db, path)
     except QuantcalError:

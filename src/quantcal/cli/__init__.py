@@ -32,7 +32,15 @@ for _name, _command in (
     app.command(_name)(_command)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM ends a command as Ctrl-C does: work in progress is cleaned up, finished work kept, exit 130."""
+    raise KeyboardInterrupt
+
+
 def main() -> None:  # pragma: no cover - console script entry
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

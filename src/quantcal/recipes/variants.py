@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -51,11 +52,18 @@ def variant_dir(source: ModelSource, spec: RecipeSpec) -> Path:
 
 def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None,
                   progress: Callable[[str], None] | None = None) -> Path:
-    """The variant's checkpoint directory, built now unless the cache already has it."""
+    """The variant's checkpoint directory, built now unless the cache already has it (intact: a damaged cache
+    entry, e.g. a truncated weights file, is rebuilt; a damaged ``out`` folder is refused)."""
     target = Path(out) if out else variant_dir(source, spec)
-    if (target / "quantcal-variant.json").is_file():
-        return target
     say = progress or (lambda message: None)
+    if (target / "quantcal-variant.json").is_file():
+        problem = entry_problem(target)
+        if problem is None:
+            return target
+        if out:
+            raise QuantcalError(f"{target}: a damaged variant ({problem}); remove it or choose another folder")
+        say(f"the cached variant {target.name} is damaged ({problem}); building it again")
+        shutil.rmtree(target)
     reference = load_model(source, dtype="float32")
     model, tokenizer = reference.model, reference.tokenizer
     originals = {name: m.weight.data.clone() for name, m in block_linears(model)}
@@ -122,6 +130,32 @@ def probe_ids(model: torch.nn.Module, tokenizer: Any, source: ModelSource) -> to
     """The fixed error probe: self-generated windows, cached per model."""
     return calibration_ids(model, tokenizer, "self", PROBE["nsamples"], PROBE["seqlen"], PROBE["seed"],
                            fingerprint=source.fingerprint)
+
+
+def entry_problem(path: Path) -> str | None:
+    """What is wrong with a built variant folder (its record unreadable, weights missing or truncated), or None."""
+    try:
+        meta = json.loads((path / "quantcal-variant.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"record unreadable: {exc}"
+    if meta.get("mode") == "native":
+        return None  # no weights: built at load from the reference
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        return "no weights file"
+    for f in files:
+        try:  # safetensors: 8-byte header length, JSON header, then the tensors' bytes at the offsets it gives
+            with f.open("rb") as handle:
+                size = int.from_bytes(handle.read(8), "little")
+                if size > f.stat().st_size:
+                    return f"{f.name} is truncated (its header alone is {size} bytes)"
+                header = json.loads(handle.read(size))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            return f"{f.name}: unreadable header ({exc})"
+        if f.stat().st_size != 8 + size + end:
+            return f"{f.name} is truncated ({f.stat().st_size} of {8 + size + end} bytes)"
+    return None
 
 
 def variant_meta(path: Path) -> dict[str, Any]:
