@@ -73,15 +73,18 @@ def test_two_writers_of_the_same_items_store_each_once(tmp_path: Path, tiny_llam
     assert _rows(tmp_path / "s.sqlite") == (6, 18)
 
 
-def test_two_processes_on_one_job_end_with_every_item_once(tmp_path: Path, tiny_llama: Path) -> None:
+def test_processes_on_one_job_and_on_another_job_of_one_store(tmp_path: Path, tiny_llama: Path) -> None:
     data = write_jsonl(tmp_path / "q.jsonl", questions(40))
     args = [sys.executable, "-m", "quantcal.cli", "eval", "--model", str(tiny_llama), "--task", "custom",
-            "--data-file", str(data), "--store", str(tmp_path / "s.sqlite"), "--name", "v", "--batch-size", "4"]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+            "--data-file", str(data), "--store", str(tmp_path / "s.sqlite"), "--batch-size", "4"]
+    jobs = [args + ["--name", "v"], args + ["--name", "v"], args + ["--name", "other"]]  # two share a job
+    procs = [subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for a in jobs]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
     assert all("Traceback" not in o for o in outputs)
-    assert _rows(tmp_path / "s.sqlite") == (40, 120)
+    assert _rows(tmp_path / "s.sqlite") == (80, 240)
+    with sqlite3.connect(tmp_path / "s.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0  # every claim released
 
 
 def test_claims_of_dead_or_expired_owners_are_taken_over_and_live_ones_are_not(tmp_path: Path) -> None:
@@ -247,6 +250,27 @@ def test_report_onto_a_full_disk_leaves_no_partial_file(scored_store: Path, tmp_
     one_line_error(runner.invoke(app, ["report", str(scored_store), "--output", str(out), "--resamples", "20"]),
                    "cannot write the report to", "the disk is full", "free space")
     assert not list(out.rglob("*.partial")) and not (out / "report.html").exists()
+
+
+def test_ctrl_c_while_the_report_is_written_keeps_the_store_and_leaves_no_partial_file(
+        scored_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantcal.report import figures
+
+    real_save, calls = figures._save, {"n": 0}
+
+    def interrupted(fig, folder, key, title):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_save(fig, folder, key, title)
+
+    monkeypatch.setattr(figures, "_save", interrupted)
+    before = _rows(scored_store)
+    result = runner.invoke(app, ["report", str(scored_store), "--output", str(tmp_path / "rep"), "--resamples", "20"])
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert not list((tmp_path / "rep").rglob("*.partial")) and _rows(scored_store) == before
+    monkeypatch.setattr(figures, "_save", real_save)
+    assert runner.invoke(app, ["report", str(scored_store), "--output", str(tmp_path / "rep"), "--resamples", "20"]).exit_code == 0
 
 
 # 4. unwritable output ---------------------------------------------------------------------------------------------
