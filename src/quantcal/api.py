@@ -27,7 +27,7 @@ from quantcal.items import Item
 from quantcal.lm_eval_import import import_samples, samples_files
 from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
 from quantcal.metrics.bootstrap import check_resamples
-from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_source
+from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
 from quantcal.predictions import task_summary
 from quantcal.records import export_store, item_frame
 from quantcal.recipes import parse_recipe
@@ -246,10 +246,11 @@ def study_spec(study: StudyLike = None, *, data_dir: Union[str, Path, None] = No
 
 
 def plan_study(study: StudyLike = None, *, output: Union[str, Path, None] = None, limit: Optional[int] = None,
-               data_dir: Union[str, Path, None] = None) -> StudyPlan:
+               data_dir: Union[str, Path, None] = None, device: Optional[str] = None,
+               dtype: Optional[str] = None) -> StudyPlan:
     """Validate a study and list its jobs without running anything (``quantcal run --dry-run``).
 
-    ``limit`` caps every task at its first N items; ``output`` replaces the study's report directory."""
+    ``limit`` caps every task at its first N items; ``output``, ``device`` and ``dtype`` replace the study's."""
     if limit is not None:
         require_positive(limit, "limit")
     spec = study_spec(study, data_dir=data_dir)
@@ -257,6 +258,11 @@ def plan_study(study: StudyLike = None, *, output: Union[str, Path, None] = None
         spec.cap_items(limit)
     if output is not None:
         spec.output = str(output)
+    if device is not None:
+        spec.device = device
+    if dtype is not None:
+        resolve_dtype(dtype, spec.device)
+        spec.dtype = dtype
     check_plan(spec)
     return StudyPlan(spec, plan(spec))
 
@@ -386,7 +392,7 @@ def export(store: Union[str, Path], out: Union[str, Path, None] = None, fmt: str
            normalization: str = "none") -> tuple[Path, int]:
     """Write :func:`load_items`' records to JSON lines, CSV or Parquet (default: beside the store); returns the file
     and the number of records."""
-    store = Path(store)
+    store = _store_path(store)
     target = Path(out) if out is not None else store.with_suffix(f".{fmt}")
     with open_store(store, readonly=True) as db:
         return target, export_store(db, target, fmt, normalization)
@@ -440,9 +446,13 @@ class PairedComparison:
                 "analysis": self.analysis.to_json()}
 
 
-def compare(store: Union[str, Path], ref: str, variant: str, task: str, *, names: Sequence[str] = DEFAULT_METRICS,
-            resamples: int = 1000, normalization: str = "none", seed: int = 0, bins: int = 5) -> PairedComparison:
+def compare(store: Union[str, Path], ref: Optional[str] = None, variant: Optional[str] = None,
+            task: Optional[str] = None, *, names: Sequence[str] = DEFAULT_METRICS, resamples: int = 1000,
+            normalization: str = "none", seed: int = 0, bins: int = 5) -> PairedComparison:
     """Paired analysis of two variants of a store on the items both scored (matched by id and content).
+
+    What is not given is inferred where the store leaves one choice: ``task`` when it holds one task, ``ref`` as the
+    study's reference (``reference``), ``variant`` when one other variant scored the task.
 
     Example:
         >>> c = compare("quantcal-report", "reference", "rtn-w4-g64", "arithmetic")   # doctest: +SKIP
@@ -450,9 +460,26 @@ def compare(store: Union[str, Path], ref: str, variant: str, task: str, *, names
     """
     check_resamples(resamples)
     with open_store(_store_path(store), readonly=True) as db:
+        runs = [r for r in db.runs() if r.n_items]
+        task = task or _only("task", sorted({r.task for r in runs}), "`task`")
+        on_task = list(dict.fromkeys(r.variant for r in runs if r.task == task))
+        if ref is None:
+            if REFERENCE_NAME not in on_task:
+                raise QuantcalError(f"name the reference (`ref`); {task} was scored by {', '.join(on_task) or 'no variant'}")
+            ref = REFERENCE_NAME
+        variant = variant or _only("variant", [v for v in on_task if v != ref], "`variant`")
         aligned = align(db, ref, variant, task, normalization)
     differences, analysis = paired_analysis(aligned, names, resamples, seed, bins)
     return PairedComparison(ref, variant, task, analysis.n, differences, analysis)
+
+
+def _only(what: str, choices: list[str], parameter: str) -> str:
+    """The one choice there is, or an error that lists them."""
+    if len(choices) == 1:
+        return choices[0]
+    if not choices:
+        raise QuantcalError(f"the store holds no {what} to compare")
+    raise QuantcalError(f"name the {what} ({parameter}): the store holds {', '.join(choices)}")
 
 
 # variants ----------------------------------------------------------------------------------------------------------

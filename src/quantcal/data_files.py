@@ -137,7 +137,7 @@ def read_hub_rows(path: str, config: str | None, split: str) -> list[Row]:
         where = f"{path}" + (f" ({config})" if config else "") + f", split {split}"
         raise QuantcalError(
             f"cannot load {where} from the Hugging Face hub: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            " — offline? pass `data_file`, a local copy in the hub schema"
+            " — offline? give the task a local copy in the hub schema (eval: --data-file; a study's task: data_file)"
         ) from exc
     origin = f"{path}/{config or ''}/{split}"
     return [Row(dict(record), i, f"{origin}[{i}]") for i, record in enumerate(dataset)]

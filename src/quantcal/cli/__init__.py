@@ -23,6 +23,20 @@ app = typer.Typer(
     add_completion=False,
 )
 
+def _version(value: bool) -> None:
+    if value:
+        from quantcal import __version__
+
+        typer.echo(f"quantcal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print quantcal's version and exit.")) -> None:
+    """quantcal: when you compress an LLM, what happens to how much you can trust its confidence?"""
+
+
 for _name, _command in (
     ("eval", eval_command), ("quantize", quantize_command), ("finetune", finetune_command), ("recipes", recipes_command),
     ("export", export_command), ("metrics", metrics_command), ("compare", compare_command), ("run", run_command),

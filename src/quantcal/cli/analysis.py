@@ -11,13 +11,14 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from quantcal.cli.common import console, out, user_errors
+from quantcal.cli.common import console, one_store, out, user_errors
 from quantcal.errors import QuantcalError
 from quantcal.metrics.registry import DEFAULT_METRICS
 
 
 def export_command(
-    store: Path = typer.Option(..., "--store", help="The SQLite store to read."),
+    store_arg: Optional[Path] = typer.Argument(None, metavar="STORE", help="The SQLite store to read (or a report folder)."),
+    store: Optional[Path] = typer.Option(None, "--store", help="The store, as an option (same as the argument)."),
     fmt: str = typer.Option("jsonl", "--format", help="jsonl, csv or parquet."),
     target: Optional[Path] = typer.Option(None, "--out", help="Output file (default: next to the store, same name, new suffix)."),
     normalization: str = typer.Option("none", "--normalization", help="Length normalization for probabilities: none, tokens, chars, bytes."),
@@ -26,7 +27,7 @@ def export_command(
     with user_errors():
         from quantcal import api
 
-        path, n = api.export(store, target, fmt, normalization)
+        path, n = api.export(one_store(store_arg, store), target, fmt, normalization)
         console.print(f"wrote {n} records to {path}")
 
 
@@ -80,9 +81,9 @@ def _list_metrics() -> None:
 
 def compare_command(
     store: Path = typer.Argument(..., help="The SQLite store holding both runs."),
-    ref: str = typer.Option(..., "--ref", help="Reference variant name (as in the store)."),
-    variant: str = typer.Option(..., "--variant", help="Compressed variant name."),
-    task: str = typer.Option(..., "--task", help="Task both were scored on."),
+    ref: Optional[str] = typer.Option(None, "--ref", help="Reference variant name (default: the study's reference, 'reference')."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Compressed variant name (default: the only other variant on the task)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task both were scored on (default: the store's only task)."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for the paired intervals."),
     normalization: str = typer.Option("none", "--normalization", help="none, tokens, chars, bytes."),
     output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write every number here."),
@@ -93,7 +94,7 @@ def compare_command(
         from quantcal import api
 
         c = api.compare(store, ref, variant, task, resamples=resamples, normalization=normalization)
-        diff = Table(title=f"{variant} − {ref} on {task} (n = {c.n}, paired, 95% interval; * excludes 0)")
+        diff = Table(title=f"{c.variant} − {c.ref} on {c.task} (n = {c.n}, paired, 95% interval; * excludes 0)")
         for column in ("metric", "difference", "interval"):
             diff.add_column(column, justify="right" if column != "metric" else "left")
         for name, iv in c.differences.items():

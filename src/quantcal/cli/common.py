@@ -6,6 +6,7 @@ import os
 import re
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 import typer
@@ -34,6 +35,16 @@ def unescape(text: str | None) -> str | None:
     if text is None:
         return None
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], text)
+
+
+def one_store(argument: Path | None, option: Path | None) -> Path:
+    """The store named as the positional argument or as ``--store`` (one of them)."""
+    if argument is not None and option is not None and argument != option:
+        raise QuantcalError("name the store once: as the argument or with --store")
+    store = argument or option
+    if store is None:
+        raise QuantcalError("name the store to read (the argument, or --store)")
+    return store
 
 
 def say(message: str) -> None:

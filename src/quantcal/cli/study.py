@@ -18,6 +18,8 @@ def run_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Cap every task at its first N items (for a quick or CI-sized run)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (overrides the study's 'output')."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ... (overrides the study's 'device')."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16, float16 (overrides the study's 'dtype')."),
     executor: str = typer.Option("local", "--executor", help="local (one job after another, in this process) or ray (jobs as Ray tasks; the driver alone writes the store)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local Ray instance."),
     job_cpus: float = typer.Option(1.0, "--job-cpus", help="Ray: CPUs each job declares (and the torch threads it uses)."),
@@ -33,10 +35,10 @@ def run_command(
         from quantcal import api
         from quantcal.study.ray_executor import RaySettings
 
-        plan = api.plan_study(study, output=output, limit=limit, data_dir=data_dir)
+        plan = api.plan_study(study, output=output, limit=limit, data_dir=data_dir, device=device, dtype=dtype)
         table = Table(title=f"plan · {plan.spec.name} · {len(plan.jobs)} jobs")
         for column in ("#", "variant", "model", "adapter / recipe", "task", "items"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # full recipes and paths, wrapped, never cut
         for i, j in enumerate(plan.jobs, 1):
             d = j.definition
             how = " + ".join(x for x in (f"adapter ({d.deploy_form})" if d.adapter else "", d.recipe or "") if x)

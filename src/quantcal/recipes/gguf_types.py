@@ -27,7 +27,8 @@ K_QUANTS = ("q4_k", "q5_k", "q6_k")
 NOT_PORTED = ("q2_k", "q3_k")
 FALLBACK = {"q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}  # llama.cpp's choice for rows not a multiple of 256
 PARAMS = {
-    "type": Param(str, None, choices=QUANTIZABLE + K_QUANTS + NOT_PORTED, help="GGUF tensor type"),
+    "type": Param(str, None, choices=QUANTIZABLE + K_QUANTS,
+                  help=f"GGUF tensor type ({', '.join(NOT_PORTED)}: not ported, the 'gguf' package only dequantizes them)"),
     "fallback": Param(bool, True, choices=(True, False),
                       help="K-quants: layers whose rows are not a multiple of 256 take llama.cpp's fallback type",
                       key_default=False),
@@ -77,10 +78,6 @@ def layer_types(model: nn.Module, name: str, fallback: bool) -> dict[str, str]:
 
 def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
     name = params["type"]
-    if name in NOT_PORTED:
-        raise QuantcalError(
-            f"gguf:{name}: not available: the 'gguf' package only dequantizes it and quantcal ports llama.cpp's "
-            f"quantizer for {', '.join(K_QUANTS)} only; use one of {', '.join(QUANTIZABLE + K_QUANTS)}")
     types = layer_types(model, name, params["fallback"])
     sizes = []
     for layer_name, linear in block_linears(model):

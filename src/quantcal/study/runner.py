@@ -78,21 +78,22 @@ def plan(spec: StudySpec) -> list[PlannedJob]:
 
 
 def check_plan(spec: StudySpec) -> None:
-    """Fail before any work on what can be checked cheaply: task names, recipes, data files, templates, and whether
-    the report's bootstrap fits in memory for each task whose items can be read without the hub."""
+    """Fail before any work on what can be checked: task names, recipes, data files, templates, tasks whose data
+    cannot be reached (hub tasks offline), and whether the report's bootstrap fits in memory for each task."""
     for t in spec.tasks:
         task = get_task(t.name, t.template)
         if t.data_file and not Path(t.data_file).is_file():
             raise QuantcalError(f"task {t.name}: data file {t.data_file} not found")
-        if t.data_file or task.generate is not None:
-            try:
-                n_items = len(load_items(task, t.data_file, t.limit))
-            except QuantcalError:
-                continue  # a bad data file fails its own jobs, reported with the others
-            try:
-                check_resamples(spec.bootstrap.resamples, n_items)
-            except QuantcalError as exc:
+        try:
+            n_items = len(load_items(task, t.data_file, t.limit))
+        except QuantcalError as exc:
+            if t.data_file is None and task.generate is None:  # the hub, unreachable: every job would fail
                 raise QuantcalError(f"task {t.name}: {exc}") from None
+            continue  # a bad row in a local file fails its own jobs, reported with the others
+        try:
+            check_resamples(spec.bootstrap.resamples, n_items)
+        except QuantcalError as exc:
+            raise QuantcalError(f"task {t.name}: {exc}") from None
     models = {spec.reference}
     first_jobs = {j.variant: j for j in reversed(plan(spec))}
     for v in spec.variants:

@@ -123,6 +123,14 @@ class StudySpec(_Strict):
     device: str = "cpu"
     dtype: str = "auto"
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _task_names(cls, value: Any) -> Any:
+        """``tasks: [piqa, boolq]`` is short for ``tasks: [{name: piqa}, {name: boolq}]``."""
+        if isinstance(value, list):
+            return [{"name": t} if isinstance(t, str) else t for t in value]
+        return value
+
     @field_validator("normalization")
     @classmethod
     def _norms(cls, value: Union[str, list[str]]) -> list[str]:
