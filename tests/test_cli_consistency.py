@@ -76,3 +76,20 @@ def test_dry_run_catches_unported_recipes_and_unreachable_tasks(tmp_path: Path, 
     result = runner.invoke(app, ["run", str(offline), "--dry-run"])
     assert result.exit_code == 2 and "task piqa: cannot load baber/piqa" in result.output
     assert "a study's task: data_file" in result.output
+
+
+def test_run_terminal_shows_phases_job_lines_and_total_time(tmp_path: Path, tiny_llama: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "q.jsonl", [{"question": f"{i}+{i}?", "choices": [str(2 * i), str(i)], "answer": 0}
+                                              for i in range(6)])
+    result = runner.invoke(app, ["run", str(_study(tmp_path, tiny_llama, f"[{{name: custom, data_file: {data}}}]"))])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    for job in ("reference · custom", "w4 · custom"):
+        ready = text.index("ready in", text.index(f"] {job}"))
+        assert text.index(f"{job}:   0%") > ready  # no item bar while loading or building
+        assert f"{job}: 6 items scored in" in text and "items/s" in text
+    assert "building rtn:" in text and text.rstrip().endswith("s") and "2 job(s) in" in text
+    again = runner.invoke(app, ["run", str(_study(tmp_path, tiny_llama, f"[{{name: custom, data_file: {data}}}]"))])
+    assert "all 6 items already in the store" in again.output and "loading" not in again.output

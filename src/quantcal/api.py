@@ -161,6 +161,7 @@ def evaluate(
             job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
                       template if task.name == "custom" else None, variant.config, dtype)
             outcome = run_job(db, job, options, variant.holder, progress, say)
+            say(outcome.summary(f"{variant_name} · {task.name}"))
             wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
             scored = [s for s in db.scored_items(outcome.run_id) if s.item_id in wanted]
             if not scored:

@@ -74,11 +74,22 @@ class JobResult:
     item_ids: list[str]
     n_scored_now: int
     n_errors: int
-    seconds: float
+    seconds: float  # scoring and storing (from the first item to the last)
+    load_seconds: float = 0.0  # loading (and building) the model before, when this job did it
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    def summary(self, name: str) -> str:
+        """The job's line for the terminal: what was scored, in how long, at what rate (loading apart)."""
+        if not self.n_scored_now:
+            return f"{name}: all {self.n_items} items already in the store"
+        scoring = max(self.seconds, 1e-9)
+        loading = f" after {self.load_seconds:.1f} s loading" if self.load_seconds >= 0.05 else ""
+        errors = f", {self.n_errors} could not be scored" if self.n_errors else ""
+        return (f"{name}: {self.n_scored_now} items scored in {scoring:.1f} s ({self.n_scored_now / scoring:.1f} items/s)"
+                f"{loading}{errors}; {self.n_items - self.n_errors} of {self.n_items} in the store")
 
 
 def data_fingerprint(task: Task, data_file: str | None) -> str:
@@ -191,12 +202,17 @@ def run_job(
     to be stored or to expire (a killed process's items are then taken over)."""
     pending = pending_job(store, job, options)
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    loaded_before = model.load_seconds
+    if pending.todo:
+        model.get()  # loading and building are their own phase: the item bar starts when scoring does
     try:
-        return store_results(store, job, pending, lambda: _claimed_batches(store, pending, job, options, model, owner, say),
-                             progress)
+        result = store_results(store, job, pending,
+                               lambda: _claimed_batches(store, pending, job, options, model, owner, say), progress)
     finally:
         if pending.todo:
             store.release_claims(pending.run_id, owner)
+    result.load_seconds = model.load_seconds if not loaded_before else 0.0
+    return result
 
 
 #: How often a process with nothing left to claim looks again while others hold live claims.

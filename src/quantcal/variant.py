@@ -20,6 +20,7 @@ and hands back a :class:`ModelHolder` that runs the path on first use, so a fini
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -82,6 +83,15 @@ class VariantDef:
         assert self.adapter is not None
         return adapter_base_model(self.adapter)
 
+    def describe(self) -> str:
+        """One line: the model, the adapter and its form, the recipe."""
+        parts = [self.model or "the adapter's base"]
+        if self.adapter is not None:
+            parts.append(f"adapter {self.adapter} ({self.deploy_form})")
+        if self.recipe is not None:
+            parts.append(self.recipe_spec.key if self.recipe_spec else self.recipe)
+        return " + ".join(parts)
+
     def default_name(self, source: ModelSource) -> str:
         """A readable name: base, adapter form, recipe slug (``smollm2-135m-instruct/adapter-nf4/rtn-w4-g64``)."""
         parts = [source.name]
@@ -103,15 +113,26 @@ class VariantDef:
 
 
 class ModelHolder:
-    """Loads a model on first use and keeps it for the following jobs of the same variant."""
+    """Loads a model on first use and keeps it for the following jobs of the same variant; with a ``label`` it says
+    when loading starts and how long it took (loading, dequantizing and building are a phase of their own)."""
 
-    def __init__(self, loader: Callable[[], LoadedModel]) -> None:
+    def __init__(self, loader: Callable[[], LoadedModel], say: Callable[[str], None] | None = None,
+                 label: str = "") -> None:
         self._loader = loader
         self._loaded: LoadedModel | None = None
+        self._say = say
+        self.label = label
+        self.load_seconds = 0.0
 
     def get(self) -> LoadedModel:
         if self._loaded is None:
+            if self._say and self.label:
+                self._say(f"loading {self.label}")
+            start = time.perf_counter()
             self._loaded = self._loader()
+            self.load_seconds = time.perf_counter() - start
+            if self._say and self.label:
+                self._say(f"{self.label} ready in {self.load_seconds:.1f} s")
         return self._loaded
 
 
@@ -134,7 +155,8 @@ def prepare(defn: VariantDef, options: LoadOptions = LoadOptions(), say: Callabl
     """Check ``defn``, resolve its base model (or take ``source``) and return it with a loader that runs on first use."""
     defn.check()
     source = source or resolve_source(defn.base_spec())
-    return PreparedVariant(defn, source, defn.run_config(), ModelHolder(lambda: load_variant_model(defn, source, options, say)))
+    holder = ModelHolder(lambda: load_variant_model(defn, source, options, say), say, defn.describe())
+    return PreparedVariant(defn, source, defn.run_config(), holder)
 
 
 def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptions = LoadOptions(),

@@ -72,6 +72,15 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from huggingface_hub.utils import disable_progress_bars  # download bars (nested bars leave escapes in logs)
+
+    disable_progress_bars()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
 
 
 def item_bar(description: str, total: int) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -48,9 +49,11 @@ def run_command(
             return
         quiet_transformers()
         ray = RaySettings(address, job_cpus, job_gpus) if executor == "ray" else None
+        start = time.perf_counter()
         result = api.run_study(plan, executor=executor, ray=ray, progress=item_bar, step_progress=step_bar, say=say)
         _print_summary(result.report.results)
         console.print(f"report: {result.page}")
+        console.print(f"{len(result.jobs)} job(s) in {_duration(time.perf_counter() - start)}", highlight=False)
         if result.failures:
             console.print(f"[red]{len(result.failures)} of {len(result.jobs)} job(s) failed[/]; the report covers the others")
             raise typer.Exit(1)
@@ -70,6 +73,11 @@ def _print_summary(results: dict[str, Any]) -> None:
         out.print(table)
         for flag in block["deployment"]["flags"]:
             console.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 
 
 def _delta(interval: Optional[dict[str, Any]]) -> str:

@@ -195,6 +195,7 @@ def run_study(
             variant = prepared[job.variant]
             result = run_job(store, job.job(variant, spec.dtype), options, variant.holder, progress, say)
             outcomes.append(JobOutcome.of(result, job.variant, job.task.name, time.perf_counter() - start))
+            say("  " + result.summary(f"{job.variant} · {job.task.name}"))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed job must not stop the study; the reason is kept
