@@ -1,8 +1,8 @@
 """Analysis of the same items scored by two variants, and recalibration. Pure functions: numpy in, numbers out."""
 
 from quantcal.analysis.comparison import Comparison, compare, flips, item_changes, paired_tests, stratify
-from quantcal.analysis.recalibration import (CrossFit, apply_temperature, cross_fit_temperature, fit_temperature,
-                                             recalibration_report)
+from quantcal.analysis.recalibration import (CrossFit, apply_temperature, at_bound, cross_fit_temperature,
+                                             fit_temperature, recalibration_report)
 
-__all__ = ["Comparison", "CrossFit", "apply_temperature", "compare", "cross_fit_temperature", "fit_temperature",
+__all__ = ["Comparison", "CrossFit", "apply_temperature", "at_bound", "compare", "cross_fit_temperature", "fit_temperature",
            "flips", "item_changes", "paired_tests", "recalibration_report", "stratify"]

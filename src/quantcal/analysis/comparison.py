@@ -89,14 +89,18 @@ def paired_tests(probs_ref: np.ndarray, probs_var: np.ndarray, labels: np.ndarra
 
 
 def stratify(probs_ref: np.ndarray, probs_var: np.ndarray, labels: np.ndarray, n_bins: int = 5) -> dict[str, Any]:
-    """Changes by quantile bin of the reference's confidence (equal confidences share a bin)."""
+    """Changes by quantile bin of the reference's confidence. Equal confidences share a bin, so quantile edges that
+    coincide (many items at confidence 1.0, say) merge their bins: ``merged_bins`` says how many were merged, and no
+    two bins show the same range."""
     ch = item_changes(probs_ref, probs_var, labels)
     if n_bins < 1:
         raise QuantcalError(f"n_bins must be at least 1, got {n_bins}")
-    edges = np.quantile(ch.ref_confidence, np.linspace(0, 1, n_bins + 1))
+    edges = np.unique(np.quantile(ch.ref_confidence, np.linspace(0, 1, n_bins + 1)))
+    if edges.size < 2:  # every item at the same confidence: one bin
+        edges = np.array([edges[0], edges[0]])
     index = np.searchsorted(edges[1:-1], ch.ref_confidence, side="left")
     rows = []
-    for b in range(n_bins):
+    for b in range(edges.size - 1):
         m = index == b
         if not m.any():
             continue
@@ -114,7 +118,8 @@ def stratify(probs_ref: np.ndarray, probs_var: np.ndarray, labels: np.ndarray, n
         spearman = {"rho": float(rho.statistic), "pvalue": float(rho.pvalue)}
     else:
         spearman = {"rho": float("nan"), "pvalue": float("nan")}
-    return {"bins": rows, "spearman_ref_confidence_vs_abs_delta_p_gold": spearman}
+    return {"bins": rows, "requested_bins": n_bins, "merged_bins": n_bins - len(rows),
+            "spearman_ref_confidence_vs_abs_delta_p_gold": spearman}
 
 
 def flips(probs_ref: np.ndarray, probs_var: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:

@@ -84,4 +84,13 @@ def recalibration_report(scores: np.ndarray, labels: np.ndarray, metrics: Sequen
     after = {m: compute(m, fit.probs, y) for m in metrics}
     recovered = {m: (before[m] - after[m]) / before[m] if before[m] else 0.0 for m in metrics if m != "acc"}
     return {"temperature": fit.temperature_all, "fold_temperatures": list(fit.fold_temperatures),
+            "at_bound": at_bound(fit.temperature_all) or any(at_bound(t) for t in fit.fold_temperatures),
             "before": before, "after": after, "share_recovered": recovered, "k": k, "seed": seed}
+
+
+def at_bound(temperature: float) -> bool:
+    """Whether a fitted temperature sits at the search bound (within 1% of 0.01 or 100). At T = 100 the scores are
+    flattened to near-uniform probabilities: the NLL falls to about ln(k) because the model's preferences are
+    removed, not calibrated, so the 'after' numbers describe a useless model and must not read as recovery."""
+    log_t = np.log(temperature)
+    return bool(min(abs(log_t - LOG_T_BOUNDS[0]), abs(log_t - LOG_T_BOUNDS[1])) < 0.01)

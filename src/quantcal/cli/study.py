@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from quantcal.cli.common import console, item_bar, out, quiet_transformers, say, step_bar, user_errors
 from quantcal.errors import QuantcalError
@@ -73,6 +74,11 @@ def _print_summary(results: dict[str, Any]) -> None:
         out.print(table)
         for flag in block["deployment"]["flags"]:
             console.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
+    found = results.get("findings", {})
+    for b in found.get("blocks", []):
+        out.print(Text(f"{b['task']} ({b['normalization']}): " + " | ".join(b["lines"])), soft_wrap=True)
+    for caveat in found.get("caveats", []):
+        out.print(Text("caveat: " + caveat), soft_wrap=True)
 
 
 def _duration(seconds: float) -> str:

@@ -15,8 +15,9 @@ import numpy as np
 
 from quantcal.analysis import recalibration_report
 from quantcal.errors import QuantcalError
-from quantcal.metrics import DEFAULT_METRICS, as_inputs, reliability_bins
+from quantcal.metrics import DEFAULT_METRICS, as_inputs, get_metric, reliability_bins
 from quantcal.predictions import choice_scores
+from quantcal.report.findings import SATURATED, findings
 from quantcal.store import Store
 from quantcal.summary import align, comparison_report, run_metrics, run_predictions
 
@@ -43,6 +44,7 @@ def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSe
     right = d.correct.astype(bool)
     block: dict[str, Any] = {
         "n": int(d.n),
+        "saturated_share": float((d.confidence > SATURATED).mean()),
         "metrics": {k: v.to_json() for k, v in run_metrics(preds, s.metrics, s.resamples, s.seed, s.level).items()},
         "reliability": {"counts": bins.counts.astype(int).tolist(), "confidence": bins.confidence.tolist(),
                         "accuracy": bins.accuracy.tolist()},
@@ -78,16 +80,35 @@ def largest_changes(store: Store, a: Any, reference: str, task: str, top: int = 
     return rows
 
 
+def verdict(interval: dict[str, Any] | None, higher_is_better: bool) -> str:
+    """``better``, ``worse`` or ``same`` (no evidence of a difference: the interval includes 0) for a paired Δ."""
+    if not interval or interval.get("low") is None or interval.get("high") is None:
+        return "same"
+    if interval["low"] > 0 or interval["high"] < 0:
+        return "better" if (interval["estimate"] > 0) == higher_is_better else "worse"
+    return "same"
+
+
+def _groups(variants: dict[str, Any], paired: dict[str, Any], reference: str, metric: str) -> list[dict[str, Any]]:
+    """Variants grouped by their paired difference to the reference on ``metric``: better, indistinguishable (the
+    reference among them), worse; within a group in order of the estimate, which is not a ranking (their
+    differences to each other are not tested)."""
+    higher = get_metric(metric).higher_is_better
+    groups: dict[str, list[str]] = {"better": [], "same": [reference] if reference in variants else [], "worse": []}
+    for name, p in paired.items():
+        groups[verdict(p["difference"].get(metric), higher)].append(name)
+
+    def est(v: str) -> float:
+        value = variants[v]["metrics"].get(metric, {}).get("estimate")
+        return float("nan") if value is None else float(value)
+    return [{"verdict": k, "variants": sorted(vs, key=lambda v: -est(v) if higher else est(v))}
+            for k, vs in groups.items() if vs]
+
+
 def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference: str) -> dict[str, Any]:
-    """Rank variants by accuracy and by ECE side by side; flag those that gain accuracy but lose calibration."""
-    names = list(variants)
-
-    def est(v: str, m: str) -> float:
-        return variants[v]["metrics"].get(m, {}).get("estimate", float("nan"))
-
-    by_acc = sorted(names, key=lambda v: -est(v, "acc"))
-    cal = "ece" if all("ece" in variants[v]["metrics"] for v in names) else None
-    by_cal = sorted(names, key=lambda v: est(v, cal)) if cal else []
+    """Variants grouped by accuracy and by calibration against the reference (within-noise differences are not
+    ranked); flag those that gain accuracy but lose calibration."""
+    cal = "ece" if all("ece" in variants[v]["metrics"] for v in variants) else None
     flags = []
     for v, p in paired.items():
         d_acc, d_ece = p["difference"].get("acc"), p["difference"].get("ece")
@@ -98,7 +119,10 @@ def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference:
             flags.append({"variant": v, "delta_acc": d_acc, "delta_ece": d_ece, "both_intervals_exclude_zero": sure,
                           "message": f"{v} is more accurate than {reference} but worse calibrated"
                                      + (" (both changes outside their 95% intervals)" if sure else " (not both significant)")})
-    return {"rank_by_accuracy": by_acc, "rank_by_calibration": by_cal, "calibration_metric": cal, "flags": flags}
+    has_acc = all("acc" in variants[v]["metrics"] for v in variants)
+    return {"accuracy_groups": _groups(variants, paired, reference, "acc") if has_acc else [],
+            "calibration_groups": _groups(variants, paired, reference, cal) if cal else [],
+            "calibration_metric": cal, "flags": flags}
 
 
 def adapter_notes(runs: list[dict[str, Any]], reference: str) -> list[str]:
@@ -144,4 +168,5 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
             paired = {v: _paired(store, v, task, norm, settings) for v in names[1:]} if settings.reference in names else {}
             out["tasks"][task][norm] = {"variants": variants, "paired": paired,
                                         "deployment": deployment_view(variants, paired, settings.reference)}
+    out["findings"] = findings(out)
     return out

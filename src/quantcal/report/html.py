@@ -26,12 +26,20 @@ td.sig { font-weight: bold; background: #fff6d6; }
 .flag { background: #ffe3e3; border-left: 4px solid #d33; padding: .5rem .8rem; margin: .5rem 0; }
 .ok { background: #e8f6e8; border-left: 4px solid #393; padding: .5rem .8rem; margin: .5rem 0; }
 .muted { color: #666; font-size: .85rem; }
+.findings { background: #f7f9fc; border: 1px solid #dde3ee; padding: .2rem 1rem .6rem; }
+.findings h2 { margin-top: .6rem; }
 img { max-width: 100%; }
 .figs { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
 code { background: #f4f4f4; padding: 0 .2rem; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>
+<section id="findings" class="findings"><h2>Findings</h2>
+{% for b in results.findings.blocks %}<p><strong>{{ b.task }}</strong> <span class="muted">(normalization {{ b.normalization }}; variant − reference, 95% interval)</span></p>
+<ul>{% for line in b.lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endfor %}
+{% if not results.findings.blocks %}<p>No variant to compare with the reference.</p>{% endif %}
+{% for c in results.findings.caveats %}<div class="flag"><strong>Caveat:</strong> {{ c }}</div>{% endfor %}
+</section>
 <p>Reference <code>{{ results.reference }}</code>; {{ n_variants }} variant(s) on {{ results.tasks|length }} task(s).
 Estimates carry {{ level }}% percentile-bootstrap intervals ({{ settings.resamples }} resamples, seed {{ settings.seed }});
 differences are <em>variant − reference</em> on the same items (matched by id and content hash), resampled jointly;
@@ -61,8 +69,10 @@ differences are <em>variant − reference</em> on the same items (matched by id 
 {% endfor %}
 
 <h3>Deployment view</h3>
-<table><tr><th>rank</th><th>by accuracy</th><th>by calibration ({{ task.deployment.calibration_metric or "—" }})</th></tr>
-{% for a, c in task.ranks %}<tr><td>{{ loop.index }}</td><td class="text">{{ a }}</td><td class="text">{{ c }}</td></tr>{% endfor %}</table>
+<p class="muted">Variants grouped by their paired difference to the reference (its 95% interval): better, no evidence
+of a difference, worse. Within a group the order follows the estimate and is not a ranking.</p>
+<table><tr><th>against the reference</th><th>accuracy</th><th>calibration ({{ task.deployment.calibration_metric or "—" }})</th></tr>
+{% for label, a, c in task.groups %}<tr><td>{{ label }}</td><td class="text">{{ a }}</td><td class="text">{{ c }}</td></tr>{% endfor %}</table>
 {% for f in task.deployment.flags %}<div class="flag">{{ f.message }}: Δacc {{ "%+.4f"|format(f.delta_acc.estimate) }}, ΔECE {{ "%+.4f"|format(f.delta_ece.estimate) }}.</div>{% endfor %}
 {% if not task.deployment.flags and task.has_paired %}<div class="ok">No variant gains accuracy while losing calibration on this task.</div>{% endif %}
 
@@ -79,8 +89,9 @@ Flips: {{ v.a.flips.correct_to_wrong.count|int }} correct→wrong, {{ v.a.flips.
 <tr><td>McNemar (correctness)</td><td colspan="3">{{ v.a.tests.mcnemar.correct_to_wrong|int }} → wrong, {{ v.a.tests.mcnemar.wrong_to_correct|int }} → right</td><td colspan="2">p = {{ "%.3g"|format(v.a.tests.mcnemar.pvalue) }}</td></tr>
 </table>
 <table><tr><th>reference-confidence bin</th><th>n</th><th>confidence range</th><th>mean |Δp(gold)|</th><th>mean Δp(gold)</th><th>mean JS</th><th>flip rate</th></tr>
-{% for b in v.a.stratified.bins %}<tr><td>{{ b.bin }}</td><td>{{ b.n }}</td><td>{{ "%.2f"|format(b.ref_confidence_low) }}–{{ "%.2f"|format(b.ref_confidence_high) }}</td><td>{{ "%.4f"|format(b.mean_abs_delta_p_gold) }}</td><td>{{ "%+.4f"|format(b.mean_delta_p_gold) }}</td><td>{{ "%.4f"|format(b.mean_js_distance) }}</td><td>{{ "%.1f"|format(100 * b.flip_rate) }}%</td></tr>{% endfor %}
+{% for b in v.a.stratified.bins %}<tr><td>{{ b.bin }}</td><td>{{ b.n }}</td><td>{{ "%.3f"|format(b.ref_confidence_low) }}–{{ "%.3f"|format(b.ref_confidence_high) }}</td><td>{{ "%.4f"|format(b.mean_abs_delta_p_gold) }}</td><td>{{ "%+.4f"|format(b.mean_delta_p_gold) }}</td><td>{{ "%.4f"|format(b.mean_js_distance) }}</td><td>{{ "%.1f"|format(100 * b.flip_rate) }}%</td></tr>{% endfor %}
 </table>
+{% if v.a.stratified.merged_bins %}<p class="muted">{{ v.a.stratified.merged_bins }} of {{ v.a.stratified.requested_bins }} quantile bins merged: their edges coincide (many items share a confidence).</p>{% endif %}
 <p class="muted">Spearman(reference confidence, |Δp(gold)|) = {{ "%.3f"|format(v.a.stratified.spearman_ref_confidence_vs_abs_delta_p_gold.rho) }}
 (p = {{ "%.3g"|format(v.a.stratified.spearman_ref_confidence_vs_abs_delta_p_gold.pvalue) }}); negative means the items the reference was unsure of moved most.</p>
 <table><tr><th>item</th><th>context (end)</th><th>gold answer</th><th>p(gold) ref</th><th>p(gold) variant</th></tr>
@@ -91,7 +102,7 @@ Flips: {{ v.a.flips.correct_to_wrong.count|int }} correct→wrong, {{ v.a.flips.
 {% if task.recalibration %}
 <h3>Recalibration (temperature scaling, {{ settings.folds }}-fold cross-fitted; normalization {{ task.primary }})</h3>
 <table><tr><th>variant</th><th>T</th><th>ECE before</th><th>ECE after</th><th>NLL before</th><th>NLL after</th><th>Brier before</th><th>Brier after</th><th>acc (unchanged)</th></tr>
-{% for name, r in task.recalibration %}<tr><td>{{ name }}</td><td>{{ "%.3f"|format(r.temperature) }}</td><td>{{ "%.4f"|format(r.before.ece) }}</td><td>{{ "%.4f"|format(r.after.ece) }}</td><td>{{ "%.4f"|format(r.before.nll) }}</td><td>{{ "%.4f"|format(r.after.nll) }}</td><td>{{ "%.4f"|format(r.before.brier) }}</td><td>{{ "%.4f"|format(r.after.brier) }}</td><td>{{ "%.4f"|format(r.after.acc) }}</td></tr>{% endfor %}
+{% for name, r in task.recalibration %}<tr><td>{{ name }}{% if r.at_bound %} <strong>(T at its bound: the fit flattens the model to near-uniform probabilities; not a usable recalibration)</strong>{% endif %}</td><td>{{ "%.3f"|format(r.temperature) }}</td><td>{{ "%.4f"|format(r.before.ece) }}</td><td>{{ "%.4f"|format(r.after.ece) }}</td><td>{{ "%.4f"|format(r.before.nll) }}</td><td>{{ "%.4f"|format(r.after.nll) }}</td><td>{{ "%.4f"|format(r.before.brier) }}</td><td>{{ "%.4f"|format(r.after.brier) }}</td><td>{{ "%.4f"|format(r.after.acc) }}</td></tr>{% endfor %}
 </table>{% endif %}
 {% endfor %}
 <p class="muted">Every number on this page is in results.json beside it; per-item records are in items.parquet.</p>
@@ -106,10 +117,8 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
     for name, by_norm in results["tasks"].items():
         norms = list(by_norm)
         primary = by_norm[norms[0]]
-        ranks = list(zip(primary["deployment"]["rank_by_accuracy"],
-                         primary["deployment"]["rank_by_calibration"] or ["—"] * len(primary["deployment"]["rank_by_accuracy"])))
         tasks.append({
-            "name": name, "primary": norms[0], "deployment": primary["deployment"], "ranks": ranks,
+            "name": name, "primary": norms[0], "deployment": primary["deployment"], "groups": _group_rows(primary["deployment"]),
             "has_paired": bool(primary["paired"]),
             "blocks": [{"norm": n, "metric_rows": metric_rows(b, metrics), "diff_rows": diff_rows(b, metrics)} for n, b in by_norm.items()],
             "figures": [{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()} for f in figures.get(name, [])],
@@ -124,6 +133,16 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
         title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,
         level=int(round(settings["level"] * 100)), n_variants=max(0, len({r["variant"] for r in runs}) - 1),
         tasks=tasks, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""))
+
+
+GROUP_LABELS = {"better": "better", "same": "no evidence of a difference", "worse": "worse"}
+
+
+def _group_rows(deployment: dict[str, Any]) -> list[tuple[str, str, str]]:
+    by = {key: {g["verdict"]: ", ".join(g["variants"]) for g in deployment.get(key, [])}
+          for key in ("accuracy_groups", "calibration_groups")}
+    return [(label, by["accuracy_groups"].get(v, "—"), by["calibration_groups"].get(v, "—"))
+            for v, label in GROUP_LABELS.items()]
 
 
 def _what(config: dict[str, Any]) -> str:

@@ -48,6 +48,13 @@ def markdown(results: dict[str, Any]) -> str:
            f"Reference: {_md(results['reference'])}. Estimates with {level}% bootstrap intervals "
            f"({results['settings']['resamples']} resamples); differences are variant − reference on the same items, "
            "**bold** where the interval excludes 0.", ""]
+    found = results.get("findings", {})
+    if found.get("blocks") or found.get("caveats"):
+        out += ["## Findings", ""]
+        for b in found.get("blocks", []):
+            out += [f"**{_md(b['task'])}** (normalization {b['normalization']}):", ""]
+            out += [f"- {_md(line)}" for line in b["lines"]] + [""]
+        out += [f"> Caveat: {_md(c)}" for c in found.get("caveats", [])] + [""]
     for task, by_norm in results["tasks"].items():
         for norm, block in by_norm.items():
             out += [f"## {_md(task)} (normalization: {norm})", "", "| variant | n | " + " | ".join(metrics) + " |",

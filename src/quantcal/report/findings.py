@@ -1,0 +1,84 @@
+"""What a study found, in sentences written from its numbers: the headline of the report, tables.md and the terminal.
+
+Per task and length normalization, each variant whose paired difference to the reference has an interval that
+excludes 0, with direction (better / worse, from the metric's registry entry) and size; the variants that differ
+on no metric are named as indistinguishable. Then the caveats that apply to the whole study: a reference that is
+itself a quantized file, the offline demo task, saturated confidences, temperatures fitted at their bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantcal.metrics import get_metric
+
+#: A confidence above this is "saturated" (the softmax over whole-answer log-likelihoods is nearly one-hot).
+SATURATED = 0.999
+#: Share of the reference's answers above SATURATED at which the caveat is stated.
+SATURATED_SHARE = 0.25
+
+
+def phrase(metric: str, interval: dict[str, float]) -> str:
+    """``accuracy −20.5 points [−28.0, −13.0] (worse)`` or ``ece +0.172 [+0.094, +0.236] (worse)``."""
+    higher = get_metric(metric).higher_is_better
+    better = (interval["estimate"] > 0) == higher
+    if metric == "acc":
+        text = (f"accuracy {100 * interval['estimate']:+.1f} points "
+                f"[{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]")
+    else:
+        text = f"{metric} {interval['estimate']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]"
+    return f"{text} ({'better' if better else 'worse'})"
+
+
+def _excludes_zero(interval: dict[str, Any] | None) -> bool:
+    return bool(interval and interval.get("low") is not None and (interval["low"] > 0 or interval["high"] < 0))
+
+
+def block_findings(block: dict[str, Any]) -> list[str]:
+    """The sentences for one task and normalization."""
+    lines, same = [], []
+    for variant, paired in block["paired"].items():
+        changes = [phrase(m, iv) for m, iv in paired["difference"].items() if _excludes_zero(iv)]
+        if changes:
+            lines.append(f"{variant}: " + "; ".join(changes))
+        else:
+            same.append(variant)
+    if same:
+        lines.append(f"indistinguishable from the reference on every metric (all intervals include 0): {', '.join(same)}")
+    return lines
+
+
+def caveats(results: dict[str, Any]) -> list[str]:
+    """What a reader must know before trusting the headline, from the runs and the numbers."""
+    out = []
+    reference = results["reference"]
+    ref_models = {(r["config"].get("model") or {}).get("kind"): (r["config"].get("model") or {}).get("spec")
+                  for r in results["runs"] if r["variant"] == reference}
+    for kind in ("bundled", "gguf"):
+        if kind in ref_models:
+            out.append(f"The reference ({ref_models[kind]}) is itself a quantized GGUF file, dequantized to float: "
+                       "differences are to that model, not to the original float weights.")
+    if "arithmetic" in results["tasks"]:
+        out.append("arithmetic is quantcal's generated offline demo task (two-digit sums, products and differences; "
+                   "questions can repeat), not a benchmark.")
+    for task, by_norm in results["tasks"].items():
+        block = by_norm.get("none")
+        saturated = (block or {}).get("variants", {}).get(reference, {}).get("saturated_share")
+        if saturated is not None and saturated >= SATURATED_SHARE:
+            out.append(f"{task}: {100 * saturated:.0f}% of the reference's answers have confidence above {SATURATED} "
+                       "under normalization none (whole-answer log-likelihoods make the softmax nearly one-hot); "
+                       "calibration numbers are dominated by them: compare with normalization tokens or chars.")
+        for norm, b in by_norm.items():
+            bound = [v for v, vb in b["variants"].items() if vb.get("recalibration", {}).get("at_bound")]
+            if bound:
+                out.append(f"{task} ({norm}): temperature scaling hit its bound for {', '.join(bound)}: the fit "
+                           "flattens those models to near-uniform probabilities, so their 'after' numbers are not a "
+                           "recovery of calibration.")
+    return out
+
+
+def findings(results: dict[str, Any]) -> dict[str, Any]:
+    """``{"blocks": [{task, normalization, lines}], "caveats": [...]}`` for a study's results."""
+    blocks = [{"task": task, "normalization": norm, "lines": block_findings(block)}
+              for task, by_norm in results["tasks"].items() for norm, block in by_norm.items() if block["paired"]]
+    return {"blocks": blocks, "caveats": caveats(results)}

@@ -1,0 +1,81 @@
+"""The report's derived views cannot mislead: ties are grouped, not ranked; a temperature at its bound is flagged;
+coinciding quantile bins are merged; the findings block says what changed, in which direction, and its caveats."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantcal.analysis import recalibration_report, stratify
+from quantcal.report.collect import deployment_view
+from quantcal.report.findings import block_findings, caveats, phrase
+
+
+def _iv(estimate: float, low: float, high: float) -> dict[str, float]:
+    return {"estimate": estimate, "low": low, "high": high, "level": 0.95, "n_resamples": 100}
+
+
+def _block() -> dict:
+    variants = {name: {"metrics": {"acc": _iv(a, a - .01, a + .01), "ece": _iv(e, e - .01, e + .01)}}
+                for name, a, e in (("reference", .65, .10), ("w8", .65, .10), ("w4", .651, .12), ("w2", .40, .30),
+                                   ("lucky", .70, .05))}
+    paired = {"w8": {"difference": {"acc": _iv(0.0, -.01, .01), "ece": _iv(0.0, -.01, .01)}},
+              "w4": {"difference": {"acc": _iv(.001, -.02, .03), "ece": _iv(.02, .005, .04)}},
+              "w2": {"difference": {"acc": _iv(-.25, -.3, -.2), "ece": _iv(.2, .15, .25)}},
+              "lucky": {"difference": {"acc": _iv(.05, .01, .09), "ece": _iv(-.05, -.08, -.02)}}}
+    return {"variants": variants, "paired": paired}
+
+
+def test_deployment_view_groups_variants_within_noise() -> None:
+    b = _block()
+    view = deployment_view(b["variants"], b["paired"], "reference")
+    acc = {g["verdict"]: g["variants"] for g in view["accuracy_groups"]}
+    cal = {g["verdict"]: g["variants"] for g in view["calibration_groups"]}
+    assert acc == {"better": ["lucky"], "same": ["w4", "reference", "w8"], "worse": ["w2"]}  # ties share a group
+    assert cal == {"better": ["lucky"], "same": ["reference", "w8"], "worse": ["w4", "w2"]}  # lower ECE is better
+    assert "rank_by_accuracy" not in view
+
+
+def test_findings_name_direction_size_and_the_indistinguishable() -> None:
+    lines = block_findings(_block())
+    assert "w2: accuracy -25.0 points [-30.0, -20.0] (worse); ece +0.200 [+0.150, +0.250] (worse)" in lines
+    assert "lucky: accuracy +5.0 points [+1.0, +9.0] (better); ece -0.050 [-0.080, -0.020] (better)" in lines
+    assert lines[-1].endswith(": w8") and "w4: ece +0.020" in " ".join(lines)
+    assert phrase("brier", _iv(-.01, -.02, -.005)) == "brier -0.010 [-0.020, -0.005] (better)"
+
+
+def test_caveats_for_a_quantized_reference_the_demo_task_saturation_and_bounds() -> None:
+    results = {"reference": "reference",
+               "runs": [{"variant": "reference", "config": {"model": {"kind": "bundled", "spec": "smollm2-135m-instruct"}}}],
+               "tasks": {"arithmetic": {"none": {"variants": {"reference": {"saturated_share": 0.6},
+                                                              "w2": {"recalibration": {"at_bound": True}}}}}}}
+    text = " ".join(caveats(results))
+    assert "smollm2-135m-instruct) is itself a quantized GGUF file" in text
+    assert "generated offline demo task" in text and "60% of the reference's answers" in text
+    assert "temperature scaling hit its bound for w2" in text
+
+
+def test_temperature_at_its_bound_is_flagged() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    scores = np.zeros((n, 2))
+    scores[np.arange(n), rng.integers(0, 2, n)] = 30.0  # confident, and right only by chance: no usable signal
+    report = recalibration_report(scores, rng.integers(0, 2, n))
+    assert report["at_bound"] and report["temperature"] > 99
+    informative = rng.normal(0, 2, (n, 2))
+    p1 = 1 / (1 + np.exp(informative[:, 0] - informative[:, 1]))
+    labels = (rng.random(n) < p1).astype(int)  # drawn from the scores' own softmax: calibrated at T = 1
+    fitted = recalibration_report(informative, labels)
+    assert not fitted["at_bound"] and 0.5 < fitted["temperature"] < 2
+
+
+def test_coinciding_quantile_bins_are_merged_not_repeated() -> None:
+    rng = np.random.default_rng(1)
+    n = 500
+    ref = np.tile([[0.0, 1.0]], (n, 1))  # most items at confidence 1.0
+    ref[:100] = rng.dirichlet([2, 2], 100)
+    var = np.clip(ref + rng.normal(0, .01, ref.shape), 0, None)
+    var /= var.sum(1, keepdims=True)
+    s = stratify(ref, var, rng.integers(0, 2, n), n_bins=5)
+    ranges = [(b["ref_confidence_low"], b["ref_confidence_high"]) for b in s["bins"]]
+    assert len(set(ranges)) == len(ranges) and s["merged_bins"] == 5 - len(ranges) > 0
+    assert sum(b["n"] for b in s["bins"]) == n
