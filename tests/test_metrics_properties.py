@@ -101,3 +101,28 @@ def test_vectorised_smece_equals_relplot_per_resample(sigma: float) -> None:
     fast = smece_resampled(d, counts_from_indices(idx, 500), sigma)
     slow = [relplot.smECE_sigma(d.take(row).confidence, d.take(row).correct, sigma) for row in idx]
     assert np.allclose(fast, slow, atol=1e-12)
+
+
+def _overconfident(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """4 classes; the truth is the model's softmax at temperature 1.8: an overconfident model."""
+    logits = rng.normal(0, 2.0, (n, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    truth = np.exp(logits / 1.8) / np.exp(logits / 1.8).sum(1, keepdims=True)
+    return probs, (rng.random((n, 1)) > truth.cumsum(1)).sum(1)
+
+
+@pytest.mark.parametrize("name", ["ace", "sce"])
+def test_reported_interval_of_a_binned_metric_covers_its_target(name: str) -> None:
+    """ACE/SCE are biased upward at small n and their resamples more so: the percentile interval sits above the
+    target (0% coverage for ACE at n = 200 in the study behind the module doc). The reported (basic) interval
+    covers the population value in most replicates, and far more often than the percentile one would."""
+    rng = np.random.default_rng(7)
+    target = compute(name, *_overconfident(rng, 200_000))
+    reported = percentile = 0
+    replicates = 40
+    for r in range(replicates):
+        iv = bootstrap(name, *_overconfident(rng, 1000), n_resamples=200, seed=r)
+        assert iv.method == "basic"
+        reported += iv.low <= target <= iv.high
+        percentile += 2 * iv.estimate - iv.high <= target <= 2 * iv.estimate - iv.low
+    assert reported / replicates >= 0.8 and reported > percentile

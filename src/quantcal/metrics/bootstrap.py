@@ -1,7 +1,15 @@
 """Uncertainty of any metric: percentile bootstrap (Efron & Tibshirani 1993), single and paired.
 
 ``bootstrap`` resamples items with replacement ``n_resamples`` times and reports the metric on the full data
-with the ``level`` percentile interval of the resampled values. ``paired_bootstrap`` resamples the *same*
+with the ``level`` percentile interval of the resampled values, or, for the metrics whose registry entry says
+``interval="basic"`` (ECE, ACE, SCE), the basic bootstrap interval ``[2θ̂ − q_hi, 2θ̂ − q_lo]`` (Davison & Hinkley
+1997, §5.2). Binned calibration errors are biased upward at small n (each bin's |accuracy − confidence| absorbs
+noise), and a resample adds that bias a second time, so the resampled values sit above the estimate and the
+percentile interval sits above the target: in simulation (4 classes, an overconfident model, target = the metric on
+400k items) a nominal 95% percentile interval for ACE covered the target in 0% of replicates at n = 200 and 67% at
+n = 1000; the basic interval, which reflects that shift about the estimate, in 81% and 91%
+(``tests/test_metrics_properties.py`` keeps this checked). For MCE, OE and smECE the percentile interval covered
+better (98%, 97%, 97% at n = 300) and is kept. ``paired_bootstrap`` resamples the *same*
 items for two variants and reports ``metric(b) - metric(a)`` with its interval: an interval that excludes 0 is
 a change that item sampling alone does not explain. Resamples are drawn from ``numpy.random.default_rng(seed)``.
 
@@ -32,6 +40,7 @@ class Interval:
     high: float
     level: float
     n_resamples: int
+    method: str = "percentile"  # or "basic": see the module doc
 
     @property
     def excludes_zero(self) -> bool:
@@ -94,15 +103,21 @@ def _draws(n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, Callable[[]
     return idx, counts
 
 
-def _interval(estimate: float, samples: np.ndarray, level: float) -> Interval:
+def _interval(estimate: float, samples: np.ndarray, level: float, method: str = "percentile") -> Interval:
     if not 0 < level < 1:
         raise QuantcalError(f"level must be in (0, 1), got {level}")
     finite = samples[np.isfinite(samples)]
     if finite.size == 0:
-        return Interval(estimate, float("nan"), float("nan"), level, int(samples.size))
+        return Interval(estimate, float("nan"), float("nan"), level, int(samples.size), method)
     alpha = (1 - level) / 2
     low, high = np.quantile(finite, [alpha, 1 - alpha])
-    return Interval(float(estimate), float(low), float(high), level, int(samples.size))
+    if method == "basic":
+        low, high = 2 * estimate - high, 2 * estimate - low
+    return Interval(float(estimate), float(low), float(high), level, int(samples.size), method)
+
+
+def _method(metric: MetricArg) -> str:
+    return "percentile" if callable(metric) else get_metric(metric).interval
 
 
 def bootstrap(metric: MetricArg, probs: np.ndarray | Inputs, labels: np.ndarray | None = None, n_resamples: int = 1000,
@@ -110,7 +125,7 @@ def bootstrap(metric: MetricArg, probs: np.ndarray | Inputs, labels: np.ndarray 
     """The metric with its percentile bootstrap interval."""
     d = as_inputs(probs, labels)
     estimate, sample = _plan(metric, d, params)
-    return _interval(estimate, sample(*_draws(d.n, n_resamples, seed)), level)
+    return _interval(estimate, sample(*_draws(d.n, n_resamples, seed)), level, _method(metric))
 
 
 def paired_bootstrap(metric: MetricArg, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
@@ -119,7 +134,7 @@ def paired_bootstrap(metric: MetricArg, probs_a: np.ndarray, probs_b: np.ndarray
     a, b = as_inputs(probs_a, labels), as_inputs(probs_b, labels)
     (estimate_a, sample_a), (estimate_b, sample_b) = _plan(metric, a, params), _plan(metric, b, params)
     draws = _draws(a.n, n_resamples, seed)
-    return _interval(estimate_b - estimate_a, sample_b(*draws) - sample_a(*draws), level)
+    return _interval(estimate_b - estimate_a, sample_b(*draws) - sample_a(*draws), level, _method(metric))
 
 
 def bootstrap_all(names: list[str] | None, probs: np.ndarray | Inputs, labels: np.ndarray | None = None,
@@ -130,5 +145,5 @@ def bootstrap_all(names: list[str] | None, probs: np.ndarray | Inputs, labels: n
     out = {}
     for name in names or list(METRICS):
         estimate, sample = _plan(name, d, {})
-        out[name] = _interval(estimate, sample(*draws), level)
+        out[name] = _interval(estimate, sample(*draws), level, _method(name))
     return out

@@ -25,6 +25,9 @@ class Metric:
     kind: str  # "accuracy", "calibration", "proper score", "uncertainty", "selective"
     #: The metric at its default parameters on all resamples at once: ``(inputs, counts (R, n)) -> (R,)``.
     resampled: Optional[Callable[[Inputs, np.ndarray], np.ndarray]] = None
+    #: Bootstrap interval: ``percentile``, or ``basic`` (reflected about the estimate) for estimators whose
+    #: resamples are biased upward: see :mod:`quantcal.metrics.bootstrap`.
+    interval: str = "percentile"
 
     @property
     def doc(self) -> str:
@@ -37,10 +40,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("brier", scores.brier, False, "proper score", resampling.per_item(scores.brier_items)),
     Metric("brier_top", scores.brier_top, False, "proper score", resampling.per_item(scores.brier_top_items)),
     Metric("entropy", scores.entropy, False, "uncertainty", resampling.per_item(scores.entropy_items)),
-    Metric("ece", calibration_error.ece, False, "calibration", resampling.ece_counts),
+    Metric("ece", calibration_error.ece, False, "calibration", resampling.ece_counts, "basic"),
     Metric("mce", calibration_error.mce, False, "calibration", resampling.mce_counts),
-    Metric("ace", classwise.ace, False, "calibration", resampling.ace_counts),
-    Metric("sce", classwise.sce, False, "calibration", resampling.sce_counts),
+    Metric("ace", classwise.ace, False, "calibration", resampling.ace_counts, "basic"),
+    Metric("sce", classwise.sce, False, "calibration", resampling.sce_counts, "basic"),
     Metric("oe", calibration_error.oe, False, "calibration", resampling.oe_counts),
     Metric("overconfidence_rate", calibration_error.overconfidence_rate, False, "calibration",
            resampling.per_item(calibration_error.overconfident_items)),
