@@ -113,6 +113,8 @@ def _interval(estimate: float, samples: np.ndarray, level: float, method: str = 
     low, high = np.quantile(finite, [alpha, 1 - alpha])
     if method == "basic":
         low, high = 2 * estimate - high, 2 * estimate - low
+        if estimate >= 0 and finite.min() >= 0:  # a non-negative quantity (an error, not a difference): clip at 0
+            low = max(low, 0.0)
     return Interval(float(estimate), float(low), float(high), level, int(samples.size), method)
 
 
