@@ -36,13 +36,53 @@ def test_report_renders_in_chromium(tmp_path: Path, tiny_llama: Path, monkeypatc
     try:
         driver.get(page.as_uri())
         assert driver.title.startswith("quantcal")
-        assert driver.find_elements(By.TAG_NAME, "script") == []  # the dataset's <script> became text
+        scripts = driver.find_elements(By.TAG_NAME, "script")  # only the report's own: the dataset's <script> is text
+        assert sorted(e.get_attribute("id") for e in scripts) == ["explorer-script", "items-data"]
         assert SCRIPT in driver.find_element(By.TAG_NAME, "body").text
+        assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0  # no network
+
+        # the item explorer: 30 rows, sortable by p(gold), filterable by text and by flips
+        from selenium.webdriver.support.ui import Select
+
+        explorer = driver.find_element(By.CSS_SELECTOR, "table.explorer")
+        rows = explorer.find_elements(By.CSS_SELECTOR, "tbody tr")
+        assert len(rows) == 30 and SCRIPT in rows[0].text
+        header = next(th for th in explorer.find_elements(By.TAG_NAME, "th") if th.text == "p(gold) reference")
+        column = explorer.find_elements(By.TAG_NAME, "th").index(header)
+
+        def p_gold_column() -> list[float]:
+            return [float(r.find_elements(By.TAG_NAME, "td")[column].text)
+                    for r in explorer.find_elements(By.CSS_SELECTOR, "tbody tr")]
+        header.click()
+        assert p_gold_column() == sorted(p_gold_column())
+        header.click()
+        assert p_gold_column() == sorted(p_gold_column(), reverse=True)
+        search = driver.find_element(By.CSS_SELECTOR, "input.explorer-search")
+        search.send_keys("item 7 ")
+        assert len(explorer.find_elements(By.CSS_SELECTOR, "tbody tr")) == 1
+        search.clear()
+        search.send_keys(" ")  # an input event with an empty-ish needle keeps rows whose text has a space
+        Select(driver.find_element(By.CSS_SELECTOR, "select.explorer-show")).select_by_value("flips")
+        flips = explorer.find_elements(By.CSS_SELECTOR, "tbody tr")
+        assert all(r.find_elements(By.TAG_NAME, "td")[-1].text == "1" for r in flips)
         images = driver.find_elements(By.TAG_NAME, "img")
         assert images and all(driver.execute_script("return arguments[0].naturalWidth", img) > 0 for img in images)
         errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
         assert errors == []
         driver.save_screenshot(str(tmp_path / "report_dir" / "screenshot.png"))
         assert (tmp_path / "report_dir" / "screenshot.png").stat().st_size > 10_000
+
+        driver.set_window_size(1400, 900)  # the findings are on the first screen
+        driver.get(page.as_uri())
+        findings = driver.find_element(By.ID, "findings")
+        assert findings.is_displayed() and findings.rect["y"] < 900 and "w2" in findings.text
+        driver.save_screenshot(str(tmp_path / "report_dir" / "first-screen-1400.png"))
+        driver.set_window_size(800, 900)  # narrow: a table wider than the page scrolls inside its own box
+        driver.get(page.as_uri())
+        overflowing = driver.execute_script(
+            "return [...document.querySelectorAll('table')].filter(t => t.getBoundingClientRect().right >"
+            " document.documentElement.clientWidth && !t.closest('.scroll')).length")
+        assert overflowing == 0
+        assert driver.execute_script("return document.documentElement.scrollWidth <= document.documentElement.clientWidth + 1")
     finally:
         driver.quit()

@@ -40,7 +40,7 @@ def test_findings_name_direction_size_and_the_indistinguishable() -> None:
     assert "w2: accuracy -25.0 points [-30.0, -20.0] (worse); ece +0.200 [+0.150, +0.250] (worse)" in lines
     assert "lucky: accuracy +5.0 points [+1.0, +9.0] (better); ece -0.050 [-0.080, -0.020] (better)" in lines
     assert lines[-1].endswith(": w8") and "w4: ece +0.020" in " ".join(lines)
-    assert phrase("brier", _iv(-.01, -.02, -.005)) == "brier -0.010 [-0.020, -0.005] (better)"
+    assert phrase("brier", _iv(-.01, -.02, -.005)) == "brier -0.010 [-0.020, -0.0050] (better)"  # small: 2 digits
 
 
 def test_caveats_for_a_quantized_reference_the_demo_task_saturation_and_bounds() -> None:

@@ -31,7 +31,11 @@ class Metric:
 
     @property
     def doc(self) -> str:
-        return (self.fn.__doc__ or "").strip().split("\n")[0]
+        """The definition from the metric's docstring, on one line: its first paragraph, and the formula paragraph
+        after it when the first ends with a colon."""
+        paragraphs = (self.fn.__doc__ or "").strip().split("\n\n")
+        text = paragraphs[0] + (" " + paragraphs[1] if paragraphs[0].rstrip().endswith(":") and len(paragraphs) > 1 else "")
+        return " ".join(text.split())
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (

@@ -8,6 +8,7 @@ itself a quantized file, the offline demo task, saturated confidences, temperatu
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from quantcal.metrics import get_metric
@@ -26,8 +27,15 @@ def phrase(metric: str, interval: dict[str, float]) -> str:
         text = (f"accuracy {100 * interval['estimate']:+.1f} points "
                 f"[{100 * interval['low']:+.1f}, {100 * interval['high']:+.1f}]")
     else:
-        text = f"{metric} {interval['estimate']:+.3f} [{interval['low']:+.3f}, {interval['high']:+.3f}]"
+        text = f"{metric} {_num(interval['estimate'])} [{_num(interval['low'])}, {_num(interval['high'])}]"
     return f"{text} ({'better' if better else 'worse'})"
+
+
+def _num(x: float) -> str:
+    """Three decimals, or two significant digits for a small non-zero value (so it never reads as +0.000)."""
+    if x == 0 or abs(x) >= 0.01:
+        return f"{x:+.3f}"
+    return f"{x:+.{1 - math.floor(math.log10(abs(x)))}f}"
 
 
 def _excludes_zero(interval: dict[str, Any] | None) -> bool:

@@ -8,6 +8,9 @@ from typing import Any
 
 from jinja2 import Environment
 
+from quantcal.metrics import get_metric
+from quantcal.report.collect import verdict
+from quantcal.report.explorer import SCRIPT as EXPLORER_SCRIPT, embed
 from quantcal.report.figures import Figure
 from quantcal.report.tables import diff_rows, fmt_interval, metric_rows
 
@@ -22,7 +25,14 @@ table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .85rem; }
 th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; vertical-align: top; }
 th:first-child, td:first-child, td.text { text-align: left; }
 th { background: #f4f4f4; }
-td.sig { font-weight: bold; background: #fff6d6; }
+td.better, span.better { font-weight: bold; background: #dff3df; }
+td.worse, span.worse { font-weight: bold; background: #fbdcdc; }
+td { white-space: nowrap; }
+td.text { white-space: normal; }
+.scroll { overflow-x: auto; max-width: 100%; }
+.explorer-box { max-height: 32rem; overflow-y: auto; }
+th.sortable { cursor: pointer; } th.sortable:hover { background: #e8e8e8; }
+dl.glossary dt { font-weight: bold; } dl.glossary dd { margin: 0 0 .4rem 1rem; }
 .flag { background: #ffe3e3; border-left: 4px solid #d33; padding: .5rem .8rem; margin: .5rem 0; }
 .ok { background: #e8f6e8; border-left: 4px solid #393; padding: .5rem .8rem; margin: .5rem 0; }
 .muted { color: #666; font-size: .85rem; }
@@ -41,15 +51,16 @@ code { background: #f4f4f4; padding: 0 .2rem; }
 {% for c in results.findings.caveats %}<div class="flag"><strong>Caveat:</strong> {{ c }}</div>{% endfor %}
 </section>
 <p>Reference <code>{{ results.reference }}</code>; {{ n_variants }} variant(s) on {{ results.tasks|length }} task(s).
-Estimates carry {{ level }}% percentile-bootstrap intervals ({{ settings.resamples }} resamples, seed {{ settings.seed }});
+Estimates carry {{ level }}% bootstrap intervals ({{ settings.resamples }} resamples, seed {{ settings.seed }}; percentile,
+and for ECE, ACE and SCE the basic interval, which corrects their upward bias under resampling);
 differences are <em>variant − reference</em> on the same items (matched by id and content hash), resampled jointly;
-<strong>highlighted</strong> cells are differences whose interval excludes 0.</p>
+coloured cells are differences whose interval excludes 0 (green better, red worse, by the metric's direction).</p>
 
 <h2 id="summary">Study</h2>
-<table>
+<div class="scroll"><table>
 <tr><th>variant</th><th>task</th><th>status</th><th>items</th><th>recipe / model</th></tr>
 {% for r in results.runs %}<tr><td>{{ r.variant }}</td><td>{{ r.task }}</td><td>{{ r.status }}</td><td>{{ r.n }}</td><td class="text">{{ r.what }}</td></tr>
-{% endfor %}</table>
+{% endfor %}</table></div>
 {% for note in results.notes %}<div class="flag"><strong>Confound:</strong> {{ note }}</div>{% endfor %}
 {% if failures %}<div class="flag"><strong>{{ failures|length }} job(s) failed:</strong><ul>
 {% for f in failures %}<li>{{ f.variant }} · {{ f.task }}: {{ f.error }}</li>{% endfor %}</ul></div>{% endif %}
@@ -59,20 +70,22 @@ differences are <em>variant − reference</em> on the same items (matched by id 
 <h2 id="task-{{ loop.index }}">{{ task.name }}</h2>
 {% for nb in task.blocks %}
 <h3>Metrics (length normalization: {{ nb.norm }})</h3>
-<table><tr><th>variant</th><th>n</th>{% for m in metrics %}<th>{{ m }}</th>{% endfor %}</tr>
+<div class="scroll"><table><tr><th>variant</th><th>n</th>{% for m in metrics %}<th title="{{ glossary[m] }}">{{ m }} {{ arrows[m] }}</th>{% endfor %}</tr>
 {% for row in nb.metric_rows %}<tr>{% for c in row %}<td>{{ c }}</td>{% endfor %}</tr>{% endfor %}
-</table>
+</table></div>
 {% if nb.diff_rows %}
-<table><tr><th>variant − reference</th><th>n</th>{% for m in metrics %}<th>Δ {{ m }}</th>{% endfor %}</tr>
-{% for row in nb.diff_rows %}<tr>{% for c, sig in row %}<td{% if sig %} class="sig"{% endif %}>{{ c }}</td>{% endfor %}</tr>{% endfor %}
-</table>{% endif %}
+<div class="scroll"><table><tr><th>variant − reference</th><th>n</th>{% for m in metrics %}<th>Δ {{ m }} {{ arrows[m] }}</th>{% endfor %}</tr>
+{% for row in nb.diff_rows %}<tr>{% for c, verdict in row %}<td{% if verdict %} class="{{ verdict }}"{% endif %}>{{ c }}</td>{% endfor %}</tr>{% endfor %}
+</table></div>
+<p class="muted"><span class="better">green</span>: better than the reference, <span class="worse">red</span>: worse
+(the 95% interval of the difference excludes 0); uncoloured: no evidence of a difference. ↑ higher is better, ↓ lower is better.</p>{% endif %}
 {% endfor %}
 
 <h3>Deployment view</h3>
 <p class="muted">Variants grouped by their paired difference to the reference (its 95% interval): better, no evidence
 of a difference, worse. Within a group the order follows the estimate and is not a ranking.</p>
-<table><tr><th>against the reference</th><th>accuracy</th><th>calibration ({{ task.deployment.calibration_metric or "—" }})</th></tr>
-{% for label, a, c in task.groups %}<tr><td>{{ label }}</td><td class="text">{{ a }}</td><td class="text">{{ c }}</td></tr>{% endfor %}</table>
+<div class="scroll"><table><tr><th>against the reference</th><th>accuracy</th><th>calibration ({{ task.deployment.calibration_metric or "—" }})</th></tr>
+{% for label, a, c in task.groups %}<tr><td>{{ label }}</td><td class="text">{{ a }}</td><td class="text">{{ c }}</td></tr>{% endfor %}</table></div>
 {% for f in task.deployment.flags %}<div class="flag">{{ f.message }}: Δacc {{ "%+.4f"|format(f.delta_acc.estimate) }}, ΔECE {{ "%+.4f"|format(f.delta_ece.estimate) }}.</div>{% endfor %}
 {% if not task.deployment.flags and task.has_paired %}<div class="ok">No variant gains accuracy while losing calibration on this task.</div>{% endif %}
 
@@ -83,29 +96,38 @@ of a difference, worse. Within a group the order follows the estimate and is not
 <p>n = {{ v.a.n }}; mean Δp(gold) {{ "%+.4f"|format(v.a.mean_delta_p_gold) }}, mean |Δp(gold)| {{ "%.4f"|format(v.a.mean_abs_delta_p_gold) }},
 mean Jensen-Shannon distance {{ "%.4f"|format(v.a.mean_js_distance) }}, predictions changed {{ "%.1f"|format(100 * v.a.flip_rate) }}%.
 Flips: {{ v.a.flips.correct_to_wrong.count|int }} correct→wrong, {{ v.a.flips.wrong_to_correct.count|int }} wrong→correct.</p>
-<table><tr><th>test</th><th>n</th><th>mean before</th><th>mean after</th><th>t-test p</th><th>Wilcoxon p</th></tr>
+<div class="scroll"><table><tr><th>test</th><th>n</th><th>mean before</th><th>mean after</th><th>t-test p</th><th>Wilcoxon p</th></tr>
 {% for label, key in [("p(gold), all items", "p_gold_all"), ("p(gold), reference-correct items", "p_gold_ref_correct"), ("confidence, reference-correct items", "confidence_ref_correct")] %}
 {% set t = v.a.tests[key] %}<tr><td>{{ label }}</td><td>{{ t.n|int }}</td><td>{{ "%.4f"|format(t.mean_before) }}</td><td>{{ "%.4f"|format(t.mean_after) }}</td><td>{{ "%.3g"|format(t.t_pvalue) }}</td><td>{{ "%.3g"|format(t.wilcoxon_pvalue) }}</td></tr>{% endfor %}
 <tr><td>McNemar (correctness)</td><td colspan="3">{{ v.a.tests.mcnemar.correct_to_wrong|int }} → wrong, {{ v.a.tests.mcnemar.wrong_to_correct|int }} → right</td><td colspan="2">p = {{ "%.3g"|format(v.a.tests.mcnemar.pvalue) }}</td></tr>
-</table>
-<table><tr><th>reference-confidence bin</th><th>n</th><th>confidence range</th><th>mean |Δp(gold)|</th><th>mean Δp(gold)</th><th>mean JS</th><th>flip rate</th></tr>
+</table></div>
+<div class="scroll"><table><tr><th>reference-confidence bin</th><th>n</th><th>confidence range</th><th>mean |Δp(gold)|</th><th>mean Δp(gold)</th><th>mean JS</th><th>flip rate</th></tr>
 {% for b in v.a.stratified.bins %}<tr><td>{{ b.bin }}</td><td>{{ b.n }}</td><td>{{ "%.3f"|format(b.ref_confidence_low) }}–{{ "%.3f"|format(b.ref_confidence_high) }}</td><td>{{ "%.4f"|format(b.mean_abs_delta_p_gold) }}</td><td>{{ "%+.4f"|format(b.mean_delta_p_gold) }}</td><td>{{ "%.4f"|format(b.mean_js_distance) }}</td><td>{{ "%.1f"|format(100 * b.flip_rate) }}%</td></tr>{% endfor %}
-</table>
+</table></div>
 {% if v.a.stratified.merged_bins %}<p class="muted">{{ v.a.stratified.merged_bins }} of {{ v.a.stratified.requested_bins }} quantile bins merged: their edges coincide (many items share a confidence).</p>{% endif %}
 <p class="muted">Spearman(reference confidence, |Δp(gold)|) = {{ "%.3f"|format(v.a.stratified.spearman_ref_confidence_vs_abs_delta_p_gold.rho) }}
 (p = {{ "%.3g"|format(v.a.stratified.spearman_ref_confidence_vs_abs_delta_p_gold.pvalue) }}); negative means the items the reference was unsure of moved most.</p>
-<table><tr><th>item</th><th>context (end)</th><th>gold answer</th><th>p(gold) ref</th><th>p(gold) variant</th></tr>
+<div class="scroll"><table><tr><th>item</th><th>context (end)</th><th>gold answer</th><th>p(gold) ref</th><th>p(gold) variant</th></tr>
 {% for it in v.largest %}<tr><td class="text">{{ it.item_id }}</td><td class="text">{{ it.context }}</td><td class="text">{{ it.gold_choice }}</td><td>{{ "%.3f"|format(it.p_gold_ref) }}</td><td>{{ "%.3f"|format(it.p_gold_var) }}</td></tr>{% endfor %}
-</table>
+</table></div>
 {% endfor %}
+
+<h3>Items (normalization {{ task.primary }})</h3>
+<p class="muted">Every item with each variant's p(gold) and its change from the reference; click a column to sort,
+filter by text or by rows whose prediction changed. Dataset text is shown as text.</p>
+<div id="explorer-{{ loop.index }}" class="scroll explorer-box"></div>
 
 {% if task.recalibration %}
 <h3>Recalibration (temperature scaling, {{ settings.folds }}-fold cross-fitted; normalization {{ task.primary }})</h3>
-<table><tr><th>variant</th><th>T</th><th>ECE before</th><th>ECE after</th><th>NLL before</th><th>NLL after</th><th>Brier before</th><th>Brier after</th><th>acc (unchanged)</th></tr>
+<div class="scroll"><table><tr><th>variant</th><th>T</th><th>ECE before</th><th>ECE after</th><th>NLL before</th><th>NLL after</th><th>Brier before</th><th>Brier after</th><th>acc (unchanged)</th></tr>
 {% for name, r in task.recalibration %}<tr><td>{{ name }}{% if r.at_bound %} <strong>(T at its bound: the fit flattens the model to near-uniform probabilities; not a usable recalibration)</strong>{% endif %}</td><td>{{ "%.3f"|format(r.temperature) }}</td><td>{{ "%.4f"|format(r.before.ece) }}</td><td>{{ "%.4f"|format(r.after.ece) }}</td><td>{{ "%.4f"|format(r.before.nll) }}</td><td>{{ "%.4f"|format(r.after.nll) }}</td><td>{{ "%.4f"|format(r.before.brier) }}</td><td>{{ "%.4f"|format(r.after.brier) }}</td><td>{{ "%.4f"|format(r.after.acc) }}</td></tr>{% endfor %}
-</table>{% endif %}
+</table></div>{% endif %}
 {% endfor %}
+<h2 id="glossary">Glossary</h2>
+<dl class="glossary">{% for m in metrics %}<dt>{{ m }} {{ arrows[m] }}</dt><dd>{{ glossary[m] }}</dd>{% endfor %}</dl>
 <p class="muted">Every number on this page is in results.json beside it; per-item records are in items.parquet.</p>
+<script type="application/json" id="items-data">{{ items_json|safe }}</script>
+<script id="explorer-script">{{ explorer_script|safe }}</script>
 </body></html>
 """
 
@@ -120,19 +142,39 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
         tasks.append({
             "name": name, "primary": norms[0], "deployment": primary["deployment"], "groups": _group_rows(primary["deployment"]),
             "has_paired": bool(primary["paired"]),
-            "blocks": [{"norm": n, "metric_rows": metric_rows(b, metrics), "diff_rows": diff_rows(b, metrics)} for n, b in by_norm.items()],
+            "blocks": [{"norm": n, "metric_rows": metric_rows(b, metrics), "diff_rows": _diff_cells(b, metrics)}
+                       for n, b in by_norm.items()],
             "figures": [{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()} for f in figures.get(name, [])],
             "analysis": [{"name": v, "a": p["analysis"], "largest": p.get("largest_changes", [])} for v, p in primary["paired"].items()],
             "recalibration": [(v, b["recalibration"]) for v, b in primary["variants"].items() if "recalibration" in b],
         })
+    items = meta.get("items", {})
+    for slot, name in enumerate(results["tasks"], start=1):
+        if name in items:
+            items[name]["slot"] = slot
     runs = [{"variant": r["variant"], "task": r["task"], "status": r["status"], "n": r.get("n", ""),
              "what": _what(r["config"])} for r in results["runs"]]
     env = Environment(autoescape=True)
     env.globals["fmt_interval"] = fmt_interval
+    env.globals["arrows"] = {m: "↑" if get_metric(m).higher_is_better else "↓" for m in metrics}
+    env.globals["glossary"] = {m: get_metric(m).doc for m in metrics}
     return env.from_string(TEMPLATE).render(
         title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,
         level=int(round(settings["level"] * 100)), n_variants=max(0, len({r["variant"] for r in runs}) - 1),
-        tasks=tasks, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""))
+        tasks=tasks, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""),
+        items_json=embed(items), explorer_script=EXPLORER_SCRIPT)
+
+
+def _diff_cells(block: dict[str, Any], metrics: list[str]) -> list[list[tuple[str, str]]]:
+    """Difference rows as (text, "better" | "worse" | "") by the metric's direction and its interval."""
+    rows = []
+    for row, (name, paired) in zip(diff_rows(block, metrics), block["paired"].items()):
+        cells = [(row[0][0], ""), (row[1][0], "")]
+        for (text, _), m in zip(row[2:], metrics):
+            v = verdict(paired["difference"][m], get_metric(m).higher_is_better)
+            cells.append((text, "" if v == "same" else v))
+        rows.append(cells)
+    return rows
 
 
 GROUP_LABELS = {"better": "better", "same": "no evidence of a difference", "worse": "worse"}

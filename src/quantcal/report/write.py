@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from quantcal.report.collect import ReportSettings, collect
+from quantcal.report.explorer import explorer_data
 from quantcal.report.figures import Figure, task_figures
 from quantcal.report.html import render
 from quantcal.faults import write_text_atomic, writing
@@ -65,7 +66,10 @@ def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: 
     write_text_atomic(out_dir / "tables.md", markdown(results))
     write_text_atomic(out_dir / "tables.tex", latex(results))
     write_records(item_records(store, settings.normalizations), out_dir / "items.parquet", "parquet")
-    page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment, "written": written})
+    items = explorer_data(store, {task: list(next(iter(by_norm.values()))["variants"]) for task, by_norm in results["tasks"].items()},
+                          settings.reference, settings.normalizations[0])
+    page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment,
+                                     "written": written, "items": items})
     target = out_dir / "report.html"
     write_text_atomic(target, page)
     files = [target] + [out_dir / n for n in ("results.json", "tables.md", "tables.tex", "items.parquet")]
