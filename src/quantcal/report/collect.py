@@ -8,6 +8,7 @@ view ranking variants by accuracy and by calibration.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,19 +36,22 @@ class ReportSettings:
     recalibration: bool = True
     folds: int = 5
     confidence_bins: int = 5
+    reliability_binning: str = "mass"  # reliability diagram bins: equal-mass ("mass") or equal-width ("width")
+    reliability_n_bins: int = 10
 
 
 def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
     preds, scored = run_predictions(store, variant, task, norm)
     d = as_inputs(preds.probs, preds.labels)
-    bins = reliability_bins(d)
+    bins = reliability_bins(d, n_bins=s.reliability_n_bins, binning=s.reliability_binning)
     right = d.correct.astype(bool)
     block: dict[str, Any] = {
         "n": int(d.n),
         "saturated_share": float((d.confidence > SATURATED).mean()),
         "metrics": {k: v.to_json() for k, v in run_metrics(preds, s.metrics, s.resamples, s.seed, s.level).items()},
         "reliability": {"counts": bins.counts.astype(int).tolist(), "confidence": bins.confidence.tolist(),
-                        "accuracy": bins.accuracy.tolist()},
+                        "accuracy": bins.accuracy.tolist(), "binning": s.reliability_binning},
+        "smooth_reliability": smooth_reliability(d.confidence, d.correct, s.seed),
         "confidence_histogram": {"edges": HIST_EDGES.tolist(),
                                  "correct": np.histogram(d.confidence[right], HIST_EDGES)[0].tolist(),
                                  "wrong": np.histogram(d.confidence[~right], HIST_EDGES)[0].tolist()},
@@ -55,6 +59,23 @@ def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSe
     if s.recalibration and d.n >= 2 * s.folds:
         block["recalibration"] = recalibration_report(choice_scores(scored, norm), preds.labels, k=s.folds, seed=s.seed)
     return block
+
+
+def smooth_reliability(confidence: np.ndarray, correct: np.ndarray, seed: int = 0, points: int = 50) -> dict[str, Any]:
+    """relplot's kernel-smoothed reliability curve (Błasiok & Nakkiran 2023) with its bootstrap band, on ``points``
+    of its mesh. relplot draws from numpy's global generator: it is seeded here and restored after."""
+    import relplot
+
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        with warnings.catch_warnings():  # relplot 1.0's own pandas deprecation warnings, once per bootstrap draw
+            warnings.simplefilter("ignore")
+            diagram = relplot.prepare_rel_diagram(confidence, correct.astype(int), num_bootstrap=50)
+    finally:
+        np.random.set_state(state)
+    take = np.linspace(0, len(diagram["mesh"]) - 1, points).round().astype(int)
+    return {key: np.asarray(diagram[key])[take].tolist() for key in ("mesh", "mu", "lower", "upper")}
 
 
 def _paired(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:

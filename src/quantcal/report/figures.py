@@ -43,41 +43,73 @@ def _save(fig: Any, folder: Path, key: str, title: str) -> Figure:
     return Figure(key, title, png, svg)
 
 
+def colours(names: list[str]) -> dict[str, Any]:
+    """One colour per variant in every figure: black for the first (the reference), then matplotlib's tab10."""
+    palette = _pyplot().get_cmap("tab10").colors
+    return {name: ("black" if i == 0 else palette[(i - 1) % len(palette)]) for i, name in enumerate(names)}
+
+
 def reliability(block: dict[str, Any], reference: str, task: str, folder: Path, key: str) -> Figure:
-    """Accuracy vs mean confidence per bin, all variants overlaid (reference bold), marker area ~ bin count."""
+    """One panel per variant on shared axes: its binned points with gap bars to the diagonal, relplot's smoothed
+    curve with its band, the reference's curve in grey for comparison, and a count histogram underneath."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
-    for name, v in block["variants"].items():
+    names = list(block["variants"])
+    colour = colours(names)
+    cols = min(len(names), 4)
+    rows = -(-len(names) // cols)
+    fig = plt.figure(figsize=(3.0 * cols + 0.4, 3.7 * rows))
+    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[4, 1] * rows, hspace=0.55, wspace=0.12)
+    ref_smooth = block["variants"].get(reference, {}).get("smooth_reliability")
+    for i, name in enumerate(names):
+        v = block["variants"][name]
+        ax = fig.add_subplot(grid[2 * (i // cols), i % cols])
+        hist = fig.add_subplot(grid[2 * (i // cols) + 1, i % cols], sharex=ax)
+        ax.plot([0, 1], [0, 1], color="0.75", lw=1, ls="--")
+        if ref_smooth and name != reference:
+            ax.plot(ref_smooth["mesh"], ref_smooth["mu"], color="0.55", lw=1.2, label=f"{reference} (smoothed)")
+        sm = v.get("smooth_reliability")
+        if sm:
+            ax.fill_between(sm["mesh"], sm["lower"], sm["upper"], color=colour[name], alpha=0.15, lw=0)
+            ax.plot(sm["mesh"], sm["mu"], color=colour[name], lw=1.8, label="smoothed (relplot)")
         r = v["reliability"]
-        counts = np.asarray(r["counts"], dtype=float)
-        size = 12 + 200 * counts / max(counts.max(), 1.0)
-        bold = name == reference
-        line, = ax.plot(r["confidence"], r["accuracy"], lw=2.6 if bold else 1.3, marker=None,
-                        label=f"{name} (ECE {v['metrics'].get('ece', {}).get('estimate', float('nan')):.3f})")
-        ax.scatter(r["confidence"], r["accuracy"], s=size, color=line.get_color(), alpha=0.55, edgecolor="none")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
-           title=f"{task}: reliability (15 equal-width bins; marker area = items)")
-    ax.legend(fontsize=7, loc="upper left")
-    return _save(fig, folder, key, f"Reliability diagram, {task}")
+        ax.vlines(r["confidence"], r["confidence"], r["accuracy"], color=colour[name], lw=1.2, alpha=0.7)
+        ax.plot(r["confidence"], r["accuracy"], "o", color=colour[name], ms=4, label=f"{r.get('binning', 'width')} bins")
+        ece = v["metrics"].get("ece", {}).get("estimate")
+        ax.set_title(f"{name}" + (f"  ECE {ece:.3f}" if ece is not None else ""), fontsize=8, color=colour[name])
+        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02))
+        ax.tick_params(labelsize=7, labelbottom=False)
+        if i % cols == 0:
+            ax.set_ylabel("accuracy", fontsize=8)
+        else:
+            ax.tick_params(labelleft=False)
+        edges = np.asarray(v["confidence_histogram"]["edges"])
+        counts = np.asarray(v["confidence_histogram"]["correct"]) + np.asarray(v["confidence_histogram"]["wrong"])
+        hist.bar((edges[1:] + edges[:-1]) / 2, counts, width=np.diff(edges), color=colour[name], alpha=0.5)
+        hist.tick_params(labelsize=6)
+        hist.set_xlabel("confidence", fontsize=7)
+        if i == 0:
+            hist.set_ylabel("items", fontsize=7)
+            ax.legend(fontsize=6, loc="upper left", frameon=False)
+    fig.suptitle(f"{task}: reliability per variant (gap bars to the diagonal; band: relplot bootstrap)", fontsize=9)
+    return _save(fig, folder, key, f"Reliability per variant, {task}")
 
 
 def confidence_histograms(block: dict[str, Any], task: str, folder: Path, key: str) -> Figure:
     """Per variant, histograms of confidence for correct and wrong answers."""
     plt = _pyplot()
     names = list(block["variants"])
-    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 0.6, 2.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 0.6, 3.0), sharey=True, squeeze=False)
     for ax, name in zip(axes[0], names):
         h = block["variants"][name]["confidence_histogram"]
         edges = np.asarray(h["edges"])
         mid, width = (edges[1:] + edges[:-1]) / 2, np.diff(edges)
         ax.bar(mid, h["correct"], width=width, color="tab:green", alpha=0.6, label="correct")
         ax.bar(mid, h["wrong"], width=width, color="tab:red", alpha=0.6, label="wrong")
-        ax.set_title(name, fontsize=8)
+        ax.set_title(name, fontsize=8, color=colours(names)[name])
         ax.set_xlabel("confidence", fontsize=8)
     axes[0][0].set_ylabel("items")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{task}: confidence of correct and wrong answers", fontsize=9)
+    fig.suptitle(f"{task}: confidence of correct and wrong answers", fontsize=9, y=1.02)
     return _save(fig, folder, key, f"Confidence histograms, {task}")
 
 
@@ -87,11 +119,12 @@ def shift_by_confidence(block: dict[str, Any], task: str, folder: Path, key: str
         return None
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    colour = colours(list(block["variants"]))
     for name, p in block["paired"].items():
         rows = p["analysis"]["stratified"]["bins"]
         x = [(r["ref_confidence_low"] + r["ref_confidence_high"]) / 2 for r in rows]
-        left.plot(x, [r["mean_abs_delta_p_gold"] for r in rows], marker="o", label=name)
-        right.plot(x, [r["mean_js_distance"] for r in rows], marker="o", label=name)
+        left.plot(x, [r["mean_abs_delta_p_gold"] for r in rows], marker="o", label=name, color=colour.get(name))
+        right.plot(x, [r["mean_js_distance"] for r in rows], marker="o", label=name, color=colour.get(name))
     left.set(xlabel="reference confidence (bin midpoint)", ylabel="mean |Δ p(gold)|")
     right.set(xlabel="reference confidence (bin midpoint)", ylabel="mean Jensen-Shannon distance")
     left.legend(fontsize=7)
