@@ -57,13 +57,14 @@ def reliability(block: dict[str, Any], reference: str, task: str, folder: Path, 
     colour = colours(names)
     cols = min(len(names), 4)
     rows = -(-len(names) // cols)
-    fig = plt.figure(figsize=(3.0 * cols + 0.4, 3.7 * rows))
-    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[4, 1] * rows, hspace=0.55, wspace=0.12)
+    fig = plt.figure(figsize=(3.0 * cols + 0.4, 3.5 * rows))
+    outer = fig.add_gridspec(rows, cols, hspace=0.45, wspace=0.12)
     ref_smooth = block["variants"].get(reference, {}).get("smooth_reliability")
     for i, name in enumerate(names):
         v = block["variants"][name]
-        ax = fig.add_subplot(grid[2 * (i // cols), i % cols])
-        hist = fig.add_subplot(grid[2 * (i // cols) + 1, i % cols], sharex=ax)
+        cell = outer[i // cols, i % cols].subgridspec(2, 1, height_ratios=[4, 1], hspace=0.08)
+        ax = fig.add_subplot(cell[0])
+        hist = fig.add_subplot(cell[1], sharex=ax)
         ax.plot([0, 1], [0, 1], color="0.75", lw=1, ls="--")
         if ref_smooth and name != reference:
             ax.plot(ref_smooth["mesh"], ref_smooth["mu"], color="0.55", lw=1.2, label=f"{reference} (smoothed)")
