@@ -273,7 +273,7 @@ def report_settings(spec: StudySpec) -> ReportSettings:
     return ReportSettings(reference=REFERENCE_NAME, metrics=list(spec.metrics), normalizations=spec.normalizations,
                           resamples=spec.bootstrap.resamples, seed=spec.bootstrap.seed, level=spec.bootstrap.level,
                           recalibration=spec.recalibration.enabled, folds=spec.recalibration.folds,
-                          confidence_bins=spec.confidence_bins)
+                          confidence_bins=spec.confidence_bins, groups=spec.build_groups)
 
 
 def run_study(

@@ -17,6 +17,7 @@ import numpy as np
 from quantcal.analysis import recalibration_report
 from quantcal.errors import QuantcalError
 from quantcal.metrics import DEFAULT_METRICS, as_inputs, get_metric, reliability_bins
+from quantcal.metrics.two_level import method_effect
 from quantcal.predictions import choice_scores
 from quantcal.report.findings import SATURATED, findings
 from quantcal.store import Store
@@ -38,6 +39,7 @@ class ReportSettings:
     confidence_bins: int = 5
     reliability_binning: str = "mass"  # reliability diagram bins: equal-mass ("mass") or equal-width ("width")
     reliability_n_bins: int = 10
+    groups: dict[str, list[str]] = field(default_factory=dict)  # variants built several times: name -> builds
 
 
 def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
@@ -126,6 +128,26 @@ def _groups(variants: dict[str, Any], paired: dict[str, Any], reference: str, me
             for k, vs in groups.items() if vs]
 
 
+def method_effects(store: Store, builds: list[str], task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
+    """A method built several times (calibration seeds): per-build paired differences to the reference on the items
+    every build and the reference scored, their mean and spread, and the two-level interval
+    (:mod:`quantcal.metrics.two_level`) for every metric that has a resampled form."""
+    aligned = [align(store, s.reference, b, task, norm) for b in builds]
+    common = set.intersection(*(set(a.ref.item_ids) for a in aligned))
+    if not common:
+        raise QuantcalError(f"{task}: the builds {', '.join(builds)} share no items with the reference")
+
+    def rows(p: Any) -> np.ndarray:
+        keep = [i for i, item in enumerate(p.item_ids) if item in common]
+        order = sorted(keep, key=lambda i: p.item_ids[i])
+        return p.probs[order], p.labels[order]
+    ref_probs, labels = rows(aligned[0].ref)
+    build_probs = [rows(a.var)[0] for a in aligned]
+    effects = {m: method_effect(m, ref_probs, build_probs, labels, s.resamples, s.seed, s.level).to_json()
+               for m in s.metrics if get_metric(m).resampled is not None}
+    return {"builds": builds, "n": len(common), "effects": effects}
+
+
 def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference: str) -> dict[str, Any]:
     """Variants grouped by accuracy and by calibration against the reference (within-noise differences are not
     ranked); flag those that gain accuracy but lose calibration."""
@@ -189,5 +211,9 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
             paired = {v: _paired(store, v, task, norm, settings) for v in names[1:]} if settings.reference in names else {}
             out["tasks"][task][norm] = {"variants": variants, "paired": paired,
                                         "deployment": deployment_view(variants, paired, settings.reference)}
+            groups = {g: [b for b in builds if b in variants] for g, builds in settings.groups.items()}
+            out["tasks"][task][norm]["method_effects"] = {
+                g: method_effects(store, builds, task, norm, settings)
+                for g, builds in groups.items() if len(builds) > 1 and settings.reference in variants}
     out["findings"] = findings(out)
     return out

@@ -53,6 +53,18 @@ def block_findings(block: dict[str, Any]) -> list[str]:
             same.append(variant)
     if same:
         lines.append(f"indistinguishable from the reference on every metric (all intervals include 0): {', '.join(same)}")
+    for group, m in block.get("method_effects", {}).items():
+        parts = []
+        for metric in ("acc", "ece", "ace"):
+            e = m["effects"].get(metric)
+            if e is None:
+                continue
+            scale, unit = (100, " points") if metric == "acc" else (1, "")
+            iv = e["interval"]
+            parts.append(f"{'accuracy' if metric == 'acc' else metric} {scale * e['mean']:+.3g}{unit} "
+                         f"(sd {scale * e['sd']:.2g} between builds; interval [{scale * iv['low']:+.3g}, "
+                         f"{scale * iv['high']:+.3g}]; sign {'the same' if e['sign_consistent'] else 'differs'} across builds)")
+        lines.append(f"{group}, the method over {len(m['builds'])} builds: " + "; ".join(parts))
     return lines
 
 

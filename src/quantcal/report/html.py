@@ -8,7 +8,7 @@ from typing import Any
 
 from jinja2 import Environment
 
-from quantcal.metrics import get_metric
+from quantcal.metrics import METRICS, get_metric
 from quantcal.report.collect import verdict
 from quantcal.report.explorer import SCRIPT as EXPLORER_SCRIPT, embed
 from quantcal.report.figures import Figure
@@ -81,6 +81,16 @@ coloured cells are differences whose interval excludes 0 (green better, red wors
 (the 95% interval of the difference excludes 0); uncoloured: no evidence of a difference. ↑ higher is better, ↓ lower is better.</p>{% endif %}
 {% endfor %}
 
+{% for g, m in task.method_effects.items() %}
+<h3>{{ g }}: the method over {{ m.builds|length }} builds (calibration seeds)</h3>
+<p class="muted">Each build's paired difference to the reference on the {{ m.n }} items all of them scored; the mean
+and its between-build spread; the interval accounts for both the builds drawn and the items (two-level bootstrap,
+t-scaled: see quantcal.metrics.two_level).</p>
+<div class="scroll"><table><tr><th>metric</th>{% for b in m.builds %}<th>Δ {{ b }}</th>{% endfor %}<th>mean</th><th>sd</th><th>interval</th><th>same sign</th></tr>
+{% for metric, e in m.effects.items() %}<tr><td>{{ metric }} {{ arrows.get(metric, "") }}</td>{% for d in e.per_build %}<td>{{ "%+.4f"|format(d) }}</td>{% endfor %}<td>{{ "%+.4f"|format(e.mean) }}</td><td>{{ "%.4f"|format(e.sd) }}</td><td>[{{ "%+.4f"|format(e.interval.low) }}, {{ "%+.4f"|format(e.interval.high) }}]</td><td>{{ "yes" if e.sign_consistent else "no" }}</td></tr>{% endfor %}
+</table></div>
+{% endfor %}
+
 <h3>Deployment view</h3>
 <p class="muted">Variants grouped by their paired difference to the reference (its 95% interval): better, no evidence
 of a difference, worse. Within a group the order follows the estimate and is not a ranking.</p>
@@ -147,6 +157,7 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
             "figures": [{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()} for f in figures.get(name, [])],
             "analysis": [{"name": v, "a": p["analysis"], "largest": p.get("largest_changes", [])} for v, p in primary["paired"].items()],
             "recalibration": [(v, b["recalibration"]) for v, b in primary["variants"].items() if "recalibration" in b],
+            "method_effects": primary.get("method_effects", {}),
         })
     items = meta.get("items", {})
     for slot, name in enumerate(results["tasks"], start=1):
@@ -157,6 +168,7 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
     env = Environment(autoescape=True)
     env.globals["fmt_interval"] = fmt_interval
     env.globals["arrows"] = {m: "↑" if get_metric(m).higher_is_better else "↓" for m in metrics}
+    env.globals["arrows"].update({m: "↑" if e.higher_is_better else "↓" for m, e in METRICS.items() if m not in metrics})
     env.globals["glossary"] = {m: get_metric(m).doc for m in metrics}
     return env.from_string(TEMPLATE).render(
         title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,

@@ -73,7 +73,7 @@ def plan(spec: StudySpec) -> list[PlannedJob]:
     """Reference first, then each variant, each over every task."""
     jobs = [PlannedJob(REFERENCE_NAME, VariantDef(spec.reference), t) for t in spec.tasks]
     for v in spec.variants:
-        jobs += [PlannedJob(v.name, spec.definition(v), t) for t in spec.tasks]
+        jobs += [PlannedJob(name, spec.definition(v, recipe), t) for name, recipe in v.builds() for t in spec.tasks]
     return jobs
 
 
@@ -98,7 +98,7 @@ def check_plan(spec: StudySpec) -> None:
     first_jobs = {j.variant: j for j in reversed(plan(spec))}
     for v in spec.variants:
         try:
-            job = first_jobs[v.name]
+            job = first_jobs[v.builds()[0][0]]
             job.definition.check(adapter_exists=v.finetune is None)  # a finetune block's adapter comes later
             if v.finetune is not None:
                 _check_training_source(v.finetune.data, v.finetune.data_file)

@@ -69,6 +69,9 @@ class VariantSpec(_Strict):
     adapter: Optional[str] = Field(None, description="a LoRA adapter folder (quantcal finetune's output); base: 'model', else the adapter's recorded base")
     deploy: Optional[str] = Field(None, description="adapter deployment form: nf4 (default), nf4-native, merged (default with a recipe)")
     finetune: Optional[FinetuneSpec] = Field(None, description="train the adapter in the study (into OUTPUT/adapters/NAME)")
+    repeats: Optional[int] = Field(None, ge=2, description="build a calibrated recipe (GPTQ, AWQ) this many times, "
+                                                          "calibration seeds 0..N-1, each scored as NAME@seedS")
+    seeds: Optional[list[int]] = Field(None, min_length=2, description="the calibration seeds of the builds, instead of repeats")
 
     @field_validator("name")
     @classmethod
@@ -85,7 +88,35 @@ class VariantSpec(_Strict):
             raise ValueError(f"variant {self.name!r} needs a recipe, a model, an adapter or a finetune block")
         if self.deploy is not None and self.adapter is None and self.finetune is None:
             raise ValueError(f"variant {self.name!r}: 'deploy' goes with an adapter")
+        if self.repeats is not None or self.seeds is not None:
+            self._check_repeats()
         return self
+
+    def _check_repeats(self) -> None:
+        from quantcal.recipes import FAMILIES, parse_recipe
+
+        if self.repeats is not None and self.seeds is not None:
+            raise ValueError(f"variant {self.name!r}: give repeats or seeds, not both")
+        if self.seeds is not None and (len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0):
+            raise ValueError(f"variant {self.name!r}: seeds must be distinct and non-negative")
+        if self.recipe is None or self.adapter is not None or self.finetune is not None:
+            raise ValueError(f"variant {self.name!r}: repeats/seeds rebuild a calibrated recipe; give a recipe (no adapter)")
+        try:
+            spec = parse_recipe(self.recipe)
+        except QuantcalError as exc:
+            raise ValueError(str(exc)) from None
+        if "seed" not in FAMILIES[spec.family].params:
+            raise ValueError(f"variant {self.name!r}: repeats/seeds are meaningless for {spec.family}: the recipe is "
+                             "deterministic (only calibrated recipes, gptq and awq, differ between builds)")
+        if "seed=" in self.recipe.replace(" ", ""):
+            raise ValueError(f"variant {self.name!r}: the recipe names a seed; repeats/seeds set it for each build")
+
+    def builds(self) -> list[tuple[str, Optional[str]]]:
+        """``(name, recipe)`` of each build: one, or one per calibration seed (``NAME@seedS``, recipe ``,seed=S``)."""
+        if self.repeats is None and self.seeds is None:
+            return [(self.name, self.recipe)]
+        seeds = self.seeds if self.seeds is not None else list(range(self.repeats or 0))
+        return [(f"{self.name}@seed{seed}", f"{self.recipe},seed={seed}") for seed in seeds]
 
 
 class TaskSpec(_Strict):
@@ -175,12 +206,18 @@ class StudySpec(_Strict):
         for t in self.tasks:
             t.limit = min(t.limit, limit) if t.limit else limit
 
-    def definition(self, variant: VariantSpec) -> VariantDef:
+    def definition(self, variant: VariantSpec, recipe: Optional[str] = None) -> VariantDef:
         """The variant as a :class:`~quantcal.variant.VariantDef`: its model (the reference when it has only a
-        recipe or trains its adapter here; else the adapter's recorded base), recipe, adapter and deployment form."""
+        recipe or trains its adapter here; else the adapter's recorded base), recipe (``recipe``: one build's),
+        adapter and deployment form."""
         adapter = self.adapter_of(variant)
         model = variant.model or (self.reference if variant.finetune or not adapter else None)
-        return VariantDef(model, variant.recipe, adapter, variant.deploy)
+        return VariantDef(model, recipe or variant.recipe, adapter, variant.deploy)
+
+    @property
+    def build_groups(self) -> dict[str, list[str]]:
+        """Variants built more than once: name -> the names of its builds."""
+        return {v.name: [name for name, _ in v.builds()] for v in self.variants if len(v.builds()) > 1}
 
     @property
     def normalizations(self) -> list[str]:
