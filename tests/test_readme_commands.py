@@ -1,0 +1,51 @@
+"""The README's command blocks run as written (slow: about 15 minutes on 2 cores), except those that need the hub,
+a GPU, a separate lm-eval environment, or are the set-up and test commands themselves. They run in order in a
+scratch folder beside a link to ../shared/data, as a user beside this checkout would run them; the files they
+name (study.yaml, my_questions.jsonl) are written first."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+ROOT = Path(__file__).resolve().parent.parent
+SKIP = ("scripts/setup.sh", "pytest", "with hub access", "/opt/lm-eval", "lm_eval_parity")
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            if command.strip() and not any(s in command for s in SKIP):
+                commands.append(command.strip())
+    return commands
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(tmp_path: Path) -> None:
+    if not (SHARED_DATA / "piqa" / "validation.jsonl").is_file():
+        pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "shared").symlink_to(SHARED_DATA.parent)
+    (work / "my_questions.jsonl").write_text("".join(json.dumps(
+        {"question": f"What is {i} + {i}?", "choices": [str(2 * i), str(2 * i + 1), str(i)], "answer": 0}) + "\n"
+        for i in range(20)))
+    (work / "study.yaml").write_text("reference: smollm2-135m-instruct\nvariants:\n  - name: rtn4\n"
+                                     "    recipe: rtn:bits=4,group_size=64\ntasks: [arithmetic]\n")
+    commands = readme_commands()
+    assert len(commands) >= 14
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    for command in commands:
+        line = re.sub(r"^quantcal ", f"{sys.executable} -m quantcal.cli ", command)
+        done = subprocess.run(line, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
