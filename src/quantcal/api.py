@@ -12,6 +12,7 @@ two optional callbacks: ``progress(description, total)`` returns a tqdm-like bar
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -40,7 +41,7 @@ from quantcal.study.runner import JobOutcome, PlannedJob, check_plan, plan, run_
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study
 from quantcal.summary import align, paired_analysis, run_metrics, run_predictions
 from quantcal.tasks import get_task, load_items as task_items
-from quantcal.variant import LoadOptions, VariantDef, prepare
+from quantcal.variant import LoadOptions, Phase, VariantDef, prepare
 
 Progress = Callable[[str, int], Any]
 Say = Callable[[str], None]
@@ -111,6 +112,7 @@ def evaluate(
     trust_remote_code: bool = False,
     progress: Optional[Progress] = None,
     say: Say = _silent,
+    phase: Optional[Phase] = None,
 ) -> EvalResult:
     """Score a model (or a variant of it) on tasks: per-choice log-likelihoods into a store, then acc and acc_norm.
 
@@ -129,6 +131,7 @@ def evaluate(
         batch_size, max_batch_tokens: choice rows and padded tokens per forward pass (``None``: no token cap).
         max_length: the model window for left truncation (default: from the model config, as lm-eval).
         device, dtype, trust_remote_code: how the model is loaded.
+        progress, say, phase: item bars, news lines, and a context for loading/building (a spinner).
 
     Returns:
         An :class:`EvalResult`; ``result.tasks["arithmetic"].acc`` and ``result.items()`` for per-item records.
@@ -152,7 +155,7 @@ def evaluate(
     options = ScoringOptions(batch_size, max_batch_tokens, max_length)
     defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
                       str(adapter) if adapter is not None else None, deploy)
-    variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code), say)
+    variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code), say, phase=phase)
     variant_name = name or variant.default_name
     store_path = Path(store) if store is not None else default_store(variant_name)
     results: dict[str, TaskResult] = {}
@@ -286,6 +289,7 @@ def run_study(
     progress: Optional[Progress] = None,
     step_progress: Optional[Callable[[int, int], Any]] = None,
     say: Say = _silent,
+    phase: Optional[Phase] = None,
 ) -> StudyResult:
     """The main job: train the study's adapters, score the reference and every variant on every task (resuming what
     the study's store holds), then write the report.
@@ -297,7 +301,8 @@ def run_study(
         limit: cap every task at its first N items.
         executor: ``local`` (one job after another) or ``ray`` (jobs as Ray tasks; ``ray`` takes a
             :class:`~quantcal.study.ray_executor.RaySettings`).
-        progress, step_progress, say: item bars, fine-tuning step bars, news lines.
+        progress, step_progress, say, phase: item bars, fine-tuning step bars, news lines, a context shown while a
+            model loads or builds and while the report is written (a spinner).
 
     Returns:
         A :class:`StudyResult`; ``result.metrics()`` is the headline table, ``result.page`` the HTML report.
@@ -328,12 +333,13 @@ def run_study(
 
             outcomes = run_study_ray(spec, db, ray or RaySettings(), progress, say)
         else:
-            outcomes = run_jobs(spec, db, progress, say)
+            outcomes = run_jobs(spec, db, progress, say, phase)
         outcomes = [o for o in trained if not o.ok] + outcomes
         failures = [o.to_json() for o in outcomes if not o.ok]
         if len(failures) == len(outcomes):
             raise QuantcalError(f"every job failed; first: {failures[0]['error']}")
-        written = write_report(db, out_dir, report_settings(spec), spec.name, failures, say)
+        with (phase or (lambda label: nullcontext()))("writing the report"):
+            written = write_report(db, out_dir, report_settings(spec), spec.name, failures, say)
     return StudyResult(spec.name, out_dir, store_path, outcomes, written)
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager, Optional
 
 from quantcal.errors import QuantcalError
 from quantcal.finetune.deploy import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
@@ -112,15 +113,24 @@ class VariantDef:
         return config
 
 
+#: A phase of work the caller may show while it runs (a spinner with elapsed time): ``with phase(label): ...``.
+Phase = Callable[[str], ContextManager[Any]]
+
+
+def _no_phase(label: str) -> ContextManager[Any]:
+    return nullcontext()
+
+
 class ModelHolder:
     """Loads a model on first use and keeps it for the following jobs of the same variant; with a ``label`` it says
     when loading starts and how long it took (loading, dequantizing and building are a phase of their own)."""
 
     def __init__(self, loader: Callable[[], LoadedModel], say: Callable[[str], None] | None = None,
-                 label: str = "") -> None:
+                 label: str = "", phase: Phase | None = None) -> None:
         self._loader = loader
         self._loaded: LoadedModel | None = None
         self._say = say
+        self._phase = phase
         self.label = label
         self.load_seconds = 0.0
 
@@ -129,7 +139,8 @@ class ModelHolder:
             if self._say and self.label:
                 self._say(f"loading {self.label}")
             start = time.perf_counter()
-            self._loaded = self._loader()
+            with (self._phase or _no_phase)(f"loading {self.label}"):
+                self._loaded = self._loader()
             self.load_seconds = time.perf_counter() - start
             if self._say and self.label:
                 self._say(f"{self.label} ready in {self.load_seconds:.1f} s")
@@ -151,11 +162,12 @@ class PreparedVariant:
 
 
 def prepare(defn: VariantDef, options: LoadOptions = LoadOptions(), say: Callable[[str], None] = lambda m: None,
-            source: ModelSource | None = None) -> PreparedVariant:
-    """Check ``defn``, resolve its base model (or take ``source``) and return it with a loader that runs on first use."""
+            source: ModelSource | None = None, phase: Phase | None = None) -> PreparedVariant:
+    """Check ``defn``, resolve its base model (or take ``source``) and return it with a loader that runs on first use
+    (inside ``phase``, when given, so a terminal can show a spinner while the model loads or builds)."""
     defn.check()
     source = source or resolve_source(defn.base_spec())
-    holder = ModelHolder(lambda: load_variant_model(defn, source, options, say), say, defn.describe())
+    holder = ModelHolder(lambda: load_variant_model(defn, source, options, say), say, defn.describe(), phase)
     return PreparedVariant(defn, source, defn.run_config(), holder)
 
 

@@ -83,6 +83,18 @@ def quiet_transformers() -> None:
         pass
 
 
+@contextmanager
+def phase(label: str) -> Iterator[None]:
+    """A spinner with the elapsed time while a phase runs (loading, building, writing the report); on a terminal
+    only (in logs the start and "ready in" lines say the same), and gone when the phase ends."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as spinner:
+        spinner.add_task(as_flags(label), total=None)
+        yield
+
+
 def item_bar(description: str, total: int) -> Any:
     """A bar over a job's items (the library's ``progress`` callback)."""
     from tqdm.auto import tqdm

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from quantcal.cli.common import console, item_bar, out, quiet_transformers, say, unescape, user_errors
+from quantcal.cli.common import console, item_bar, out, phase, quiet_transformers, say, unescape, user_errors
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.models import DEFAULT_MODEL
@@ -52,7 +52,8 @@ def eval_command(
         result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
                               data_file=data_file, template=template, limit=limit, batch_size=batch_size,
                               max_batch_tokens=max_batch_tokens or None, max_length=max_length, device=device,
-                              dtype=dtype, trust_remote_code=trust_remote_code, progress=item_bar, say=say)
+                              dtype=dtype, trust_remote_code=trust_remote_code, progress=item_bar, say=say,
+                              phase=phase)
         failed = {t.task: t.n_errors for t in result.tasks.values() if t.n_errors}
         for name, n in failed.items():
             say(f"warning: {name}: {n} item(s) could not be scored; 'quantcal export --store {result.store}' lists them")

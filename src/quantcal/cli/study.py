@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from quantcal.cli.common import console, item_bar, out, quiet_transformers, say, step_bar, user_errors
+from quantcal.cli.common import console, item_bar, out, phase, quiet_transformers, say, step_bar, user_errors
 from quantcal.errors import QuantcalError
 
 
@@ -51,7 +51,8 @@ def run_command(
         quiet_transformers()
         ray = RaySettings(address, job_cpus, job_gpus) if executor == "ray" else None
         start = time.perf_counter()
-        result = api.run_study(plan, executor=executor, ray=ray, progress=item_bar, step_progress=step_bar, say=say)
+        result = api.run_study(plan, executor=executor, ray=ray, progress=item_bar, step_progress=step_bar, say=say,
+                               phase=phase)
         _print_summary(result.report.results)
         console.print(f"report: {result.page}")
         console.print(f"{len(result.jobs)} job(s) in {_duration(time.perf_counter() - start)}", highlight=False)

@@ -21,7 +21,7 @@ from quantcal.models import load_tokenizer, resolve_source
 from quantcal.store import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
 from quantcal.tasks import get_task, load_items
-from quantcal.variant import LoadOptions, PreparedVariant, VariantDef, prepare
+from quantcal.variant import LoadOptions, Phase, PreparedVariant, VariantDef, prepare
 
 
 @dataclass(frozen=True)
@@ -179,6 +179,7 @@ def run_study(
     store: Store,
     progress: Callable[[str, int], Any] | None = None,
     say: Callable[[str], None] = lambda message: None,
+    phase: Phase | None = None,
 ) -> list[JobOutcome]:
     """Run every planned job; returns one outcome per job (``ok=False`` with the reason for a failed one)."""
     options, load = scoring_options(spec), load_options(spec)
@@ -191,7 +192,7 @@ def run_study(
         try:
             if job.variant not in prepared:
                 prepared.clear()  # one model in memory at a time
-                prepared[job.variant] = prepare(job.definition, load, say)
+                prepared[job.variant] = prepare(job.definition, load, say, phase=phase)
             variant = prepared[job.variant]
             result = run_job(store, job.job(variant, spec.dtype), options, variant.holder, progress, say)
             outcomes.append(JobOutcome.of(result, job.variant, job.task.name, time.perf_counter() - start))
