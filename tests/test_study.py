@@ -142,7 +142,8 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path: Path, tiny_llam
     assert set(results["tasks"]["custom"]["none"]["variants"]) == {"reference", "w2"}
 
 
-@pytest.mark.parametrize("name", ["study_b_gptq.yaml", "study_a_ptq_vs_qlora.yaml", "qlora_heldout_hellaswag.yaml"])
+@pytest.mark.parametrize("name", ["study_b_gptq.yaml", "study_a_ptq_vs_qlora.yaml", "qlora_heldout_hellaswag.yaml",
+                                  "study_gptq_seeds.yaml"])
 def test_example_studies_are_valid(name: str) -> None:
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study
@@ -151,4 +152,4 @@ def test_example_studies_are_valid(name: str) -> None:
     if any(t.data_file for t in spec.tasks) and not all(Path(t.data_file).is_file() for t in spec.tasks if t.data_file):
         pytest.skip("the shared data is not next to this checkout")
     check_plan(spec)
-    assert len(plan(spec)) == (1 + len(spec.variants)) * len(spec.tasks)
+    assert len(plan(spec)) == (1 + sum(len(v.builds()) for v in spec.variants)) * len(spec.tasks)
