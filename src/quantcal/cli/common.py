@@ -89,6 +89,9 @@ def phase(label: str) -> Iterator[None]:
     only (in logs the start and "ready in" lines say the same), and gone when the phase ends."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    if not console.is_terminal:  # logs and pipes: the lines around the phase say it, no blank line left behind
+        yield
+        return
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
                   transient=True) as spinner:
         spinner.add_task(as_flags(label), total=None)
