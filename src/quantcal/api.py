@@ -317,10 +317,10 @@ def run_study(
         raise QuantcalError(f"`executor` must be local or ray, got {executor!r}")
     if executor == "local" and ray is not None:
         raise QuantcalError("Ray settings go with `executor` ray")
-    if isinstance(study, StudyPlan):
-        planned = plan_study(study.spec, output=output, limit=limit)
+    if isinstance(study, StudyPlan) and output is None and limit is None:
+        planned = study  # already checked: not again (that reads every task's items and hashes every model)
     else:
-        planned = plan_study(study, output=output, limit=limit)
+        planned = plan_study(study.spec if isinstance(study, StudyPlan) else study, output=output, limit=limit)
     spec = planned.spec
     out_dir = planned.output
     check_writable_dir(out_dir)  # before any work: a read-only or full output folder is refused now

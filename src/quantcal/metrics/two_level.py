@@ -66,7 +66,8 @@ def method_effect(metric: str, ref_probs: np.ndarray, build_probs: Sequence[np.n
     builds = [as_inputs(p, labels) for p in build_probs]
     n, b = ref.n, len(builds)
     check_resamples(n_resamples, n)
-    per_build = np.array([entry.fn(d) - entry.fn(ref) for d in builds])
+    ref_value = entry.fn(ref)
+    per_build = np.array([entry.fn(d) - ref_value for d in builds])
     rng = np.random.default_rng(seed)
     chosen = rng.integers(0, b, size=(n_resamples, b))  # builds drawn per replicate
     counts = counts_from_indices(rng.integers(0, n, size=(n_resamples, n)), n)  # items drawn per replicate

@@ -27,12 +27,12 @@ def explorer_data(store: Store, tasks: dict[str, Sequence[str]], reference: str,
     out: dict[str, Any] = {}
     for task, variants in tasks.items():
         names = [reference] + [v for v in variants if v != reference] if reference in variants else list(variants)
-        per_variant = {}
+        per_variant, base = {}, []
         for name in names:
             preds, scored = run_predictions(store, name, task, normalization)
             per_variant[name] = {it.item_id: (int(preds.pred[i]), float(preds.probs[i, preds.labels[i]]))
                                  for i, it in enumerate(scored)}
-        base = run_predictions(store, names[0], task, normalization)[1]
+            base = base or scored  # the first (the reference's) items give the rows
         shown = base[:max_items]
         texts = store.item_texts([it.item_hash for it in shown])
         rows = []
