@@ -30,6 +30,7 @@ from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
 from quantcal.metrics.bootstrap import check_resamples
 from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
 from quantcal.predictions import task_summary
+from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup
 from quantcal.records import export_store, item_frame
 from quantcal.recipes import parse_recipe
 from quantcal.recipes.variants import build_variant, variant_meta
@@ -104,6 +105,12 @@ def evaluate(
     data_file: Union[str, Path, None] = None,
     template: Optional[str] = None,
     limit: Optional[int] = None,
+    num_fewshot: int = 0,
+    fewshot_file: Union[str, Path, None] = None,
+    fewshot_seed: int = DEFAULT_FEWSHOT_SEED,
+    apply_chat_template: bool = False,
+    system_instruction: Optional[str] = None,
+    fewshot_as_multiturn: bool = False,
     batch_size: int = 64,
     max_batch_tokens: Optional[int] = DEFAULT_MAX_BATCH_TOKENS,
     max_length: Optional[int] = None,
@@ -128,6 +135,10 @@ def evaluate(
         data_file: a local copy of the (single) task's data in hub schema.
         template: the prompt template of the ``custom`` task, e.g. ``"Q: {question}\\nA:"``.
         limit: score only the first ``limit`` items of each task.
+        num_fewshot: examples before each question, drawn as lm-eval draws them (the task's few-shot split, its
+            sampler and ``fewshot_seed``; for a local data file, the file minus the item), or from ``fewshot_file``.
+        apply_chat_template, system_instruction, fewshot_as_multiturn: the prompt through the tokenizer's chat
+            template (lm-eval's semantics), with a system instruction, few-shot examples as separate turns.
         batch_size, max_batch_tokens: choice rows and padded tokens per forward pass (``None``: no token cap).
         max_length: the model window for left truncation (default: from the model config, as lm-eval).
         device, dtype, trust_remote_code: how the model is loaded.
@@ -152,6 +163,10 @@ def evaluate(
     task_list = [get_task(t, template if t == "custom" else None) for t in task_names]
     if data_file is not None and not Path(data_file).is_file():
         raise QuantcalError(f"{data_file}: file not found")
+    if fewshot_file is not None and not Path(fewshot_file).is_file():
+        raise QuantcalError(f"{fewshot_file}: file not found")
+    setup = PromptSetup(num_fewshot, fewshot_seed, str(fewshot_file) if fewshot_file is not None else None,
+                        apply_chat_template, system_instruction, fewshot_as_multiturn)
     options = ScoringOptions(batch_size, max_batch_tokens, max_length)
     defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
                       str(adapter) if adapter is not None else None, deploy)
@@ -162,15 +177,15 @@ def evaluate(
     with open_store(store_path) as db:
         for task in task_list:
             job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
-                      template if task.name == "custom" else None, variant.config, dtype)
+                      template if task.name == "custom" else None, variant.config, dtype, setup)
             outcome = run_job(db, job, options, variant.holder, progress, say)
-            say(outcome.summary(f"{variant_name} · {task.name}"))
+            say(outcome.summary(f"{variant_name} · {job.label}"))
             wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
             scored = [s for s in db.scored_items(outcome.run_id) if s.item_id in wanted]
             if not scored:
-                raise QuantcalError(f"{task.name}: no item could be scored")
+                raise QuantcalError(f"{job.label}: no item could be scored")
             summary = task_summary(scored, task.kind)
-            results[task.name] = TaskResult(task.name, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
+            results[job.label] = TaskResult(job.label, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
                                             outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id)
     return EvalResult(variant_name, variant.source.spec, store_path, results)
 

@@ -21,7 +21,8 @@ from quantcal.encoding import Encoder
 from quantcal.items import Item
 from quantcal.errors import QuantcalError
 from quantcal.faults import describe, sqlite_cause
-from quantcal.models import LoadedModel, ModelSource, model_max_length
+from quantcal.models import LoadedModel, ModelSource, load_tokenizer, model_max_length
+from quantcal.prompts import PromptSetup, chat_template_hash, has_chat_template, scored_delimiter, task_label
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS, score_items
 from quantcal.store import Store
 from quantcal.tasks import Task, load_items
@@ -66,6 +67,21 @@ class Job:
     template: str | None = None
     extra_config: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"
+    setup: PromptSetup = field(default_factory=PromptSetup)  # few-shot examples, chat template
+
+    @property
+    def label(self) -> str:
+        """The task's name in the store: ``openbookqa``, or with its prompt setup, ``openbookqa[5-shot chat]``."""
+        return task_label(self.task.name, self.setup)
+
+    @property
+    def target_delimiter(self) -> str:
+        """What goes between the context and each choice (nothing under a chat template)."""
+        return scored_delimiter(self.setup, self.task.target_delimiter)
+
+    def tokenizer(self) -> Any:
+        """The tokenizer whose chat template renders the prompts (None when no chat template is asked for)."""
+        return load_tokenizer(self.source) if self.setup.apply_chat_template else None
 
 
 @dataclass
@@ -100,18 +116,35 @@ def data_fingerprint(task: Task, data_file: str | None) -> str:
     return f"hub:{task.source}"
 
 
-def job_config(job: Job, options: ScoringOptions) -> dict[str, Any]:
+def prompt_config(setup: PromptSetup, tokenizer: Any = None) -> dict[str, Any]:
+    """What identifies a prompt setup in a run's key (empty for the zero-shot plain prompt, so older runs resume)."""
+    if setup.is_default:
+        return {}
+    config: dict[str, Any] = {"num_fewshot": setup.num_fewshot}
+    if setup.num_fewshot:
+        config["fewshot_seed"] = setup.fewshot_seed
+        config["fewshot_source"] = "file:" + file_sha256(setup.fewshot_file)[:16] if setup.fewshot_file else "task"
+    if setup.apply_chat_template:
+        config["chat_template"] = chat_template_hash(tokenizer)
+        config["fewshot_as_multiturn"] = setup.fewshot_as_multiturn
+    if setup.system_instruction is not None:
+        config["system_instruction"] = setup.system_instruction
+    return {"prompt": config}
+
+
+def job_config(job: Job, options: ScoringOptions, tokenizer: Any = None) -> dict[str, Any]:
     return {
         "model": job.source.to_json() | {"location": None},
         "task": job.task.name,
         "template": job.template,
-        "target_delimiter": job.task.target_delimiter,
+        "target_delimiter": job.target_delimiter,
         "data": data_fingerprint(job.task, job.data_file),
         "dtype": job.dtype,
         "max_length": options.max_length,
         "add_special_tokens": options.add_special_tokens,
         "scorer_version": SCORER_VERSION,
         **job.extra_config,
+        **prompt_config(job.setup, tokenizer),
     }
 
 
@@ -134,14 +167,17 @@ BatchResult = tuple[list[tuple[int, Item, Sequence[float], Sequence[int], Sequen
 
 def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
     """Open (or find) the job's run in the store and list the items it has not scored yet."""
-    items = load_items(job.task, job.data_file, job.limit)
-    config = job_config(job, options)
+    tokenizer = job.tokenizer()
+    if tokenizer is not None and not has_chat_template(tokenizer):
+        raise QuantcalError(f"`apply_chat_template`: the tokenizer of {job.source.spec} has no chat template")
+    items = load_items(job.task, job.data_file, job.limit, job.setup, tokenizer)
+    config = job_config(job, options, tokenizer)
     try:
-        run_id = store.get_or_create_run(job.variant, job.task.name, config_hash(config), config, package_versions())
+        run_id = store.get_or_create_run(job.variant, job.label, config_hash(config), config, package_versions())
     except sqlite3.Error as exc:
         if sqlite_cause(exc) is None:
             raise
-        raise QuantcalError(describe(exc, f"start {job.variant} · {job.task.name} in the store {store.path}",
+        raise QuantcalError(describe(exc, f"start {job.variant} · {job.label} in the store {store.path}",
                                      "nothing was scored")) from exc
     done = store.done_item_ids(run_id)
     return PendingJob(run_id, items, [(pos, it) for pos, it in enumerate(items) if it.id not in done])
@@ -234,14 +270,14 @@ def _claimed_batches(store: Store, pending: PendingJob, job: Job, options: Scori
             if not left:
                 break
             if not waiting and say is not None:
-                say(f"{job.variant} · {job.task.name}: waiting for {left} item(s) claimed by another process "
+                say(f"{job.variant} · {job.label}: waiting for {left} item(s) claimed by another process "
                     f"(taken over if its lease of {options.claim_lease_s:.0f} s runs out)")
             waiting = True
             time.sleep(CLAIM_POLL_S)  # the rest is claimed by other processes: wait for it, or for their leases
             continue
         waiting = False
         chunk = [by_id[i] for i in ids]
-        for entries, errors in score_pending(model.get(), chunk, job.task.target_delimiter, options, truncation):
+        for entries, errors in score_pending(model.get(), chunk, job.target_delimiter, options, truncation):
             failed.update(item.id for item, _ in errors)
             yield entries, errors
             store.renew_claims(pending.run_id, owner, options.claim_lease_s)
@@ -257,7 +293,7 @@ def store_results(store: Store, job: Job, pending: PendingJob, batches: Callable
     ids = [it.id for it in pending.items]
     if not pending.todo:
         return JobResult(run_id, ids, 0, len(store.errors(run_id)), 0.0)
-    bar = progress(f"{job.variant} · {job.task.name}", len(pending.todo)) if progress else None
+    bar = progress(f"{job.variant} · {job.label}", len(pending.todo)) if progress else None
     start = time.perf_counter()
     store.set_status(run_id, "running")
     scored_now = 0
@@ -276,7 +312,7 @@ def store_results(store: Store, job: Job, pending: PendingJob, batches: Callable
         stored = len(store.done_item_ids(run_id))
         kept = (f"{scored_now} of the {len(pending.todo)} items scored by this run were stored "
                 f"({stored} of {len(ids)} in the store)")
-        raise QuantcalError(describe(exc, f"write {job.variant} · {job.task.name} to the store {store.path}", kept)
+        raise QuantcalError(describe(exc, f"write {job.variant} · {job.label} to the store {store.path}", kept)
                             + "; then run the same command again to resume") from exc
     finally:
         if bar is not None:

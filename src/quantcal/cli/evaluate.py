@@ -13,6 +13,7 @@ from quantcal.cli.common import console, item_bar, out, phase, quiet_transformer
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.models import DEFAULT_MODEL
+from quantcal.prompts import DEFAULT_FEWSHOT_SEED
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 
 
@@ -21,6 +22,12 @@ def eval_command(
     task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task."),
+    num_fewshot: int = typer.Option(0, "--num-fewshot", help="Examples before each question, drawn as lm-eval draws them: the task's few-shot split and sampler (MMLU: its subject's first dev rows), or, with --data-file, the file minus the item."),
+    fewshot_file: Optional[Path] = typer.Option(None, "--fewshot-file", help="Draw the few-shot examples from this local file (same schema as the task's data)."),
+    fewshot_seed: int = typer.Option(DEFAULT_FEWSHOT_SEED, "--fewshot-seed", help="Seed of the few-shot sampler (lm-eval's default: 1234)."),
+    apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Render each prompt through the tokenizer's chat template (as a user turn with the generation prompt; choices then follow without the target delimiter, as lm-eval does)."),
+    system_instruction: Optional[str] = typer.Option(None, "--system-instruction", help="Text before the task's description (a system turn under --apply-chat-template)."),
+    fewshot_as_multiturn: bool = typer.Option(False, "--fewshot-as-multiturn", help="With --apply-chat-template: each few-shot example as its own user/assistant exchange."),
     batch_size: int = typer.Option(64, "--batch-size", help="Choice rows per forward pass (an item's choices always share one batch)."),
     max_batch_tokens: int = typer.Option(DEFAULT_MAX_BATCH_TOKENS, "--max-batch-tokens", help="Padded token positions per forward pass (rows x width); 0: no cap. Bounds memory; 1-2k is fastest on CPU."),
     store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),
@@ -50,7 +57,11 @@ def eval_command(
         from quantcal import api
 
         result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
-                              data_file=data_file, template=template, limit=limit, batch_size=batch_size,
+                              data_file=data_file, template=template, limit=limit, num_fewshot=num_fewshot,
+                              fewshot_file=fewshot_file, fewshot_seed=fewshot_seed,
+                              apply_chat_template=apply_chat_template,
+                              system_instruction=unescape(system_instruction),
+                              fewshot_as_multiturn=fewshot_as_multiturn, batch_size=batch_size,
                               max_batch_tokens=max_batch_tokens or None, max_length=max_length, device=device,
                               dtype=dtype, trust_remote_code=trust_remote_code, progress=item_bar, say=say,
                               phase=phase)

@@ -44,7 +44,7 @@ def run_command(
         for i, j in enumerate(plan.jobs, 1):
             d = j.definition
             how = " + ".join(x for x in (f"adapter ({d.deploy_form})" if d.adapter else "", d.recipe or "") if x)
-            table.add_row(str(i), j.variant, d.model or "adapter's base", how or "—", j.task.name, str(j.task.limit or "all"))
+            table.add_row(str(i), j.variant, d.model or "adapter's base", how or "—", j.label, str(j.task.limit or "all"))
         console.print(table)
         if dry_run:
             return

@@ -87,7 +87,7 @@ def _drive(ray: Any, remote: Any, jobs: list[PlannedJob], store: Store, options:
             full = job.job(variants[job.variant], load.dtype)
             prepared[number] = (full, pending_job(store, full, options))
         except QuantcalError as exc:
-            outcomes[number] = JobOutcome.failed(job.variant, job.task.name, exc)
+            outcomes[number] = JobOutcome.failed(job.variant, job.label, exc)
             continue
         (waiting[job.variant] if job.variant in headed else heads).append(number)
         headed.add(job.variant)
@@ -96,11 +96,11 @@ def _drive(ray: Any, remote: Any, jobs: list[PlannedJob], store: Store, options:
     def submit(number: int) -> None:
         full, pending = prepared[number]
         if not pending.todo:  # nothing left to score: no task, no model load
-            outcomes[number] = JobOutcome.of(store_results(store, full, pending, lambda: []), full.variant, full.task.name, 0.0)
+            outcomes[number] = JobOutcome.of(store_results(store, full, pending, lambda: []), full.variant, full.label, 0.0)
             for follower in list(waiting.pop(full.variant, ())):
                 submit(follower)
             return
-        ref = remote.remote(jobs[number].definition, pending.todo, full.task.target_delimiter, options, load,
+        ref = remote.remote(jobs[number].definition, pending.todo, full.target_delimiter, options, load,
                             int(settings.cpus_per_job))
         in_flight[ref] = (number, time.perf_counter())
 
@@ -113,12 +113,12 @@ def _drive(ray: Any, remote: Any, jobs: list[PlannedJob], store: Store, options:
         try:
             batches = ray.get(ref)
             result = store_results(store, full, pending, lambda: batches, progress)
-            outcomes[number] = JobOutcome.of(result, full.variant, full.task.name, time.perf_counter() - t0)
+            outcomes[number] = JobOutcome.of(result, full.variant, full.label, time.perf_counter() - t0)
         except Exception as exc:  # noqa: BLE001 - a failed job must not stop the study; the reason is kept
             cause = getattr(exc, "cause", None)  # RayTaskError carries the task's own exception
-            outcomes[number] = JobOutcome.failed(full.variant, full.task.name,
+            outcomes[number] = JobOutcome.failed(full.variant, full.label,
                                                  cause if isinstance(cause, BaseException) else exc, time.perf_counter() - t0)
-        say(f"[{len(outcomes)}/{len(jobs)}] {full.variant} · {full.task.name}"
+        say(f"[{len(outcomes)}/{len(jobs)}] {full.variant} · {full.label}"
             + ("" if outcomes[number].ok else f" failed: {outcomes[number].error}"))
         for follower in list(waiting.pop(full.variant, ())):
             submit(follower)

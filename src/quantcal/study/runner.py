@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -18,6 +18,7 @@ from quantcal.finetune.base import BaseConfig
 from quantcal.finetune.data import check_disjoint, load_examples
 from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
 from quantcal.models import load_tokenizer, resolve_source
+from quantcal.prompts import PromptSetup, has_chat_template, task_label
 from quantcal.store import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
 from quantcal.tasks import get_task, load_items
@@ -29,11 +30,17 @@ class PlannedJob:
     variant: str
     definition: VariantDef
     task: TaskSpec
+    setup: PromptSetup = PromptSetup()
+
+    @property
+    def label(self) -> str:
+        """The task's name in the store (with its prompt setup when not zero-shot plain)."""
+        return task_label(self.task.name, self.setup)
 
     def job(self, prepared: PreparedVariant, dtype: str = "auto") -> Job:
         """The evaluation job: this task's items scored with the prepared variant."""
         return Job(self.variant, prepared.source, get_task(self.task.name, self.task.template), self.task.data_file,
-                   self.task.limit, self.task.template, prepared.config, dtype)
+                   self.task.limit, self.task.template, prepared.config, dtype, self.setup)
 
 
 @dataclass
@@ -71,9 +78,10 @@ def failure_reason(exc: BaseException) -> str:
 
 def plan(spec: StudySpec) -> list[PlannedJob]:
     """Reference first, then each variant, each over every task."""
-    jobs = [PlannedJob(REFERENCE_NAME, VariantDef(spec.reference), t) for t in spec.tasks]
+    jobs = [PlannedJob(REFERENCE_NAME, VariantDef(spec.reference), t, spec.prompt_setup(t)) for t in spec.tasks]
     for v in spec.variants:
-        jobs += [PlannedJob(name, spec.definition(v, recipe), t) for name, recipe in v.builds() for t in spec.tasks]
+        jobs += [PlannedJob(name, spec.definition(v, recipe), t, spec.prompt_setup(t))
+                 for name, recipe in v.builds() for t in spec.tasks]
     return jobs
 
 
@@ -82,10 +90,13 @@ def check_plan(spec: StudySpec) -> None:
     cannot be reached (hub tasks offline), and whether the report's bootstrap fits in memory for each task."""
     for t in spec.tasks:
         task = get_task(t.name, t.template)
-        if t.data_file and not Path(t.data_file).is_file():
-            raise QuantcalError(f"task {t.name}: data file {t.data_file} not found")
+        setup = spec.prompt_setup(t)
+        for what, path in (("data file", t.data_file), ("few-shot file", t.fewshot_file)):
+            if path and not Path(path).is_file():
+                raise QuantcalError(f"task {t.name}: {what} {path} not found")
         try:
-            n_items = len(load_items(task, t.data_file, t.limit))
+            n_items = len(load_items(task, t.data_file, t.limit, replace(setup, apply_chat_template=False,
+                                                                          fewshot_as_multiturn=False)))
         except QuantcalError as exc:
             if t.data_file is None and task.generate is None:  # the hub, unreachable: every job would fail
                 raise QuantcalError(f"task {t.name}: {exc}") from None
@@ -106,7 +117,9 @@ def check_plan(spec: StudySpec) -> None:
         except QuantcalError as exc:
             raise QuantcalError(f"variant {v.name}: {exc}") from None
     for model in models:
-        resolve_source(model)
+        source = resolve_source(model)
+        if spec.apply_chat_template and not has_chat_template(load_tokenizer(source)):
+            raise QuantcalError(f"`apply_chat_template`: the tokenizer of {model} has no chat template")
 
 
 def _check_training_source(data: str, data_file: Optional[str]) -> None:
@@ -187,7 +200,7 @@ def run_study(
     outcomes: list[JobOutcome] = []
     prepared: dict[str, PreparedVariant] = {}  # resolved (files hashed) once per variant
     for number, job in enumerate(jobs, start=1):
-        say(f"[{number}/{len(jobs)}] {job.variant} · {job.task.name}")
+        say(f"[{number}/{len(jobs)}] {job.variant} · {job.label}")
         start = time.perf_counter()
         try:
             if job.variant not in prepared:
@@ -195,12 +208,12 @@ def run_study(
                 prepared[job.variant] = prepare(job.definition, load, say, phase=phase)
             variant = prepared[job.variant]
             result = run_job(store, job.job(variant, spec.dtype), options, variant.holder, progress, say)
-            outcomes.append(JobOutcome.of(result, job.variant, job.task.name, time.perf_counter() - start))
-            say("  " + result.summary(f"{job.variant} · {job.task.name}"))
+            outcomes.append(JobOutcome.of(result, job.variant, job.label, time.perf_counter() - start))
+            say("  " + result.summary(f"{job.variant} · {job.label}"))
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - a failed job must not stop the study; the reason is kept
-            outcomes.append(JobOutcome.failed(job.variant, job.task.name, exc, time.perf_counter() - start))
+            outcomes.append(JobOutcome.failed(job.variant, job.label, exc, time.perf_counter() - start))
         if not outcomes[-1].ok:
             say(f"  failed: {outcomes[-1].error}")
     return outcomes

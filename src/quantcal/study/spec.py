@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from quantcal.errors import QuantcalError
 from quantcal.metrics.bootstrap import MAX_RESAMPLES
 from quantcal.metrics.registry import DEFAULT_METRICS
+from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 from quantcal.variant import VariantDef
 
@@ -124,6 +125,9 @@ class TaskSpec(_Strict):
     data_file: Optional[str] = Field(None, description="local copy in hub schema (.jsonl/.json/.parquet/.csv)")
     limit: Optional[int] = Field(None, gt=0, description="first N items only")
     template: Optional[str] = Field(None, description="prompt template (custom task)")
+    num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples (default: the study's num_fewshot)")
+    fewshot_file: Optional[str] = Field(None, description="local file to draw the few-shot examples from")
+    fewshot_seed: int = Field(DEFAULT_FEWSHOT_SEED, description="seed of the few-shot sampler (lm-eval's 1234)")
 
 
 class BootstrapSpec(_Strict):
@@ -153,6 +157,10 @@ class StudySpec(_Strict):
                                             description="padded token positions per forward pass (null: no cap)")
     device: str = "cpu"
     dtype: str = "auto"
+    num_fewshot: int = Field(0, ge=0, description="few-shot examples before each question (a task may set its own)")
+    apply_chat_template: bool = Field(False, description="render prompts through the tokenizer's chat template")
+    system_instruction: Optional[str] = Field(None, description="text before the task description (a system turn)")
+    fewshot_as_multiturn: bool = Field(False, description="chat: each few-shot example as its own exchange")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -187,11 +195,24 @@ class StudySpec(_Strict):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"variant names must be unique: {twice}")
-        tasks = [t.name for t in self.tasks]
+        tasks = [self.task_label(t) for t in self.tasks]
         twice = sorted({n for n in tasks if tasks.count(n) > 1})
         if twice:
-            raise ValueError(f"each task once: {twice}")
+            raise ValueError(f"each task once (per few-shot setup): {twice}")
         return self
+
+    def prompt_setup(self, task: TaskSpec) -> PromptSetup:
+        """The task's prompt: its own few-shot settings over the study's, and the study's chat settings."""
+        try:
+            return PromptSetup(self.num_fewshot if task.num_fewshot is None else task.num_fewshot, task.fewshot_seed,
+                               task.fewshot_file, self.apply_chat_template, self.system_instruction,
+                               self.fewshot_as_multiturn)
+        except QuantcalError as exc:
+            raise ValueError(f"task {task.name}: {exc}") from None
+
+    def task_label(self, task: TaskSpec) -> str:
+        """The task's name in the store and the report (``mmlu[5-shot]`` when not zero-shot plain)."""
+        return task_label(task.name, self.prompt_setup(task))
 
     def adapter_of(self, variant: VariantSpec) -> Optional[str]:
         """The variant's adapter: its own, or where its finetune block trains one (OUTPUT/adapters/NAME). Variants
@@ -265,6 +286,7 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
                 v.finetune.data = _resolve(v.finetune.data, base) or v.finetune.data
     for t in spec.tasks:
         t.data_file = _resolve(t.data_file, base)
+        t.fewshot_file = _resolve(t.fewshot_file, base)
     spec.output = _resolve(spec.output, base) or spec.output
     return spec
 

@@ -13,9 +13,9 @@ def _build(row: dict[str, Any]) -> tuple[str, list[str], int]:
 _FIELDS = ("question", "choices", "answerKey")
 ARC_EASY = Task(
     name="arc_easy", build=_build, fields=_FIELDS, hub_path="allenai/ai2_arc", hub_config="ARC-Easy",
-    split="test", id_field="id", summary="grade-school science, easy set",
+    split="test", fewshot_split="train", id_field="id", summary="grade-school science, easy set",
 )
 ARC_CHALLENGE = Task(
     name="arc_challenge", build=_build, fields=_FIELDS, hub_path="allenai/ai2_arc", hub_config="ARC-Challenge",
-    split="test", id_field="id", summary="grade-school science, challenge set",
+    split="test", fewshot_split="train", id_field="id", summary="grade-school science, challenge set",
 )

@@ -14,17 +14,23 @@ from typing import Any, Callable, Literal, Sequence
 from quantcal.data_files import Row, read_hub_rows, read_local_rows
 from quantcal.errors import QuantcalError
 from quantcal.items import Item
+from quantcal.prompts import PromptSetup
 
-#: A row builder returns the prompt, the choice strings and the gold index (or, for MC2, all true indices).
+#: A row builder returns the question text, the choice strings and the gold index (or, for MC2, all true indices).
 Builder = Callable[[dict[str, Any]], tuple[str, Sequence[str], int | Sequence[int]]]
+#: Few-shot samplers, as lm-eval names them: ``default`` draws at random (seeded), ``first_n`` takes the pool's first.
+Sampler = Literal["default", "first_n"]
 
 
 @dataclass(frozen=True)
 class Task:
-    """A zero-shot multiple-choice task.
+    """A multiple-choice task.
 
     ``kind="mc2"`` marks TruthfulQA-MC2 style items whose score is the normalised probability mass
-    on the set of true answers; every other task has one gold answer.
+    on the set of true answers; every other task has one gold answer. ``description`` gives the line before the
+    prompt (lm-eval's ``description``, e.g. MMLU's subject line). Few-shot examples come from ``fewshot_split`` on
+    the hub (None: the evaluation split minus the item), drawn by ``sampler``, from rows that share the item's
+    ``fewshot_group`` field when set (MMLU: its subject).
     """
 
     name: str
@@ -37,6 +43,10 @@ class Task:
     target_delimiter: str = " "
     kind: Literal["mc", "mc2"] = "mc"
     summary: str = ""
+    description: Callable[[dict[str, Any]], str] | None = field(default=None, compare=False)
+    fewshot_split: str | None = None
+    sampler: Sampler = "default"
+    fewshot_group: str | None = None
     generate: Callable[[int | None], list[dict[str, Any]]] | None = field(default=None, compare=False)
 
     @property
@@ -48,10 +58,24 @@ class Task:
         return "local file (`data_file`)"
 
 
-def load_items(task: Task, data_file: str | Path | None = None, limit: int | None = None) -> list[Item]:
-    """Read the task's rows (local file if given, else the hub, else its generator) and build items."""
+def load_items(task: Task, data_file: str | Path | None = None, limit: int | None = None,
+               setup: PromptSetup | None = None, tokenizer: Any = None) -> list[Item]:
+    """Read the task's rows (local file if given, else the hub, else its generator) and build items, with the prompt
+    ``setup`` (few-shot examples, chat template: the template is ``tokenizer``'s) when one is given."""
     if limit is not None and limit < 1:
         raise QuantcalError(f"`limit` must be a positive number of items, got {limit}")
+    rows = task_rows(task, data_file, limit)
+    items = [build_item(task, row) for row in rows]
+    _check_unique_ids(task, items, rows)
+    if setup is not None and not setup.is_default:
+        from quantcal.tasks.fewshot import apply_setup
+
+        items = apply_setup(task, items, rows, setup, data_file, tokenizer)
+    return items
+
+
+def task_rows(task: Task, data_file: str | Path | None = None, limit: int | None = None) -> list[Row]:
+    """The task's rows: a local file, its generator or the hub (first ``limit``)."""
     if data_file is not None:
         rows = read_local_rows(data_file)
     elif task.generate is not None:
@@ -64,9 +88,7 @@ def load_items(task: Task, data_file: str | Path | None = None, limit: int | Non
         rows = rows[:limit]
     if not rows:
         raise QuantcalError(f"task {task.name!r}: no items in {data_file or task.source}")
-    items = [build_item(task, row) for row in rows]
-    _check_unique_ids(task, items, rows)
-    return items
+    return rows
 
 
 def build_item(task: Task, row: Row) -> Item:
@@ -97,13 +119,15 @@ def build_item(task: Task, row: Row) -> Item:
             raise QuantcalError(f"{where}: choice {i} is empty")
     if not isinstance(context, str):
         raise QuantcalError(f"{where}: prompt is {type(context).__name__}, expected a string")
+    description = task.description(data) if task.description is not None else ""
     golds = (gold,) if isinstance(gold, int) else tuple(gold)
     if not golds:
         raise QuantcalError(f"{where}: no true answer")
     for g in golds:
         if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < len(choices):
             raise QuantcalError(f"{where}: gold answer {g!r} out of range; expected an index in 0..{len(choices) - 1}")
-    return Item(id=item_id, context=context, choices=choices, gold=golds[0], golds=golds, meta={"origin": row.origin})
+    return Item(id=item_id, context=description + context, choices=choices, gold=golds[0], golds=golds,
+                meta={"origin": row.origin, "question": context, "description": description})
 
 
 def _item_id(task: Task, row: Row) -> str:

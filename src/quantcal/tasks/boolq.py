@@ -14,6 +14,6 @@ def _build(row: dict[str, Any]) -> tuple[str, list[str], int]:
 
 BOOLQ = Task(
     name="boolq", build=_build, fields=("passage", "question", "label"),
-    hub_path="aps/super_glue", hub_config="boolq", split="validation", id_field="idx",
+    hub_path="aps/super_glue", hub_config="boolq", split="validation", fewshot_split="train", id_field="idx",
     summary="yes/no reading comprehension over long passages",
 )

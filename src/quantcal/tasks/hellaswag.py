@@ -30,6 +30,6 @@ def _build(row: dict[str, Any]) -> tuple[str, list[str], int]:
 
 HELLASWAG = Task(
     name="hellaswag", build=_build, fields=("activity_label", "ctx_a", "endings", "label"),
-    hub_path="Rowan/hellaswag", split="validation", id_field="ind",
+    hub_path="Rowan/hellaswag", split="validation", fewshot_split="train", id_field="ind",
     summary="commonsense sentence completion, 4 long endings",
 )

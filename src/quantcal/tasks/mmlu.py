@@ -3,6 +3,7 @@
 lm-eval's zero-shot prompt: the subject's description line
 ``The following are multiple choice questions (with answers) about {subject}.\n\n``, then
 ``{question.strip()}\nA. {c0}\nB. {c1}\nC. {c2}\nD. {c3}\nAnswer:``; the choices are the letters " A".." D".
+Few-shot: the first K rows of the subject's ``dev`` split (lm-eval's ``first_n`` sampler), the same for every item.
 """
 
 from typing import Any
@@ -84,11 +85,12 @@ def _build(row: dict[str, Any]) -> tuple[str, list[str], int]:
     if len(options) != 4:
         raise QuantcalError(f"MMLU items have 4 choices, got {len(options)}")
     body = row["question"].strip() + "".join(f"\n{letter}. {text}" for letter, text in zip(LETTERS, options)) + "\nAnswer:"
-    return description(subject) + body, list(LETTERS), as_int(row["answer"], "answer")
+    return body, list(LETTERS), as_int(row["answer"], "answer")
 
 
 MMLU = Task(
     name="mmlu", build=_build, fields=("question", "subject", "choices", "answer"),
     hub_path="cais/mmlu", hub_config="all", split="test",
+    description=lambda row: description(row["subject"]), fewshot_split="dev", sampler="first_n", fewshot_group="subject",
     summary="57 academic subjects, letter answers",
 )

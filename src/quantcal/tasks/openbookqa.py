@@ -12,6 +12,6 @@ def _build(row: dict[str, Any]) -> tuple[str, list[str], int]:
 
 OPENBOOKQA = Task(
     name="openbookqa", build=_build, fields=("question_stem", "choices", "answerKey"),
-    hub_path="allenai/openbookqa", hub_config="main", split="test", id_field="id",
+    hub_path="allenai/openbookqa", hub_config="main", split="test", fewshot_split="train", id_field="id",
     summary="elementary science, 4 choices",
 )

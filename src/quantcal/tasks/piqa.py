@@ -11,5 +11,5 @@ def _build(row: dict[str, Any]) -> tuple[str, list[str], int]:
 
 PIQA = Task(
     name="piqa", build=_build, fields=("goal", "sol1", "sol2", "label"),
-    hub_path="baber/piqa", split="validation", summary="physical commonsense, 2 solutions",
+    hub_path="baber/piqa", split="validation", fewshot_split="train", summary="physical commonsense, 2 solutions",
 )

@@ -17,6 +17,6 @@ def _build(row: dict[str, Any]) -> tuple[str, list[str], int]:
 
 XSTORYCLOZE_EN = Task(
     name="xstorycloze_en", build=_build, fields=(*_SENTENCES, "sentence_quiz1", "sentence_quiz2", "answer_right_ending"),
-    hub_path="juletxara/xstory_cloze", hub_config="en", split="eval", id_field="story_id",
+    hub_path="juletxara/xstory_cloze", hub_config="en", split="eval", fewshot_split="train", id_field="story_id",
     summary="story endings, 2 choices",
 )
