@@ -39,23 +39,30 @@ def lm_eval_tasks_dir(python: str) -> Path:
     return Path(out.stdout.strip()) / "tasks"
 
 
-def write_task_yamls(folder: Path, files: dict[str, tuple[Path, str]], tasks_dir: Path) -> None:
-    """One ``local_<task>.yaml`` per task: lm-eval's own task file, reading ``files[task] = (data file, yaml)``."""
+def write_task_yamls(folder: Path, files: dict[str, tuple[Path, str]], tasks_dir: Path,
+                     fewshot_files: dict[str, Path] | None = None, names: dict[str, str] | None = None) -> None:
+    """One ``local_<task>.yaml`` per task: lm-eval's own task file, reading ``files[task] = (data file, yaml)``.
+
+    Few-shot examples come from ``fewshot_files[task]`` (the ``dev`` split) when given, else from the evaluation
+    file itself (``fewshot_split: test``: lm-eval then leaves the item out of its own examples). ``names[task]``
+    renames a task's YAML (``local_<name>``), e.g. to hold the same task at two few-shot settings."""
     for task, (data, yaml_rel) in files.items():
+        dev = (fewshot_files or {}).get(task)
+        splits = {"test": str(Path(data).resolve())} | ({"dev": str(Path(dev).resolve())} if dev else {})
         text = "\n".join([
             f"include: {tasks_dir / yaml_rel}",
-            f"task: local_{task}",
+            f"task: local_{(names or {}).get(task, task)}",
             "tag: []",
             "dataset_path: json",
             "dataset_name: null",
-            f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(Path(data).resolve()))}}}}}",
+            f"dataset_kwargs: {{data_files: {json.dumps(splits)}}}",
             "training_split: null",
             "validation_split: null",
             "test_split: test",
-            "fewshot_split: null",
+            f"fewshot_split: {'dev' if dev else 'test'}",
             "",
         ])
-        (folder / f"local_{task}.yaml").write_text(text)
+        (folder / f"local_{(names or {}).get(task, task)}.yaml").write_text(text)
 
 
 def run_lm_eval(python: str, checkpoint: Path, tasks: list[str], limits: dict[str, int | None], yaml_dir: Path,

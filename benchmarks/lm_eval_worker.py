@@ -2,7 +2,7 @@
 
     <lm-eval python> benchmarks/lm_eval_worker.py SPEC.json OUT.json
 
-SPEC: {checkpoint, task, yaml_dir, limit, batch_size, device, dtype}. Only ``HFLM.loglikelihood`` is timed
+SPEC: {checkpoint, task, yaml_task, num_fewshot, yaml_dir, limit, batch_size, device, dtype}. Only ``HFLM.loglikelihood`` is timed
 (tokenisation, sorting, forward passes): dataset loading and request building are left out, to lm-eval's
 advantage. Writes the seconds, peak memory, accuracies and every per-choice log-likelihood.
 """
@@ -40,8 +40,9 @@ def main() -> None:
     lm.loglikelihood = loglikelihood
     if spec["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    task = f"local_{spec['task']}"
+    task = f"local_{spec.get('yaml_task', spec['task'])}"
     res = lm_eval.simple_evaluate(model=lm, tasks=[task], limit=spec["limit"], log_samples=True,
+                                  num_fewshot=spec.get("num_fewshot") or None,
                                   task_manager=TaskManager(include_path=spec["yaml_dir"]))
     metrics = {k.split(",")[0]: v for k, v in res["results"][task].items() if k.startswith(("acc,", "acc_norm,"))}
     lls = {int(s["doc_id"]): [float(r[0][0]) for r in s["resps"]] for s in res["samples"][task]}

@@ -18,7 +18,15 @@ model FLOP utilisation = 2 x (non-embedding parameters x unique tokens + LM-head
 / seconds / peak (989 TFLOP/s, H100 SXM dense bf16).
 
 The MMLU-format file is synthetic: OpenBookQA questions written in ``cais/mmlu``'s schema (subject
-high_school_biology) so both tools apply MMLU's prompt with single-letter choices.
+high_school_biology) so both tools apply MMLU's prompt with single-letter choices; its few-shot ``dev`` split is
+five more OpenBookQA questions (items 490-499) in the same schema. The TruthfulQA-MC1-format file is OpenBookQA
+questions in ``truthfulqa/truthful_qa``'s multiple_choice schema (the true answer first), so every context carries
+TruthfulQA's 6-shot QA preamble. ``TASK@K`` runs a task K-shot (``mmlu@5``, ``openbookqa@5``): examples from the
+dev file for MMLU, else from the evaluation file minus the item (lm-eval with ``fewshot_split: test``).
+
+"Shared tokens" are what quantcal feeds with cross-item prefix sharing (each batch's shared prefix once, computed
+again only when the next batch starts with another); "trie tokens" are the floor for any exact scorer: the distinct
+token prefixes over all contexts plus every choice token.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ from lm_eval_parity import TASK_FILES, lm_eval_tasks_dir, write_task_yamls  # no
 
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 
-TASK_FILES = {**TASK_FILES, "mmlu": ("mmlu_format.jsonl", "mmlu/default/mmlu_high_school_biology.yaml")}
+TASK_FILES = {**TASK_FILES, "mmlu": ("mmlu_format.jsonl", "mmlu/default/mmlu_high_school_biology.yaml"),
+              "truthfulqa_mc1": ("truthfulqa_format.jsonl", "truthfulqa/truthfulqa_mc1.yaml")}
 H100_BF16_PEAK = 989.4e12
 GEMMA2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                  num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
@@ -51,17 +60,54 @@ GEMMA2_2B = dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, nu
                  attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True)
 
 
-def write_mmlu_format(openbookqa: Path, target: Path, limit: int = 500) -> Path:
+def write_mmlu_format(openbookqa: Path, target: Path, limit: int = 500, skip: int = 0) -> Path:
     """OpenBookQA questions in cais/mmlu's schema (question, subject, choices, answer)."""
     with open(openbookqa) as src, open(target, "w") as out:
         for n, line in enumerate(src):
-            if n >= limit:
+            if n < skip:
+                continue
+            if n >= skip + limit:
                 break
             row = json.loads(line)
             out.write(json.dumps({"question": row["question_stem"], "subject": "high_school_biology",
                                   "choices": row["choices"]["text"],
                                   "answer": row["choices"]["label"].index(row["answerKey"])}) + "\n")
     return target
+
+
+def write_truthfulqa_format(openbookqa: Path, target: Path, limit: int = 500) -> Path:
+    """OpenBookQA questions in truthfulqa/truthful_qa's multiple_choice schema (true answer first)."""
+    with open(openbookqa) as src, open(target, "w") as out:
+        for n, line in enumerate(src):
+            if n >= limit:
+                break
+            row = json.loads(line)
+            texts, gold = row["choices"]["text"], row["choices"]["label"].index(row["answerKey"])
+            ordered = [texts[gold]] + [t for i, t in enumerate(texts) if i != gold]
+            targets = {"choices": ordered, "labels": [1] + [0] * (len(ordered) - 1)}
+            out.write(json.dumps({"question": row["question_stem"], "mc1_targets": targets, "mc2_targets": targets}) + "\n")
+    return target
+
+
+def trie_tokens(encoded: list) -> int:
+    """Distinct token prefixes over all contexts plus every choice token: what any exact scorer must compute."""
+    from quantcal.scoring import common_prefix
+
+    contexts = sorted(g.context for e in encoded for g in e.groups)
+    nodes = sum(len(c) - (common_prefix(c, contexts[i - 1]) if i else 0) for i, c in enumerate(contexts))
+    return nodes + sum(len(c) for e in encoded for g in e.groups for c in g.continuations)
+
+
+def shared_tokens(encoded: list, batch_size: int, max_tokens: int | None) -> int:
+    """Token positions quantcal's packed scorer computes (padding aside), cross-item prefixes once per run."""
+    from quantcal.scoring import packed_length, plan_shared_batches
+
+    total, last = 0, None
+    for batch in plan_shared_batches(encoded, batch_size, max_tokens):
+        prefix = tuple(batch.groups[0].context[:batch.shared])
+        total += (len(prefix) if prefix != last else 0) + sum(packed_length(g) - batch.shared for g in batch.groups)
+        last = prefix if batch.shared else last
+    return total
 
 
 def random_checkpoint(name: str, tokenizer_from: Path, target: Path, dtype: str) -> Path:
@@ -139,24 +185,28 @@ def quantcal_worker(spec: dict) -> dict:
     from quantcal.tasks import get_task, load_items
     from quantcal.variant import ModelHolder
 
+    from quantcal.prompts import PromptSetup
+
     source = resolve_source(spec["checkpoint"])
     lm = load_model(source, spec["dtype"], spec["device"])
     task = get_task(spec["task"])
+    setup = PromptSetup(num_fewshot=spec.get("num_fewshot", 0), fewshot_file=spec.get("fewshot_file"))
     options = ScoringOptions(batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"])
     if spec["device"].startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp, open_store(Path(tmp) / "bench.sqlite") as store:
         sync(spec["device"])
         start = time.perf_counter()
-        outcome = run_job(store, Job("bench", source, task, spec["data_file"], spec["limit"], dtype=spec["dtype"]), options, ModelHolder(lambda: lm))
+        outcome = run_job(store, Job("bench", source, task, spec["data_file"], spec["limit"], dtype=spec["dtype"], setup=setup), options, ModelHolder(lambda: lm))
         sync(spec["device"])
         seconds = time.perf_counter() - start
         scored = store.scored_items(outcome.run_id)
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if spec["device"].startswith("cuda") else None
     encoder = Encoder(lm.tokenizer, model_max_length(lm.model, lm.tokenizer))
     encoded = [encoder.encode_item(k, it, task.target_delimiter)
-               for k, it in enumerate(load_items(task, spec["data_file"], spec["limit"]))]
+               for k, it in enumerate(load_items(task, spec["data_file"], spec["limit"], setup))]
     requests, unique, choice = request_tokens(encoded)
+    shared = shared_tokens(encoded, spec["batch_size"], spec["max_batch_tokens"])
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     floor = floor_seconds(lm.model, encoded, spec["batch_size"], spec["max_batch_tokens"], pad, spec["device"]) if spec["floor"] else None
     params = sum(p.numel() for p in lm.model.parameters())
@@ -166,7 +216,8 @@ def quantcal_worker(spec: dict) -> dict:
         "seconds": seconds, "floor_seconds": floor, "n_items": len(scored), "errors": outcome.n_errors,
         "metrics": {k: summary[k] for k in ("acc", "acc_norm") if k in summary},
         "logliks": {it.position: list(it.logliks) for it in scored},
-        "request_tokens": requests, "unique_tokens": unique, "choice_tokens": choice,
+        "request_tokens": requests, "unique_tokens": unique, "choice_tokens": choice, "shared_tokens": shared,
+        "trie_tokens": trie_tokens(encoded),
         "params": params, "embedding_params": embed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mb": peak_gpu,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -213,8 +264,10 @@ def main() -> None:
         Path(args.worker[1]).write_text(json.dumps(quantcal_worker(spec)))
         return
 
-    tasks = [t for t in args.tasks.split(",") if t]
+    tasks = [t for t in args.tasks.split(",") if t]  # TASK or TASK@K (K-shot)
     limits = {t: None for t in tasks} | {k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p)}
+    shots = {t: int(t.split("@")[1]) if "@" in t else 0 for t in tasks}
+    base = {t: t.split("@")[0] for t in tasks}
     work = args.work or Path(tempfile.mkdtemp(prefix="quantcal-speed-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.random_config:
@@ -226,13 +279,18 @@ def main() -> None:
         source = resolve_source(args.model)
         checkpoint = dequantized_gguf_copy(source) if source.gguf_file else Path(source.location)
         label = args.model
-    data_files = {t: args.data_dir / TASK_FILES[t][0] for t in tasks if t != "mmlu"}
-    if "mmlu" in tasks:
-        data_files["mmlu"] = write_mmlu_format(args.data_dir / "openbookqa/test.jsonl", work / "mmlu_format.jsonl")
+    openbookqa = args.data_dir / "openbookqa/test.jsonl"
+    made = {"mmlu": lambda: write_mmlu_format(openbookqa, work / "mmlu_format.jsonl", limit=490),
+            "truthfulqa_mc1": lambda: write_truthfulqa_format(openbookqa, work / "truthfulqa_format.jsonl")}
+    data_files = {t: made[base[t]]() if base[t] in made else args.data_dir / TASK_FILES[base[t]][0] for t in tasks}
+    fewshot_files = {t: write_mmlu_format(openbookqa, work / "mmlu_dev.jsonl", limit=10, skip=490)
+                     for t in tasks if base[t] == "mmlu" and shots[t]}
+    slugs = {t: t.replace("@", "_") + "shot" if shots[t] else t for t in tasks}
     if args.lm_eval_python:
         yaml_dir = work / "yaml"
         yaml_dir.mkdir(exist_ok=True)
-        write_task_yamls(yaml_dir, {t: (data_files[t], TASK_FILES[t][1]) for t in tasks}, lm_eval_tasks_dir(args.lm_eval_python))
+        write_task_yamls(yaml_dir, {t: (data_files[t], TASK_FILES[base[t]][1]) for t in tasks},
+                         lm_eval_tasks_dir(args.lm_eval_python), fewshot_files, slugs)
     cap = args.max_batch_tokens or None  # 0 on the command line: no cap
     report: dict = {"date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                     "model": label, "checkpoint": str(checkpoint), "device": args.device, "dtype": args.dtype,
@@ -242,7 +300,9 @@ def main() -> None:
 
         report["gpu"] = torch.cuda.get_device_name(0)
     for task in tasks:
-        spec = {"checkpoint": str(checkpoint), "task": task, "data_file": str(data_files[task]), "limit": limits.get(task),
+        spec = {"checkpoint": str(checkpoint), "task": base[task], "yaml_task": slugs[task], "num_fewshot": shots[task],
+                "fewshot_file": str(fewshot_files[task]) if task in fewshot_files else None,
+                "data_file": str(data_files[task]), "limit": limits.get(task),
                 "batch_size": args.batch_size, "max_batch_tokens": cap, "device": args.device, "dtype": args.dtype, "floor": not args.no_floor,
                 "yaml_dir": str(work / "yaml")}
         print(f"[{task}] quantcal ...", flush=True)
@@ -251,6 +311,7 @@ def main() -> None:
         entry["items_per_s"] = qc["n_items"] / qc["seconds"]
         entry["request_tokens_per_s"] = qc["request_tokens"] / qc["seconds"]
         entry["unique_tokens_per_s"] = qc["unique_tokens"] / qc["seconds"]
+        entry["num_fewshot"] = shots[task]
         if qc["floor_seconds"]:
             entry["quantcal_over_floor"] = qc["seconds"] / qc["floor_seconds"]
         if args.device.startswith("cuda"):
@@ -267,14 +328,15 @@ def main() -> None:
             entry["loglik_abs_diff"] = compare(qc, {"logliks": {int(k): v for k, v in lm["logliks"].items()}})
             entry["same_accuracy"] = all(abs(qc["metrics"][k] - lm["metrics"][k]) < 1e-9 for k in qc["metrics"] if k in lm["metrics"])
         report["tasks"][task] = entry
-        print(json.dumps({task: {k: v for k, v in entry.items() if k in ("items_per_s", "speedup", "mfu", "quantcal_over_floor",
-                                                                        "same_accuracy", "loglik_abs_diff")}}), flush=True)
+        print(json.dumps({task: {k: v for k, v in entry.items() if k in (
+            "items_per_s", "speedup", "mfu", "quantcal_over_floor", "same_accuracy", "loglik_abs_diff", "request_tokens",
+            "unique_tokens", "shared_tokens", "trie_tokens", "peak_rss_mb")}}), flush=True)
     print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size} rows, quantcal cap {cap or 'none'} tokens")
-    print(f"{'task':<11} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}")
+    print(f"{'task':<16} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}")
     for task, e in report["tasks"].items():
         lm = e.get("lm_eval", {})
         mem = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
-        print(f"{task:<11} {e['n_items']:>5} {e['items_per_s']:>8.2f} {lm.get('items_per_s', float('nan')):>8.2f} "
+        print(f"{task:<16} {e['n_items']:>5} {e['items_per_s']:>8.2f} {lm.get('items_per_s', float('nan')):>8.2f} "
               f"{e.get('speedup', float('nan')):>6.2f} {e['request_tokens_per_s']:>9.0f} {e.get('quantcal_over_floor', float('nan')):>7.2f} "
               f"{e[mem]:>7.0f} {lm.get(mem) or float('nan'):>7.0f} {str(e.get('same_accuracy', '—')):>5} "
               f"{e.get('loglik_abs_diff', {}).get('max', float('nan')):>9.1e}")

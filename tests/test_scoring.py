@@ -118,3 +118,51 @@ def test_packed_scorer_on_transformers_without_2d_logits_to_keep(fixture: str, r
     monkeypatch.delattr(modeling_utils, "slice_logits_to_keep")
     old = {s.item_index: s.logliks for s in iter_flat(score_items(lm.model, encoded, batch_size=9))}
     assert all(a == pytest.approx(b, abs=1e-5) for i in new for a, b in zip(new[i], old[i]))
+
+
+def preamble_items(n: int, seed: int, preambles: int = 2) -> list[Item]:
+    """Items whose contexts start with one of a few long shared preambles (a few-shot block), then differ."""
+    rng = random.Random(seed)
+    heads = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(40, 60))) + "\n\n" for _ in range(preambles)]
+    items = []
+    for i, it in enumerate(random_items(n, seed)):
+        items.append(Item(it.id, heads[i % preambles] + it.context, it.choices, it.gold))
+    return items
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize(("batch_size", "max_tokens", "min_shared"), [(64, None, 32), (5, None, 32), (64, 40, 4)])
+def test_shared_prefix_scoring_matches_plain_forward(fixture: str, batch_size: int, max_tokens: int | None,
+                                                     min_shared: int, request: pytest.FixtureRequest) -> None:
+    """Items sharing a long prefix are scored on one prefix computation, and every log-likelihood still equals the
+    plain forward of context + choice (Gemma 3's 8-token sliding window cuts across the shared prefix)."""
+    from quantcal.scoring import plan_shared_batches
+
+    lm = load_model(resolve_source(str(request.getfixturevalue(fixture))))
+    encoder = Encoder(lm.tokenizer, max_length=512)
+    items = preamble_items(14, seed=batch_size + min_shared)
+    encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
+    plan = plan_shared_batches(encoded, batch_size, max_tokens, min_shared)
+    assert any(b.shared >= 32 for b in plan)  # the preambles are shared
+    results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size,
+                                                              max_batch_tokens=max_tokens, min_shared_prefix=min_shared))}
+    assert sorted(results) == list(range(len(items)))
+    for e in encoded:
+        (group,) = e.groups
+        for j, cont in enumerate(group.continuations):
+            ll, greedy = reference_loglik(lm.model, group.context, cont)
+            assert results[e.item_index].logliks[j] == pytest.approx(ll, abs=1e-4)
+            assert results[e.item_index].greedy[j] == greedy
+
+
+def test_shared_runs_group_contexts_by_common_prefix() -> None:
+    from quantcal.encoding import Group
+    from quantcal.scoring import shared_runs
+
+    a = [Group(i, tuple(range(40)) + (100 + i, 7), ((1,),), (0,)) for i in range(3)]
+    b = [Group(10 + i, (9,) * 35 + (200 + i,), ((1,),), (0,)) for i in range(2)]
+    lone = [Group(20, (5, 6, 7), ((1,),), (0,))]
+    runs = shared_runs(a + lone + b, min_shared=32)
+    assert sorted((shared, sorted(g.item_index for g in groups)) for shared, groups in runs) == [
+        (0, [20]), (35, [10, 11]), (40, [0, 1, 2])]
+    assert shared_runs(a, min_shared=41) == [(0, sorted(a, key=lambda g: g.context))]

@@ -30,7 +30,8 @@ from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
 from quantcal.metrics.bootstrap import check_resamples
 from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
 from quantcal.predictions import task_summary
-from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup
+from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
+from quantcal.tasks.lm_eval_tasks import PREFIX, GroupSpec, expand_task_names, group_score, is_lm_eval
 from quantcal.records import export_store, item_frame
 from quantcal.recipes import parse_recipe
 from quantcal.recipes.variants import build_variant, variant_meta
@@ -65,7 +66,8 @@ class TaskResult:
     n_errors: int  # items that could not be scored (see the store)
     n_scored_now: int  # items scored by this call (the rest were already in the store)
     seconds: float
-    run_id: int
+    run_id: int  # 0 for a group
+    members: tuple[str, ...] = ()  # a group's tasks (lm-eval groups such as lm-eval:mmlu), aggregated as lm-eval does
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ def evaluate(
     data_file: Union[str, Path, None] = None,
     template: Optional[str] = None,
     limit: Optional[int] = None,
+    lm_eval_include: Union[str, Path, None] = None,
     num_fewshot: int = 0,
     fewshot_file: Union[str, Path, None] = None,
     fewshot_seed: int = DEFAULT_FEWSHOT_SEED,
@@ -126,7 +129,9 @@ def evaluate(
     Args:
         model: a bundled name (``smollm2-135m-instruct``, ``gemma3-270m``), a ``.gguf`` file, a local checkpoint
             directory or a hub id. Default: the bundled SmolLM2, or the adapter's base when ``adapter`` is given.
-        tasks: task names (``quantcal tasks`` lists them), a list or a comma-separated string.
+        tasks: task names (``quantcal tasks`` lists them), a list or a comma-separated string; ``lm-eval:NAME`` for
+            any multiple-choice task of lm-evaluation-harness's registry (a group expands to its tasks, each its own
+            run, and the group's score is aggregated as lm-eval does).
         recipe: compress the model first (``rtn:bits=4,group_size=64``, ``gptq:bits=4``, ``gguf:q4_0`` ...; cached).
         adapter: a LoRA adapter folder (``quantcal finetune`` output or any peft adapter).
         deploy: how the adapter is served: ``nf4`` (default), ``nf4-native`` or ``merged`` (default with a recipe).
@@ -134,6 +139,7 @@ def evaluate(
         store: the SQLite store (default :func:`default_store`); what it already holds is not scored again.
         data_file: a local copy of the (single) task's data in hub schema.
         template: the prompt template of the ``custom`` task, e.g. ``"Q: {question}\\nA:"``.
+        lm_eval_include: a folder of your own lm-eval task YAMLs (lm-eval's ``--include_path``).
         limit: score only the first ``limit`` items of each task.
         num_fewshot: examples before each question, drawn as lm-eval draws them (the task's few-shot split, its
             sampler and ``fewshot_seed``; for a local data file, the file minus the item), or from ``fewshot_file``.
@@ -160,7 +166,18 @@ def evaluate(
         raise QuantcalError("`data_file` goes with exactly one task")
     if template is not None and "custom" not in task_names:
         raise QuantcalError("`template` applies to the custom task only")
-    task_list = [get_task(t, template if t == "custom" else None) for t in task_names]
+    include = str(lm_eval_include) if lm_eval_include is not None else None
+    if include is not None and not Path(include).is_dir():
+        raise QuantcalError(f"`lm_eval_include`: {include} is not a folder")
+    if any(is_lm_eval(t) for t in task_names):
+        if data_file is not None or fewshot_file is not None:
+            raise QuantcalError("lm-eval tasks read their data and few-shot examples as their YAML says; "
+                                "`data_file` and `fewshot_file` are for the built-in tasks")
+    elif include is not None:
+        raise QuantcalError("`lm_eval_include` goes with lm-eval:NAME tasks")
+    task_names, groups = expand_task_names(task_names, include)
+    task_list = [get_task(t, template if t == "custom" else None, include if is_lm_eval(t) else None)
+                 for t in task_names]
     if data_file is not None and not Path(data_file).is_file():
         raise QuantcalError(f"{data_file}: file not found")
     if fewshot_file is not None and not Path(fewshot_file).is_file():
@@ -187,7 +204,21 @@ def evaluate(
             summary = task_summary(scored, task.kind)
             results[job.label] = TaskResult(job.label, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
                                             outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id)
+    for group in groups.values():
+        results[task_label(PREFIX + group.name, setup)] = _group_result(group, results, setup)
     return EvalResult(variant_name, variant.source.spec, store_path, results)
+
+
+def _group_result(group: GroupSpec, results: Mapping[str, TaskResult], setup: PromptSetup) -> TaskResult:
+    """A group's line: its tasks' acc (and acc_norm when all have it) aggregated as lm-eval aggregates them."""
+    by_name = {t: results[task_label(PREFIX + t, setup)] for t in group.tasks}
+    acc = group_score(group, {t: (m.acc, m.n) for t, m in by_name.items()})
+    complete = all(m.acc_norm is not None for m in by_name.values())
+    acc_norm = group_score(group, {t: (float(m.acc_norm or 0), m.n) for t, m in by_name.items()}) if complete else None
+    members = list(by_name.values())
+    return TaskResult(task_label(PREFIX + group.name, setup), sum(m.n for m in members), acc, acc_norm,
+                      sum(m.n_errors for m in members), sum(m.n_scored_now for m in members),
+                      sum(m.seconds for m in members), 0, tuple(m.task for m in members))
 
 
 # studies ---------------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class Encoder:
         return ctx, whole[len(ctx):]
 
     def encode_item(self, index: int, item: Item, delimiter: str) -> EncodedItem:
-        pairs = [self.encode_pair(item.context, delimiter + choice) for choice in item.choices]
+        pairs = [self.encode_pair(context, continuation) for context, continuation in item.pairs(delimiter)]
         for j, (_, cont) in enumerate(pairs):
             if not cont:
                 raise QuantcalError(f"item {item.id}: choice {j} encodes to no tokens")

@@ -15,6 +15,10 @@ class Item:
     ``context`` is the full prompt (description included); each choice is scored as the
     continuation ``target_delimiter + choice`` of it, as lm-evaluation-harness does.
     ``golds`` holds every true choice (TruthfulQA MC2 has several); ``gold`` is the first.
+
+    Items built by another harness may give the scored pairs explicitly: ``contexts[j]`` and ``continuations[j]``
+    (delimiter included) for choice ``j``. Multiple-input items (Winogrande) put the choices in the contexts and
+    score one shared continuation after each; ``context`` then holds what the contexts have in common, for display.
     """
 
     id: str
@@ -23,6 +27,14 @@ class Item:
     gold: int
     golds: tuple[int, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    contexts: tuple[str, ...] = ()
+    continuations: tuple[str, ...] = ()
+
+    def pairs(self, delimiter: str) -> list[tuple[str, str]]:
+        """``(context, continuation)`` scored for each choice."""
+        contexts = self.contexts or (self.context,) * len(self.choices)
+        continuations = self.continuations or tuple(delimiter + choice for choice in self.choices)
+        return list(zip(contexts, continuations))
 
     def __post_init__(self) -> None:
         if not self.golds:
@@ -31,5 +43,8 @@ class Item:
     @property
     def content_hash(self) -> str:
         """A stable hash of what is scored (context, choices, golds): joins items across variants."""
-        blob = json.dumps([self.context, list(self.choices), list(self.golds)], ensure_ascii=False)
+        parts: list[Any] = [self.context, list(self.choices), list(self.golds)]
+        if self.contexts or self.continuations:
+            parts += [list(self.contexts), list(self.continuations)]
+        blob = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

@@ -26,6 +26,7 @@ from quantcal.prompts import PromptSetup, chat_template_hash, has_chat_template,
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS, score_items
 from quantcal.store import Store
 from quantcal.tasks import Task, load_items
+from quantcal.tasks.lm_eval_tasks import items_fingerprint
 from quantcal.variant import ModelHolder
 from quantcal.versions import package_versions
 
@@ -108,7 +109,9 @@ class JobResult:
                 f"{loading}{errors}; {self.n_items - self.n_errors} of {self.n_items} in the store")
 
 
-def data_fingerprint(task: Task, data_file: str | None) -> str:
+def data_fingerprint(task: Task, data_file: str | None, items: Sequence[Item] = ()) -> str:
+    if task.loader is not None:  # lm-eval renders the items: they are the data
+        return items_fingerprint(items)
     if data_file:
         return "file:" + file_sha256(data_file)[:16]
     if task.generate is not None:
@@ -132,13 +135,13 @@ def prompt_config(setup: PromptSetup, tokenizer: Any = None) -> dict[str, Any]:
     return {"prompt": config}
 
 
-def job_config(job: Job, options: ScoringOptions, tokenizer: Any = None) -> dict[str, Any]:
+def job_config(job: Job, options: ScoringOptions, tokenizer: Any = None, items: Sequence[Item] = ()) -> dict[str, Any]:
     return {
         "model": job.source.to_json() | {"location": None},
         "task": job.task.name,
         "template": job.template,
         "target_delimiter": job.target_delimiter,
-        "data": data_fingerprint(job.task, job.data_file),
+        "data": data_fingerprint(job.task, job.data_file, items),
         "dtype": job.dtype,
         "max_length": options.max_length,
         "add_special_tokens": options.add_special_tokens,
@@ -171,7 +174,7 @@ def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
     if tokenizer is not None and not has_chat_template(tokenizer):
         raise QuantcalError(f"`apply_chat_template`: the tokenizer of {job.source.spec} has no chat template")
     items = load_items(job.task, job.data_file, job.limit, job.setup, tokenizer)
-    config = job_config(job, options, tokenizer)
+    config = job_config(job, options, tokenizer, items)
     try:
         run_id = store.get_or_create_run(job.variant, job.label, config_hash(config), config, package_versions())
     except sqlite3.Error as exc:

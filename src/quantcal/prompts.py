@@ -143,21 +143,24 @@ def chat_template_hash(tokenizer: Any) -> str:
     return hashlib.sha256(str(template).encode("utf-8")).hexdigest()[:16]
 
 
-def render_chat(conversation: Sequence[Turn], tokenizer: Any, multiturn: bool) -> str:
-    """The prompt through the tokenizer's chat template, ending with the generation prompt."""
+def render_chat_messages(messages: list[dict[str, str]], tokenizer: Any, add_generation_prompt: bool = True) -> str:
+    """``tokenizer.apply_chat_template`` as lm-eval's HF backend calls it; a template that refuses a system role gets
+    the conversation without it (lm-eval's fallback)."""
     import jinja2
 
     if not has_chat_template(tokenizer):
         raise QuantcalError("`apply_chat_template`: this model's tokenizer has no chat template")
-    messages = chat_messages(conversation, multiturn)
+    options = dict(tokenize=False, add_generation_prompt=add_generation_prompt,
+                   continue_final_message=not add_generation_prompt)
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             continue_final_message=False)
+        return tokenizer.apply_chat_template(messages, **options)
     except jinja2.exceptions.TemplateError:
-        # lm-eval's fallback: templates that refuse a system role get the conversation without it
-        messages = [m for m in messages if m["role"] != "system"]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             continue_final_message=False)
+        return tokenizer.apply_chat_template([m for m in messages if m["role"] != "system"], **options)
+
+
+def render_chat(conversation: Sequence[Turn], tokenizer: Any, multiturn: bool) -> str:
+    """The prompt through the tokenizer's chat template, ending with the generation prompt."""
+    return render_chat_messages(chat_messages(conversation, multiturn), tokenizer)
 
 
 def render(parts: PromptParts, setup: PromptSetup, target_delimiter: str, tokenizer: Any = None) -> str:

@@ -7,6 +7,13 @@ is computed exactly once, in one model call per batch, and the LM head runs only
 token is scored (the last context position predicts every choice's first token). Models with sliding-window
 layers (Gemma 2/3) get the window applied in their sliding layers' mask.
 
+Cross-item prefix sharing (packed layout): contexts that start with the same tokens (few-shot examples, a task's
+preamble, a system prompt, a subject line) are sorted next to each other; a run of items whose contexts share at
+least ``MIN_SHARED_PREFIX`` tokens is batched together, the shared prefix runs through the model once (one row), and
+its keys and values are reused, without copying, by every row of the batch, whose own tokens sit after it (positions
+continue from the prefix; the block mask gains the prefix as columns every token sees; sliding windows count from
+the prefix's positions). The last prefix's keys and values are kept for the next batch that starts with it.
+
 The other layout (``packed=False``): contexts run left-padded through the model once, the key/value cache
 is gathered per choice and the choices' tokens run on top of it; it pads every choice to the longest in the
 batch. Both equal a plain forward of ``context + choice`` (the input lm-evaluation-harness builds) up to float
@@ -29,6 +36,8 @@ LOGPROB_CHUNK_ELEMENTS = 1 << 25
 #: Padded token positions per forward pass. On a 2-core CPU, batches of 1-2k tokens ran 1.1-2x faster than
 #: uncapped 64-row batches of long items (benchmarks/README.md).
 DEFAULT_MAX_BATCH_TOKENS = 2048
+#: Items whose contexts share this many leading tokens are scored on one prefix computed once (packed layout).
+MIN_SHARED_PREFIX = 32
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,12 @@ def plan_batches(items: Sequence[EncodedItem], batch_size: int, packed: bool = F
     A group wider than ``max_tokens`` forms a batch of its own: an item is never split.
     """
     size = packed_length if packed else (lambda g: g.length)
-    groups = sorted((g for it in items for g in it.groups), key=lambda g: (-size(g), g.item_index))
+    return _fill([g for it in items for g in it.groups], batch_size, max_tokens, size, packed)
+
+
+def _fill(groups: Sequence[Group], batch_size: int, max_tokens: int | None, size: Callable[[Group], int],
+          packed: bool) -> list[list[Group]]:
+    groups = sorted(groups, key=lambda g: (-size(g), g.item_index))
     batches: list[list[Group]] = []
     current: list[Group] = []
     rows = 0
@@ -70,6 +84,60 @@ def plan_batches(items: Sequence[EncodedItem], batch_size: int, packed: bool = F
     return batches
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Groups scored in one forward pass; the first ``shared`` context tokens are the same in all of them."""
+
+    groups: list[Group]
+    shared: int = 0
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def shared_runs(groups: Sequence[Group], min_shared: int) -> list[tuple[int, list[Group]]]:
+    """Groups in runs whose contexts share at least ``min_shared`` leading tokens (sorted by context, so such
+    contexts are neighbours), each with the length all of the run shares; the groups in no run come last, with 0.
+
+    The shared length stops one token before the shortest context of the run: each context's last token must be in
+    its own row (it predicts every choice's first token)."""
+    order = sorted(groups, key=lambda g: (g.context, g.item_index))
+    runs: list[tuple[int, list[Group]]] = []
+    alone: list[Group] = []
+    current: list[Group] = []
+    shared = 0
+    for g in order + [None]:  # type: ignore[list-item]
+        common = common_prefix(current[-1].context, g.context) if current and g is not None else 0
+        if g is not None and current and min(common, len(g.context) - 1, shared) >= min_shared:
+            shared = min(shared, common, len(g.context) - 1)
+            current.append(g)
+            continue
+        if len(current) > 1:
+            runs.append((shared, current))
+        else:
+            alone.extend(current)
+        current = [g] if g is not None else []
+        shared = len(g.context) - 1 if g is not None else 0
+    return runs + [(0, alone)] if alone else runs
+
+
+def plan_shared_batches(items: Sequence[EncodedItem], batch_size: int, max_tokens: int | None = None,
+                        min_shared: int = MIN_SHARED_PREFIX) -> list[Batch]:
+    """Packed batches, each within one run of shared-prefix contexts (:func:`shared_runs`): longest first within a
+    run, at most ``batch_size`` choice rows and ``max_tokens`` padded positions past the prefix."""
+    groups = [g for it in items for g in it.groups]
+    batches = []
+    for shared, run in shared_runs(groups, min_shared):
+        size = (lambda g, p=shared: packed_length(g) - p)
+        batches += [Batch(b, shared) for b in _fill(run, batch_size, max_tokens, size, packed=True)]
+    return batches
+
+
 def score_items(
     model: Any,
     items: Sequence[EncodedItem],
@@ -78,18 +146,31 @@ def score_items(
     on_batch: Callable[[int], None] | None = None,
     packed: bool = True,
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+    min_shared_prefix: int | None = MIN_SHARED_PREFIX,
 ) -> Iterator[list[ItemScores]]:
     """Score encoded items; after each batch yield the items it completed (for transactional storing).
 
     A batch holds at most ``batch_size`` choice rows and ``max_batch_tokens`` padded token positions (``None``: no
     token cap). The cap keeps matrix products at the sizes a CPU runs fastest and bounds the logits held at once.
+    Contexts sharing ``min_shared_prefix`` leading tokens share one prefix computation (``None``: never).
     """
+    if min_shared_prefix is None:
+        min_shared_prefix = 1 << 62
     by_index = {it.item_index: it for it in items}
     pending: dict[int, dict[int, tuple[float, bool]]] = {}
     device = next(model.parameters()).device
+    prefixes = PrefixMemo()
+    if packed:
+        plan = plan_shared_batches(items, batch_size, max_batch_tokens, min_shared_prefix)
+    else:
+        plan = [Batch(b) for b in plan_batches(items, batch_size, False, max_batch_tokens)]
     with grad_free(model):
-        for batch in plan_batches(items, batch_size, packed, max_batch_tokens):
-            results = (_score_batch_packed if packed else _score_batch)(model, batch, pad_token_id, device)
+        for planned in plan:
+            batch = planned.groups
+            if packed:
+                results = _score_batch_packed(model, batch, pad_token_id, device, planned.shared, prefixes)
+            else:
+                results = _score_batch(model, batch, pad_token_id, device)
             done: list[ItemScores] = []
             for group, values in zip(batch, results):
                 slot = pending.setdefault(group.item_index, {})
@@ -135,7 +216,7 @@ def _score_batch(model: Any, batch: list[Group], pad_token_id: int, device: Any)
     totals = first_lp.double()
     greedy = first_greedy.clone()
     if longest > 1:
-        cache = out.past_key_values
+        cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
         cache.reorder_cache(row_group.to(device))
         n_rest = longest - 1
         x = torch.full((len(rows), n_rest), pad_token_id, dtype=torch.long)
@@ -152,7 +233,7 @@ def _score_batch(model: Any, batch: list[Group], pad_token_id: int, device: Any)
         pos = ctx_len[:, None] + torch.arange(n_rest)[None, :]
         out2 = model(
             input_ids=x.to(device), attention_mask=attn.to(device), position_ids=pos.to(device),
-            past_key_values=cache, use_cache=False,
+            use_cache=False, **{_cache_argument(model): cache},
         )
         flat = out2.logits.reshape(-1, out2.logits.shape[-1])
         lp, hit = _gather_logprobs(flat, None, targets.reshape(-1).to(device))
@@ -198,11 +279,106 @@ def _logits_at(model: Any, keep: Any, **inputs: Any) -> Any:
     return out.logits[keep[:, start:].to(out.logits.device)]
 
 
-def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, device: Any) -> list[list[tuple[float, bool]]]:
-    """One row per group: context, then every choice's tokens but the last, under a block mask (module docstring)."""
+class PrefixMemo:
+    """The keys and values (one row) of the last shared prefix, for the next batch that starts with it."""
+
+    def __init__(self) -> None:
+        self.tokens: tuple[int, ...] = ()
+        self.layers: list[tuple[Any, Any]] = []
+
+    def get(self, model: Any, tokens: tuple[int, ...], mask: Callable[..., Any], device: Any) -> list[tuple[Any, Any]]:
+        if tokens != self.tokens:
+            self.layers = []  # free the old prefix first
+            self.layers = _prefix_keys_values(model, tokens, mask, device)
+            self.tokens = tokens
+        return self.layers
+
+
+def _cache_argument(model: Any) -> str:
+    """The forward keyword that takes a key/value cache: ``cache`` in newer transformers, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _prefix_keys_values(model: Any, tokens: tuple[int, ...], mask: Callable[..., Any], device: Any) -> list[tuple[Any, Any]]:
+    """One plain forward of the prefix; its keys and values per layer, each (1, heads, length, head_dim)."""
+    import torch
+    from transformers import DynamicCache
+
+    n = len(tokens)
+    cache = DynamicCache()  # full layers: sliding windows are applied by the masks, not by dropping keys
+    position = torch.arange(n)[None]
+    segment = torch.zeros((1, n), dtype=torch.long)
+    model(input_ids=torch.tensor([tokens], device=device), attention_mask=mask(segment, position, 0),
+          position_ids=position.to(device), use_cache=True, logits_to_keep=1, **{_cache_argument(model): cache})
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class _SharedPrefixCache:
+    """A cache that hands every row the prefix's keys and values (expanded, not copied) before its own, and keeps
+    nothing: built per batch on the stored prefix."""
+
+    def __new__(cls, layers: list[tuple[Any, Any]], rows: int) -> Any:
+        from transformers import DynamicCache
+
+        class SharedPrefixCache(DynamicCache):
+            def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
+                import torch
+
+                k, v = layers[layer_idx]
+                return (torch.cat([k.expand(rows, -1, -1, -1), key_states], dim=-2),
+                        torch.cat([v.expand(rows, -1, -1, -1), value_states], dim=-2))
+
+            def get_seq_length(self, layer_idx: int = 0) -> int:
+                return layers[0][0].shape[-2]
+
+        return SharedPrefixCache()
+
+
+def _block_masks(model: Any, device: Any) -> Callable[..., Any]:
+    """``mask(segment, position, shared)``: the additive attention mask(s) of a packed batch whose rows follow a
+    ``shared``-token prefix (columns 0..shared-1 are the prefix, at positions 0..shared-1; every real token sees
+    them). ``segment``: -1 pad, 0 context, j + 1 choice j. A dict by layer type for models with sliding layers."""
     import torch
 
-    width = max(packed_length(g) for g in batch)
+    dtype = next(model.parameters()).dtype
+    floor = torch.finfo(dtype).min
+    windows, by_layer_type = _sliding_windows(model)
+
+    def build(segment: Any, position: Any, shared: int) -> Any:
+        rows, width = segment.shape
+        q, k = segment[:, :, None], segment[:, None, :]
+        causal = torch.arange(width)[:, None] >= torch.arange(width)[None, :]
+        own = causal[None] & (q >= 0) & ((k == 0) | (k == q))
+        own |= torch.eye(width, dtype=torch.bool)[None]  # a padding query sees itself (no empty softmax rows)
+        prefix = (segment >= 0)[:, :, None].expand(rows, width, shared)
+        allowed = torch.cat([prefix, own], dim=2)
+        key_position = torch.cat([torch.arange(shared)[None].expand(rows, shared), position], dim=1)
+
+        def as_mask(window: int | None) -> Any:
+            ok = allowed
+            if window:
+                distance = position[:, :, None] - key_position[:, None, :]
+                ok = allowed & (distance < window)
+                ok[:, :, shared:] |= torch.eye(width, dtype=torch.bool)[None]
+            return torch.where(ok, 0.0, floor).to(dtype)[:, None].to(device)
+
+        return {kind: as_mask(w) for kind, w in windows.items()} if by_layer_type else as_mask(windows["all"])
+
+    return build
+
+
+def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, device: Any, shared: int = 0,
+                        prefixes: PrefixMemo | None = None) -> list[list[tuple[float, bool]]]:
+    """One row per group: context (after the ``shared`` prefix), then every choice's tokens but the last, under a
+    block mask (module docstring)."""
+    import torch
+
+    if shared:
+        shared = min(shared, min(len(g.context) for g in batch) - 1,
+                     min(common_prefix(batch[0].context, g.context) for g in batch))
+    width = max(packed_length(g) for g in batch) - shared
     rows = len(batch)
     ids = torch.full((rows, width), pad_token_id, dtype=torch.long)
     segment = torch.full((rows, width), -1, dtype=torch.long)  # -1 pad, 0 context, j + 1 choice j
@@ -211,39 +387,31 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
     keep = torch.zeros((rows, width), dtype=torch.bool)
     owner: list[tuple[int, int]] = []  # (row, choice) of each kept position, in row-major order
     for r, g in enumerate(batch):
-        c = len(g.context)
+        own = g.context[shared:]
+        c = len(own)
         owner.append((r, -1))  # the last context position (kept first in the row): every choice's first token
-        ids[r, :c] = torch.tensor(g.context)
+        ids[r, :c] = torch.tensor(own)
         segment[r, :c] = 0
-        position[r, :c] = torch.arange(c)
+        position[r, :c] = torch.arange(shared, shared + c)
         start = c
         for j, cont in enumerate(g.continuations):
             m = len(cont) - 1
             ids[r, start:start + m] = torch.tensor(cont[:-1], dtype=torch.long)
             segment[r, start:start + m] = j + 1
-            position[r, start:start + m] = torch.arange(c, c + m)
+            position[r, start:start + m] = torch.arange(shared + c, shared + c + m)
             target[r, start:start + m] = torch.tensor(cont[1:], dtype=torch.long)
             keep[r, start:start + m] = True
             owner += [(r, j)] * m
             start += m
         keep[r, c - 1] = True
-    q, k = segment[:, :, None], segment[:, None, :]
-    causal = torch.arange(width)[:, None] >= torch.arange(width)[None, :]
-    allowed = causal[None] & (q >= 0) & ((k == 0) | (k == q))
-    allowed |= torch.eye(width, dtype=torch.bool)[None]  # a padding query sees itself (no empty softmax rows)
-    dtype = next(model.parameters()).dtype
-    floor = torch.finfo(dtype).min
-
-    def as_mask(window: int | None) -> Any:
-        ok = allowed
-        if window:
-            distance = position[:, :, None] - position[:, None, :]
-            ok = (allowed & (distance < window)) | torch.eye(width, dtype=torch.bool)[None]
-        return torch.where(ok, 0.0, floor).to(dtype)[:, None].to(device)
-
-    windows, by_layer_type = _sliding_windows(model)
-    mask = {kind: as_mask(w) for kind, w in windows.items()} if by_layer_type else as_mask(windows["all"])
-    logits = _logits_at(model, keep, input_ids=ids.to(device), attention_mask=mask, position_ids=position.to(device))
+    masks = _block_masks(model, device)
+    extra: dict[str, Any] = {}
+    if shared:
+        memo = prefixes if prefixes is not None else PrefixMemo()
+        layers = memo.get(model, tuple(batch[0].context[:shared]), masks, device)
+        extra[_cache_argument(model)] = _SharedPrefixCache(layers, rows)
+    logits = _logits_at(model, keep, input_ids=ids.to(device), attention_mask=masks(segment, position, shared),
+                        position_ids=position.to(device), **extra)
     targets = target[keep]  # same order; the context's last position holds a dummy 0
     first_rows = [i for i, (_, j) in enumerate(owner) if j == -1]
     pair_row = torch.tensor([first_rows[r] for r, g in enumerate(batch) for _ in g.continuations])

@@ -19,7 +19,8 @@ from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 
 def eval_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Bundled name (smollm2-135m-instruct, gemma3-270m), a .gguf file, a local HF checkpoint directory, or a hub id. Default: {DEFAULT_MODEL} (with --adapter: the adapter's base)."),
-    task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo."),
+    task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo. lm-eval:NAME runs any multiple-choice task of lm-evaluation-harness's registry (pip install 'quantcal[lm-eval]'); a group such as lm-eval:mmlu runs each of its tasks and aggregates them as lm-eval does."),
+    lm_eval_include: Optional[Path] = typer.Option(None, "--lm-eval-include", help="A folder of your own lm-eval task YAMLs (lm-eval's --include_path), e.g. ones reading local files with dataset_path: json."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task."),
     num_fewshot: int = typer.Option(0, "--num-fewshot", help="Examples before each question, drawn as lm-eval draws them: the task's few-shot split and sampler (MMLU: its subject's first dev rows), or, with --data-file, the file minus the item."),
@@ -57,7 +58,8 @@ def eval_command(
         from quantcal import api
 
         result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
-                              data_file=data_file, template=template, limit=limit, num_fewshot=num_fewshot,
+                              data_file=data_file, template=template, limit=limit, lm_eval_include=lm_eval_include,
+                              num_fewshot=num_fewshot,
                               fewshot_file=fewshot_file, fewshot_seed=fewshot_seed,
                               apply_chat_template=apply_chat_template,
                               system_instruction=unescape(system_instruction),
@@ -72,7 +74,8 @@ def eval_command(
         for column in ("task", "n", "acc", "acc_norm"):
             table.add_column(column, justify="right" if column != "task" else "left")
         for t in result.tasks.values():
-            table.add_row(t.task, str(t.n), f"{t.acc:.4f}", f"{t.acc_norm:.4f}" if t.acc_norm is not None else "—")
+            label = f"{t.task} (group of {len(t.members)})" if t.members else t.task
+            table.add_row(label, str(t.n), f"{t.acc:.4f}", f"{t.acc_norm:.4f}" if t.acc_norm is not None else "—")
         out.print(table)
         console.print(f"store: {result.store}")
         if output_json is not None:

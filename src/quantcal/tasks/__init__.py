@@ -9,6 +9,7 @@ from quantcal.tasks.base import Task, load_items
 from quantcal.tasks.boolq import BOOLQ
 from quantcal.tasks.custom import DEFAULT_TEMPLATE, custom_task
 from quantcal.tasks.hellaswag import HELLASWAG
+from quantcal.tasks.lm_eval_tasks import is_lm_eval, lm_eval_task
 from quantcal.tasks.mmlu import MMLU
 from quantcal.tasks.openbookqa import OPENBOOKQA
 from quantcal.tasks.piqa import PIQA
@@ -24,8 +25,15 @@ TASKS: dict[str, Task] = {
 }
 
 
-def get_task(name: str, template: str | None = None) -> Task:
-    """Look a task up by name; ``template`` applies to the ``custom`` task only."""
+def get_task(name: str, template: str | None = None, include: str | None = None) -> Task:
+    """Look a task up by name; ``template`` applies to the ``custom`` task only. ``lm-eval:NAME`` is a task of
+    lm-evaluation-harness's registry (with ``include``: a folder of the user's own task YAMLs)."""
+    if is_lm_eval(name):
+        if template is not None:
+            raise QuantcalError(f"`template` applies to the custom task only, not {name!r}")
+        return lm_eval_task(name, include)
+    if include is not None:
+        raise QuantcalError(f"`lm_eval_include` applies to lm-eval:NAME tasks only, not {name!r}")
     if name == "custom":
         return custom_task(template or DEFAULT_TEMPLATE)
     if template is not None:

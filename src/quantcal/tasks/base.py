@@ -48,9 +48,13 @@ class Task:
     sampler: Sampler = "default"
     fewshot_group: str | None = None
     generate: Callable[[int | None], list[dict[str, Any]]] | None = field(default=None, compare=False)
+    #: Items built elsewhere (lm-eval's task registry): ``loader(limit, setup, tokenizer)``; rows are not read here.
+    loader: Callable[[int | None, PromptSetup, Any], list[Item]] | None = field(default=None, compare=False)
 
     @property
     def source(self) -> str:
+        if self.loader is not None:
+            return "lm-evaluation-harness task registry"
         if self.generate is not None:
             return "built-in generator"
         if self.hub_path:
@@ -64,6 +68,11 @@ def load_items(task: Task, data_file: str | Path | None = None, limit: int | Non
     ``setup`` (few-shot examples, chat template: the template is ``tokenizer``'s) when one is given."""
     if limit is not None and limit < 1:
         raise QuantcalError(f"`limit` must be a positive number of items, got {limit}")
+    if task.loader is not None:
+        if data_file is not None:
+            raise QuantcalError(f"{task.name}: lm-eval tasks read their data as their YAML says; point a task YAML's "
+                                "dataset_kwargs at a local file (see `lm_eval_include`) instead of `data_file`")
+        return task.loader(limit, setup or PromptSetup(), tokenizer)
     rows = task_rows(task, data_file, limit)
     items = [build_item(task, row) for row in rows]
     _check_unique_ids(task, items, rows)

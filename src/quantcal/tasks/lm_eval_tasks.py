@@ -1,0 +1,234 @@
+"""lm-evaluation-harness's task registry as a task source: ``lm-eval:NAME`` (needs ``pip install 'quantcal[lm-eval]'``).
+
+Items come from lm-eval's own Task objects: ``Task.build_all_requests`` renders each document's context (description,
+few-shot examples, delimiters, chat template) and its per-choice requests, exactly as ``lm_eval`` would send them to a
+model; quantcal scores those ``(context, continuation)`` pairs. Gold answers are resolved as lm-eval's
+``process_results`` resolves them (an index, a choice string, or a list of indices). Output type ``multiple_choice`` is
+supported, including its multiple-input form (Winogrande: one context per choice, one shared continuation); any other
+output type is refused. A group (``lm-eval:mmlu``) expands to its tasks, each its own run; :func:`group_score`
+aggregates them as lm-eval does (mean weighted by size unless the group says otherwise).
+
+``include`` is a folder of the user's own task YAMLs (lm-eval's ``--include_path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import Any, Sequence
+
+from quantcal.errors import QuantcalError
+from quantcal.items import Item
+from quantcal.prompts import PromptSetup, has_chat_template, render_chat_messages
+from quantcal.tasks.base import Task
+
+PREFIX = "lm-eval:"
+INSTALL = "lm-eval tasks need lm-evaluation-harness: pip install 'quantcal[lm-eval]'"
+
+
+def is_lm_eval(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+@lru_cache(maxsize=4)
+def _task_manager(include: str | None) -> Any:
+    """lm-eval's TaskManager (its index of every task YAML takes seconds to build: kept per include folder)."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise QuantcalError(INSTALL) from None
+    import logging
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return TaskManager(include_path=include, verbosity="ERROR")
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """A name as lm-eval resolves it: its tasks, and the groups (with their aggregation) that hold them."""
+
+    tasks: list[str]
+    groups: dict[str, "GroupSpec"]
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    tasks: list[str]
+    weight_by_size: bool
+
+
+def expand(name: str, include: str | None = None, manager: Any = None) -> Expansion:
+    """The lm-eval tasks behind ``lm-eval:NAME`` (a task, a group or a tag), in lm-eval's order, read from its task
+    index (no dataset is loaded)."""
+    bare = name[len(PREFIX):] if is_lm_eval(name) else name
+    manager = manager or _task_manager(include)
+    index = manager.task_index
+    if bare not in index:
+        near = sorted(t for t in index if bare in t)[:5]
+        hint = f"; similar: {', '.join(near)}" if near else "; 'lm-eval ls tasks' lists them"
+        raise QuantcalError(f"unknown lm-eval task {bare!r}{hint}")
+    tasks: list[str] = []
+    groups: dict[str, GroupSpec] = {}
+
+    def walk(key: str) -> list[str]:
+        entry = index[key]
+        kind = entry.kind.name
+        if kind in ("TASK", "PY_TASK"):
+            if key not in tasks:
+                tasks.append(key)
+            return [key]
+        if kind == "TAG":
+            return [t for other in sorted(index) if key in index[other].tags for t in walk(other)]
+        if kind != "GROUP":
+            raise QuantcalError(f"lm-eval:{key}: not a task lm-eval can load ({kind.lower()})")
+        cfg = entry.cfg or {}
+        members = cfg.get("task") or []
+        members = [members] if isinstance(members, str) else members
+        inner: list[str] = []
+        for m in members:
+            if not isinstance(m, str):
+                raise QuantcalError(f"lm-eval group {key} defines a task inline; name its tasks one by one")
+            if m not in index:
+                raise QuantcalError(f"lm-eval group {key}: unknown member {m!r}")
+            inner += walk(m)
+        weight = True
+        for agg in cfg.get("aggregate_metric_list") or []:
+            if isinstance(agg, dict) and agg.get("metric") == "acc":
+                weight = bool(agg.get("weight_by_size", True))
+        groups[key] = GroupSpec(key, inner, weight)
+        return inner
+
+    walk(bare)
+    return Expansion(tasks, groups)
+
+
+def group_score(spec: GroupSpec, scores: dict[str, tuple[float, int]]) -> float:
+    """The group's accuracy from its tasks' ``(acc, n)``: weighted by size, or the plain mean of the tasks."""
+    parts = [scores[t] for t in spec.tasks if t in scores]
+    if spec.weight_by_size:
+        return sum(a * n for a, n in parts) / sum(n for _, n in parts)
+    return sum(a for a, _ in parts) / len(parts)
+
+
+def lm_eval_task(name: str, include: str | None = None) -> Task:
+    """A quantcal task whose items lm-eval renders (checked to exist now; loaded when scored)."""
+    expansion = expand(name, include)
+    bare = name[len(PREFIX):] if is_lm_eval(name) else name
+    if expansion.tasks != [bare]:
+        raise QuantcalError(f"lm-eval:{bare} is a group of {len(expansion.tasks)} tasks; expand it with "
+                            "`expand_task_names` (evaluate and studies do)")
+    return Task(name=PREFIX + bare, build=_no_rows, fields=(), summary="lm-evaluation-harness task",
+                loader=partial(load_lm_eval_items, bare, include))
+
+
+def _no_rows(row: dict[str, Any]) -> Any:
+    raise QuantcalError("lm-eval tasks are built by lm-eval, not from rows")
+
+
+def expand_task_names(names: Sequence[str], include: str | None = None) -> tuple[list[str], dict[str, GroupSpec]]:
+    """Task names with each lm-eval group replaced by its tasks (``lm-eval:NAME`` each), and the groups found."""
+    out: list[str] = []
+    groups: dict[str, GroupSpec] = {}
+    for name in names:
+        if not is_lm_eval(name):
+            out.append(name)
+            continue
+        expansion = expand(name, include)
+        out += [PREFIX + t for t in expansion.tasks if PREFIX + t not in out]
+        groups.update(expansion.groups)
+    return out, groups
+
+
+def _chat_template(tokenizer: Any) -> Any:
+    """lm-eval's ``HFLM.apply_chat_template``: the tokenizer's template, without the system turn if it refuses one."""
+
+    def apply(history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        return render_chat_messages(history, tokenizer, add_generation_prompt)
+
+    return apply
+
+
+def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup: PromptSetup,
+                       tokenizer: Any = None) -> list[Item]:
+    """The items of one lm-eval task (not a group), rendered by lm-eval under ``setup``."""
+    bare = name[len(PREFIX):] if is_lm_eval(name) else name
+    manager = _task_manager(include)
+    loaded = manager.load_task_or_group([bare])
+    if len(loaded) != 1 or isinstance(next(iter(loaded.values())), dict):
+        raise QuantcalError(f"lm-eval:{bare} is a group; name one of its tasks, or let evaluate expand it")
+    task = next(iter(loaded.values()))
+    if task.OUTPUT_TYPE != "multiple_choice":
+        raise QuantcalError(f"lm-eval:{bare} is a {task.OUTPUT_TYPE} task; quantcal scores multiple_choice tasks only")
+    if setup.apply_chat_template and (tokenizer is None or not has_chat_template(tokenizer)):
+        raise QuantcalError("`apply_chat_template`: this model's tokenizer has no chat template")
+    task.set_config(key="num_fewshot", value=setup.num_fewshot)
+    task.set_fewshot_seed(seed=setup.fewshot_seed)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's own progress bar over the documents
+            task.build_all_requests(limit=limit, system_instruction=setup.system_instruction,
+                                    apply_chat_template=setup.apply_chat_template,
+                                    fewshot_as_multiturn=setup.fewshot_as_multiturn,
+                                    chat_template=_chat_template(tokenizer) if setup.apply_chat_template else None)
+    except (AssertionError, ValueError) as exc:  # e.g. more few-shot examples asked than the pool holds
+        raise QuantcalError(f"lm-eval:{bare}: {exc}") from None
+    by_doc: dict[int, list[Any]] = {}
+    for instance in task.instances:
+        by_doc.setdefault(instance.doc_id, []).append(instance)
+    items = []
+    for doc_id in sorted(by_doc):
+        requests = sorted(by_doc[doc_id], key=lambda r: r.idx)
+        items.append(_item(task, bare, doc_id, requests))
+    if not items:
+        raise QuantcalError(f"lm-eval:{bare}: no items")
+    return items
+
+
+def _item(task: Any, name: str, doc_id: int, requests: Sequence[Any]) -> Item:
+    doc = requests[0].doc
+    choices = [str(c) for c in task.doc_to_choice(doc)]
+    pairs = [tuple(r.arguments[:2]) for r in requests][: len(choices)]  # mutual-info extras come after
+    if len(pairs) != len(choices):
+        raise QuantcalError(f"lm-eval:{name} document {doc_id}: {len(pairs)} requests for {len(choices)} choices")
+    gold = task.doc_to_text(doc) if task.multiple_input else task.doc_to_target(doc)
+    golds = _golds(gold, choices, f"lm-eval:{name} document {doc_id}")
+    contexts = tuple(c for c, _ in pairs)
+    shown = contexts[0] if len(set(contexts)) == 1 else _common_prefix(contexts)
+    return Item(id=str(doc_id), context=shown, choices=tuple(choices), gold=golds[0], golds=tuple(golds),
+                meta={"origin": f"lm-eval:{name}[{doc_id}]"}, contexts=contexts,
+                continuations=tuple(c for _, c in pairs))
+
+
+def _golds(gold: Any, choices: list[str], where: str) -> list[int]:
+    values = gold if isinstance(gold, list) else [gold]
+    out = []
+    for g in values:
+        if isinstance(g, str) and not g.strip().lstrip("-").isdigit():
+            if g not in choices:
+                raise QuantcalError(f"{where}: gold answer {g!r} is not one of the choices")
+            out.append(choices.index(g))
+        else:
+            index = int(g)
+            if not 0 <= index < len(choices):
+                raise QuantcalError(f"{where}: gold index {index} out of range for {len(choices)} choices")
+            out.append(index)
+    if not out:
+        raise QuantcalError(f"{where}: no gold answer")
+    return out
+
+
+def _common_prefix(texts: Sequence[str]) -> str:
+    first, last = min(texts), max(texts)
+    n = 0
+    while n < min(len(first), len(last)) and first[n] == last[n]:
+        n += 1
+    return first[:n]
+
+
+def items_fingerprint(items: Sequence[Item]) -> str:
+    """What identifies an lm-eval task's data in a run's key: the hash of every item it rendered."""
+    return "items:" + hashlib.sha256(json.dumps([it.content_hash for it in items]).encode()).hexdigest()[:16]
