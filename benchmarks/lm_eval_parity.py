@@ -66,7 +66,7 @@ def write_task_yamls(folder: Path, files: dict[str, tuple[Path, str]], tasks_dir
 
 
 def run_lm_eval(python: str, checkpoint: Path, tasks: list[str], limits: dict[str, int | None], yaml_dir: Path,
-                out_dir: Path, batch_size: int) -> dict[str, float]:
+                out_dir: Path, batch_size: int, extra: list[str] | None = None) -> dict[str, float]:
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     seconds: dict[str, float] = {}
     for task in tasks:
@@ -76,6 +76,7 @@ def run_lm_eval(python: str, checkpoint: Path, tasks: list[str], limits: dict[st
                "--device", "cpu", "--log_samples", "--output_path", str(out_dir / task)]
         if limits.get(task):
             cmd += ["--limit", str(limits[task])]
+        cmd += extra or []
         start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         seconds[task] = time.perf_counter() - start

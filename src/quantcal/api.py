@@ -113,7 +113,7 @@ def evaluate(
     fewshot_seed: int = DEFAULT_FEWSHOT_SEED,
     apply_chat_template: bool = False,
     system_instruction: Optional[str] = None,
-    fewshot_as_multiturn: bool = False,
+    fewshot_as_multiturn: Optional[bool] = None,
     batch_size: int = 64,
     max_batch_tokens: Optional[int] = DEFAULT_MAX_BATCH_TOKENS,
     max_length: Optional[int] = None,
@@ -144,7 +144,8 @@ def evaluate(
         num_fewshot: examples before each question, drawn as lm-eval draws them (the task's few-shot split, its
             sampler and ``fewshot_seed``; for a local data file, the file minus the item), or from ``fewshot_file``.
         apply_chat_template, system_instruction, fewshot_as_multiturn: the prompt through the tokenizer's chat
-            template (lm-eval's semantics), with a system instruction, few-shot examples as separate turns.
+            template (lm-eval's semantics), with a system instruction, few-shot examples as separate turns (default:
+            on with a chat template, as lm-eval).
         batch_size, max_batch_tokens: choice rows and padded tokens per forward pass (``None``: no token cap).
         max_length: the model window for left truncation (default: from the model config, as lm-eval).
         device, dtype, trust_remote_code: how the model is loaded.

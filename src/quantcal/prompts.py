@@ -34,6 +34,8 @@ class PromptSetup:
 
     ``fewshot_file`` is a local file in the task's hub schema to draw examples from; without it they come from the
     task's few-shot split on the hub, or, for a local data file, from the evaluation file itself minus the item.
+    ``fewshot_as_multiturn`` defaults to ``apply_chat_template``, as lm-eval 0.4.13's command line and
+    ``simple_evaluate`` do (pass False for the examples collapsed into one user turn).
     """
 
     num_fewshot: int = 0
@@ -41,9 +43,11 @@ class PromptSetup:
     fewshot_file: str | None = None
     apply_chat_template: bool = False
     system_instruction: str | None = None
-    fewshot_as_multiturn: bool = False
+    fewshot_as_multiturn: bool | None = None  # None: as lm-eval 0.4.13, on exactly when a chat template is applied
 
     def __post_init__(self) -> None:
+        if self.fewshot_as_multiturn is None:
+            object.__setattr__(self, "fewshot_as_multiturn", self.apply_chat_template)
         if isinstance(self.num_fewshot, bool) or not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
             raise QuantcalError(f"`num_fewshot` must be a whole number of examples (0 or more), got {self.num_fewshot!r}")
         if self.fewshot_as_multiturn and not self.apply_chat_template:
@@ -56,10 +60,10 @@ class PromptSetup:
         return self == PromptSetup()
 
     def describe(self) -> str:
-        """A short label: ``5-shot``, ``0-shot chat``, ``5-shot chat multiturn``."""
+        """A short label: ``5-shot``, ``0-shot chat``, ``5-shot chat single-turn``."""
         parts = [f"{self.num_fewshot}-shot"]
         if self.apply_chat_template:
-            parts.append("chat" + (" multiturn" if self.fewshot_as_multiturn else ""))
+            parts.append("chat" + ("" if self.fewshot_as_multiturn else " single-turn"))
         if self.system_instruction:
             parts.append("system instruction")
         return " ".join(parts)

@@ -28,7 +28,7 @@ def eval_command(
     fewshot_seed: int = typer.Option(DEFAULT_FEWSHOT_SEED, "--fewshot-seed", help="Seed of the few-shot sampler (lm-eval's default: 1234)."),
     apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Render each prompt through the tokenizer's chat template (as a user turn with the generation prompt; choices then follow without the target delimiter, as lm-eval does)."),
     system_instruction: Optional[str] = typer.Option(None, "--system-instruction", help="Text before the task's description (a system turn under --apply-chat-template)."),
-    fewshot_as_multiturn: bool = typer.Option(False, "--fewshot-as-multiturn", help="With --apply-chat-template: each few-shot example as its own user/assistant exchange."),
+    fewshot_as_multiturn: Optional[bool] = typer.Option(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn", help="With --apply-chat-template: each few-shot example as its own user/assistant exchange (the default with a chat template, as lm-eval), or all in one user turn.", show_default=False),
     batch_size: int = typer.Option(64, "--batch-size", help="Choice rows per forward pass (an item's choices always share one batch)."),
     max_batch_tokens: int = typer.Option(DEFAULT_MAX_BATCH_TOKENS, "--max-batch-tokens", help="Padded token positions per forward pass (rows x width); 0: no cap. Bounds memory; 1-2k is fastest on CPU."),
     store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),

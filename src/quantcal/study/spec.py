@@ -160,7 +160,8 @@ class StudySpec(_Strict):
     num_fewshot: int = Field(0, ge=0, description="few-shot examples before each question (a task may set its own)")
     apply_chat_template: bool = Field(False, description="render prompts through the tokenizer's chat template")
     system_instruction: Optional[str] = Field(None, description="text before the task description (a system turn)")
-    fewshot_as_multiturn: bool = Field(False, description="chat: each few-shot example as its own exchange")
+    fewshot_as_multiturn: Optional[bool] = Field(None, description="chat: each few-shot example as its own exchange "
+                                                 "(default: on with a chat template, as lm-eval)")
 
     @field_validator("tasks", mode="before")
     @classmethod
