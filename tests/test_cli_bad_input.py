@@ -115,3 +115,81 @@ def test_store_survives_bad_input(tmp_path: Path, tiny_llama: Path, store: Path)
     assert exported.exit_code == 0, exported.output
     lines = (tmp_path / "e.jsonl").read_text().splitlines()
     assert len(lines) == 2 and {json.loads(x)["item_id"] for x in lines} == {"0", "1"}
+
+
+# few-shot, chat templates and lm-eval tasks ------------------------------------------------------------------------
+def assert_store_untouched(store: Path) -> None:
+    """The store was not written, or holds no run (nothing half-made)."""
+    if store.exists():
+        from quantcal.store import open_store
+
+        with open_store(store) as db:
+            assert db.runs() == []
+
+
+def test_num_fewshot_larger_than_the_pool(tmp_path: Path, tiny_llama: Path, store: Path) -> None:
+    path = write_jsonl(tmp_path / "q.jsonl", [GOOD, GOOD | {"question": "3+3?"}])
+    result = run("eval", "--model", str(tiny_llama), "--task", "custom", "--data-file", str(path), "--store", str(store),
+                 "--num-fewshot", "2")
+    assert_user_error(result, "--num-fewshot is 2 but the few-shot pool of custom has 1 example(s) besides the item")
+    assert_store_untouched(store)
+
+
+def test_chat_template_asked_of_a_model_without_one(tmp_path: Path, tiny_llama: Path, store: Path) -> None:
+    import shutil
+
+    plain = tmp_path / "no-chat"
+    shutil.copytree(tiny_llama, plain)
+    config = json.loads((plain / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in plain.glob("chat_template.*"):
+        extra.unlink()
+    path = write_jsonl(tmp_path / "q.jsonl", [GOOD])
+    result = run("eval", "--model", str(plain), "--task", "custom", "--data-file", str(path), "--store", str(store),
+                 "--apply-chat-template")
+    assert_user_error(result, "--apply-chat-template", "has no chat template")
+    assert_store_untouched(store)
+
+
+def test_fewshot_as_multiturn_without_a_chat_template(store: Path) -> None:
+    assert_user_error(run("eval", "--fewshot-as-multiturn", "--num-fewshot", "1", "--store", str(store)),
+                      "--fewshot-as-multiturn needs --apply-chat-template")
+
+
+def test_unknown_lm_eval_task(store: Path) -> None:
+    pytest.importorskip("lm_eval")
+    assert_user_error(run("eval", "--task", "lm-eval:no_such_task_anywhere", "--store", str(store)),
+                      "unknown lm-eval task 'no_such_task_anywhere'")
+    assert_store_untouched(store)
+
+
+def test_generate_until_lm_eval_task(tmp_path: Path, tiny_llama: Path, store: Path, shared_data: Path) -> None:
+    lm_eval = pytest.importorskip("lm_eval")
+    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    data = shared_data / "openbookqa" / "test.jsonl"
+    (tmp_path / "gen.yaml").write_text(
+        f"include: {tasks_dir / 'openbookqa/openbookqa.yaml'}\ntask: local_gen\ndataset_path: json\n"
+        f"dataset_name: null\ndataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\n"
+        "training_split: null\nvalidation_split: null\ntest_split: test\noutput_type: generate_until\n"
+        "doc_to_target: '{{answerKey}}'\n")
+    result = run("eval", "--model", str(tiny_llama), "--task", "lm-eval:local_gen", "--lm-eval-include", str(tmp_path),
+                 "--limit", "3", "--store", str(store))
+    assert_user_error(result, "lm-eval:local_gen is a generate_until task")
+    assert_store_untouched(store)
+
+
+def test_lm_eval_extra_missing(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from quantcal.tasks import lm_eval_tasks
+
+    lm_eval_tasks._task_manager.cache_clear()
+    monkeypatch.setitem(sys.modules, "lm_eval.tasks", None)
+    try:
+        result = run("eval", "--task", "lm-eval:piqa", "--store", str(store))
+    finally:
+        lm_eval_tasks._task_manager.cache_clear()
+    assert_user_error(result, "pip install 'quantcal[lm-eval]'")
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+    assert_store_untouched(store)

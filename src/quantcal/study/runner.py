@@ -39,7 +39,8 @@ class PlannedJob:
 
     def job(self, prepared: PreparedVariant, dtype: str = "auto") -> Job:
         """The evaluation job: this task's items scored with the prepared variant."""
-        return Job(self.variant, prepared.source, get_task(self.task.name, self.task.template), self.task.data_file,
+        return Job(self.variant, prepared.source, get_task(self.task.name, self.task.template, self.task.include),
+                   self.task.data_file,
                    self.task.limit, self.task.template, prepared.config, dtype, self.setup)
 
 
@@ -89,7 +90,7 @@ def check_plan(spec: StudySpec) -> None:
     """Fail before any work on what can be checked: task names, recipes, data files, templates, tasks whose data
     cannot be reached (hub tasks offline), and whether the report's bootstrap fits in memory for each task."""
     for t in spec.tasks:
-        task = get_task(t.name, t.template)
+        task = get_task(t.name, t.template, t.include)
         setup = spec.prompt_setup(t)
         for what, path in (("data file", t.data_file), ("few-shot file", t.fewshot_file)):
             if path and not Path(path).is_file():
@@ -98,7 +99,8 @@ def check_plan(spec: StudySpec) -> None:
             n_items = len(load_items(task, t.data_file, t.limit, replace(setup, apply_chat_template=False,
                                                                           fewshot_as_multiturn=False)))
         except QuantcalError as exc:
-            if t.data_file is None and task.generate is None:  # the hub, unreachable: every job would fail
+            unreachable = t.data_file is None and task.generate is None  # the hub, offline: every job would fail
+            if unreachable or task.loader is not None or setup.num_fewshot:  # so would every job of these
                 raise QuantcalError(f"task {t.name}: {exc}") from None
             continue  # a bad row in a local file fails its own jobs, reported with the others
         try:
@@ -133,7 +135,7 @@ def _check_training_source(data: str, data_file: Optional[str]) -> None:
 
 def study_items(spec: StudySpec) -> list[Any]:
     """Every item the study evaluates (what fine-tuning must hold out)."""
-    return [it for t in spec.tasks for it in load_items(get_task(t.name, t.template), t.data_file, t.limit)]
+    return [it for t in spec.tasks for it in load_items(get_task(t.name, t.template, t.include), t.data_file, t.limit)]
 
 
 def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None = None,

@@ -125,6 +125,7 @@ class TaskSpec(_Strict):
     data_file: Optional[str] = Field(None, description="local copy in hub schema (.jsonl/.json/.parquet/.csv)")
     limit: Optional[int] = Field(None, gt=0, description="first N items only")
     template: Optional[str] = Field(None, description="prompt template (custom task)")
+    include: Optional[str] = Field(None, description="folder of your own lm-eval task YAMLs (lm-eval:NAME tasks)")
     num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples (default: the study's num_fewshot)")
     fewshot_file: Optional[str] = Field(None, description="local file to draw the few-shot examples from")
     fewshot_seed: int = Field(DEFAULT_FEWSHOT_SEED, description="seed of the few-shot sampler (lm-eval's 1234)")
@@ -288,8 +289,31 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
     for t in spec.tasks:
         t.data_file = _resolve(t.data_file, base)
         t.fewshot_file = _resolve(t.fewshot_file, base)
+        t.include = _resolve(t.include, base)
+    spec.tasks = _expand_lm_eval_groups(spec.tasks, origin)
     spec.output = _resolve(spec.output, base) or spec.output
     return spec
+
+
+def _expand_lm_eval_groups(tasks: list[TaskSpec], origin: str) -> list[TaskSpec]:
+    """Each ``lm-eval:GROUP`` task replaced by one task per member (each its own run, as in ``quantcal eval``)."""
+    from quantcal.tasks.lm_eval_tasks import expand_task_names, is_lm_eval
+
+    out: list[TaskSpec] = []
+    for t in tasks:
+        if not is_lm_eval(t.name):
+            if t.include is not None:
+                raise QuantcalError(f"{origin}: task {t.name}: `include` goes with lm-eval:NAME tasks")
+            out.append(t)
+            continue
+        if t.data_file or t.fewshot_file or t.template:
+            raise QuantcalError(f"{origin}: task {t.name}: lm-eval tasks read their data and examples as their YAML "
+                                "says (no data_file, fewshot_file or template)")
+        if t.include is not None and not Path(t.include).is_dir():
+            raise QuantcalError(f"{origin}: task {t.name}: include {t.include} is not a folder")
+        names, _ = expand_task_names([t.name], t.include)
+        out += [t.model_copy(update={"name": name}) for name in names]
+    return out
 
 
 def load_study(path: str | Path) -> StudySpec:

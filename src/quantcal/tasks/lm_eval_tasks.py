@@ -44,7 +44,7 @@ def _task_manager(include: str | None) -> Any:
     import logging
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    return TaskManager(include_path=include, verbosity="ERROR")
+    return TaskManager(include_path=include)
 
 
 @dataclass(frozen=True)
@@ -158,10 +158,10 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
     """The items of one lm-eval task (not a group), rendered by lm-eval under ``setup``."""
     bare = name[len(PREFIX):] if is_lm_eval(name) else name
     manager = _task_manager(include)
-    loaded = manager.load_task_or_group([bare])
-    if len(loaded) != 1 or isinstance(next(iter(loaded.values())), dict):
+    loaded = manager.load([bare])
+    if loaded["groups"] or len(loaded["tasks"]) != 1:
         raise QuantcalError(f"lm-eval:{bare} is a group; name one of its tasks, or let evaluate expand it")
-    task = next(iter(loaded.values()))
+    (task,) = loaded["tasks"].values()
     if task.OUTPUT_TYPE != "multiple_choice":
         raise QuantcalError(f"lm-eval:{bare} is a {task.OUTPUT_TYPE} task; quantcal scores multiple_choice tasks only")
     if setup.apply_chat_template and (tokenizer is None or not has_chat_template(tokenizer)):
