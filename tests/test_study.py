@@ -143,7 +143,7 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path: Path, tiny_llam
 
 
 @pytest.mark.parametrize("name", ["study_b_gptq.yaml", "study_a_ptq_vs_qlora.yaml", "qlora_heldout_hellaswag.yaml",
-                                  "study_gptq_seeds.yaml"])
+                                  "study_gptq_seeds.yaml", "study_fewshot.yaml"])
 def test_example_studies_are_valid(name: str) -> None:
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study
@@ -153,3 +153,19 @@ def test_example_studies_are_valid(name: str) -> None:
         pytest.skip("the shared data is not next to this checkout")
     check_plan(spec)
     assert len(plan(spec)) == (1 + sum(len(v.builds()) for v in spec.variants)) * len(spec.tasks)
+
+
+def test_prompt_setups_are_tasks_of_their_own(tmp_path: Path) -> None:
+    """The same task at two few-shot counts: two runs with their own names; the same one twice is refused."""
+    from quantcal.errors import QuantcalError
+    from quantcal.study.spec import parse_study
+
+    base = {"reference": "smollm2-135m-instruct", "variants": [{"name": "w4", "recipe": "rtn:bits=4"}]}
+    spec = parse_study(base | {"tasks": [{"name": "piqa"}, {"name": "piqa", "num_fewshot": 5}],
+                               "apply_chat_template": True}, tmp_path)
+    assert [j.label for j in plan(spec)[:2]] == ["piqa[0-shot chat]", "piqa[5-shot chat]"]
+    assert plan(spec)[1].setup.num_fewshot == 5 and plan(spec)[1].setup.fewshot_as_multiturn
+    with pytest.raises(QuantcalError, match=r"each task once \(per few-shot setup\)"):
+        parse_study(base | {"tasks": [{"name": "piqa", "num_fewshot": 5}, "piqa"], "num_fewshot": 5}, tmp_path)
+    with pytest.raises(QuantcalError, match="fewshot_as_multiturn"):
+        parse_study(base | {"tasks": ["piqa"], "fewshot_as_multiturn": True}, tmp_path)
