@@ -142,10 +142,11 @@ def test_shared_prefix_scoring_matches_plain_forward(fixture: str, batch_size: i
     encoder = Encoder(lm.tokenizer, max_length=512)
     items = preamble_items(14, seed=batch_size + min_shared)
     encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
-    plan = plan_shared_batches(encoded, batch_size, max_tokens, min_shared)
+    plan = plan_shared_batches(encoded, batch_size, max_tokens, min_shared, min_saving=0)
     assert any(b.shared >= 32 for b in plan)  # the preambles are shared
     results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size,
-                                                              max_batch_tokens=max_tokens, min_shared_prefix=min_shared))}
+                                                              max_batch_tokens=max_tokens, min_shared_prefix=min_shared,
+                                                              min_shared_saving=0))}
     assert sorted(results) == list(range(len(items)))
     for e in encoded:
         (group,) = e.groups
@@ -162,7 +163,8 @@ def test_shared_runs_group_contexts_by_common_prefix() -> None:
     a = [Group(i, tuple(range(40)) + (100 + i, 7), ((1,),), (0,)) for i in range(3)]
     b = [Group(10 + i, (9,) * 35 + (200 + i,), ((1,),), (0,)) for i in range(2)]
     lone = [Group(20, (5, 6, 7), ((1,),), (0,))]
-    runs = shared_runs(a + lone + b, min_shared=32)
+    runs = shared_runs(a + lone + b, min_shared=32, min_saving=0)
     assert sorted((shared, sorted(g.item_index for g in groups)) for shared, groups in runs) == [
         (0, [20]), (35, [10, 11]), (40, [0, 1, 2])]
-    assert shared_runs(a, min_shared=41) == [(0, sorted(a, key=lambda g: g.context))]
+    assert shared_runs(a, min_shared=41, min_saving=0) == [(0, sorted(a, key=lambda g: g.context))]
+    assert shared_runs(a, min_shared=32, min_saving=81) == [(0, sorted(a, key=lambda g: g.context))]  # saves 2 x 40

@@ -36,8 +36,10 @@ LOGPROB_CHUNK_ELEMENTS = 1 << 25
 #: Padded token positions per forward pass. On a 2-core CPU, batches of 1-2k tokens ran 1.1-2x faster than
 #: uncapped 64-row batches of long items (benchmarks/README.md).
 DEFAULT_MAX_BATCH_TOKENS = 2048
-#: Items whose contexts share this many leading tokens are scored on one prefix computed once (packed layout).
+#: Items whose contexts share this many leading tokens are scored on one prefix computed once (packed layout)...
 MIN_SHARED_PREFIX = 32
+#: ... when sharing saves at least this many token positions over the run; smaller runs would only split batches.
+MIN_SHARED_SAVING = 256
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def shared_runs(groups: Sequence[Group], min_shared: int) -> list[tuple[int, list[Group]]]:
+def shared_runs(groups: Sequence[Group], min_shared: int,
+                min_saving: int = MIN_SHARED_SAVING) -> list[tuple[int, list[Group]]]:
     """Groups in runs whose contexts share at least ``min_shared`` leading tokens (sorted by context, so such
     contexts are neighbours), each with the length all of the run shares; the groups in no run come last, with 0.
 
     The shared length stops one token before the shortest context of the run: each context's last token must be in
-    its own row (it predicts every choice's first token)."""
+    its own row (it predicts every choice's first token). A run that would save fewer than ``min_saving`` token
+    positions ((size - 1) x shared) is not worth its own batches: its groups join the others."""
     order = sorted(groups, key=lambda g: (g.context, g.item_index))
     runs: list[tuple[int, list[Group]]] = []
     alone: list[Group] = []
@@ -117,7 +121,7 @@ def shared_runs(groups: Sequence[Group], min_shared: int) -> list[tuple[int, lis
             shared = min(shared, common, len(g.context) - 1)
             current.append(g)
             continue
-        if len(current) > 1:
+        if len(current) > 1 and (len(current) - 1) * shared >= min_saving:
             runs.append((shared, current))
         else:
             alone.extend(current)
@@ -127,12 +131,12 @@ def shared_runs(groups: Sequence[Group], min_shared: int) -> list[tuple[int, lis
 
 
 def plan_shared_batches(items: Sequence[EncodedItem], batch_size: int, max_tokens: int | None = None,
-                        min_shared: int = MIN_SHARED_PREFIX) -> list[Batch]:
+                        min_shared: int = MIN_SHARED_PREFIX, min_saving: int = MIN_SHARED_SAVING) -> list[Batch]:
     """Packed batches, each within one run of shared-prefix contexts (:func:`shared_runs`): longest first within a
     run, at most ``batch_size`` choice rows and ``max_tokens`` padded positions past the prefix."""
     groups = [g for it in items for g in it.groups]
     batches = []
-    for shared, run in shared_runs(groups, min_shared):
+    for shared, run in shared_runs(groups, min_shared, min_saving):
         size = (lambda g, p=shared: packed_length(g) - p)
         batches += [Batch(b, shared) for b in _fill(run, batch_size, max_tokens, size, packed=True)]
     return batches
@@ -147,12 +151,14 @@ def score_items(
     packed: bool = True,
     max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
     min_shared_prefix: int | None = MIN_SHARED_PREFIX,
+    min_shared_saving: int = MIN_SHARED_SAVING,
 ) -> Iterator[list[ItemScores]]:
     """Score encoded items; after each batch yield the items it completed (for transactional storing).
 
     A batch holds at most ``batch_size`` choice rows and ``max_batch_tokens`` padded token positions (``None``: no
     token cap). The cap keeps matrix products at the sizes a CPU runs fastest and bounds the logits held at once.
-    Contexts sharing ``min_shared_prefix`` leading tokens share one prefix computation (``None``: never).
+    Contexts sharing ``min_shared_prefix`` leading tokens share one prefix computation (``None``: never) when that
+    saves ``min_shared_saving`` token positions.
     """
     if min_shared_prefix is None:
         min_shared_prefix = 1 << 62
@@ -161,7 +167,7 @@ def score_items(
     device = next(model.parameters()).device
     prefixes = PrefixMemo()
     if packed:
-        plan = plan_shared_batches(items, batch_size, max_batch_tokens, min_shared_prefix)
+        plan = plan_shared_batches(items, batch_size, max_batch_tokens, min_shared_prefix, min_shared_saving)
     else:
         plan = [Batch(b) for b in plan_batches(items, batch_size, False, max_batch_tokens)]
     with grad_free(model):
