@@ -8,7 +8,7 @@ from quantcal.cli.common import out
 
 
 def tasks_command() -> None:
-    """List the tasks, their hub source and what they measure."""
+    """List the tasks, their hub source and what they measure; lm-eval:NAME adds lm-eval's registry."""
     from quantcal.tasks import TASKS
 
     table = Table(title="quantcal tasks")
@@ -17,6 +17,9 @@ def tasks_command() -> None:
     for t in TASKS.values():
         table.add_row(t.name, t.source, t.summary)
     out.print(table)
+    out.print("Also: lm-eval:NAME, any multiple-choice task or group of lm-evaluation-harness's registry "
+              "(pip install 'quantcal[lm-eval]'; 'lm-eval ls tasks' lists them), and --num-fewshot / "
+              "--apply-chat-template on any task.")
 
 
 def models_command() -> None:
