@@ -223,3 +223,17 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(QuantcalError, match=r"pip install 'quantcal\[lm-eval\]'"):
         get_task("lm-eval:piqa")
     lm_eval_tasks._task_manager.cache_clear()
+
+
+def test_evaluate_runs_a_group_and_aggregates_it(yaml_dir: Path, tiny_llama: Path, tmp_path: Path) -> None:
+    """Each task of a group is its own run; the group line is lm-eval's aggregate (here the plain mean)."""
+    import quantcal
+
+    result = quantcal.evaluate(str(tiny_llama), "lm-eval:local_group", lm_eval_include=yaml_dir, limit=6,
+                               num_fewshot=1, store=tmp_path / "s.sqlite")
+    piqa, obqa, group = (result.tasks[f"lm-eval:{t}[1-shot]"] for t in ("local_piqa", "local_openbookqa", "local_group"))
+    assert piqa.n == obqa.n == 6 and group.n == 12
+    assert group.members == (piqa.task, obqa.task)
+    assert group.acc == pytest.approx((piqa.acc + obqa.acc) / 2)
+    frame = result.items()
+    assert set(frame["task"]) == {piqa.task, obqa.task}
