@@ -321,25 +321,22 @@ def _prefix_keys_values(model: Any, tokens: tuple[int, ...], mask: Callable[...,
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-class _SharedPrefixCache:
-    """A cache that hands every row the prefix's keys and values (expanded, not copied) before its own, and keeps
-    nothing: built per batch on the stored prefix."""
+def _shared_prefix_cache(layers: list[tuple[Any, Any]], rows: int) -> Any:
+    """A cache that hands each of ``rows`` rows the prefix's keys and values (expanded, not copied) before its own
+    and keeps nothing: built per batch on the stored prefix (a subclass, so models accept it as their cache)."""
+    import torch
+    from transformers import DynamicCache
 
-    def __new__(cls, layers: list[tuple[Any, Any]], rows: int) -> Any:
-        from transformers import DynamicCache
+    class SharedPrefixCache(DynamicCache):
+        def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
+            k, v = layers[layer_idx]
+            return (torch.cat([k.expand(rows, -1, -1, -1), key_states], dim=-2),
+                    torch.cat([v.expand(rows, -1, -1, -1), value_states], dim=-2))
 
-        class SharedPrefixCache(DynamicCache):
-            def update(self, key_states: Any, value_states: Any, layer_idx: int, *args: Any, **kwargs: Any) -> Any:
-                import torch
+        def get_seq_length(self, layer_idx: int = 0) -> int:
+            return int(layers[0][0].shape[-2])
 
-                k, v = layers[layer_idx]
-                return (torch.cat([k.expand(rows, -1, -1, -1), key_states], dim=-2),
-                        torch.cat([v.expand(rows, -1, -1, -1), value_states], dim=-2))
-
-            def get_seq_length(self, layer_idx: int = 0) -> int:
-                return layers[0][0].shape[-2]
-
-        return SharedPrefixCache()
+    return SharedPrefixCache()
 
 
 def _block_masks(model: Any, device: Any) -> Callable[..., Any]:
@@ -415,7 +412,7 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
     if shared:
         memo = prefixes if prefixes is not None else PrefixMemo()
         layers = memo.get(model, tuple(batch[0].context[:shared]), masks, device)
-        extra[_cache_argument(model)] = _SharedPrefixCache(layers, rows)
+        extra[_cache_argument(model)] = _shared_prefix_cache(layers, rows)
     logits = _logits_at(model, keep, input_ids=ids.to(device), attention_mask=masks(segment, position, shared),
                         position_ids=position.to(device), **extra)
     targets = target[keep]  # same order; the context's last position holds a dummy 0
