@@ -244,3 +244,25 @@ def test_cli_quantize_reports_mode_and_gguf_fallback(tmp_path: Path, tiny_llama:
     assert "q8_0 x14" in kquant.output  # llama.cpp's fallback for Q6_K on rows not a multiple of 256
     bad = CliRunner().invoke(app, ["quantize", "--model", str(tiny_llama), "--recipe", "awq:bits=4,group_size=48"])
     assert bad.exit_code == 2 and "does not divide" in bad.output and "Traceback" not in bad.output
+
+
+def test_task_text_as_calibration_source(tmp_path: Path, smol_checkpoint: Path) -> None:
+    """calib=task:NAME:PATH: windows cut from the task's prompts and gold answers, seeded, the same on every call."""
+    from transformers import AutoTokenizer
+
+    from quantcal.recipes.calibration import calibration_ids, task_text
+    from tests.conftest import write_jsonl
+
+    rows = [{"question": f"What is {i} plus {i}?", "choices": [str(2 * i), str(2 * i + 1)], "answer": 0}
+            for i in range(60)]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    text = task_text(f"task:custom:{path}")
+    assert text.startswith("Question: What is 0 plus 0?\nAnswer: 0\n\nQuestion: What is 1 plus 1?\nAnswer: 2")
+    tokenizer = AutoTokenizer.from_pretrained(smol_checkpoint)
+    a = calibration_ids(None, tokenizer, f"task:custom:{path}", 4, 32, seed=3)
+    b = calibration_ids(None, tokenizer, f"task:custom:{path}", 4, 32, seed=3)
+    assert a.shape == (4, 32) and torch.equal(a, b)
+    assert not torch.equal(a, calibration_ids(None, tokenizer, f"task:custom:{path}", 4, 32, seed=4))
+    assert "plus" in tokenizer.decode(a[0])
+    with pytest.raises(QuantcalError, match="unknown task 'nope'"):
+        calibration_ids(None, tokenizer, "task:nope", 4, 32, seed=0)

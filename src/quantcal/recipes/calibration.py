@@ -6,7 +6,10 @@ Sources:
 - a local file (``.txt``, or ``.jsonl`` with a ``text`` field): concatenated, tokenized, windows at seeded
   random offsets;
 - ``c4``: ``allenai/c4`` (en) from the hub, as Study B: random documents longer than ``seqlen``, one random
-  window each (needs network).
+  window each (needs network);
+- ``task:NAME`` or ``task:NAME:PATH``: a benchmark's own text, each item's prompt followed by its gold answer (the
+  task's hub split, or the local file PATH), concatenated, windows at seeded random offsets. Use a split you do not
+  evaluate on (a task's training file): calibrating on the evaluated items would tune the weights to them.
 The token windows' SHA-256 is recorded with the variant. Self-generated windows are cached per
 (model fingerprint, nsamples, seqlen, seed) as ``.npy`` under ``$QUANTCAL_CACHE/calibration`` (sampling 64 x 512
 tokens costs minutes on a CPU; GPTQ, AWQ and the error probe of the same model then share them).
@@ -28,7 +31,8 @@ from quantcal.recipes.spec import Param
 PARAMS = {  # the calibration parameters of every calibrated recipe (GPTQ, AWQ)
     "nsamples": Param(int, 64, low=1, high=4096, help="calibration windows (Study B and AutoAWQ: 128)"),
     "seqlen": Param(int, 512, low=8, high=32768, help="tokens per window (Study B: 2048)"),
-    "calib": Param(str, "self", help="'self' (text sampled from the model, offline), 'c4' (hub), or a .txt/.jsonl path"),
+    "calib": Param(str, "self", help="'self' (text sampled from the model, offline), 'c4' (hub), a .txt/.jsonl path, "
+                                     "or task:NAME[:PATH] (a benchmark's prompts and gold answers)"),
     "seed": Param(int, 0, low=0),
 }
 
@@ -42,9 +46,11 @@ def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seql
         return _cached_self_generated(model, tokenizer, nsamples, seqlen, seed, fingerprint)
     if source == "c4":
         return _c4(tokenizer, nsamples, seqlen, seed)
+    if source.startswith("task:"):
+        return _from_text(task_text(source), tokenizer, nsamples, seqlen, seed, source)
     path = Path(source)
     if not path.is_file():
-        raise QuantcalError(f"calibration source {source!r}: expected 'self', 'c4' or a .txt/.jsonl file")
+        raise QuantcalError(f"calibration source {source!r}: expected 'self', 'c4', task:NAME[:PATH] or a .txt/.jsonl file")
     return _from_text(_read_text(path), tokenizer, nsamples, seqlen, seed, str(path))
 
 
@@ -98,6 +104,18 @@ def _self_generated(model: Any, tokenizer: Any, nsamples: int, seqlen: int, seed
     finally:
         torch.random.set_rng_state(generator_state)
     return torch.cat(rows)
+
+
+def task_text(source: str) -> str:
+    """``task:NAME[:PATH]``: every item's prompt, the target delimiter and its gold answer, one item per paragraph."""
+    from quantcal.tasks import get_task, load_items
+
+    name, _, data_file = source[len("task:"):].partition(":")
+    if not name:
+        raise QuantcalError(f"calibration source {source!r}: expected task:NAME or task:NAME:PATH")
+    task = get_task(name)
+    items = load_items(task, data_file or None)
+    return "\n\n".join(it.context + task.target_delimiter + it.choices[it.gold] for it in items)
 
 
 def _read_text(path: Path) -> str:
