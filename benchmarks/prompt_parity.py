@@ -13,6 +13,8 @@ minus the item). Cases:
 - ``lm-eval:winogrande``: a multiple-input task, over ``tests/data/winogrande_100.jsonl`` (rows written for the tests
   in the ``allenai/winogrande`` schema).
 
+With ``--work DIR`` an interrupted run resumes: lm-eval runs that finished there are read back, not run again.
+
 Prints, per case, the share of per-choice log-likelihoods within 1e-3, the largest difference and both accuracies;
 writes ``benchmarks/results/prompt_parity_<model>.json``.
 
@@ -96,9 +98,14 @@ def main() -> None:
         task, shots, chat = run
         tag = f"{task}_{shots}shot{'_chat' if chat else ''}"
         extra = (["--num_fewshot", str(shots)] if shots else []) + (["--apply_chat_template"] if chat else [])
-        print(f"lm-eval {tag} ...", flush=True)
-        seconds = run_lm_eval(args.lm_eval_python, checkpoint, [task], {task: limits.get(task)}, yaml_dir,
-                              work / "lm_eval" / tag, args.batch_size, extra)[task]
+        done = work / "lm_eval" / tag / "seconds.json"
+        if done.is_file():  # finished in an earlier run of this script with the same --work: reused
+            seconds = json.loads(done.read_text())["seconds"]
+        else:
+            print(f"lm-eval {tag} ...", flush=True)
+            seconds = run_lm_eval(args.lm_eval_python, checkpoint, [task], {task: limits.get(task)}, yaml_dir,
+                                  work / "lm_eval" / tag, args.batch_size, extra)[task]
+            done.write_text(json.dumps({"seconds": seconds, "limit": limits.get(task)}))
         lls, metrics = read_lm_eval(work / "lm_eval" / tag, task)
         lm_runs[run] = (lls, metrics, seconds)
 
