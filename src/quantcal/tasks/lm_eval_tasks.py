@@ -5,7 +5,8 @@ few-shot examples, delimiters, chat template) and its per-choice requests, exact
 model; quantcal scores those ``(context, continuation)`` pairs. Gold answers are resolved as lm-eval's
 ``process_results`` resolves them (an index, a choice string, or a list of indices). Output type ``multiple_choice`` is
 supported, including its multiple-input form (Winogrande: one context per choice, one shared continuation); any other
-output type is refused. A group (``lm-eval:mmlu``) expands to its tasks, each its own run; :func:`group_score`
+output type is refused, and so are tasks that score with their own ``process_results`` (TruthfulQA-MC2: use the
+built-in ``truthfulqa_mc2``). A group (``lm-eval:mmlu``) expands to its tasks, each its own run; :func:`group_score`
 aggregates them as lm-eval does (mean weighted by size unless the group says otherwise).
 
 ``include`` is a folder of the user's own task YAMLs (lm-eval's ``--include_path``).
@@ -164,6 +165,10 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
     (task,) = loaded["tasks"].values()
     if task.OUTPUT_TYPE != "multiple_choice":
         raise QuantcalError(f"lm-eval:{bare} is a {task.OUTPUT_TYPE} task; quantcal scores multiple_choice tasks only")
+    if callable(getattr(task.config, "process_results", None)):
+        hint = "; the built-in truthfulqa_mc2 computes MC2's score" if "mc2" in bare else ""
+        raise QuantcalError(f"lm-eval:{bare} computes its score with its own process_results, which quantcal does not "
+                            f"reproduce (it scores the gold choice's probability){hint}")
     if setup.apply_chat_template and (tokenizer is None or not has_chat_template(tokenizer)):
         raise QuantcalError("`apply_chat_template`: this model's tokenizer has no chat template")
     task.set_config(key="num_fewshot", value=setup.num_fewshot)
