@@ -237,3 +237,12 @@ def test_evaluate_runs_a_group_and_aggregates_it(yaml_dir: Path, tiny_llama: Pat
     assert group.acc == pytest.approx((piqa.acc + obqa.acc) / 2)
     frame = result.items()
     assert set(frame["task"]) == {piqa.task, obqa.task}
+
+
+def test_lm_eval_tasks_with_their_own_scoring_are_refused(tmp_path: Path) -> None:
+    targets = {"choices": ["yes", "no"], "labels": [1, 0]}
+    data = write_jsonl(tmp_path / "tqa.jsonl", [{"question": f"Q{i}?", "mc1_targets": targets, "mc2_targets": targets}
+                                                for i in range(3)])
+    local_yaml(tmp_path, "local_mc2", "truthfulqa/truthfulqa_mc2.yaml", data)
+    with pytest.raises(QuantcalError, match="own process_results.*built-in truthfulqa_mc2"):
+        load_items(get_task("lm-eval:local_mc2", include=str(tmp_path)), None, 3, PromptSetup())
