@@ -27,6 +27,18 @@ def random_items(n: int, seed: int) -> list[Item]:
     return items
 
 
+def assert_equals_plain_forward(model, encoded, results) -> None:  # noqa: ANN001
+    """Every item scored once, and each choice's log-likelihood, greedy flag and token count equal the plain forward."""
+    assert sorted(results) == list(range(len(encoded)))
+    for e in encoded:
+        (group,) = e.groups
+        for j, cont in enumerate(group.continuations):
+            ll, greedy = reference_loglik(model, group.context, cont)
+            assert results[e.item_index].logliks[j] == pytest.approx(ll, abs=1e-4)
+            assert results[e.item_index].greedy[j] == greedy
+            assert results[e.item_index].n_tokens[j] == len(cont)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
 @pytest.mark.parametrize(("batch_size", "max_tokens"), [(1, None), (7, None), (64, None), (64, 48)])
 @pytest.mark.parametrize("packed", [True, False])
@@ -38,14 +50,7 @@ def test_scorer_matches_plain_forward(fixture: str, batch_size: int, max_tokens:
     encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
     results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size, packed=packed,
                                                                    max_batch_tokens=max_tokens))}
-    assert sorted(results) == list(range(len(items)))
-    for e in encoded:
-        (group,) = e.groups
-        for j, cont in enumerate(group.continuations):
-            ll, greedy = reference_loglik(lm.model, group.context, cont)
-            assert results[e.item_index].logliks[j] == pytest.approx(ll, abs=1e-4)
-            assert results[e.item_index].greedy[j] == greedy
-            assert results[e.item_index].n_tokens[j] == len(cont)
+    assert_equals_plain_forward(lm.model, encoded, results)
 
 
 def test_single_token_choices_need_no_second_pass(tiny_llama: Path) -> None:
@@ -147,13 +152,7 @@ def test_shared_prefix_scoring_matches_plain_forward(fixture: str, batch_size: i
     results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=batch_size,
                                                               max_batch_tokens=max_tokens, min_shared_prefix=min_shared,
                                                               min_shared_saving=0))}
-    assert sorted(results) == list(range(len(items)))
-    for e in encoded:
-        (group,) = e.groups
-        for j, cont in enumerate(group.continuations):
-            ll, greedy = reference_loglik(lm.model, group.context, cont)
-            assert results[e.item_index].logliks[j] == pytest.approx(ll, abs=1e-4)
-            assert results[e.item_index].greedy[j] == greedy
+    assert_equals_plain_forward(lm.model, encoded, results)
 
 
 def test_shared_runs_group_contexts_by_common_prefix() -> None:
