@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from quantcal.analysis import Comparison
+from quantcal.deployment import ExportedCheckpoint, export_checkpoint
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.jobs import Job, ScoringOptions, require_positive, run_job
@@ -38,6 +39,7 @@ from quantcal.recipes.variants import build_variant, variant_meta
 from quantcal.report.collect import ReportSettings
 from quantcal.report.write import WrittenReport, write_report
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
+from quantcal.sensitivity import SensitivityResult, load_sensitivity, run_sensitivity
 from quantcal.store import open_store
 from quantcal.study.runner import JobOutcome, PlannedJob, check_plan, plan, run_study as run_jobs, study_items, train_adapters
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study
@@ -107,6 +109,7 @@ def evaluate(
     data_file: Union[str, Path, None] = None,
     template: Optional[str] = None,
     limit: Optional[int] = None,
+    skip: int = 0,
     lm_eval_include: Union[str, Path, None] = None,
     num_fewshot: int = 0,
     fewshot_file: Union[str, Path, None] = None,
@@ -141,6 +144,8 @@ def evaluate(
         template: the prompt template of the ``custom`` task, e.g. ``"Q: {question}\\nA:"``.
         lm_eval_include: a folder of your own lm-eval task YAMLs (lm-eval's ``--include_path``).
         limit: score only the first ``limit`` items of each task.
+        skip: leave out the first ``skip`` items of each task (then ``limit`` more); items keep their ids and
+            few-shot examples, so a file can be split into a ranking part and an evaluation part.
         num_fewshot: examples before each question, drawn as lm-eval draws them (the task's few-shot split, its
             sampler and ``fewshot_seed``; for a local data file, the file minus the item), or from ``fewshot_file``.
         apply_chat_template, system_instruction, fewshot_as_multiturn: the prompt through the tokenizer's chat
@@ -190,12 +195,13 @@ def evaluate(
                       str(adapter) if adapter is not None else None, deploy)
     variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code), say, phase=phase)
     variant_name = name or variant.default_name
+    forbidden = variant.forbidden()
     store_path = Path(store) if store is not None else default_store(variant_name)
     results: dict[str, TaskResult] = {}
     with open_store(store_path) as db:
         for task in task_list:
             job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
-                      template if task.name == "custom" else None, variant.config, dtype, setup)
+                      template if task.name == "custom" else None, variant.config, dtype, setup, skip, *forbidden)
             outcome = run_job(db, job, options, variant.holder, progress, say)
             say(outcome.summary(f"{variant_name} · {job.label}"))
             wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
@@ -323,7 +329,8 @@ def report_settings(spec: StudySpec) -> ReportSettings:
     return ReportSettings(reference=REFERENCE_NAME, metrics=list(spec.metrics), normalizations=spec.normalizations,
                           resamples=spec.bootstrap.resamples, seed=spec.bootstrap.seed, level=spec.bootstrap.level,
                           recalibration=spec.recalibration.enabled, folds=spec.recalibration.folds,
-                          confidence_bins=spec.confidence_bins, groups=spec.build_groups)
+                          confidence_bins=spec.confidence_bins, groups=spec.build_groups,
+                          sensitivity=list(spec.sensitivity))
 
 
 def run_study(

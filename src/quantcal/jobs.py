@@ -69,6 +69,10 @@ class Job:
     extra_config: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"
     setup: PromptSetup = field(default_factory=PromptSetup)  # few-shot examples, chat template
+    skip: int = 0  # leave out the task's first items (then ``limit`` more)
+    #: Zero-shot content hashes of items this variant must not be evaluated on (its recipe was tuned on them).
+    forbidden: frozenset[str] = frozenset()
+    forbidden_reason: str = ""
 
     @property
     def label(self) -> str:
@@ -148,6 +152,7 @@ def job_config(job: Job, options: ScoringOptions, tokenizer: Any = None, items: 
         "scorer_version": SCORER_VERSION,
         **job.extra_config,
         **prompt_config(job.setup, tokenizer),
+        **({"skip": job.skip} if job.skip else {}),
     }
 
 
@@ -173,7 +178,8 @@ def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
     tokenizer = job.tokenizer()
     if tokenizer is not None and not has_chat_template(tokenizer):
         raise QuantcalError(f"`apply_chat_template`: the tokenizer of {job.source.spec} has no chat template")
-    items = load_items(job.task, job.data_file, job.limit, job.setup, tokenizer)
+    items = load_items(job.task, job.data_file, job.limit, job.setup, tokenizer, job.skip)
+    check_allowed(job, items)
     config = job_config(job, options, tokenizer, items)
     try:
         run_id = store.get_or_create_run(job.variant, job.label, config_hash(config), config, package_versions())
@@ -184,6 +190,19 @@ def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
                                      "nothing was scored")) from exc
     done = store.done_item_ids(run_id)
     return PendingJob(run_id, items, [(pos, it) for pos, it in enumerate(items) if it.id not in done])
+
+
+def check_allowed(job: Job, items: Sequence[Item]) -> None:
+    """Refuse a job whose items include any the variant was tuned on (``job.forbidden``), compared by the
+    zero-shot item's content, so a few-shot or chat-template rendering of the same question is caught too."""
+    if not job.forbidden:
+        return
+    plain = items if job.setup.is_default else load_items(job.task, job.data_file, job.limit, skip=job.skip)
+    overlap = [it.id for it in plain if it.content_hash in job.forbidden]
+    if overlap:
+        shown = ", ".join(overlap[:5]) + (", ..." if len(overlap) > 5 else "")
+        raise QuantcalError(f"{job.variant} · {job.label}: {len(overlap)} of {len(plain)} items ({shown}) {job.forbidden_reason}; "
+                            "evaluate it on other items (`skip`/`limit`, or another file)")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from quantcal.errors import QuantcalError
 from quantcal.finetune.deploy import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
 from quantcal.models import LoadedModel, ModelSource, load_model, resolve_source
-from quantcal.recipes import FAMILIES, parse_recipe
+from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.recipes.variants import build_variant
 
@@ -107,6 +107,7 @@ class VariantDef:
         config: dict[str, Any] = {}
         if self.recipe_spec is not None:
             config["recipe"] = self.recipe_spec.key
+            config.update(recipe_identity(self.recipe_spec))
         if self.adapter is not None:
             config.update({"adapter": adapter_fingerprint(self.adapter), "deploy": self.deploy_form,
                            "adapter_training": training_summary(self.adapter)})
@@ -159,6 +160,13 @@ class PreparedVariant:
     @property
     def default_name(self) -> str:
         return self.definition.default_name(self.source)
+
+    def forbidden(self) -> tuple[frozenset[str], str]:
+        """Items this variant must not be evaluated on (zero-shot content hashes) and why: those its recipe was
+        tuned on (a ``mixed`` recipe's ranking items); none for most variants."""
+        spec = self.definition.recipe_spec
+        hook = FAMILIES[spec.family].forbidden if spec is not None else None
+        return hook(dict(spec.params)) if hook is not None and spec is not None else (frozenset(), "")
 
 
 def prepare(defn: VariantDef, options: LoadOptions = LoadOptions(), say: Callable[[str], None] = lambda m: None,

@@ -22,7 +22,8 @@ def eval_command(
     task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo. lm-eval:NAME runs any multiple-choice task of lm-evaluation-harness's registry (pip install 'quantcal[lm-eval]'); a group such as lm-eval:mmlu runs each of its tasks and aggregates them as lm-eval does."),
     lm_eval_include: Optional[Path] = typer.Option(None, "--lm-eval-include", help="A folder of your own lm-eval task YAMLs (lm-eval's --include_path), e.g. ones reading local files with dataset_path: json."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task (after --skip)."),
+    skip: int = typer.Option(0, "--skip", help="Leave out the first N items of each task (items keep their ids and few-shot examples)."),
     num_fewshot: int = typer.Option(0, "--num-fewshot", help="Examples before each question, drawn as lm-eval draws them: the task's few-shot split and sampler (MMLU: its subject's first dev rows), or, with --data-file, the file minus the item."),
     fewshot_file: Optional[Path] = typer.Option(None, "--fewshot-file", help="Draw the few-shot examples from this local file (same schema as the task's data)."),
     fewshot_seed: int = typer.Option(DEFAULT_FEWSHOT_SEED, "--fewshot-seed", help="Seed of the few-shot sampler (lm-eval's default: 1234)."),
@@ -58,7 +59,7 @@ def eval_command(
         from quantcal import api
 
         result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
-                              data_file=data_file, template=template, limit=limit, lm_eval_include=lm_eval_include,
+                              data_file=data_file, template=template, limit=limit, skip=skip, lm_eval_include=lm_eval_include,
                               num_fewshot=num_fewshot,
                               fewshot_file=fewshot_file, fewshot_seed=fewshot_seed,
                               apply_chat_template=apply_chat_template,

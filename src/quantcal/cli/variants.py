@@ -53,3 +53,20 @@ def recipes_command() -> None:
         for key, param in family.params.items():
             default = "required" if param.default is None else f"default {param.default}"
             out.print(f"    {key}: {param.describe()} ({default}){' — ' + param.help if param.help else ''}", highlight=False)
+
+
+def export_checkpoint_command(
+    report: Path = typer.Argument(..., metavar="REPORT", help="A study's report folder (it holds results.json and study.json)."),
+    variant: str = typer.Option(..., "--variant", "-v", help="The variant to export (as the study names it; 'reference' for the reference)."),
+    target: Path = typer.Option(..., "--out", help="A new folder for the checkpoint."),
+    task: Optional[str] = typer.Option(None, "--task", help="Whose temperature (required when the study has several tasks)."),
+    normalization: Optional[str] = typer.Option(None, "--normalization", help="Which normalization's temperature (default: the study's first)."),
+) -> None:
+    """Save a study's variant as a checkpoint with its fitted temperature: generation_config.json (temperature,
+    do_sample) and quantcal-variant.json (the variant's record and the temperature's provenance)."""
+    with user_errors():
+        from quantcal import api
+
+        quiet_transformers()
+        exported = api.export_checkpoint(report, variant, target, task=task, normalization=normalization, say=say)
+        console.print(f"{exported.variant}: {exported.out} (temperature {exported.temperature:.4f}, fitted on {exported.task})")

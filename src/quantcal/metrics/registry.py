@@ -22,7 +22,7 @@ class Metric:
     name: str
     fn: Callable[..., float]
     higher_is_better: bool
-    kind: str  # "accuracy", "calibration", "proper score", "uncertainty", "selective"
+    kind: str  # "accuracy", "calibration", "proper score", "uncertainty", "selective", "confidence"
     #: The metric at its default parameters on all resamples at once: ``(inputs, counts (R, n)) -> (R,)``.
     resampled: Optional[Callable[[Inputs, np.ndarray], np.ndarray]] = None
     #: Bootstrap interval: ``percentile``, or ``basic`` (reflected about the estimate) for estimators whose
@@ -40,6 +40,7 @@ class Metric:
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("acc", scores.acc, True, "accuracy", resampling.per_item(scores.correct_items)),
+    Metric("p_gold", scores.p_gold, True, "confidence", resampling.per_item(scores.p_gold_items)),
     Metric("nll", scores.nll, False, "proper score", resampling.per_item(scores.nll_items)),
     Metric("brier", scores.brier, False, "proper score", resampling.per_item(scores.brier_items)),
     Metric("brier_top", scores.brier_top, False, "proper score", resampling.per_item(scores.brier_top_items)),

@@ -1,4 +1,5 @@
-"""Accuracy and proper scoring rules: ``acc``, ``nll``, ``brier``, ``brier_top``, ``entropy``."""
+"""Accuracy, the probability of the truth, and proper scoring rules: ``acc``, ``p_gold``, ``nll``, ``brier``,
+``brier_top``, ``entropy``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,10 @@ TINY = np.finfo(np.float64).tiny
 
 def correct_items(d: Inputs) -> np.ndarray:
     return d.correct
+
+
+def p_gold_items(d: Inputs) -> np.ndarray:
+    return d.p_gold
 
 
 def nll_items(d: Inputs) -> np.ndarray:
@@ -36,6 +41,12 @@ def entropy_items(d: Inputs) -> np.ndarray:
 def acc(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:
     """Accuracy: ``mean_i 1[argmax_k p_ik = y_i]`` (ties to the lowest index)."""
     return float(correct_items(as_inputs(probs, labels)).mean())
+
+
+def p_gold(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:
+    """Mean probability of the gold answer: ``mean_i p_{i,y_i}`` (Study B's p(y|x) after the softmax over choices;
+    a linear score, not a proper one: read it beside NLL and Brier)."""
+    return float(p_gold_items(as_inputs(probs, labels)).mean())
 
 
 def nll(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:

@@ -1,7 +1,7 @@
 """Compression recipes: one spec string each (``rtn:bits=4,group_size=64``, ``gptq:bits=4``, ``awq:bits=4``,
 ``hqq:bits=3``, ``gguf:q4_0``, ``bnb:nf4``, ``quanto:qint4``), applied to a float model in simulated mode (weights on
 the method's exact grid, stored in float); families with a ``native`` loader also run with the library's own
-quantized modules (``mode=native``).
+quantized modules (``mode=native``). ``mixed`` combines two of them per unit, as a sensitivity run ranks the units.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
-from quantcal.recipes import awq_recipe, bnb, gguf_types, gptq_recipe, hqq, quanto, rtn
+from quantcal.recipes import awq_recipe, bnb, grid, gguf_types, gptq_recipe, hqq, mixed, quanto, rtn
 from quantcal.recipes.spec import Param, RecipeSpec, parse_spec
 
 
@@ -22,24 +22,57 @@ class Family:
     summary: str
     native: Optional[Callable[..., Any]] = None  # (source, params, dtype, device) -> LoadedModel
     library: str = "quantcal"
+    #: Bits per weight of one linear with ``in_features`` inputs: ``(params, in_features) -> bits`` (used by ``mixed``).
+    layer_bits: Optional[Callable[[dict[str, Any], int], float]] = None
+    #: Checks across parameters, run when a spec is parsed (before anything is built).
+    validate: Optional[Callable[[dict[str, Any]], None]] = None
+    #: What identifies a variant beyond its spec text (the content of files it names), for cache and store keys.
+    identity: Optional[Callable[[dict[str, Any]], dict[str, Any]]] = None
+    #: Items a variant must not be evaluated on, and why: ``params -> (zero-shot content hashes, reason)``.
+    forbidden: Optional[Callable[[dict[str, Any]], tuple[frozenset[str], str]]] = None
+
+
+def _grid_bits(sym: Optional[bool] = None) -> Callable[[dict[str, Any], int], float]:
+    def bits(params: dict[str, Any], in_features: int) -> float:
+        return grid.bits_per_weight(params["bits"], params["group_size"], in_features,
+                                    params["sym"] if sym is None else sym)
+    return bits
 
 
 FAMILIES: dict[str, Family] = {
-    "rtn": Family(rtn.PARAMS, None, rtn.apply, "round-to-nearest, group-wise integer grid"),
-    "gptq": Family(gptq_recipe.PARAMS, None, gptq_recipe.apply, "GPTQ (Frantar et al. 2022), in-house, calibrated"),
+    "rtn": Family(rtn.PARAMS, None, rtn.apply, "round-to-nearest, group-wise integer grid", layer_bits=_grid_bits()),
+    "gptq": Family(gptq_recipe.PARAMS, None, gptq_recipe.apply, "GPTQ (Frantar et al. 2022), in-house, calibrated",
+                   layer_bits=_grid_bits()),
     "awq": Family(awq_recipe.PARAMS, None, awq_recipe.apply,
-                  "AWQ (Lin et al. 2024), in-house: activation-aware scales + clipping, calibrated"),
+                  "AWQ (Lin et al. 2024), in-house: activation-aware scales + clipping, calibrated",
+                  layer_bits=_grid_bits(sym=False)),
     "hqq": Family(hqq.PARAMS, None, hqq.apply, "HQQ half-quadratic zero-point optimisation (hqq library), no calibration",
-                  library="hqq"),
+                  library="hqq", layer_bits=lambda params, _: hqq.bits_per_weight(params)),
     "gguf": Family(gguf_types.PARAMS, "type", gguf_types.apply, "llama.cpp formats: the gguf package; K-quants ported from llama.cpp", library="gguf"),
-    "bnb": Family(bnb.PARAMS, "type", bnb.apply, "bitsandbytes NF4 / FP4 / int8", bnb.load_native, "bitsandbytes"),
+    "bnb": Family(bnb.PARAMS, "type", bnb.apply, "bitsandbytes NF4 / FP4 / int8", bnb.load_native, "bitsandbytes",
+                  layer_bits=lambda params, in_features: bnb.bits_per_weight(params, in_features)),
     "quanto": Family(quanto.PARAMS, "type", quanto.apply, "optimum-quanto qint8 / qint4 / qint2", quanto.load_native,
                      "optimum-quanto"),
+    "mixed": Family(mixed.PARAMS, None, mixed.apply,
+                    "calibration-preserving mixed precision: the units a sensitivity run ranks most harmful kept at a "
+                    "higher-precision recipe, within a bits-per-weight budget",
+                    validate=mixed.validate, identity=mixed.identity, forbidden=mixed.forbidden_items),
 }
 
 
 def parse_recipe(text: str) -> RecipeSpec:
-    return parse_spec(text, {name: (f.params, f.positional) for name, f in FAMILIES.items()})
+    """A recipe spec, parsed and checked (every key and value, and each family's checks across parameters)."""
+    spec = parse_spec(text, {name: (f.params, f.positional) for name, f in FAMILIES.items()})
+    check = FAMILIES[spec.family].validate
+    if check is not None:
+        check(dict(spec.params))
+    return spec
 
 
-__all__ = ["FAMILIES", "RecipeSpec", "parse_recipe"]
+def recipe_identity(spec: RecipeSpec) -> dict[str, Any]:
+    """What identifies a recipe beyond its canonical key (a file's content it names), empty for most."""
+    identity = FAMILIES[spec.family].identity
+    return identity(dict(spec.params)) if identity is not None else {}
+
+
+__all__ = ["FAMILIES", "RecipeSpec", "parse_recipe", "recipe_identity"]

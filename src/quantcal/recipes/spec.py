@@ -45,7 +45,8 @@ class Param:
     def describe(self) -> str:
         if self.choices is not None:
             return "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
-        name = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[self.kind.__name__]
+        names = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+        name = names.get(self.kind.__name__) or getattr(self.kind, "what", self.kind.__name__)
         bound = (f" in [{self.low}, {self.high}]" if self.high is not None else f" >= {self.low}") if self.low is not None else ""
         return name + bound + (f", not {', '.join(map(str, self.forbid))}" if self.forbid else "")
 
@@ -78,7 +79,9 @@ class RecipeSpec:
 
 
 def _text(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"({value})" if isinstance(value, str) and "," in value else str(value)
 
 
 def parse_spec(text: str, schemas: dict[str, tuple[dict[str, Param], str | None]]) -> RecipeSpec:
@@ -90,7 +93,7 @@ def parse_spec(text: str, schemas: dict[str, tuple[dict[str, Param], str | None]
         raise QuantcalError(f"unknown recipe {family!r}; known recipes: {', '.join(sorted(schemas))}")
     params_schema, positional = schemas[family]
     values: dict[str, Any] = {}
-    for i, part in enumerate(p.strip() for p in rest.split(",") if p.strip()):
+    for i, part in enumerate(p.strip() for p in split_top_level(rest) if p.strip()):
         if "=" not in part:
             if i == 0 and positional is not None:
                 key, raw = positional, part
@@ -103,10 +106,36 @@ def parse_spec(text: str, schemas: dict[str, tuple[dict[str, Param], str | None]
             raise QuantcalError(f"recipe {family}: unknown key {key!r}; valid keys: {valid}")
         if key in values:
             raise QuantcalError(f"recipe {family}: {key} given twice")
-        values[key] = params_schema[key].parse(family, key, raw.lower() if params_schema[key].kind is str else raw)
+        raw, param = unwrap(raw), params_schema[key]
+        values[key] = param.parse(family, key, raw.lower() if param.kind is str and param.choices is not None else raw)
     for key, param in params_schema.items():
         if key not in values:
             if param.default is None:
                 raise QuantcalError(f"recipe {family}: {key} is required ({param.describe()})")
             values[key] = param.default
     return RecipeSpec(family, values, {k: p.default for k, p in params_schema.items() if not p.key_default})
+
+
+def split_top_level(text: str) -> list[str]:
+    """Split on commas outside parentheses: ``base=(rtn:bits=3,group_size=64),budget=4.5`` is two parts, so a
+    recipe can take other recipes as parameters."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise QuantcalError(f"recipe {text!r}: a ')' without its '('")
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise QuantcalError(f"recipe {text!r}: a '(' without its ')'")
+    return parts + [text[start:]]
+
+
+def unwrap(text: str) -> str:
+    """``(inner)`` -> ``inner``: a nested recipe's parentheses."""
+    text = text.strip()
+    return text[1:-1].strip() if text.startswith("(") and text.endswith(")") else text

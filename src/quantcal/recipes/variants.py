@@ -28,7 +28,7 @@ import torch
 from quantcal.cache import atomic_dir, cache_root
 from quantcal.errors import QuantcalError
 from quantcal.models import ModelSource, load_model
-from quantcal.recipes import FAMILIES
+from quantcal.recipes import FAMILIES, recipe_identity
 from quantcal.recipes.calibration import calibration_ids
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import RecipeSpec
@@ -42,7 +42,9 @@ def variant_key(source: ModelSource, spec: RecipeSpec) -> str:
     library = FAMILIES[spec.family].library
     versions = package_versions(("torch", "gguf", "bitsandbytes")
                                 + (() if library in ("quantcal", "gguf", "bitsandbytes") else (library,)))
-    blob = json.dumps([source.fingerprint, spec.key, RECIPE_CODE_VERSION, versions], sort_keys=True)
+    identity = recipe_identity(spec)
+    blob = json.dumps([source.fingerprint, spec.key, RECIPE_CODE_VERSION, versions] + ([identity] if identity else []),
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -70,7 +72,7 @@ def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None
     say(f"building {spec.key}")
     start = time.perf_counter()
     family = FAMILIES[spec.family]
-    stats = family.apply(model, dict(spec.params), tokenizer=tokenizer, fingerprint=source.fingerprint,
+    stats = family.apply(model, dict(spec.params), tokenizer=tokenizer, fingerprint=source.fingerprint, source=source,
                          progress=lambda i, n: say(f"{spec.family}: block {i}/{n}"))
     seconds = time.perf_counter() - start
     quantized = {name: m.weight.data for name, m in block_linears(model)}
@@ -156,6 +158,36 @@ def entry_problem(path: Path) -> str | None:
         if f.stat().st_size != 8 + size + end:
             return f"{f.name} is truncated ({f.stat().st_size} of {8 + size + end} bytes)"
     return None
+
+
+def checkpoint_tensors(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors called ``names`` from a built variant's safetensors files (read one by one, not the whole model)."""
+    from safetensors import safe_open
+
+    wanted, found = set(names), {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in wanted & set(handle.keys()):
+                found[key] = handle.get_tensor(key)
+    missing = wanted - set(found)
+    if missing:
+        raise QuantcalError(f"{path}: the checkpoint has no tensor {sorted(missing)[0]}")
+    return found
+
+
+def cached_variant_meta(model: dict[str, Any], recipe: str) -> dict[str, Any] | None:
+    """The record of a variant already built from ``model`` (a source's JSON, as runs store it) with ``recipe``,
+    or None when the cache does not hold it (or the recipe no longer parses, e.g. a ranking file moved)."""
+    from quantcal.recipes import parse_recipe
+
+    try:
+        spec = parse_recipe(recipe)
+        source = ModelSource(model.get("spec", ""), model.get("kind", "local"), model.get("location") or "",
+                             model.get("gguf_file"), model.get("fingerprint", ""))
+        path = variant_dir(source, spec) / "quantcal-variant.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (QuantcalError, OSError, ValueError):
+        return None
 
 
 def variant_meta(path: Path) -> dict[str, Any]:

@@ -40,6 +40,7 @@ class ReportSettings:
     reliability_binning: str = "mass"  # reliability diagram bins: equal-mass ("mass") or equal-width ("width")
     reliability_n_bins: int = 10
     groups: dict[str, list[str]] = field(default_factory=dict)  # variants built several times: name -> builds
+    sensitivity: list[str] = field(default_factory=list)  # sensitivity runs shown in "where it breaks"
 
 
 def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
@@ -59,7 +60,8 @@ def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSe
                                  "wrong": np.histogram(d.confidence[~right], HIST_EDGES)[0].tolist()},
     }
     if s.recalibration and d.n >= 2 * s.folds:
-        block["recalibration"] = recalibration_report(choice_scores(scored, norm), preds.labels, k=s.folds, seed=s.seed)
+        block["recalibration"] = recalibration_report(choice_scores(scored, norm), preds.labels, k=s.folds, seed=s.seed,
+                                                      n_resamples=s.resamples, level=s.level)
     return block
 
 
@@ -148,9 +150,26 @@ def method_effects(store: Store, builds: list[str], task: str, norm: str, s: Rep
     return {"builds": builds, "n": len(common), "effects": effects}
 
 
-def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference: str) -> dict[str, Any]:
+def recalibrated_ranking(variants: dict[str, Any], bits: dict[str, float | None]) -> list[dict[str, Any]]:
+    """Every variant with ECE before and after its own cross-fitted temperature (no prediction changes), the
+    recovered part with its interval, and its rank by ECE before and after: how much of each variant's calibration
+    damage a single temperature buys back."""
+    rows = [{"variant": v, "bits_per_weight": bits.get(v), "acc": b["metrics"].get("acc", {}).get("estimate"),
+             "ece_before": b["recalibration"]["before"]["ece"], "ece_after": b["recalibration"]["after"]["ece"],
+             "recovered": b["recalibration"]["recovered"]["ece"], "temperature": b["recalibration"]["temperature"],
+             "at_bound": b["recalibration"]["at_bound"]}
+            for v, b in variants.items() if "ece" in b.get("recalibration", {}).get("before", {})]
+    for key in ("ece_before", "ece_after"):
+        for rank, row in enumerate(sorted(rows, key=lambda r: r[key]), start=1):
+            row[f"rank_{key.split('_')[1]}"] = rank
+    return sorted(rows, key=lambda r: r["rank_after"])
+
+
+def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference: str,
+                    bits: dict[str, float | None] | None = None) -> dict[str, Any]:
     """Variants grouped by accuracy and by calibration against the reference (within-noise differences are not
-    ranked); flag those that gain accuracy but lose calibration."""
+    ranked); flag those that gain accuracy but lose calibration; rank them by ECE before and after temperature
+    scaling."""
     cal = "ece" if all("ece" in variants[v]["metrics"] for v in variants) else None
     flags = []
     for v, p in paired.items():
@@ -165,7 +184,21 @@ def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference:
     has_acc = all("acc" in variants[v]["metrics"] for v in variants)
     return {"accuracy_groups": _groups(variants, paired, reference, "acc") if has_acc else [],
             "calibration_groups": _groups(variants, paired, reference, cal) if cal else [],
-            "calibration_metric": cal, "flags": flags}
+            "calibration_metric": cal, "flags": flags, "recalibrated": recalibrated_ranking(variants, bits or {})}
+
+
+def run_bits_per_weight(config: dict[str, Any]) -> float | None:
+    """Bits per weight of a run's variant over the block linears: 16 for a float model (unquantized weights
+    count as 16-bit, as every recipe's packed size does), the built variant's own count for a recipe (read from
+    the variant cache), None when unknown (an adapter, a variant no longer in the cache)."""
+    from quantcal.recipes.variants import cached_variant_meta
+
+    if config.get("adapter"):
+        return None
+    if not config.get("recipe"):
+        return 16.0
+    meta = cached_variant_meta(config.get("model") or {}, config["recipe"])
+    return float(meta["bits_per_weight"]) if meta else None
 
 
 def adapter_notes(runs: list[dict[str, Any]], reference: str) -> list[str]:
@@ -199,6 +232,8 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
                            "runs": [{"variant": r.variant, "task": r.task, "status": r.status, "n": r.n_items, "n_errors": r.n_errors,
                                      "seconds": r.seconds, "config": r.config} for r in runs]}
     out["notes"] = adapter_notes(out["runs"], settings.reference)
+    bits = {r["variant"]: run_bits_per_weight(r["config"]) for r in out["runs"]}
+    out["bits_per_weight"] = bits
     for task in tasks:
         names = list(dict.fromkeys(r.variant for r in runs if r.task == task))
         if settings.reference in names:  # reference first
@@ -210,10 +245,30 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
             variants = {v: _variant_block(store, v, task, norm, settings) for v in names}
             paired = {v: _paired(store, v, task, norm, settings) for v in names[1:]} if settings.reference in names else {}
             out["tasks"][task][norm] = {"variants": variants, "paired": paired,
-                                        "deployment": deployment_view(variants, paired, settings.reference)}
+                                        "deployment": deployment_view(variants, paired, settings.reference,
+                                                                      {v: bits.get(v) for v in names})}
             groups = {g: [b for b in builds if b in variants] for g, builds in settings.groups.items()}
             out["tasks"][task][norm]["method_effects"] = {
                 g: method_effects(store, builds, task, norm, settings)
                 for g, builds in groups.items() if len(builds) > 1 and settings.reference in variants}
+    out["sensitivity"] = [sensitivity_summary(path) for path in settings.sensitivity]
     out["findings"] = findings(out)
     return out
+
+
+def sensitivity_summary(path: str, top: int = 5) -> dict[str, Any]:
+    """A sensitivity run as the report shows it: per task the most harmful units (by ΔNLL, with ΔECE beside),
+    the full recipe's change, and which family dominates (linear units); the run's whole JSON for the figure."""
+    from quantcal.analysis.sensitivity import rank_units, read_sensitivity, rows_from_json, sensitivity_file
+
+    data = read_sensitivity(path)
+    tasks = {}
+    for name, block in data["tasks"].items():
+        ranked = rank_units([rows_from_json(block)], "nll")[:top]
+        tasks[name] = {"n": block["n"], "full_recipe": block["full_recipe"],
+                       "top": [{"unit": u, "nll": block["units"][u]["nll"], "ece": block["units"][u]["ece"],
+                                "acc": block["units"][u]["acc"], "mean_js": block["units"][u]["mean_js"]}
+                               for u, _ in ranked],
+                       "family_share_nll": block.get("family_share_nll")}
+    return {"path": str(sensitivity_file(path)), "recipe": data["recipe"], "unit": data["unit"],
+            "model": data["model"].get("spec"), "units": len(data["units"]), "tasks": tasks, "data": data}

@@ -139,3 +139,57 @@ def task_figures(block: dict[str, Any], reference: str, task: str, folder: Path)
                confidence_histograms(block, task, folder, f"{safe}_confidence")]
     shift = shift_by_confidence(block, task, folder, f"{safe}_shift")
     return figures + ([shift] if shift else [])
+
+
+def sensitivity_figure(data: dict[str, Any], folder: Path, key: str) -> Figure:
+    """A sensitivity run (``sensitivity.json``): units on x, ΔNLL (top) and ΔECE (bottom) with their intervals,
+    one series per task; the dashed line is zero (no change from the reference)."""
+    plt = _pyplot()
+    tasks = list(data["tasks"])
+    units = [u["name"] for u in data["units"]]
+    x = np.arange(len(units))
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.28 * len(units) + 2), 5.6), sharex=True)
+    width = 0.8 / max(len(tasks), 1)
+    for t, task in enumerate(tasks):
+        block = data["tasks"][task]["units"]
+        for ax, metric in zip(axes, ("nll", "ece")):
+            est = np.array([block[u][metric]["estimate"] for u in units])
+            low = np.array([block[u][metric]["low"] for u in units])
+            high = np.array([block[u][metric]["high"] for u in units])
+            ax.errorbar(x + (t - (len(tasks) - 1) / 2) * width, est, yerr=[est - low, high - est], fmt="o", ms=3,
+                        capsize=2, label=f"{task} ({data['tasks'][task]['n']} items)")
+    for ax, label in zip(axes, ("Δ NLL (unit quantized − reference)", "Δ ECE (unit quantized − reference)")):
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_ylabel(label, fontsize=8)
+    axes[1].set_xticks(x, units, rotation=90, fontsize=7)
+    axes[0].legend(fontsize=7)
+    title = f"Calibration sensitivity: {data['recipe']}, one {data['unit']} unit at a time"
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, folder, key, title)
+
+
+def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> Figure:
+    """Bits per weight (x) against ECE (y) per variant: filled markers before temperature scaling, hollow after
+    (joined by a line), colour = accuracy; the reference is the star. ``points``: ``name``, ``bits``, ``ece``,
+    ``ece_after`` (or None), ``acc``, ``reference`` (bool)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    accs = [p["acc"] for p in points]
+    low, high = min(accs), max(accs)
+    norm = plt.Normalize(low - 0.01, high + 0.01) if high - low < 0.01 else plt.Normalize(low, high)
+    cmap = plt.get_cmap("viridis")
+    for p in points:
+        colour = cmap(norm(p["acc"]))
+        marker = "*" if p["reference"] else "o"
+        ax.scatter([p["bits"]], [p["ece"]], c=[colour], marker=marker, s=160 if p["reference"] else 50,
+                   edgecolors="black", linewidths=0.6, zorder=3)
+        if p.get("ece_after") is not None:
+            ax.plot([p["bits"], p["bits"]], [p["ece"], p["ece_after"]], color="grey", lw=0.8, zorder=2)
+            ax.scatter([p["bits"]], [p["ece_after"]], facecolors="none", edgecolors=[colour], marker=marker,
+                       s=160 if p["reference"] else 50, zorder=3)
+        ax.annotate(p["name"], (p["bits"], p["ece"]), fontsize=6, xytext=(4, 3), textcoords="offset points")
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax, label="accuracy")
+    ax.set(xlabel="bits per weight (block linears)", ylabel="ECE (filled: as is; hollow: after temperature scaling)")
+    ax.set_title(f"{task}: size against calibration", fontsize=9)
+    return _save(fig, folder, key, f"Bits per weight against ECE, {task}")

@@ -98,6 +98,15 @@ of a difference, worse. Within a group the order follows the estimate and is not
 {% for label, a, c in task.groups %}<tr><td>{{ label }}</td><td class="text">{{ a }}</td><td class="text">{{ c }}</td></tr>{% endfor %}</table></div>
 {% for f in task.deployment.flags %}<div class="flag">{{ f.message }}: Δacc {{ "%+.4f"|format(f.delta_acc.estimate) }}, ΔECE {{ "%+.4f"|format(f.delta_ece.estimate) }}.</div>{% endfor %}
 {% if not task.deployment.flags and task.has_paired %}<div class="ok">No variant gains accuracy while losing calibration on this task.</div>{% endif %}
+{% if task.deployment.recalibrated %}
+<h4>After temperature scaling: how much calibration damage one temperature buys back</h4>
+<p class="muted">Each variant's ECE as is and after its own temperature ({{ settings.folds }}-fold cross-fitted: each
+item recalibrated by a temperature fitted on the other folds), ranked by ECE after. A temperature changes no
+prediction, so accuracy stays. Recovered = ECE before − ECE after, with its paired {{ level }}% interval. T is fitted on all items
+(what <code>quantcal export-checkpoint</code> writes with the model).</p>
+<div class="scroll"><table><tr><th>rank after</th><th>variant</th><th>bits/weight</th><th>acc</th><th>ECE before (rank)</th><th>ECE after</th><th>recovered</th><th>T</th></tr>
+{% for r in task.deployment.recalibrated %}<tr><td>{{ r.rank_after }}</td><td>{{ r.variant }}{% if r.at_bound %} <strong>(T at its bound)</strong>{% endif %}</td><td>{{ "%.2f"|format(r.bits_per_weight) if r.bits_per_weight is not none else "—" }}</td><td>{{ "%.4f"|format(r.acc) if r.acc is not none else "—" }}</td><td>{{ "%.4f"|format(r.ece_before) }} ({{ r.rank_before }})</td><td>{{ "%.4f"|format(r.ece_after) }}</td><td>{{ fmt_interval(r.recovered) }}</td><td>{{ "%.3f"|format(r.temperature) }}</td></tr>{% endfor %}
+</table></div>{% endif %}
 
 <div class="figs">{% for fig in task.figures %}<figure><img alt="{{ fig.title }}" src="data:image/png;base64,{{ fig.data }}"><figcaption class="muted">{{ fig.title }}</figcaption></figure>{% endfor %}</div>
 
@@ -133,6 +142,20 @@ filter by text or by rows whose prediction changed. Dataset text is shown as tex
 {% for name, r in task.recalibration %}<tr><td>{{ name }}{% if r.at_bound %} <strong>(T at its bound: the fit flattens the model to near-uniform probabilities; not a usable recalibration)</strong>{% endif %}</td><td>{{ "%.3f"|format(r.temperature) }}</td><td>{{ "%.4f"|format(r.before.ece) }}</td><td>{{ "%.4f"|format(r.after.ece) }}</td><td>{{ "%.4f"|format(r.before.nll) }}</td><td>{{ "%.4f"|format(r.after.nll) }}</td><td>{{ "%.4f"|format(r.before.brier) }}</td><td>{{ "%.4f"|format(r.after.brier) }}</td><td>{{ "%.4f"|format(r.after.acc) }}</td></tr>{% endfor %}
 </table></div>{% endif %}
 {% endfor %}
+{% if results.sensitivity %}
+<h2 id="where-it-breaks">Where it breaks: calibration sensitivity by unit</h2>
+<p class="muted">Each unit quantized alone with the recipe (everything else float) on a ranking split of the items;
+paired change against the reference with {{ level }}% intervals. Units ranked by ΔNLL. A <code>mixed</code> recipe
+protects the most harmful ones within a bits-per-weight budget; evaluate it on items apart from the ranking split.</p>
+{% for run in results.sensitivity %}
+<h3>{{ run.recipe }} on {{ run.model }}, one {{ run.unit }} at a time ({{ run.units }} units)</h3>
+{% for tname, t in run.tasks.items() %}
+<p>{{ tname }} ({{ t.n }} items): the full recipe ΔNLL {{ fmt_interval(t.full_recipe.nll, true) }}, ΔECE {{ fmt_interval(t.full_recipe.ece, true) }}{% if t.family_share_nll %}; share of the summed ΔNLL harm: {% for k, v in t.family_share_nll.items() %}{{ k }} {{ "%.0f"|format(100 * v) }}%{% if not loop.last %}, {% endif %}{% endfor %}{% endif %}.</p>
+<div class="scroll"><table><tr><th>most harmful units</th><th>ΔNLL</th><th>ΔECE</th><th>Δacc</th><th>mean JS</th></tr>
+{% for u in t.top %}<tr><td>{{ u.unit }}</td><td>{{ fmt_interval(u.nll, true) }}</td><td>{{ fmt_interval(u.ece, true) }}</td><td>{{ fmt_interval(u.acc, true) }}</td><td>{{ "%.4f"|format(u.mean_js) }}</td></tr>{% endfor %}
+</table></div>{% endfor %}
+{% for fig in sensitivity_figures[loop.index0] %}<figure><img alt="{{ fig.title }}" src="data:image/png;base64,{{ fig.data }}"><figcaption class="muted">{{ fig.title }}</figcaption></figure>{% endfor %}
+{% endfor %}{% endif %}
 <h2 id="glossary">Glossary</h2>
 <dl class="glossary">{% for m in metrics %}<dt>{{ m }} {{ arrows[m] }}</dt><dd>{{ glossary[m] }}</dd>{% endfor %}</dl>
 <p class="muted">Every number on this page is in results.json beside it; per-item records are in items.parquet.</p>
@@ -174,7 +197,9 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
         title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,
         level=int(round(settings["level"] * 100)), n_variants=max(0, len({r["variant"] for r in runs}) - 1),
         tasks=tasks, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""),
-        items_json=embed(items), explorer_script=EXPLORER_SCRIPT)
+        items_json=embed(items), explorer_script=EXPLORER_SCRIPT,
+        sensitivity_figures=[[{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()}]
+                             for f in meta.get("sensitivity_figures", [])])
 
 
 def _diff_cells(block: dict[str, Any], metrics: list[str]) -> list[list[tuple[str, str]]]:

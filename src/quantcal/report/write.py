@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 from quantcal.report.collect import ReportSettings, collect
 from quantcal.report.explorer import explorer_data
-from quantcal.report.figures import Figure, task_figures
+from quantcal.report.figures import Figure, pareto, sensitivity_figure, task_figures
 from quantcal.report.html import render
 from quantcal.faults import write_text_atomic, writing
 from quantcal.records import item_records, write_records
@@ -29,6 +29,15 @@ def _finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
+
+
+def pareto_points(block: dict[str, Any], reference: str) -> list[dict[str, Any]]:
+    """The Pareto view's points: every variant whose bits per weight are known, with ECE before and after its
+    temperature and its accuracy (from the deployment view's recalibrated ranking)."""
+    return [{"name": r["variant"], "bits": r["bits_per_weight"], "ece": r["ece_before"],
+             "ece_after": None if r["at_bound"] else r["ece_after"], "acc": r["acc"] if r["acc"] is not None else 0.0,
+             "reference": r["variant"] == reference}
+            for r in block["deployment"].get("recalibrated", []) if r["bits_per_weight"] is not None]
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,17 @@ def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: 
         if say:
             say(f"figures · {task}")
         figures[task] = task_figures(next(iter(by_norm.values())), settings.reference, task, out_dir / "figures")
+    for task, by_norm in results["tasks"].items():
+        points = pareto_points(next(iter(by_norm.values())), settings.reference)
+        if len(points) > 1:
+            safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task)
+            figures[task].append(pareto(points, task, out_dir / "figures", f"{safe}_pareto"))
+    sensitivity_figures = [sensitivity_figure(run["data"], out_dir / "figures", f"sensitivity_{i}")
+                           for i, run in enumerate(results["sensitivity"], start=1)]
+    for run in results["sensitivity"]:
+        run.pop("data")  # the run's own JSON stays beside it; results.json keeps the summary
     results["figures"] = {t: [str(f.png.relative_to(out_dir)) for f in fs] for t, fs in figures.items()}
+    results["figures"]["sensitivity"] = [str(f.png.relative_to(out_dir)) for f in sensitivity_figures]
     write_text_atomic(out_dir / "results.json", json.dumps(_finite(results), indent=2))
     write_text_atomic(out_dir / "tables.md", markdown(results))
     write_text_atomic(out_dir / "tables.tex", latex(results))
@@ -69,9 +88,9 @@ def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: 
     items = explorer_data(store, {task: list(next(iter(by_norm.values()))["variants"]) for task, by_norm in results["tasks"].items()},
                           settings.reference, settings.normalizations[0])
     page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment,
-                                     "written": written, "items": items})
+                                     "written": written, "items": items, "sensitivity_figures": sensitivity_figures})
     target = out_dir / "report.html"
     write_text_atomic(target, page)
     files = [target] + [out_dir / n for n in ("results.json", "tables.md", "tables.tex", "items.parquet")]
-    files += [f for fs in figures.values() for fig in fs for f in (fig.png, fig.svg)]
+    files += [f for fs in [*figures.values(), sensitivity_figures] for fig in fs for f in (fig.png, fig.svg)]
     return WrittenReport(target, _finite(results), files)

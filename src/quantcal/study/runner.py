@@ -39,9 +39,10 @@ class PlannedJob:
 
     def job(self, prepared: PreparedVariant, dtype: str = "auto") -> Job:
         """The evaluation job: this task's items scored with the prepared variant."""
+        forbidden, reason = prepared.forbidden()
         return Job(self.variant, prepared.source, get_task(self.task.name, self.task.template, self.task.include),
-                   self.task.data_file,
-                   self.task.limit, self.task.template, prepared.config, dtype, self.setup)
+                   self.task.data_file, self.task.limit, self.task.template, prepared.config, dtype, self.setup,
+                   self.task.skip, forbidden, reason)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def check_plan(spec: StudySpec) -> None:
                 raise QuantcalError(f"task {t.name}: {what} {path} not found")
         try:
             n_items = len(load_items(task, t.data_file, t.limit, replace(setup, apply_chat_template=False,
-                                                                          fewshot_as_multiturn=False)))
+                                                                          fewshot_as_multiturn=False), skip=t.skip))
         except QuantcalError as exc:
             unreachable = t.data_file is None and task.generate is None  # the hub, offline: every job would fail
             if unreachable or task.loader is not None or setup.num_fewshot:  # so would every job of these
@@ -135,7 +136,8 @@ def _check_training_source(data: str, data_file: Optional[str]) -> None:
 
 def study_items(spec: StudySpec) -> list[Any]:
     """Every item the study evaluates (what fine-tuning must hold out)."""
-    return [it for t in spec.tasks for it in load_items(get_task(t.name, t.template, t.include), t.data_file, t.limit)]
+    return [it for t in spec.tasks
+            for it in load_items(get_task(t.name, t.template, t.include), t.data_file, t.limit, skip=t.skip)]
 
 
 def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None = None,

@@ -123,7 +123,8 @@ class VariantSpec(_Strict):
 class TaskSpec(_Strict):
     name: str
     data_file: Optional[str] = Field(None, description="local copy in hub schema (.jsonl/.json/.parquet/.csv)")
-    limit: Optional[int] = Field(None, gt=0, description="first N items only")
+    limit: Optional[int] = Field(None, gt=0, description="first N items only (after `skip`)")
+    skip: int = Field(0, ge=0, description="leave out the first N items (e.g. those a mixed recipe was ranked on)")
     template: Optional[str] = Field(None, description="prompt template (custom task)")
     include: Optional[str] = Field(None, description="folder of your own lm-eval task YAMLs (lm-eval:NAME tasks)")
     num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples (default: the study's num_fewshot)")
@@ -163,6 +164,8 @@ class StudySpec(_Strict):
     system_instruction: Optional[str] = Field(None, description="text before the task description (a system turn)")
     fewshot_as_multiturn: Optional[bool] = Field(None, description="chat: each few-shot example as its own exchange "
                                                  "(default: on with a chat template, as lm-eval)")
+    sensitivity: list[str] = Field(default_factory=list, description="sensitivity runs (`quantcal sensitivity` output "
+                                   "folders or their sensitivity.json) for the report's 'where it breaks' section")
 
     @field_validator("tasks", mode="before")
     @classmethod

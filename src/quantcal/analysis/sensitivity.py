@@ -1,0 +1,104 @@
+"""How much quantizing one unit alone changes calibration: paired differences to the reference, per unit.
+
+For unit ``u`` (every other weight in float) and each metric ``m`` of :data:`SENSITIVITY_METRICS`:
+``Δm_u = m(p_u) - m(p_ref)`` on the same items, with a paired percentile (or basic, for binned errors) bootstrap
+interval (items resampled jointly, :func:`quantcal.metrics.paired_bootstrap`), and the mean Jensen-Shannon distance
+(base 2) between the two models' choice distributions. A unit's *harm* under metric ``m`` is ``Δm`` signed so that
+larger is worse (``-Δ`` for metrics where higher is better, such as ``p_gold``). Pure functions: numpy in, numbers out
+(and the reader of a run's ``sensitivity.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+
+from quantcal.errors import QuantcalError
+from quantcal.metrics import Interval, get_metric, paired_bootstrap
+
+SENSITIVITY_METRICS: tuple[str, ...] = ("nll", "ece", "brier", "p_gold", "acc")
+
+
+@dataclass(frozen=True)
+class UnitSensitivity:
+    unit: str
+    n: int
+    deltas: dict[str, Interval]
+    mean_js: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def harm(self, metric: str = "nll") -> float:
+        """``Δmetric`` signed so that larger means more damage."""
+        if metric not in self.deltas:
+            raise QuantcalError(f"no sensitivity measured for {metric!r}; measured: {', '.join(self.deltas)}")
+        sign = -1.0 if get_metric(metric).higher_is_better else 1.0
+        return sign * self.deltas[metric].estimate
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "mean_js": self.mean_js, **{m: d.to_json() for m, d in self.deltas.items()}, **self.extra}
+
+
+def unit_sensitivity(unit: str, ref_probs: np.ndarray, unit_probs: np.ndarray, labels: np.ndarray,
+                     metrics: Sequence[str] = SENSITIVITY_METRICS, n_resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> UnitSensitivity:
+    """The paired change of each metric when ``unit`` alone is quantized (``unit_probs``) against the reference."""
+    ref, var = np.asarray(ref_probs, dtype=np.float64), np.asarray(unit_probs, dtype=np.float64)
+    if ref.shape != var.shape or ref.shape[0] != np.asarray(labels).shape[0]:
+        raise QuantcalError(f"reference {ref.shape}, unit {var.shape} and labels {np.shape(labels)} do not align")
+    deltas = {m: paired_bootstrap(m, ref, var, labels, n_resamples, seed, level) for m in metrics}
+    js = np.nan_to_num(jensenshannon(ref, var, base=2, axis=1), nan=0.0)
+    return UnitSensitivity(unit, int(ref.shape[0]), deltas, float(js.mean()))
+
+
+def rank_units(rows: Sequence[Sequence[UnitSensitivity]], metric: str = "nll") -> list[tuple[str, float]]:
+    """Units by decreasing harm, averaged over tasks (``rows[t]`` holds task ``t``'s units, the same in each)."""
+    if not rows:
+        return []
+    names = [r.unit for r in rows[0]]
+    harm = {name: float(np.mean([{r.unit: r for r in task}[name].harm(metric) for task in rows])) for name in names}
+    return sorted(harm.items(), key=lambda kv: -kv[1])
+
+
+def family_shares(rows: Sequence[UnitSensitivity], metric: str = "nll") -> dict[str, float]:
+    """For ``linear`` units (``L{i}.attn`` / ``L{i}.mlp``): the summed positive harm of each family, as a share of
+    the total (which of attention and MLP dominates)."""
+    totals: dict[str, float] = {}
+    for r in rows:
+        _, _, fam = r.unit.partition(".")
+        totals[fam or "block"] = totals.get(fam or "block", 0.0) + max(r.harm(metric), 0.0)
+    whole = sum(totals.values())
+    return {k: (v / whole if whole > 0 else 0.0) for k, v in totals.items()}
+
+
+def rows_from_json(task_block: dict[str, Any]) -> list[UnitSensitivity]:
+    """One task's per-unit records of a ``sensitivity.json``, back as :class:`UnitSensitivity`."""
+    rows = []
+    for name, entry in task_block["units"].items():
+        deltas = {m: Interval(**entry[m]) for m in SENSITIVITY_METRICS if m in entry}
+        rows.append(UnitSensitivity(name, entry["n"], deltas, entry["mean_js"]))
+    return rows
+
+
+def sensitivity_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/sensitivity.json`` for a run's folder."""
+    file = Path(path)
+    return file / "sensitivity.json" if file.is_dir() else file
+
+
+def read_sensitivity(path: str | Path) -> dict[str, Any]:
+    """A sensitivity run's JSON (written by ``quantcal sensitivity``), or one error naming what is wrong."""
+    file = sensitivity_file(path)
+    if not file.is_file():
+        raise QuantcalError(f"{path}: no sensitivity.json (run `quantcal sensitivity` first)")
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise QuantcalError(f"{file}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("kind") != "quantcal-sensitivity":
+        raise QuantcalError(f"{file}: not a sensitivity run (written by `quantcal sensitivity`)")
+    return data
