@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from quantcal.errors import QuantcalError
-from quantcal.metrics import (METRICS, ace, acc, aurc, auroc, brier, brier_top, compute, ece, entropy, mce, nll, oe,
+from quantcal.metrics import (METRICS, ace, acc, aurc, auroc, brier, brier_top, compute, ece, entropy, mce, nll, oe, p_gold,
                               overconfidence_rate, sce, selective_acc, smece)
 
 
@@ -111,6 +111,7 @@ def test_nll_entropy_by_definition() -> None:
     assert nll(probs, labels) == pytest.approx(-np.mean(np.log(probs[np.arange(50), labels])))
     assert entropy(probs, labels, base=2) == pytest.approx(np.mean(-(probs * np.log2(probs)).sum(1)))
     assert nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(-np.log(np.finfo(float).tiny))
+    assert p_gold(probs, labels) == pytest.approx(np.mean(probs[np.arange(50), labels]), abs=1e-15)
 
 
 @pytest.mark.parametrize("seed,n,k,pad", CASES[:3])

@@ -198,11 +198,19 @@ def check_allowed(job: Job, items: Sequence[Item]) -> None:
     if not job.forbidden:
         return
     plain = items if job.setup.is_default else load_items(job.task, job.data_file, job.limit, skip=job.skip)
-    overlap = [it.id for it in plain if it.content_hash in job.forbidden]
-    if overlap:
-        shown = ", ".join(overlap[:5]) + (", ..." if len(overlap) > 5 else "")
-        raise QuantcalError(f"{job.variant} · {job.label}: {len(overlap)} of {len(plain)} items ({shown}) {job.forbidden_reason}; "
-                            "evaluate it on other items (`skip`/`limit`, or another file)")
+    problem = forbidden_overlap(plain, job.forbidden, job.forbidden_reason)
+    if problem:
+        raise QuantcalError(f"{job.variant} · {job.label}: {problem}")
+
+
+def forbidden_overlap(items: Sequence[Item], forbidden: frozenset[str], reason: str) -> str | None:
+    """What is wrong when some of ``items`` (zero-shot) are among the ``forbidden`` content hashes, else None."""
+    overlap = [it.id for it in items if it.content_hash in forbidden]
+    if not overlap:
+        return None
+    shown = ", ".join(overlap[:5]) + (", ..." if len(overlap) > 5 else "")
+    return (f"{len(overlap)} of {len(items)} items ({shown}) {reason}; evaluate it on other items "
+            "(`skip` past them, or another file)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ larger is worse (``-Δ`` for metrics where higher is better, such as ``p_gold``)
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,11 +26,12 @@ SENSITIVITY_METRICS: tuple[str, ...] = ("nll", "ece", "brier", "p_gold", "acc")
 
 @dataclass(frozen=True)
 class UnitSensitivity:
+    """One unit quantized alone: each metric's paired change (unit − reference) on ``n`` items, mean JS distance."""
+
     unit: str
     n: int
     deltas: dict[str, Interval]
     mean_js: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def harm(self, metric: str = "nll") -> float:
         """``Δmetric`` signed so that larger means more damage."""
@@ -40,7 +41,7 @@ class UnitSensitivity:
         return sign * self.deltas[metric].estimate
 
     def to_json(self) -> dict[str, Any]:
-        return {"n": self.n, "mean_js": self.mean_js, **{m: d.to_json() for m, d in self.deltas.items()}, **self.extra}
+        return {"n": self.n, "mean_js": self.mean_js, **{m: d.to_json() for m, d in self.deltas.items()}}
 
 
 def unit_sensitivity(unit: str, ref_probs: np.ndarray, unit_probs: np.ndarray, labels: np.ndarray,

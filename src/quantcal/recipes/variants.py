@@ -190,6 +190,21 @@ def cached_variant_meta(model: dict[str, Any], recipe: str) -> dict[str, Any] | 
         return None
 
 
+def nominal_bits_per_weight(recipe: str) -> float | None:
+    """Bits per weight of a grouped recipe from its parameters alone, exact when the group size divides every
+    layer's inputs (as AWQ requires and most models' widths allow); None for recipes that need the model."""
+    from quantcal.recipes import parse_recipe
+
+    try:
+        spec = parse_recipe(recipe)
+    except QuantcalError:
+        return None
+    bits, group = FAMILIES[spec.family].layer_bits, spec.params.get("group_size")
+    if bits is None or not isinstance(group, int) or group <= 0:
+        return None
+    return bits(dict(spec.params), group * 64)
+
+
 def variant_meta(path: Path) -> dict[str, Any]:
     meta_path = Path(path) / "quantcal-variant.json"
     if not meta_path.is_file():

@@ -190,15 +190,16 @@ def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference:
 def run_bits_per_weight(config: dict[str, Any]) -> float | None:
     """Bits per weight of a run's variant over the block linears: 16 for a float model (unquantized weights
     count as 16-bit, as every recipe's packed size does), the built variant's own count for a recipe (read from
-    the variant cache), None when unknown (an adapter, a variant no longer in the cache)."""
-    from quantcal.recipes.variants import cached_variant_meta
+    the variant cache, else from a grouped recipe's parameters), None when unknown (an adapter, a variant no
+    longer in the cache whose recipe needs the model to count)."""
+    from quantcal.recipes.variants import cached_variant_meta, nominal_bits_per_weight
 
     if config.get("adapter"):
         return None
     if not config.get("recipe"):
         return 16.0
     meta = cached_variant_meta(config.get("model") or {}, config["recipe"])
-    return float(meta["bits_per_weight"]) if meta else None
+    return float(meta["bits_per_weight"]) if meta else nominal_bits_per_weight(config["recipe"])
 
 
 def adapter_notes(runs: list[dict[str, Any]], reference: str) -> list[str]:

@@ -64,8 +64,31 @@ def markdown(results: dict[str, Any]) -> str:
                 out += ["", "| difference to reference | n | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
                 out += ["| " + " | ".join([_md(r[0][0])] + [f"**{t}**" if bold else t for t, bold in r[1:]]) + " |"
                         for r in diff_rows(block, metrics)]
+            out += recalibrated_rows(block.get("deployment", {}).get("recalibrated", []))
+            out.append("")
+    for run in results.get("sensitivity", []):
+        out += [f"## Where it breaks: {_md(run['recipe'])}, one {run['unit']} at a time ({run['units']} units)", ""]
+        for task, t in run["tasks"].items():
+            out += [f"{_md(task)} ({t['n']} items), most harmful units:", "", "| unit | ΔNLL | ΔECE | Δacc |", "|---|---|---|---|"]
+            out += [f"| {u['unit']} | {fmt_interval(u['nll'], True)} | {fmt_interval(u['ece'], True)} | "
+                    f"{fmt_interval(u['acc'], True)} |" for u in t["top"]]
             out.append("")
     return "\n".join(out)
+
+
+def recalibrated_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """The deployment view after temperature scaling: ECE before/after, the recovered part, ranks, bits."""
+    if not rows:
+        return []
+    out = ["", "| after temperature scaling (rank) | bits/weight | acc | ECE before (rank) | ECE after | recovered | T |",
+           "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bits = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] is not None else "—"
+        acc = f"{r['acc']:.4f}" if r["acc"] is not None else "—"
+        bound = " (T at its bound)" if r["at_bound"] else ""
+        out.append(f"| {_md(r['variant'])}{bound} ({r['rank_after']}) | {bits} | {acc} | {r['ece_before']:.4f} "
+                   f"({r['rank_before']}) | {r['ece_after']:.4f} | {fmt_interval(r['recovered'])} | {r['temperature']:.3f} |")
+    return out
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from quantcal.errors import QuantcalError
-from quantcal.jobs import Job, JobResult, ScoringOptions, run_job
+from quantcal.jobs import Job, JobResult, ScoringOptions, forbidden_overlap, run_job
 from quantcal.metrics.bootstrap import check_resamples
 from quantcal.finetune.base import BaseConfig
 from quantcal.finetune.data import check_disjoint, load_examples
@@ -22,6 +22,7 @@ from quantcal.prompts import PromptSetup, has_chat_template, task_label
 from quantcal.store import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
 from quantcal.tasks import get_task, load_items
+from quantcal.recipes import FAMILIES
 from quantcal.variant import LoadOptions, Phase, PreparedVariant, VariantDef, prepare
 
 
@@ -119,10 +120,28 @@ def check_plan(spec: StudySpec) -> None:
             models.add(job.definition.model or job.definition.base_spec())
         except QuantcalError as exc:
             raise QuantcalError(f"variant {v.name}: {exc}") from None
+    _check_forbidden(spec, [first_jobs[v.builds()[0][0]] for v in spec.variants])
     for model in models:
         source = resolve_source(model)
         if spec.apply_chat_template and not has_chat_template(load_tokenizer(source)):
             raise QuantcalError(f"`apply_chat_template`: the tokenizer of {model} has no chat template")
+
+
+def _check_forbidden(spec: StudySpec, jobs: list[PlannedJob]) -> None:
+    """A variant tuned on some items (a mixed recipe's ranking) may not be evaluated on them: refused now."""
+    for job in jobs:
+        recipe = job.definition.recipe_spec
+        hook = FAMILIES[recipe.family].forbidden if recipe is not None else None
+        if hook is None or recipe is None:
+            continue
+        hashes, reason = hook(dict(recipe.params))
+        for t in spec.tasks:
+            task = get_task(t.name, t.template, t.include)
+            if task.loader is not None:
+                continue  # lm-eval's items are built at scoring time, and checked there
+            problem = forbidden_overlap(load_items(task, t.data_file, t.limit, skip=t.skip), hashes, reason)
+            if problem:
+                raise QuantcalError(f"variant {job.variant} · task {t.name}: {problem}")
 
 
 def _check_training_source(data: str, data_file: Optional[str]) -> None:
