@@ -266,3 +266,22 @@ def test_task_text_as_calibration_source(tmp_path: Path, smol_checkpoint: Path) 
     assert "plus" in tokenizer.decode(a[0])
     with pytest.raises(QuantcalError, match="unknown task 'nope'"):
         calibration_ids(None, tokenizer, "task:nope", 4, 32, seed=0)
+
+
+def test_gptq_static_groups_fit_every_scale_on_the_original_weights() -> None:
+    """static_groups (AutoGPTQ's option, llmcompressor's behaviour): each group's scale comes from the weights before
+    any GPTQ update; by default a group's scale is fitted on the updated weights, so later groups differ."""
+    from quantcal.recipes import grid
+
+    torch.manual_seed(0)
+    w, x = torch.randn(8, 64), torch.randn(300, 64)
+    h = 2 * x.T @ x / 300
+    static = gptq_weight(w, h, 4, 16, False, static_groups=True)
+    fitted = [grid.fit(w[:, j:j + 16].double(), 4, False) for j in range(0, 64, 16)]
+    assert torch.equal(static.scales, torch.stack([s for s, _ in fitted], 1))
+    assert torch.equal(static.zeros, torch.stack([z for _, z in fitted], 1))
+    codes = torch.round(static.weight.double() / static.scales.repeat_interleave(16, 1) + static.zeros.repeat_interleave(16, 1))
+    assert codes.min() >= 0 and codes.max() <= 15  # every weight is on its group's fixed grid
+    default = gptq_weight(w, h, 4, 16, False)
+    assert torch.equal(default.scales[:, 0], static.scales[:, 0])  # the first group sees no update yet
+    assert not torch.equal(default.scales[:, 1:], static.scales[:, 1:])

@@ -17,6 +17,9 @@ PARAMS = {
     "sym": Param(bool, False, choices=(True, False)),
     "desc_act": Param(bool, False, choices=(True, False), help="quantize columns by decreasing Hessian diagonal"),
     "damp": Param(float, 0.01, low=0.0, high=1.0, help="dampening, a share of the mean Hessian diagonal"),
+    "static_groups": Param(bool, False, choices=(True, False), key_default=False,
+                           help="fit every group's scale on the weights before GPTQ's updates (AutoGPTQ's "
+                                "static_groups, llmcompressor's behaviour) instead of on the updated weights"),
     **calibration.PARAMS,
 }
 
@@ -25,7 +28,7 @@ def apply(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,
           progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None, **_: Any) -> dict[str, Any]:
     ids = calibration.params_ids(model, tokenizer, params, fingerprint)
     errors = gptq_model(model, ids, params["bits"], params["group_size"], params["sym"], params["damp"],
-                        params["desc_act"], progress)
+                        params["desc_act"], progress, static_groups=params["static_groups"])
     linears = [m for _, m in block_linears(model)]
     return {"bits_per_weight": grid.model_bits_per_weight(linears, params["bits"], params["group_size"], params["sym"]),
             "calibration": calibration.record(params, ids), "gptq_sequential_layer_error": errors}
