@@ -295,6 +295,7 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
         t.include = _resolve(t.include, base)
     spec.tasks = _expand_lm_eval_groups(spec.tasks, origin)
     spec.output = _resolve(spec.output, base) or spec.output
+    spec.sensitivity = [_resolve(p, base) or p for p in spec.sensitivity]
     return spec
 
 
