@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from quantcal.analysis.sensitivity import read_sensitivity
 from quantcal.errors import QuantcalError
 from quantcal.jobs import Job, JobResult, ScoringOptions, forbidden_overlap, run_job
 from quantcal.metrics.bootstrap import check_resamples
@@ -121,6 +122,11 @@ def check_plan(spec: StudySpec) -> None:
         except QuantcalError as exc:
             raise QuantcalError(f"variant {v.name}: {exc}") from None
     _check_forbidden(spec, [first_jobs[v.builds()[0][0]] for v in spec.variants])
+    for path in spec.sensitivity:  # shown in the report: missing now would fail after all the scoring
+        try:
+            read_sensitivity(path)
+        except QuantcalError as exc:
+            raise QuantcalError(f"`sensitivity`: {exc}") from None
     for model in models:
         source = resolve_source(model)
         if spec.apply_chat_template and not has_chat_template(load_tokenizer(source)):
