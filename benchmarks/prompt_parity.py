@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from lm_eval_parity import TASK_FILES, lm_eval_tasks_dir, read_lm_eval, run_lm_e
 DEFAULT_CASES = ("builtin:piqa@5,builtin:openbookqa@5,builtin:hellaswag@5,builtin:boolq@5,"
                  "lm-eval:piqa@5,lm-eval:openbookqa@5,lm-eval:hellaswag@5,lm-eval:boolq@5,"
                  "chat:openbookqa@0,chat:openbookqa@5,lm-eval:winogrande@0")
-DEFAULT_LIMITS = "hellaswag=500,boolq=300"
+DEFAULT_LIMITS = "hellaswag=500,boolq=300,chat:openbookqa=200"
 WINOGRANDE = ("winogrande", HERE.parent / "tests" / "data" / "winogrande_100.jsonl", "winogrande/default.yaml")
 
 
@@ -66,6 +67,16 @@ class Case:
         return (self.task, self.shots, self.kind == "chat")
 
 
+def limit_for(limits: dict[str, int], kind: str, task: str) -> int | None:
+    """A case's item limit: ``KIND:TASK=N`` (e.g. ``chat:openbookqa=200``) before ``TASK=N``; None: every item."""
+    return limits.get(f"{kind}:{task}", limits.get(task))
+
+
+def covers(cached: int | None, wanted: int | None) -> bool:
+    """Whether an lm-eval run over ``cached`` items (None: all) holds the first ``wanted`` items."""
+    return cached is None or (wanted is not None and cached >= wanted)
+
+
 def subset_metrics(frame, lls: dict) -> dict:  # noqa: ANN001
     """lm-eval's acc and acc_norm over quantcal's items only: argmax of its log-likelihoods, and of them divided by
     the choices' character counts (lm-eval's ``process_results``)."""
@@ -83,7 +94,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--lm-eval-python", required=True)
     parser.add_argument("--cases", default=DEFAULT_CASES)
-    parser.add_argument("--limit", default=DEFAULT_LIMITS, help="per task, e.g. hellaswag=500,boolq=300")
+    parser.add_argument("--limit", default=DEFAULT_LIMITS, help="per task, e.g. hellaswag=500,boolq=300; KIND:TASK=N for "
+                                                                 "one kind of case (chat:openbookqa=200)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=None)
@@ -110,20 +122,22 @@ def main() -> None:
         tag = f"{task}_{shots}shot{'_chat' if chat else ''}"
         extra = (["--num_fewshot", str(shots)] if shots else []) + (["--apply_chat_template"] if chat else [])
         done = work / "lm_eval" / tag / "seconds.json"
-        if done.is_file():  # finished in an earlier run of this script with the same --work: reused
-            seconds = json.loads(done.read_text())["seconds"]
+        limit = limit_for(limits, "chat" if chat else "builtin", task)
+        if done.is_file() and covers(json.loads(done.read_text()).get("limit"), limit):
+            seconds = json.loads(done.read_text())["seconds"]  # an earlier run with the same --work covers these items
         else:
+            shutil.rmtree(work / "lm_eval" / tag, ignore_errors=True)  # none, or over fewer items: run again
             print(f"lm-eval {tag} ...", flush=True)
-            seconds = run_lm_eval(args.lm_eval_python, checkpoint, [task], {task: limits.get(task)}, yaml_dir,
+            seconds = run_lm_eval(args.lm_eval_python, checkpoint, [task], {task: limit}, yaml_dir,
                                   work / "lm_eval" / tag, args.batch_size, extra)[task]
-            done.write_text(json.dumps({"seconds": seconds, "limit": limits.get(task)}))
+            done.write_text(json.dumps({"seconds": seconds, "limit": limit}))
         lls, metrics = read_lm_eval(work / "lm_eval" / tag, task)
         lm_runs[run] = (lls, metrics, seconds)
 
     report: dict = {"model": args.model, "checkpoint": str(checkpoint), "batch_size": args.batch_size, "cases": {}}
     for case in cases:
         print(f"quantcal {case.name} ...", flush=True)
-        common = dict(store=work / "quantcal.sqlite", limit=limits.get(case.task), num_fewshot=case.shots,
+        common = dict(store=work / "quantcal.sqlite", limit=limit_for(limits, case.kind, case.task), num_fewshot=case.shots,
                       batch_size=args.batch_size, name=case.kind)
         start = time.perf_counter()
         if case.kind == "lm-eval":
