@@ -246,3 +246,24 @@ def test_lm_eval_tasks_with_their_own_scoring_are_refused(tmp_path: Path) -> Non
     local_yaml(tmp_path, "local_mc2", "truthfulqa/truthfulqa_mc2.yaml", data)
     with pytest.raises(QuantcalError, match="own process_results.*built-in truthfulqa_mc2"):
         load_items(get_task("lm-eval:local_mc2", include=str(tmp_path)), None, 3, PromptSetup())
+
+
+def test_a_yamls_own_num_fewshot_is_the_default(yaml_dir: Path, tiny_llama: Path, tmp_path: Path,
+                                                shared_data: Path) -> None:
+    """As lm-eval without --num_fewshot: a task YAML's num_fewshot (here through an include) is used; an explicit
+    num_fewshot (0 too) overrides it; the built-in tasks and YAMLs that declare none stay zero-shot."""
+    import quantcal
+    from quantcal.tasks.lm_eval_tasks import yaml_num_fewshot
+
+    folder = tmp_path / "yaml"
+    folder.mkdir()
+    local_yaml(folder, "local_piqa2", FILES["piqa"][1], shared_data / FILES["piqa"][0], extra={"num_fewshot": 2})
+    (folder / "local_piqa2b.yaml").write_text(f"include: {folder / 'local_piqa2.yaml'}\ntask: local_piqa2b\n")
+    assert yaml_num_fewshot("local_piqa2b", str(folder)) == 2 and yaml_num_fewshot("local_piqa", str(yaml_dir)) == 0
+    store = tmp_path / "s.sqlite"
+    default = quantcal.evaluate(str(tiny_llama), "lm-eval:local_piqa2b", lm_eval_include=folder, limit=3, store=store)
+    assert list(default.tasks) == ["lm-eval:local_piqa2b[2-shot]"]
+    assert default.items()["question"].str.count("Question:").eq(3).all()  # two examples, then the question
+    explicit = quantcal.evaluate(str(tiny_llama), "lm-eval:local_piqa2b", lm_eval_include=folder, limit=3, store=store,
+                                 num_fewshot=0)
+    assert list(explicit.tasks) == ["lm-eval:local_piqa2b"]

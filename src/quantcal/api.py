@@ -13,7 +13,7 @@ two optional callbacks: ``progress(description, total)`` returns a tqdm-like bar
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -111,7 +111,7 @@ def evaluate(
     limit: Optional[int] = None,
     skip: int = 0,
     lm_eval_include: Union[str, Path, None] = None,
-    num_fewshot: int = 0,
+    num_fewshot: Optional[int] = None,
     fewshot_file: Union[str, Path, None] = None,
     fewshot_seed: int = DEFAULT_FEWSHOT_SEED,
     apply_chat_template: bool = False,
@@ -148,6 +148,8 @@ def evaluate(
             few-shot examples, so a file can be split into a ranking part and an evaluation part.
         num_fewshot: examples before each question, drawn as lm-eval draws them (the task's few-shot split, its
             sampler and ``fewshot_seed``; for a local data file, the file minus the item), or from ``fewshot_file``.
+            Default: the task's own, as lm-eval's without ``--num_fewshot``: 0 for the built-in tasks, the YAML's
+            ``num_fewshot`` (else 0) for lm-eval tasks.
         apply_chat_template, system_instruction, fewshot_as_multiturn: the prompt through the tokenizer's chat
             template (lm-eval's semantics), with a system instruction, few-shot examples as separate turns (default:
             on with a chat template, as lm-eval).
@@ -188,8 +190,10 @@ def evaluate(
         raise QuantcalError(f"{data_file}: file not found")
     if fewshot_file is not None and not Path(fewshot_file).is_file():
         raise QuantcalError(f"{fewshot_file}: file not found")
-    setup = PromptSetup(num_fewshot, fewshot_seed, str(fewshot_file) if fewshot_file is not None else None,
+    setup = PromptSetup(num_fewshot or 0, fewshot_seed, str(fewshot_file) if fewshot_file is not None else None,
                         apply_chat_template, system_instruction, fewshot_as_multiturn)
+    setups = {t.name: setup if num_fewshot is not None else replace(setup, num_fewshot=t.default_fewshot)
+              for t in task_list}
     options = ScoringOptions(batch_size, max_batch_tokens, max_length)
     defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
                       str(adapter) if adapter is not None else None, deploy)
@@ -198,10 +202,13 @@ def evaluate(
     forbidden = variant.forbidden()
     store_path = Path(store) if store is not None else default_store(variant_name)
     results: dict[str, TaskResult] = {}
+    labels: dict[str, str] = {}  # task name -> its name in the store (with its prompt setup)
     with open_store(store_path) as db:
         for task in task_list:
             job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
-                      template if task.name == "custom" else None, variant.config, dtype, setup, skip, *forbidden)
+                      template if task.name == "custom" else None, variant.config, dtype, setups[task.name], skip,
+                      *forbidden)
+            labels[task.name] = job.label
             outcome = run_job(db, job, options, variant.holder, progress, say)
             say(outcome.summary(f"{variant_name} · {job.label}"))
             wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
@@ -212,13 +219,15 @@ def evaluate(
             results[job.label] = TaskResult(job.label, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
                                             outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id)
     for group in groups.values():
-        results[task_label(PREFIX + group.name, setup)] = _group_result(group, results, setup)
+        group_setup = setups[PREFIX + group.tasks[0]]
+        results[task_label(PREFIX + group.name, group_setup)] = _group_result(group, results, labels, group_setup)
     return EvalResult(variant_name, variant.source.spec, store_path, results)
 
 
-def _group_result(group: GroupSpec, results: Mapping[str, TaskResult], setup: PromptSetup) -> TaskResult:
+def _group_result(group: GroupSpec, results: Mapping[str, TaskResult], labels: Mapping[str, str],
+                  setup: PromptSetup) -> TaskResult:
     """A group's line: its tasks' acc (and acc_norm when all have it) aggregated as lm-eval aggregates them."""
-    by_name = {t: results[task_label(PREFIX + t, setup)] for t in group.tasks}
+    by_name = {t: results[labels[PREFIX + t]] for t in group.tasks}
     acc = group_score(group, {t: (m.acc, m.n) for t, m in by_name.items()})
     complete = all(m.acc_norm is not None for m in by_name.values())
     acc_norm = group_score(group, {t: (float(m.acc_norm or 0), m.n) for t, m in by_name.items()}) if complete else None

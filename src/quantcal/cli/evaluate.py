@@ -24,7 +24,7 @@ def eval_command(
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task (after --skip)."),
     skip: int = typer.Option(0, "--skip", help="Leave out the first N items of each task (items keep their ids and few-shot examples)."),
-    num_fewshot: int = typer.Option(0, "--num-fewshot", help="Examples before each question, drawn as lm-eval draws them: the task's few-shot split and sampler (MMLU: its subject's first dev rows), or, with --data-file, the file minus the item."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", help="Examples before each question, drawn as lm-eval draws them: the task's few-shot split and sampler (MMLU: its subject's first dev rows), or, with --data-file, the file minus the item. Default: the task's own (0; an lm-eval task's YAML may declare one), as lm-eval."),
     fewshot_file: Optional[Path] = typer.Option(None, "--fewshot-file", help="Draw the few-shot examples from this local file (same schema as the task's data)."),
     fewshot_seed: int = typer.Option(DEFAULT_FEWSHOT_SEED, "--fewshot-seed", help="Seed of the few-shot sampler (lm-eval's default: 1234)."),
     apply_chat_template: bool = typer.Option(False, "--apply-chat-template", help="Render each prompt through the tokenizer's chat template (as a user turn with the generation prompt; choices then follow without the target delimiter, as lm-eval does)."),

@@ -159,7 +159,8 @@ class StudySpec(_Strict):
                                             description="padded token positions per forward pass (null: no cap)")
     device: str = "cpu"
     dtype: str = "auto"
-    num_fewshot: int = Field(0, ge=0, description="few-shot examples before each question (a task may set its own)")
+    num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples before each question (a task may set "
+                                       "its own; default: each task's own, 0 or its lm-eval YAML's num_fewshot)")
     apply_chat_template: bool = Field(False, description="render prompts through the tokenizer's chat template")
     system_instruction: Optional[str] = Field(None, description="text before the task description (a system turn)")
     fewshot_as_multiturn: Optional[bool] = Field(None, description="chat: each few-shot example as its own exchange "
@@ -208,10 +209,14 @@ class StudySpec(_Strict):
 
     def prompt_setup(self, task: TaskSpec) -> PromptSetup:
         """The task's prompt: its own few-shot settings over the study's, and the study's chat settings."""
+        shots = self.num_fewshot if task.num_fewshot is None else task.num_fewshot
+        if shots is None:  # the task's own default, as lm-eval without --num_fewshot
+            from quantcal.tasks import get_task
+
+            shots = get_task(task.name, task.template, task.include).default_fewshot
         try:
-            return PromptSetup(self.num_fewshot if task.num_fewshot is None else task.num_fewshot, task.fewshot_seed,
-                               task.fewshot_file, self.apply_chat_template, self.system_instruction,
-                               self.fewshot_as_multiturn)
+            return PromptSetup(shots, task.fewshot_seed, task.fewshot_file, self.apply_chat_template,
+                               self.system_instruction, self.fewshot_as_multiturn)
         except QuantcalError as exc:
             raise ValueError(f"task {task.name}: {exc}") from None
 

@@ -50,6 +50,8 @@ class Task:
     generate: Callable[[int | None], list[dict[str, Any]]] | None = field(default=None, compare=False)
     #: Items built elsewhere (lm-eval's task registry): ``loader(limit, setup, tokenizer)``; rows are not read here.
     loader: Callable[[int | None, PromptSetup, Any], list[Item]] | None = field(default=None, compare=False)
+    #: Few-shot examples when none are asked for: 0, or what an lm-eval task's YAML declares (``num_fewshot``).
+    default_fewshot: int = 0
 
     @property
     def source(self) -> str:

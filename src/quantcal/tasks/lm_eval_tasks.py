@@ -20,6 +20,7 @@ import io
 import json
 from dataclasses import dataclass
 from functools import lru_cache, partial
+from pathlib import Path
 from typing import Any, Sequence
 
 from quantcal.errors import QuantcalError
@@ -124,7 +125,31 @@ def lm_eval_task(name: str, include: str | None = None) -> Task:
         raise QuantcalError(f"lm-eval:{bare} is a group of {len(expansion.tasks)} tasks; expand it with "
                             "`expand_task_names` (evaluate and studies do)")
     return Task(name=PREFIX + bare, build=_no_rows, fields=(), summary="lm-evaluation-harness task",
-                loader=partial(load_lm_eval_items, bare, include))
+                loader=partial(load_lm_eval_items, bare, include), default_fewshot=yaml_num_fewshot(bare, include))
+
+
+def yaml_num_fewshot(name: str, include: str | None = None) -> int:
+    """The ``num_fewshot`` a task's YAML declares (following its ``include`` chain), else 0: what lm-eval uses when
+    ``--num_fewshot`` is not given."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # !function hooks: not needed here
+    entry = _task_manager(include).task_index[name]
+    cfg, here = dict(entry.cfg or {}), Path(entry.yaml_path) if entry.yaml_path else None
+    for _ in range(16):  # an include chain, nearest first
+        if cfg.get("num_fewshot") is not None:
+            return int(cfg["num_fewshot"])
+        parent = cfg.get("include")
+        if not parent or here is None:
+            return 0
+        path = Path(parent) if Path(parent).is_absolute() else here.parent / parent
+        try:
+            cfg, here = yaml.load(path.read_text(), Loader=_Loader) or {}, path
+        except (OSError, yaml.YAMLError):
+            return 0
+    return 0
 
 
 def _no_rows(row: dict[str, Any]) -> Any:
