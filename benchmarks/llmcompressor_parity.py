@@ -213,21 +213,28 @@ def main() -> None:
                 "error_ratio_median": float(np.median(ratios)), "error_ratio_min": float(ratios.min()),
                 "error_ratio_max": float(ratios.max()),
                 "layers_where_llmcompressor_has_lower_error": int((ratios < 1).sum()), "layers": len(ratios)}
+        # a quantcal variant whose codes all equal llmcompressor's is the same model: its block errors are shown,
+        # its scoring would repeat llmcompressor's
+        same = [label for label in ours if entry.get(f"summary {label}", {}).get("identical_codes_mean") == 1.0]
         folders = {f"quantcal-{label}": d for label, d in ours.items()} | {f"llmcompressor-{method}": ll_dir}
+        scored = {name: d for name, d in folders.items() if name.removeprefix("quantcal-") not in same}
         entry["block_output_error"] = {
             name: [relative(o, r) for o, r in zip(block_output_errors(load_model(source, "float32").model, probe, folder),
                                                   reference_blocks)] for name, folder in folders.items()}
         metrics = ("acc", "ece", "nll", "brier")
-        for name, folder in folders.items():
+        entry["identical_to_llmcompressor"] = same
+        for name, folder in scored.items():
             api.evaluate(str(folder), "piqa", name=name, data_file=piqa, limit=args.items, store=store)
             c = api.compare(store, "reference", name, "piqa", names=metrics)
             entry[f"{name} vs reference"] = {m: c.differences[m].to_json() for m in metrics}
         for label in ours:
+            if label in same:
+                continue
             c = api.compare(store, f"quantcal-{label}", f"llmcompressor-{method}", "piqa", names=metrics)
             entry[f"llmcompressor-{method} minus quantcal-{label}"] = {m: c.differences[m].to_json() for m in metrics}
         entry["metrics"] = {r.variant: {k: v.estimate for k, v in r.values.items()}
                             for r in api.store_metrics(store, metrics, resamples=200)
-                            if r.variant == "reference" or r.variant in folders}
+                            if r.variant == "reference" or r.variant in scored}
         report["methods"][method] = entry
         print(json.dumps({method: {k: v for k, v in entry.items() if not k.startswith("layers") and k != "llmcompressor_run"}},
                          indent=1))
