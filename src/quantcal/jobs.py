@@ -22,7 +22,7 @@ from quantcal.items import Item
 from quantcal.errors import QuantcalError
 from quantcal.faults import describe, sqlite_cause
 from quantcal.models import LoadedModel, ModelSource, load_tokenizer, model_max_length
-from quantcal.prompts import PromptSetup, chat_template_hash, has_chat_template, scored_delimiter, task_label
+from quantcal.prompts import PromptSetup, chat_template_hash, require_chat_template, scored_delimiter, task_label
 from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS, score_items
 from quantcal.store import Store
 from quantcal.tasks import Task, load_items
@@ -176,8 +176,8 @@ BatchResult = tuple[list[tuple[int, Item, Sequence[float], Sequence[int], Sequen
 def pending_job(store: Store, job: Job, options: ScoringOptions) -> PendingJob:
     """Open (or find) the job's run in the store and list the items it has not scored yet."""
     tokenizer = job.tokenizer()
-    if tokenizer is not None and not has_chat_template(tokenizer):
-        raise QuantcalError(f"`apply_chat_template`: the tokenizer of {job.source.spec} has no chat template")
+    if tokenizer is not None:
+        require_chat_template(tokenizer, job.source.spec)
     items = load_items(job.task, job.data_file, job.limit, job.setup, tokenizer, job.skip)
     check_allowed(job, items)
     config = job_config(job, options, tokenizer, items)

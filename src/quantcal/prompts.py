@@ -140,6 +140,12 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+def require_chat_template(tokenizer: Any, model: str = "this model") -> None:
+    """The one refusal when a chat template is asked of a tokenizer (or no tokenizer) without one."""
+    if tokenizer is None or not has_chat_template(tokenizer):
+        raise QuantcalError(f"`apply_chat_template`: the tokenizer of {model} has no chat template")
+
+
 def chat_template_hash(tokenizer: Any) -> str:
     template = getattr(tokenizer, "chat_template", None) or ""
     if isinstance(template, dict):  # named templates
@@ -152,8 +158,7 @@ def render_chat_messages(messages: list[dict[str, str]], tokenizer: Any, add_gen
     the conversation without it (lm-eval's fallback)."""
     import jinja2
 
-    if not has_chat_template(tokenizer):
-        raise QuantcalError("`apply_chat_template`: this model's tokenizer has no chat template")
+    require_chat_template(tokenizer)
     options = dict(tokenize=False, add_generation_prompt=add_generation_prompt,
                    continue_final_message=not add_generation_prompt)
     try:

@@ -19,7 +19,7 @@ from quantcal.finetune.base import BaseConfig
 from quantcal.finetune.data import check_disjoint, load_examples
 from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
 from quantcal.models import load_tokenizer, resolve_source
-from quantcal.prompts import PromptSetup, has_chat_template, task_label
+from quantcal.prompts import PromptSetup, require_chat_template, task_label
 from quantcal.store import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
 from quantcal.tasks import get_task, load_items
@@ -129,8 +129,8 @@ def check_plan(spec: StudySpec) -> None:
             raise QuantcalError(f"`sensitivity`: {exc}") from None
     for model in models:
         source = resolve_source(model)
-        if spec.apply_chat_template and not has_chat_template(load_tokenizer(source)):
-            raise QuantcalError(f"`apply_chat_template`: the tokenizer of {model} has no chat template")
+        if spec.apply_chat_template:
+            require_chat_template(load_tokenizer(source), model)
 
 
 def _check_forbidden(spec: StudySpec, jobs: list[PlannedJob]) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from quantcal.errors import QuantcalError
 from quantcal.items import Item
-from quantcal.prompts import PromptSetup, has_chat_template, render_chat_messages
+from quantcal.prompts import PromptSetup, render_chat_messages, require_chat_template
 from quantcal.tasks.base import Task
 
 PREFIX = "lm-eval:"
@@ -194,8 +194,8 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
         hint = "; the built-in truthfulqa_mc2 computes MC2's score" if "mc2" in bare else ""
         raise QuantcalError(f"lm-eval:{bare} computes its score with its own process_results, which quantcal does not "
                             f"reproduce (it scores the gold choice's probability){hint}")
-    if setup.apply_chat_template and (tokenizer is None or not has_chat_template(tokenizer)):
-        raise QuantcalError("`apply_chat_template`: this model's tokenizer has no chat template")
+    if setup.apply_chat_template:
+        require_chat_template(tokenizer)
     task.set_config(key="num_fewshot", value=setup.num_fewshot)
     task.set_fewshot_seed(seed=setup.fewshot_seed)
     try:
