@@ -267,3 +267,22 @@ def test_a_yamls_own_num_fewshot_is_the_default(yaml_dir: Path, tiny_llama: Path
     explicit = quantcal.evaluate(str(tiny_llama), "lm-eval:local_piqa2b", lm_eval_include=folder, limit=3, store=store,
                                  num_fewshot=0)
     assert list(explicit.tasks) == ["lm-eval:local_piqa2b"]
+
+
+def test_a_study_reports_an_lm_eval_groups_line(yaml_dir: Path, tiny_llama: Path, tmp_path: Path) -> None:
+    """A study naming a group runs its tasks and shows the group's line, aggregated as the group declares."""
+    import quantcal
+
+    study = {"reference": str(tiny_llama), "variants": [{"name": "rtn2", "recipe": "rtn:bits=2,group_size=16"}],
+             "tasks": [{"name": "lm-eval:local_group", "include": str(yaml_dir), "limit": 6}], "bootstrap": {"resamples": 20},
+             "recalibration": {"enabled": False}}
+    result = quantcal.run_study(study, output=tmp_path / "r")
+    results = result.report.results
+    group = results["groups"]["lm-eval:local_group"]
+    assert group["tasks"] == ["lm-eval:local_piqa", "lm-eval:local_openbookqa"] and not group["weight_by_size"]
+    for variant in ("reference", "rtn2"):
+        accs = [results["tasks"][t]["none"]["variants"][variant]["metrics"]["acc"]["estimate"] for t in group["tasks"]]
+        assert group["variants"][variant] == {"acc": pytest.approx(sum(accs) / 2), "n": 12}
+    assert "lm-eval group of 2 tasks" in (tmp_path / "r" / "tables.md").read_text()
+    rebuilt = quantcal.rebuild_report(tmp_path / "r" / "study.sqlite", output=tmp_path / "r2")
+    assert rebuilt.results["groups"] == results["groups"]  # study.json keeps the groups

@@ -339,7 +339,19 @@ def report_settings(spec: StudySpec) -> ReportSettings:
                           resamples=spec.bootstrap.resamples, seed=spec.bootstrap.seed, level=spec.bootstrap.level,
                           recalibration=spec.recalibration.enabled, folds=spec.recalibration.folds,
                           confidence_bins=spec.confidence_bins, groups=spec.build_groups,
-                          sensitivity=list(spec.sensitivity))
+                          sensitivity=list(spec.sensitivity), task_groups=_task_groups(spec))
+
+
+def _task_groups(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    """The study's lm-eval groups by their name in the report (``lm-eval:mmlu[5-shot]``), with their tasks' names."""
+    by_name = {t.name: t for t in spec.tasks}
+    out = {}
+    for g in spec.lm_eval_groups:
+        members = [by_name[m] for m in g["tasks"] if m in by_name]
+        if members:
+            out[task_label(g["name"], spec.prompt_setup(members[0]))] = {
+                "tasks": [spec.task_label(m) for m in members], "weight_by_size": g["weight_by_size"]}
+    return out
 
 
 def run_study(

@@ -41,6 +41,7 @@ class ReportSettings:
     reliability_n_bins: int = 10
     groups: dict[str, list[str]] = field(default_factory=dict)  # variants built several times: name -> builds
     sensitivity: list[str] = field(default_factory=list)  # sensitivity runs shown in "where it breaks"
+    task_groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # lm-eval groups: name -> tasks, weighting
 
 
 def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
@@ -252,9 +253,26 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
             out["tasks"][task][norm]["method_effects"] = {
                 g: method_effects(store, builds, task, norm, settings)
                 for g, builds in groups.items() if len(builds) > 1 and settings.reference in variants}
+    out["groups"] = {name: group_lines(out["tasks"], g["tasks"], g["weight_by_size"])
+                     for name, g in settings.task_groups.items()}
     out["sensitivity"] = [sensitivity_summary(path) for path in settings.sensitivity]
     out["findings"] = findings(out)
     return out
+
+
+def group_lines(tasks: dict[str, Any], members: list[str], weight_by_size: bool) -> dict[str, Any]:
+    """An lm-eval group's accuracy per variant (first normalization), aggregated from its tasks as the group declares
+    (by size, or the plain mean), over the variants that scored every task."""
+    from quantcal.tasks.lm_eval_tasks import GroupSpec, group_score
+
+    blocks = [next(iter(tasks[m].values()))["variants"] for m in members if m in tasks]
+    if len(blocks) != len(members):
+        return {"tasks": members, "variants": {}}
+    variants = [v for v in blocks[0] if all(v in b and "acc" in b[v]["metrics"] for b in blocks)]
+    spec = GroupSpec("group", members, weight_by_size)
+    lines = {v: {"acc": group_score(spec, {m: (b[v]["metrics"]["acc"]["estimate"], b[v]["n"]) for m, b in zip(members, blocks)}),
+                 "n": sum(b[v]["n"] for b in blocks)} for v in variants}
+    return {"tasks": members, "weight_by_size": weight_by_size, "variants": lines}
 
 
 def sensitivity_summary(path: str, top: int = 5) -> dict[str, Any]:

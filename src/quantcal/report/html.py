@@ -142,6 +142,12 @@ filter by text or by rows whose prediction changed. Dataset text is shown as tex
 {% for name, r in task.recalibration %}<tr><td>{{ name }}{% if r.at_bound %} <strong>(T at its bound: the fit flattens the model to near-uniform probabilities; not a usable recalibration)</strong>{% endif %}</td><td>{{ "%.3f"|format(r.temperature) }}</td><td>{{ "%.4f"|format(r.before.ece) }}</td><td>{{ "%.4f"|format(r.after.ece) }}</td><td>{{ "%.4f"|format(r.before.nll) }}</td><td>{{ "%.4f"|format(r.after.nll) }}</td><td>{{ "%.4f"|format(r.before.brier) }}</td><td>{{ "%.4f"|format(r.after.brier) }}</td><td>{{ "%.4f"|format(r.after.acc) }}</td></tr>{% endfor %}
 </table></div>{% endif %}
 {% endfor %}
+{% for gname, g in results.groups.items() %}
+<h2>{{ gname }}: lm-eval group of {{ g.tasks|length }} tasks</h2>
+<p class="muted">Accuracy aggregated from its tasks {{ "weighted by their sizes" if g.weight_by_size else "as the plain mean of the tasks" }}, as the group declares (lm-eval's aggregation).</p>
+<div class="scroll"><table><tr><th>variant</th><th>n</th><th>acc</th></tr>
+{% for v, e in g.variants.items() %}<tr><td>{{ v }}</td><td>{{ e.n }}</td><td>{{ "%.4f"|format(e.acc) }}</td></tr>{% endfor %}
+</table></div>{% endfor %}
 {% if results.sensitivity %}
 <h2 id="where-it-breaks">Where it breaks: calibration sensitivity by unit</h2>
 <p class="muted">Each unit quantized alone with the recipe (everything else float) on a ranking split of the items;

@@ -66,6 +66,11 @@ def markdown(results: dict[str, Any]) -> str:
                         for r in diff_rows(block, metrics)]
             out += recalibrated_rows(block.get("deployment", {}).get("recalibrated", []))
             out.append("")
+    for name, group in results.get("groups", {}).items():
+        how = "weighted by size" if group.get("weight_by_size") else "mean of its tasks"
+        out += [f"## {_md(name)}: lm-eval group of {len(group['tasks'])} tasks (acc, {how})", "", "| variant | n | acc |",
+                "|---|---|---|"]
+        out += [f"| {_md(v)} | {e['n']} | {e['acc']:.4f} |" for v, e in group["variants"].items()] + [""]
     for run in results.get("sensitivity", []):
         out += [f"## Where it breaks: {_md(run['recipe'])}, one {run['unit']} at a time ({run['units']} units)", ""]
         for task, t in run["tasks"].items():

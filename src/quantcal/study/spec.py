@@ -167,6 +167,8 @@ class StudySpec(_Strict):
                                                  "(default: on with a chat template, as lm-eval)")
     sensitivity: list[str] = Field(default_factory=list, description="sensitivity runs (`quantcal sensitivity` output "
                                    "folders or their sensitivity.json) for the report's 'where it breaks' section")
+    lm_eval_groups: list[dict[str, Any]] = Field(default_factory=list, description="filled in when the study is read: "
+                                                 "the lm-eval groups its tasks came from (name, tasks, weight_by_size)")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -211,9 +213,7 @@ class StudySpec(_Strict):
         """The task's prompt: its own few-shot settings over the study's, and the study's chat settings."""
         shots = self.num_fewshot if task.num_fewshot is None else task.num_fewshot
         if shots is None:  # the task's own default, as lm-eval without --num_fewshot
-            from quantcal.tasks import get_task
-
-            shots = get_task(task.name, task.template, task.include).default_fewshot
+            shots = _default_fewshot(task)
         try:
             return PromptSetup(shots, task.fewshot_seed, task.fewshot_file, self.apply_chat_template,
                                self.system_instruction, self.fewshot_as_multiturn)
@@ -298,17 +298,30 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
         t.data_file = _resolve(t.data_file, base)
         t.fewshot_file = _resolve(t.fewshot_file, base)
         t.include = _resolve(t.include, base)
-    spec.tasks = _expand_lm_eval_groups(spec.tasks, origin)
+    spec.tasks, groups = _expand_lm_eval_groups(spec.tasks, origin)
+    spec.lm_eval_groups = spec.lm_eval_groups or groups
     spec.output = _resolve(spec.output, base) or spec.output
     spec.sensitivity = [_resolve(p, base) or p for p in spec.sensitivity]
     return spec
 
 
-def _expand_lm_eval_groups(tasks: list[TaskSpec], origin: str) -> list[TaskSpec]:
-    """Each ``lm-eval:GROUP`` task replaced by one task per member (each its own run, as in ``quantcal eval``)."""
-    from quantcal.tasks.lm_eval_tasks import expand_task_names, is_lm_eval
+def _default_fewshot(task: TaskSpec) -> int:
+    """0 for a built-in task; an lm-eval task's YAML ``num_fewshot`` (a group: its first task's, before expansion)."""
+    from quantcal.tasks.lm_eval_tasks import expand, is_lm_eval, yaml_num_fewshot
+
+    if not is_lm_eval(task.name):
+        return 0
+    members = expand(task.name, task.include).tasks
+    return yaml_num_fewshot(members[0], task.include) if members else 0
+
+
+def _expand_lm_eval_groups(tasks: list[TaskSpec], origin: str) -> tuple[list[TaskSpec], list[dict[str, Any]]]:
+    """Each ``lm-eval:GROUP`` task replaced by one task per member (each its own run, as in ``quantcal eval``), and
+    the groups found (for the report's group lines)."""
+    from quantcal.tasks.lm_eval_tasks import PREFIX, expand_task_names, is_lm_eval
 
     out: list[TaskSpec] = []
+    found: list[dict[str, Any]] = []
     for t in tasks:
         if not is_lm_eval(t.name):
             if t.include is not None:
@@ -320,9 +333,11 @@ def _expand_lm_eval_groups(tasks: list[TaskSpec], origin: str) -> list[TaskSpec]
                                 "says (no data_file, fewshot_file or template)")
         if t.include is not None and not Path(t.include).is_dir():
             raise QuantcalError(f"{origin}: task {t.name}: include {t.include} is not a folder")
-        names, _ = expand_task_names([t.name], t.include)
+        names, groups = expand_task_names([t.name], t.include)
         out += [t.model_copy(update={"name": name}) for name in names]
-    return out
+        found += [{"name": PREFIX + g.name, "tasks": [PREFIX + m for m in g.tasks], "weight_by_size": g.weight_by_size}
+                  for g in groups.values()]
+    return out, found
 
 
 def load_study(path: str | Path) -> StudySpec:
