@@ -51,7 +51,8 @@ def recipes_command() -> None:
     for name, family in FAMILIES.items():
         out.print(f"[bold]{name}[/]: {family.summary}")
         for key, param in family.params.items():
-            default = "required" if param.default is None else f"default {param.default}"
+            shown = str(param.default).lower() if isinstance(param.default, bool) else param.default
+            default = "required" if param.default is None else f"default {shown}"
             out.print(f"    {key}: {param.describe()} ({default}){' — ' + param.help if param.help else ''}", highlight=False)
 
 
