@@ -52,7 +52,8 @@ def unit_sensitivity(unit: str, ref_probs: np.ndarray, unit_probs: np.ndarray, l
     if ref.shape != var.shape or ref.shape[0] != np.asarray(labels).shape[0]:
         raise QuantcalError(f"reference {ref.shape}, unit {var.shape} and labels {np.shape(labels)} do not align")
     deltas = {m: paired_bootstrap(m, ref, var, labels, n_resamples, seed, level) for m in metrics}
-    js = np.nan_to_num(jensenshannon(ref, var, base=2, axis=1), nan=0.0)
+    with np.errstate(invalid="ignore"):  # identical rows give a tiny negative under scipy's square root
+        js = np.nan_to_num(jensenshannon(ref, var, base=2, axis=1), nan=0.0)
     return UnitSensitivity(unit, int(ref.shape[0]), deltas, float(js.mean()))
 
 
