@@ -205,5 +205,5 @@ def test_mixed_precision_example_is_valid_given_its_ranking(tmp_path: Path, monk
     spec.sensitivity = [str(tmp_path / "sens-rtn3-piqa")]
     check_plan(spec)
     spec.tasks[0].skip = 100  # the first 100 evaluation items would be ranking items
-    with pytest.raises(QuantcalError, match="variant mixed-4.5 · task piqa: 100 of 1738 items .* were used to rank"):
+    with pytest.raises(QuantcalError, match="variant mixed-4.5 · task piqa: 100 of 600 items .* were used to rank"):
         check_plan(spec)
