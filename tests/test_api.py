@@ -161,3 +161,18 @@ def test_readme_from_python_block_runs(tmp_path: Path, monkeypatch: pytest.Monke
     printed = capsys.readouterr().out
     assert (tmp_path / "api-demo" / "study" / "report.html").is_file()
     assert "rtn-w4" in printed and "Interval(" in printed
+
+
+def test_eval_result_items_are_this_calls_items(tiny_llama: Path, tmp_path: Path) -> None:
+    """A store may hold more of a run than a call asked for (a larger limit before, another skip): the call's
+    records are its own items, as its TaskResult numbers are."""
+    import quantcal
+
+    store = tmp_path / "s.sqlite"
+    quantcal.evaluate(str(tiny_llama), "arithmetic", limit=12, store=store)
+    small = quantcal.evaluate(str(tiny_llama), "arithmetic", limit=5, store=store)
+    later = quantcal.evaluate(str(tiny_llama), "arithmetic", limit=4, skip=6, store=store)
+    assert small.tasks["arithmetic"].n == 5 and len(small.items()) == 5
+    assert list(small.items()["position"]) == [0, 1, 2, 3, 4]
+    assert later.tasks["arithmetic"].n == 4 and sorted(later.items()["item_id"]) == sorted(f"arith-{i}" for i in range(6, 10))
+    assert small.tasks["arithmetic"].n_scored_now == later.tasks["arithmetic"].n_scored_now == 0

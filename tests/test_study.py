@@ -200,8 +200,9 @@ def test_mixed_precision_example_is_valid_given_its_ranking(tmp_path: Path, monk
                "units": units, "tasks": {"piqa": {"units": harm, "item_hashes": hashes}}}
     (tmp_path / "sens-rtn3-piqa").mkdir()
     (tmp_path / "sens-rtn3-piqa" / "sensitivity.json").write_text(json.dumps(ranking))
-    with pytest.raises(QuantcalError, match="`sensitivity`: .*sens-rtn3-piqa: no sensitivity.json"):
-        check_plan(spec)  # the report's sensitivity run, next to the checkout: not there either
+    spec.sensitivity = [str(tmp_path / "absent")]
+    with pytest.raises(QuantcalError, match="`sensitivity`: .*absent: no sensitivity.json"):
+        check_plan(spec)  # the report's sensitivity run is checked before any work too
     spec.sensitivity = [str(tmp_path / "sens-rtn3-piqa")]
     check_plan(spec)
     spec.tasks[0].skip = 100  # the first 100 evaluation items would be ranking items

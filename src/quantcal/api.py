@@ -80,11 +80,20 @@ class EvalResult:
     model: str  # the base model as given (bundled name, file, directory or hub id)
     store: Path
     tasks: dict[str, TaskResult]
+    item_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)  # each task's items in this call
 
     def items(self, normalization: str = "none") -> Any:
-        """This variant's per-item records (see :func:`load_items`)."""
+        """The per-item records of this call's items (see :func:`load_items`; the store may hold more of the same
+        run, from a larger ``limit`` or another ``skip``)."""
         frame = load_items(self.store, normalization)
-        return frame[(frame["variant"] == self.variant) & frame["task"].isin(list(self.tasks))].reset_index(drop=True)
+        mine = frame[(frame["variant"] == self.variant) & frame["task"].isin(list(self.tasks))]
+        runs = [t.run_id for t in self.tasks.values() if t.run_id]  # a store may hold other runs of the same names
+        if runs:
+            mine = mine[mine["run_id"].isin(runs)]
+        if self.item_ids:
+            wanted = {(task, item) for task, ids in self.item_ids.items() for item in ids}
+            mine = mine[[(t, i) in wanted for t, i in zip(mine["task"], mine["item_id"])]]
+        return mine.reset_index(drop=True)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "variant": self.variant, "store": str(self.store),
@@ -203,6 +212,7 @@ def evaluate(
     store_path = Path(store) if store is not None else default_store(variant_name)
     results: dict[str, TaskResult] = {}
     labels: dict[str, str] = {}  # task name -> its name in the store (with its prompt setup)
+    item_ids: dict[str, tuple[str, ...]] = {}
     with open_store(store_path) as db:
         for task in task_list:
             job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
@@ -212,6 +222,7 @@ def evaluate(
             outcome = run_job(db, job, options, variant.holder, progress, say)
             say(outcome.summary(f"{variant_name} · {job.label}"))
             wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
+            item_ids[job.label] = tuple(outcome.item_ids)
             scored = [s for s in db.scored_items(outcome.run_id) if s.item_id in wanted]
             if not scored:
                 raise QuantcalError(f"{job.label}: no item could be scored")
@@ -221,7 +232,7 @@ def evaluate(
     for group in groups.values():
         group_setup = setups[PREFIX + group.tasks[0]]
         results[task_label(PREFIX + group.name, group_setup)] = _group_result(group, results, labels, group_setup)
-    return EvalResult(variant_name, variant.source.spec, store_path, results)
+    return EvalResult(variant_name, variant.source.spec, store_path, results, item_ids)
 
 
 def _group_result(group: GroupSpec, results: Mapping[str, TaskResult], labels: Mapping[str, str],

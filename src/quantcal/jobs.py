@@ -69,7 +69,7 @@ class Job:
     extra_config: dict[str, Any] = field(default_factory=dict)
     dtype: str = "auto"
     setup: PromptSetup = field(default_factory=PromptSetup)  # few-shot examples, chat template
-    skip: int = 0  # leave out the task's first items (then ``limit`` more)
+    skip: int = 0  # leave out the task's first items (then ``limit`` more); like ``limit``, not part of the run's key
     #: Zero-shot content hashes of items this variant must not be evaluated on (its recipe was tuned on them).
     forbidden: frozenset[str] = frozenset()
     forbidden_reason: str = ""
@@ -152,7 +152,6 @@ def job_config(job: Job, options: ScoringOptions, tokenizer: Any = None, items: 
         "scorer_version": SCORER_VERSION,
         **job.extra_config,
         **prompt_config(job.setup, tokenizer),
-        **({"skip": job.skip} if job.skip else {}),
     }
 
 

@@ -46,7 +46,8 @@ def _pair(probs_ref: np.ndarray, probs_var: np.ndarray, labels: np.ndarray) -> t
 
 def item_changes(probs_ref: np.ndarray, probs_var: np.ndarray, labels: np.ndarray) -> ItemChanges:
     ref, var = _pair(probs_ref, probs_var, labels)
-    js = jensenshannon(ref.probs, var.probs, base=2, axis=1)
+    with np.errstate(invalid="ignore"):  # identical rows: a tiny negative under the square root
+        js = jensenshannon(ref.probs, var.probs, base=2, axis=1)
     return ItemChanges(
         delta_p_gold=var.p_gold - ref.p_gold,
         delta_confidence=var.confidence - ref.confidence,
