@@ -286,3 +286,32 @@ def test_a_study_reports_an_lm_eval_groups_line(yaml_dir: Path, tiny_llama: Path
     assert "lm-eval group of 2 tasks" in (tmp_path / "r" / "tables.md").read_text()
     rebuilt = quantcal.rebuild_report(tmp_path / "r" / "study.sqlite", output=tmp_path / "r2")
     assert rebuilt.results["groups"] == results["groups"]  # study.json keeps the groups
+
+
+def test_an_lm_eval_run_resumes_to_a_larger_limit_and_changed_data_is_a_new_run(tiny_llama: Path, tmp_path: Path,
+                                                                                 shared_data: Path) -> None:
+    """The run key holds the task's definition (lm-eval's config and documents), not the rendered items: a run over
+    the first 3 items grows to 5 in the same run; editing one document of the file starts another run."""
+    import quantcal
+    from quantcal.store import open_store
+
+    rows = [json.loads(line) for line in (shared_data / FILES["piqa"][0]).read_text().splitlines()[:8]]
+    data = write_jsonl(tmp_path / "piqa.jsonl", rows)
+    folder = tmp_path / "yaml"
+    folder.mkdir()
+    local_yaml(folder, "local_piqa_r", FILES["piqa"][1], data)
+    store = tmp_path / "s.sqlite"
+
+    def run(limit: int) -> list:
+        quantcal.evaluate(str(tiny_llama), "lm-eval:local_piqa_r", lm_eval_include=folder, limit=limit, num_fewshot=1,
+                          store=store)
+        with open_store(store) as db:
+            return [r for r in db.runs() if r.task.startswith("lm-eval:local_piqa_r")]
+
+    first = run(3)
+    grown = run(5)
+    assert len(first) == len(grown) == 1 and grown[0].run_id == first[0].run_id
+    assert grown[0].n_items == 5
+    rows[7]["goal"] = rows[7]["goal"] + " (edited)"  # outside the first 5 items, inside the few-shot pool
+    write_jsonl(data, rows)
+    assert len(run(5)) == 2

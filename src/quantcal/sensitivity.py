@@ -184,8 +184,6 @@ def _unit_json(u: Unit, model: Any) -> dict[str, Any]:
 
 def _analyse(db: Any, specs: list[tuple[Task, Optional[str]]], limit: Optional[int], ref_name: str, spec: Any,
              units: list[Unit], unit: str, normalization: str, resamples: int, seed: int) -> dict[str, Any]:
-    from quantcal.summary import paired_analysis
-
     tasks: dict[str, Any] = {}
     for task, path in specs:
         items = load_items(task, path, limit)
@@ -195,11 +193,10 @@ def _analyse(db: Any, specs: list[tuple[Task, Optional[str]]], limit: Optional[i
             rows.append(unit_sensitivity(u.name, a.ref.probs, a.var.probs, a.ref.labels, n_resamples=resamples, seed=seed))
         full = align(db, ref_name, spec.slug, task.name, normalization)
         whole = unit_sensitivity("all", full.ref.probs, full.var.probs, full.ref.labels, n_resamples=resamples, seed=seed)
-        diffs, _ = paired_analysis(full, ("acc",), resamples, seed)
         tasks[task.name] = {
             "n": len(items), "data_file": path, "item_hashes": sorted({it.content_hash for it in items}),
             "reference": {"acc": float((full.ref.probs.argmax(1) == full.ref.labels).mean())},
-            "full_recipe": whole.to_json(), "full_recipe_acc_delta": diffs["acc"].to_json(),
+            "full_recipe": whole.to_json(),
             "units": {r.unit: r.to_json() for r in rows},
             "top_units": [name for name, _ in rank_units([rows], "nll")[:5]],
             **({"family_share_nll": family_shares(rows, "nll"), "family_share_ece": family_shares(rows, "ece")}

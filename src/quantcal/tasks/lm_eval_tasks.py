@@ -196,6 +196,7 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
                             f"reproduce (it scores the gold choice's probability){hint}")
     if setup.apply_chat_template:
         require_chat_template(tokenizer)
+    definition = definition_hash(task)
     task.set_config(key="num_fewshot", value=setup.num_fewshot)
     task.set_fewshot_seed(seed=setup.fewshot_seed)
     try:
@@ -212,13 +213,32 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
     items = []
     for doc_id in sorted(by_doc):
         requests = sorted(by_doc[doc_id], key=lambda r: r.idx)
-        items.append(_item(task, bare, doc_id, requests))
+        items.append(_item(task, bare, doc_id, requests, definition))
     if not items:
         raise QuantcalError(f"lm-eval:{bare}: no items")
     return items
 
 
-def _item(task: Any, name: str, doc_id: int, requests: Sequence[Any]) -> Item:
+def definition_hash(task: Any) -> str:
+    """What fixes an lm-eval task's rendering apart from the prompt setup (which the run key holds on its own): the
+    lm-eval version, the task's configuration as lm-eval dumps it (functions as their source code), and every document
+    of its evaluation and few-shot splits. Unlike a hash of the rendered items it does not depend on ``limit``, so a
+    run over the first 100 items resumes to 500."""
+    import lm_eval
+
+    config = {k: v for k, v in task.dump_config().items() if k != "num_fewshot"}
+    digest = hashlib.sha256(json.dumps([getattr(lm_eval, "__version__", "?"), config], sort_keys=True,
+                                       default=str).encode())
+    with contextlib.redirect_stderr(io.StringIO()):
+        splits = (task.eval_docs, task.fewshot_docs())
+    for docs in splits:
+        for doc in docs if docs is not None else ():
+            digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
+def _item(task: Any, name: str, doc_id: int, requests: Sequence[Any], definition: str) -> Item:
     doc = requests[0].doc
     choices = [str(c) for c in task.doc_to_choice(doc)]
     pairs = [tuple(r.arguments[:2]) for r in requests][: len(choices)]  # mutual-info extras come after
@@ -229,7 +249,7 @@ def _item(task: Any, name: str, doc_id: int, requests: Sequence[Any]) -> Item:
     contexts = tuple(c for c, _ in pairs)
     shown = contexts[0] if len(set(contexts)) == 1 else _common_prefix(contexts)
     return Item(id=str(doc_id), context=shown, choices=tuple(choices), gold=golds[0], golds=tuple(golds),
-                meta={"origin": f"lm-eval:{name}[{doc_id}]"}, contexts=contexts,
+                meta={"origin": f"lm-eval:{name}[{doc_id}]", "definition": definition}, contexts=contexts,
                 continuations=tuple(c for _, c in pairs))
 
 
@@ -260,5 +280,9 @@ def _common_prefix(texts: Sequence[str]) -> str:
 
 
 def items_fingerprint(items: Sequence[Item]) -> str:
-    """What identifies an lm-eval task's data in a run's key: the hash of every item it rendered."""
+    """What identifies an lm-eval task's data in a run's key: its :func:`definition_hash` (the items carry it), else
+    (items from elsewhere) the hash of every item."""
+    definitions = {it.meta.get("definition") for it in items}
+    if len(definitions) == 1 and None not in definitions:
+        return "lm-eval:" + definitions.pop()
     return "items:" + hashlib.sha256(json.dumps([it.content_hash for it in items]).encode()).hexdigest()[:16]
