@@ -285,3 +285,29 @@ def test_gptq_static_groups_fit_every_scale_on_the_original_weights() -> None:
     default = gptq_weight(w, h, 4, 16, False)
     assert torch.equal(default.scales[:, 0], static.scales[:, 0])  # the first group sees no update yet
     assert not torch.equal(default.scales[:, 1:], static.scales[:, 1:])
+
+
+def test_a_local_calibration_files_content_is_part_of_the_variants_key(tmp_path: Path, tiny_llama: Path) -> None:
+    """Editing the file a calibrated recipe draws its windows from makes another variant (cache and store keys);
+    self-generated and hub sources keep the key their spec gives."""
+    from quantcal.recipes.variants import variant_key
+
+    source = resolve_source(str(tiny_llama))
+    text = tmp_path / "calib.txt"
+    text.write_text("some calibration prose. " * 50)
+    keys = {}
+    for family in ("gptq", "awq"):
+        spec = parse_recipe(f"{family}:bits=4,group_size=16,calib={text}")
+        keys[family] = variant_key(source, spec)
+        assert variant_key(source, spec) == keys[family]
+    text.write_text("other calibration prose. " * 50)
+    for family in ("gptq", "awq"):
+        assert variant_key(source, parse_recipe(f"{family}:bits=4,group_size=16,calib={text}")) != keys[family]
+    task = tmp_path / "piqa.jsonl"
+    task.write_text(json.dumps({"goal": "g", "sol1": "a", "sol2": "b", "label": 0}) + "\n")
+    before = variant_key(source, parse_recipe(f"gptq:bits=4,group_size=16,calib=task:piqa:{task}"))
+    task.write_text(json.dumps({"goal": "h", "sol1": "a", "sol2": "b", "label": 0}) + "\n")
+    assert variant_key(source, parse_recipe(f"gptq:bits=4,group_size=16,calib=task:piqa:{task}")) != before
+    from quantcal.recipes import recipe_identity
+    assert recipe_identity(parse_recipe("gptq:bits=4,group_size=16")) == {}
+    assert recipe_identity(parse_recipe("awq:bits=4,group_size=16,calib=c4")) == {}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
-from quantcal.recipes import awq_recipe, bnb, grid, gguf_types, gptq_recipe, hqq, mixed, quanto, rtn
+from quantcal.recipes import awq_recipe, bnb, calibration, grid, gguf_types, gptq_recipe, hqq, mixed, quanto, rtn
 from quantcal.recipes.spec import Param, RecipeSpec, parse_spec
 
 
@@ -42,10 +42,10 @@ def _grid_bits(sym: Optional[bool] = None) -> Callable[[dict[str, Any], int], fl
 FAMILIES: dict[str, Family] = {
     "rtn": Family(rtn.PARAMS, None, rtn.apply, "round-to-nearest, group-wise integer grid", layer_bits=_grid_bits()),
     "gptq": Family(gptq_recipe.PARAMS, None, gptq_recipe.apply, "GPTQ (Frantar et al. 2022), in-house, calibrated",
-                   layer_bits=_grid_bits()),
+                   layer_bits=_grid_bits(), identity=calibration.identity),
     "awq": Family(awq_recipe.PARAMS, None, awq_recipe.apply,
                   "AWQ (Lin et al. 2024), in-house: activation-aware scales + clipping, calibrated",
-                  layer_bits=_grid_bits(sym=False)),
+                  layer_bits=_grid_bits(sym=False), identity=calibration.identity),
     "hqq": Family(hqq.PARAMS, None, hqq.apply, "HQQ half-quadratic zero-point optimisation (hqq library), no calibration",
                   library="hqq", layer_bits=lambda params, _: hqq.bits_per_weight(params)),
     "gguf": Family(gguf_types.PARAMS, "type", gguf_types.apply, "llama.cpp formats: the gguf package; K-quants ported from llama.cpp", library="gguf"),

@@ -54,6 +54,17 @@ def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seql
     return _from_text(_read_text(path), tokenizer, nsamples, seqlen, seed, str(path))
 
 
+def identity(params: dict[str, Any]) -> dict[str, Any]:
+    """A local calibration file's content (``calib=PATH`` or ``task:NAME:PATH``), so a build and its scores are not
+    reused after the file changes; empty for ``self``, ``c4`` and a task's hub split."""
+    source = params["calib"]
+    path = source.split(":", 2)[2] if source.startswith("task:") and source.count(":") >= 2 else (
+        None if source in ("self", "c4") or source.startswith("task:") else source)
+    if path is None or not Path(path).is_file():
+        return {}  # a missing file is refused when the windows are drawn
+    return {"calib_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
+
+
 def params_ids(model: Any, tokenizer: Any, params: dict[str, Any], fingerprint: str | None) -> torch.Tensor:
     """The windows a calibrated recipe's ``calib``/``nsamples``/``seqlen``/``seed`` parameters ask for."""
     return calibration_ids(model, tokenizer, params["calib"], params["nsamples"], params["seqlen"], params["seed"],
