@@ -144,7 +144,7 @@ def test_a_failed_job_is_reported_and_the_others_go_on(tmp_path: Path, tiny_llam
 
 @pytest.mark.parametrize("name", ["study_b_gptq.yaml", "study_a_ptq_vs_qlora.yaml", "qlora_heldout_hellaswag.yaml",
                                   "study_gptq_seeds.yaml", "study_fewshot.yaml",
-                                  "study_calibration_source.yaml"])
+                                  "study_calibration_source.yaml", "study_b_seeds.yaml"])
 def test_example_studies_are_valid(name: str) -> None:
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study
