@@ -230,7 +230,11 @@ def definition_hash(task: Any) -> str:
     digest = hashlib.sha256(json.dumps([getattr(lm_eval, "__version__", "?"), config], sort_keys=True,
                                        default=str).encode())
     with contextlib.redirect_stderr(io.StringIO()):
-        splits = (task.eval_docs, task.fewshot_docs())
+        try:
+            fewshot = task.fewshot_docs()
+        except Exception:  # noqa: BLE001 - a task without a usable few-shot pool renders zero-shot only
+            fewshot = None
+        splits = (task.eval_docs, fewshot)
     for docs in splits:
         for doc in docs if docs is not None else ():
             digest.update(json.dumps(doc, sort_keys=True, default=str).encode())
