@@ -34,13 +34,6 @@ def codes_of(result: Any, group_size: int) -> torch.Tensor:
     return torch.round(result.weight.double() / scale + zero).to(torch.int32)
 
 
-def output_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
-    d = (quantized.double() - weight.double())
-    w = weight.double()
-    h = hessian.double()
-    return float(torch.sqrt(torch.einsum("ij,jk,ik->", d, h, d) / torch.einsum("ij,jk,ik->", w, h, w)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -54,7 +47,7 @@ def main() -> None:
     from quantcal.models import load_model, resolve_source
     from quantcal.recipes import gptq
     from quantcal.recipes.calibration import calibration_ids
-    from quantcal.recipes.layers import decoder_layers
+    from quantcal.recipes.layers import decoder_layers, relative_output_error
 
     source = resolve_source(args.model)
     lm = load_model(source, "float32")
@@ -79,8 +72,8 @@ def main() -> None:
             f32 = solve(weight, hessian.float(), args.bits, args.group_size, False, 0.01, static_groups=True)
         same = float((codes_of(f64, args.group_size) == codes_of(f32, args.group_size)).double().mean())
         rows.append({"layer": index, "shape": list(weight.shape), "identical_codes": same,
-                     "error_float64": output_error(weight, f64.weight, hessian),
-                     "error_float32": output_error(weight, f32.weight, hessian)})
+                     "error_float64": relative_output_error(weight, f64.weight, hessian),
+                     "error_float32": relative_output_error(weight, f32.weight, hessian)})
         print(f"layer {index:2d} {tuple(weight.shape)}: identical codes {same:.4f}, output error float64 "
               f"{rows[-1]['error_float64']:.5f} float32 {rows[-1]['error_float32']:.5f}")
     shares = np.array([r["identical_codes"] for r in rows])

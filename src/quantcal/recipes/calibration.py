@@ -57,12 +57,25 @@ def calibration_ids(model: Any, tokenizer: Any, source: str, nsamples: int, seql
 def identity(params: dict[str, Any]) -> dict[str, Any]:
     """A local calibration file's content (``calib=PATH`` or ``task:NAME:PATH``), so a build and its scores are not
     reused after the file changes; empty for ``self``, ``c4`` and a task's hub split."""
-    source = params["calib"]
-    path = source.split(":", 2)[2] if source.startswith("task:") and source.count(":") >= 2 else (
-        None if source in ("self", "c4") or source.startswith("task:") else source)
+    path = _local_file(params["calib"])
     if path is None or not Path(path).is_file():
         return {}  # a missing file is refused when the windows are drawn
     return {"calib_sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}
+
+
+def _task_source(source: str) -> tuple[str, str]:
+    """``task:NAME[:PATH]`` as ``(NAME, PATH or "")``."""
+    name, _, data_file = source[len("task:"):].partition(":")
+    return name, data_file
+
+
+def _local_file(source: str) -> str | None:
+    """The local file a source reads (``PATH``, or ``task:NAME:PATH``); None for ``self``, ``c4`` and hub splits."""
+    if source in ("self", "c4"):
+        return None
+    if source.startswith("task:"):
+        return _task_source(source)[1] or None
+    return source
 
 
 def params_ids(model: Any, tokenizer: Any, params: dict[str, Any], fingerprint: str | None) -> torch.Tensor:
@@ -121,7 +134,7 @@ def task_text(source: str) -> str:
     """``task:NAME[:PATH]``: every item's prompt, the target delimiter and its gold answer, one item per paragraph."""
     from quantcal.tasks import get_task, load_items
 
-    name, _, data_file = source[len("task:"):].partition(":")
+    name, data_file = _task_source(source)
     if not name:
         raise QuantcalError(f"calibration source {source!r}: expected task:NAME or task:NAME:PATH")
     task = get_task(name)
