@@ -21,6 +21,7 @@ def plain_awq_grid(w: torch.Tensor, bits: int, g: int) -> torch.Tensor:
         for c in range(0, w.shape[1], g):
             x = w[r, c:c + g]
             scale = torch.clamp(x.max() - x.min(), min=1e-5) / maxq  # in w's dtype: ties round as in the recipe
+            scale = scale.half().to(w.dtype)  # as checkpoints store it (float16)
             zero = torch.clamp(-torch.round(x.min() / scale), 0, maxq)
             q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
             out[r, c:c + g] = (q - zero) * scale

@@ -36,8 +36,11 @@ def test_spec_canonical_key_and_errors() -> None:
 @pytest.mark.parametrize("bits,group,sym", [(2, 16, False), (4, 64, False), (4, 48, True), (8, -1, False), (3, 40, False)])
 def test_rtn_groups_have_at_most_2_pow_bits_values(bits: int, group: int, sym: bool) -> None:
     w = torch.randn(12, 100)
-    q = grid.rtn(w, bits, group, sym)
+    q, scale, zero = grid.rtn(w, bits, group, sym)
     g = 100 if group == -1 else group
+    assert torch.equal(scale.half().float(), scale)  # float16 values, as a checkpoint stores them
+    expanded = lambda t: t.repeat_interleave(g, dim=1)[:, :100]  # noqa: E731
+    assert torch.equal(q, expanded(scale) * (torch.round(q / expanded(scale)) + expanded(zero) - expanded(zero)))
     for start in range(0, 100, g):  # includes the ragged last group
         for row in q[:, start:start + g]:
             assert row.unique().numel() <= 2 ** bits
@@ -68,7 +71,7 @@ def test_gptq_equals_plain_equations_and_beats_rtn(group: int) -> None:
     ours = gptq_weight(w, h, 4, group, False, block_size=128).weight
     assert torch.allclose(ours, plain_gptq(w, h, 4, group, False), atol=1e-10)
     err = lambda q: float(torch.trace((q - w) @ h @ (q - w).T))  # noqa: E731
-    assert err(ours) < err(grid.rtn(w, 4, group, False))
+    assert err(ours) < err(grid.rtn(w, 4, group, False)[0])
     for start in range(0, 160, group):
         for row in ours[:, start:start + group]:
             assert row.unique().numel() <= 16

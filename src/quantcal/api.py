@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from quantcal.analysis import Comparison
 from quantcal.deployment import ExportedCheckpoint, export_checkpoint
+from quantcal.packed_checkpoint import DTYPES, PACKABLE, PackedCheckpoint, export_packed
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.jobs import Job, ScoringOptions, require_positive, run_job
@@ -605,6 +606,30 @@ def quantize(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64
     spec = parse_recipe(recipe)
     path = build_variant(resolve_source(model), spec, Path(out) if out is not None else None, progress=say)
     return Variant(model, spec.key, path, variant_meta(path))
+
+
+def export_model(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64", out: Union[str, Path] = "",
+                 dtype: str = "float32", say: Say = _silent) -> PackedCheckpoint:
+    """Build (or find) an integer variant and write it as a compressed-tensors ``pack-quantized`` checkpoint that
+    vLLM and transformers load with their own kernels (:mod:`quantcal.packed_checkpoint`); its
+    ``quantcal-variant.json`` carries the variant's record and the on-disk bits per weight.
+
+    Example:
+        >>> quantcal.export_model("smollm2-135m-instruct", "gptq:bits=4,group_size=64", "smol-gptq4")  # doctest: +SKIP
+    """
+    if not str(out):
+        raise QuantcalError("export_model: `out` (a new folder) is required")
+    spec = parse_recipe(recipe)
+    params = dict(spec.params)
+    if spec.family not in PACKABLE or params.get("desc_act") or params.get("mode", "simulated") != "simulated":
+        raise QuantcalError(f"{spec.key}: export-model packs integer grids: rtn, gptq (desc_act=false) or awq, "
+                            "simulated mode")
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise QuantcalError(f"{out}: exists and is not empty; choose a new folder")
+    if dtype not in DTYPES:
+        raise QuantcalError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    variant = quantize(model, recipe, say=say)
+    return export_packed(variant.path, out, dtype, say)
 
 
 # fine-tuning -------------------------------------------------------------------------------------------------------

@@ -140,8 +140,9 @@ def load_model(
         location = source.location
         if revision:
             kwargs["revision"] = revision
+    kwargs.update(packed_load_kwargs(Path(location)))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, use_safetensors=True, **kwargs)
     except OSError as exc:
         raise QuantcalError(f"cannot load model {source.spec!r}: {str(exc).splitlines()[0]}") from exc
@@ -150,6 +151,24 @@ def load_model(
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, source)
+
+
+def packed_load_kwargs(location: Path) -> dict[str, Any]:
+    """``from_pretrained`` arguments for a compressed-tensors checkpoint with an asymmetric pack-quantized grid
+    (``quantcal export-model``'s GPTQ/AWQ/RTN): transformers 5.24's compressed modules expect an unpacked zero point
+    where the format (and vLLM) packs it, so such checkpoints are dequantized once at load. Empty otherwise."""
+    config_file = location / "config.json"
+    if not config_file.is_file():
+        return {}
+    config = json.loads(config_file.read_text()).get("quantization_config") or {}
+    if config.get("quant_method") != "compressed-tensors":
+        return {}
+    groups = config.get("config_groups", {}).values()
+    if all((g.get("weights") or {}).get("symmetric", True) for g in groups):
+        return {}
+    from transformers import CompressedTensorsConfig
+
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:

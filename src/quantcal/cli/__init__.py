@@ -15,7 +15,7 @@ from quantcal.cli.finetune import finetune_command
 from quantcal.cli.lm_eval import import_lm_eval_command
 from quantcal.cli.sensitivity import sensitivity_command
 from quantcal.cli.study import report_command, run_command
-from quantcal.cli.variants import export_checkpoint_command, quantize_command, recipes_command
+from quantcal.cli.variants import export_checkpoint_command, export_model_command, quantize_command, recipes_command
 
 app = typer.Typer(
     help="quantcal: when you compress an LLM, what happens to how much you can trust its confidence?",
@@ -43,6 +43,7 @@ for _name, _command in (
     ("export", export_command), ("metrics", metrics_command), ("compare", compare_command), ("run", run_command),
     ("report", report_command), ("import-lm-eval", import_lm_eval_command), ("tasks", tasks_command),
     ("models", models_command), ("sensitivity", sensitivity_command), ("export-checkpoint", export_checkpoint_command),
+    ("export-model", export_model_command),
 ):
     app.command(_name)(_command)
 

@@ -1,4 +1,5 @@
-"""``quantcal quantize`` and ``quantcal recipes``: build a compressed variant (:func:`quantcal.api.quantize`), list recipes."""
+"""``quantcal quantize``, ``quantcal recipes`` and ``quantcal export-model``: build a compressed variant
+(:func:`quantcal.api.quantize`), list recipes, write a variant as a packed checkpoint (:func:`quantcal.api.export_model`)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,21 @@ def export_checkpoint_command(
         quiet_transformers()
         exported = api.export_checkpoint(report, variant, target, task=task, normalization=normalization, say=say)
         console.print(f"{exported.variant}: {exported.out} (temperature {exported.temperature:.4f}, fitted on {exported.task})")
+
+
+def export_model_command(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="The reference model (bundled name, .gguf, checkpoint dir, hub id)."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="An integer recipe: rtn:..., gptq:... (desc_act=false) or awq:..."),
+    target: Path = typer.Option(..., "--out", help="A new folder for the checkpoint."),
+    dtype: str = typer.Option("float32", "--dtype", help="dtype of the weights that stay in float (embeddings, norms, head): float32 | float16 | bfloat16."),
+) -> None:
+    """Write an integer variant (built now unless cached) as a compressed-tensors pack-quantized checkpoint: int32-packed
+    codes, float16 group scales (the simulated grid's own values), packed zero points; vLLM and transformers load it
+    with their quantized kernels. AWQ's input scales are folded into the preceding norms and layers."""
+    with user_errors():
+        from quantcal import api
+
+        quiet_transformers()
+        exported = api.export_model(model, recipe, target, dtype, say=say)
+        console.print(f"{exported.recipe}: {exported.out} ({exported.layers} packed layers, "
+                      f"{exported.bits_per_weight:.3f} bits per weight on disk)")

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from quantcal.errors import QuantcalError
+from quantcal.recipes import grid
+from quantcal.recipes.grid_record import LayerGrid
 from quantcal.recipes.layers import block_linears, capture_layer_inputs, decoder_layers, relative_output_error, run_block
 
 LOSS_TOKENS = 4096
@@ -52,17 +54,24 @@ def check_model(model: nn.Module, group_size: int) -> None:
         check_groups(name, module.in_features, group_size)
 
 
-def quantize(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """AWQ's zero-point grid, group-wise along the input dimension (``group_size`` must divide the columns)."""
+def quantize_with_grid(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AWQ's zero-point grid, group-wise along the input dimension (``group_size`` must divide the columns): the
+    dequantized weight and the (rows, groups) scales (float16 values, :func:`quantcal.recipes.grid.storable`) and
+    zeros."""
     rows, cols = w.shape
     g = cols if group_size <= 0 else group_size
     x = w.reshape(-1, g)
     maxq = 2 ** bits - 1
     hi, lo = x.amax(dim=1, keepdim=True), x.amin(dim=1, keepdim=True)
-    scale = (hi - lo).clamp(min=1e-5) / maxq
+    scale = grid.storable((hi - lo).clamp(min=1e-5) / maxq)
     zero = torch.clamp(-torch.round(lo / scale), 0, maxq)
     q = (torch.clamp(torch.round(x / scale) + zero, 0, maxq) - zero) * scale
-    return q.reshape(rows, cols)
+    return q.reshape(rows, cols), scale.reshape(rows, cols // g), zero.reshape(rows, cols // g)
+
+
+def quantize(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """:func:`quantize_with_grid`'s dequantized weight."""
+    return quantize_with_grid(w, bits, group_size)[0]
 
 
 def activation_scales(mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -134,6 +143,8 @@ class AWQLayer:
     scales: torch.Tensor  # s, folded into the producer of the input in a deployment
     effective: torch.Tensor  # Q(clip(W s)) / s: what simulated mode stores
     float_effective: torch.Tensor  # clip(W s) / s: the block's weight while later blocks are calibrated
+    group_scale: torch.Tensor  # (rows, groups) scales and zeros of Q
+    group_zero: torch.Tensor
 
 
 def quantize_group(weights: dict[str, torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int,
@@ -152,8 +163,9 @@ def quantize_group(weights: dict[str, torch.Tensor], x: torch.Tensor, mean_abs: 
         w_scaled = w.float() * s
         if do_clip and not any(tag in name.lower() for tag in NO_CLIP):
             w_scaled = clip(w_scaled, search_clip(w_scaled, clip_inputs, bits, group_size), group_size)
-        grid_weight = quantize(w_scaled, bits, group_size)
-        out[name] = AWQLayer(grid_weight, s, (grid_weight / s).to(w.dtype), (w_scaled / s).to(w.dtype))
+        grid_weight, group_scale, group_zero = quantize_with_grid(w_scaled, bits, group_size)
+        out[name] = AWQLayer(grid_weight, s, (grid_weight / s).to(w.dtype), (w_scaled / s).to(w.dtype),
+                             group_scale, group_zero)
     return out, alpha
 
 
@@ -214,9 +226,11 @@ class _Inputs:
 
 
 def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size: int, n_grid: int = 20,
-              do_clip: bool = True, progress: Callable[[int, int], None] | None = None) -> dict[str, dict]:
+              do_clip: bool = True, progress: Callable[[int, int], None] | None = None,
+              grids: dict[str, LayerGrid] | None = None) -> dict[str, dict]:
     """Quantize every linear in the decoder blocks in place (simulated). Returns per layer: the chosen ``alpha``,
-    whether it was scaled, and the relative output error on the subsampled calibration inputs."""
+    whether it was scaled, and the relative output error on the subsampled calibration inputs; ``grids``, when
+    given, receives each layer's grid (with ``s`` as its input scale when the layer was scaled)."""
     check_model(model, group_size)
     hidden, kwargs = capture_layer_inputs(model, calibration)
     layers = decoder_layers(model)
@@ -253,6 +267,10 @@ def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size
                     "error": relative_output_error(weights[name], result.effective, gram)}
                 modules[name].weight.data = result.float_effective
                 final[name] = result.effective
+                if grids is not None:
+                    grids[f"{prefix}.{index}.{name}"] = LayerGrid.of(
+                        result.group_scale, result.group_zero, bits, group_size, result.effective.shape[1], False,
+                        result.scales if scaled else None)
         with torch.inference_mode():
             hidden = [run_block(layer, h, kwargs[index]) for h in hidden]
         for name, weight in final.items():

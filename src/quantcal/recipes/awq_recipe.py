@@ -8,6 +8,7 @@ from torch import nn
 
 from quantcal.recipes import calibration, grid
 from quantcal.recipes.awq import awq_model, check_model
+from quantcal.recipes.grid_record import LayerGrid
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
 
@@ -21,10 +22,12 @@ PARAMS = {
 
 
 def apply(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,
-          progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None, **_: Any) -> dict[str, Any]:
+          progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None,
+          grids: dict[str, LayerGrid] | None = None, **_: Any) -> dict[str, Any]:
     check_model(model, params["group_size"])
     ids = calibration.params_ids(model, tokenizer, params, fingerprint)
-    report = awq_model(model, ids, params["bits"], params["group_size"], params["n_grid"], params["clip"], progress)
+    report = awq_model(model, ids, params["bits"], params["group_size"], params["n_grid"], params["clip"], progress,
+                       grids)
     linears = [m for _, m in block_linears(model)]
     return {"bits_per_weight": grid.model_bits_per_weight(linears, params["bits"], params["group_size"], False),
             "calibration": calibration.record(params, ids), "awq_layers": report}

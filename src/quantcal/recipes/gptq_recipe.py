@@ -7,7 +7,8 @@ from typing import Any, Callable
 from torch import nn
 
 from quantcal.recipes import calibration, grid
-from quantcal.recipes.gptq import gptq_model
+from quantcal.recipes.gptq import GPTQResult, gptq_model
+from quantcal.recipes.grid_record import LayerGrid
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
 
@@ -25,10 +26,19 @@ PARAMS = {
 
 
 def apply(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,
-          progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None, **_: Any) -> dict[str, Any]:
+          progress: Callable[[int, int], None] | None = None, fingerprint: str | None = None,
+          grids: dict[str, LayerGrid] | None = None, **_: Any) -> dict[str, Any]:
+    """GPTQ in place; ``grids``, when given, receives each layer's scales and zeros (not with ``desc_act``, whose
+    groups follow the activation order: a packed checkpoint needs its ``g_idx``, which quantcal does not write)."""
     ids = calibration.params_ids(model, tokenizer, params, fingerprint)
+    results: dict[str, GPTQResult] = {}
     errors = gptq_model(model, ids, params["bits"], params["group_size"], params["sym"], params["damp"],
-                        params["desc_act"], progress, static_groups=params["static_groups"])
-    linears = [m for _, m in block_linears(model)]
+                        params["desc_act"], progress, results=results, static_groups=params["static_groups"])
+    named = list(block_linears(model))
+    linears = [m for _, m in named]
+    if grids is not None and not params["desc_act"]:
+        for name, m in named:
+            r = results[name]
+            grids[name] = LayerGrid.of(r.scales, r.zeros, params["bits"], params["group_size"], m.in_features, params["sym"])
     return {"bits_per_weight": grid.model_bits_per_weight(linears, params["bits"], params["group_size"], params["sym"]),
             "calibration": calibration.record(params, ids), "gptq_sequential_layer_error": errors}

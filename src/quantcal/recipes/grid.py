@@ -7,6 +7,11 @@ For a group of weights ``w`` with ``b`` bits (``maxq = 2^b - 1``):
 - an all-zero group uses ``lo, hi = -1, 1``.
 ``q = clamp(round(w / scale) + zero, 0, maxq)`` and the dequantized weight is ``scale (q - zero)``, so a group
 holds at most ``2^b`` distinct values.
+
+Scales are rounded to float16 (:data:`SCALE_DTYPE`) as soon as they are fitted, and the zero is computed from the
+rounded scale: checkpoints (GPTQ, AWQ, compressed-tensors' pack-quantized format) store float16 scales, and
+``scale (q - zero)`` with a float16 scale and a small integer is exact in float32, so the simulated weights are
+exactly the values an exported checkpoint holds (:mod:`quantcal.recipes.packed_export`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,14 @@ from __future__ import annotations
 import torch
 
 from quantcal.recipes.layers import mean_bits
+
+#: The dtype checkpoints store group scales in; the simulated grid uses the same values.
+SCALE_DTYPE = torch.float16
+
+
+def storable(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` rounded to :data:`SCALE_DTYPE` (never to zero), kept in its own dtype."""
+    return scale.clamp_min(2.0 ** -24).to(SCALE_DTYPE).to(scale.dtype)
 
 
 def fit(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +40,7 @@ def fit(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tens
     empty = (lo == 0) & (hi == 0)
     lo = torch.where(empty, torch.full_like(lo, -1.0), lo)
     hi = torch.where(empty, torch.full_like(hi, 1.0), hi)
-    scale = (hi - lo) / maxq
+    scale = storable((hi - lo) / maxq)
     zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-lo / scale)
     return scale, zero
 
@@ -41,17 +54,21 @@ def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
     return scale * (q - zero)
 
 
-def rtn(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
-    """Round-to-nearest, group-wise along the input dimension; a ragged last group is allowed."""
+def rtn(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest, group-wise along the input dimension; a ragged last group is allowed. Returns the
+    dequantized weight and the (rows, groups) scales and zeros."""
     w = weight.float()
     cols = w.shape[1]
     g = cols if group_size <= 0 else group_size
     out = torch.empty_like(w)
+    scales, zeros = [], []
     for start in range(0, cols, g):
         block = w[:, start:start + g]
         scale, zero = fit(block, bits, sym)
         out[:, start:start + g] = quantize(block, scale, zero, bits)
-    return out.to(weight.dtype)
+        scales.append(scale)
+        zeros.append(zero)
+    return out.to(weight.dtype), torch.stack(scales, 1), torch.stack(zeros, 1)
 
 
 def bits_per_weight(bits: int, group_size: int, cols: int, sym: bool) -> float:

@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from quantcal.recipes import grid
+from quantcal.recipes.grid_record import LayerGrid
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
 
@@ -17,8 +18,13 @@ PARAMS = {
 }
 
 
-def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
-    linears = [linear for _, linear in block_linears(model)]
-    for linear in linears:
-        linear.weight.data = grid.rtn(linear.weight.data, params["bits"], params["group_size"], params["sym"])
+def apply(model: nn.Module, params: dict[str, Any], grids: dict[str, LayerGrid] | None = None, **_: Any) -> dict[str, Any]:
+    """Quantize every block linear in place; ``grids``, when given, receives each layer's scales and zeros."""
+    named = list(block_linears(model))
+    linears = [linear for _, linear in named]
+    for name, linear in named:
+        cols = linear.in_features
+        linear.weight.data, scale, zero = grid.rtn(linear.weight.data, params["bits"], params["group_size"], params["sym"])
+        if grids is not None:
+            grids[name] = LayerGrid.of(scale, zero, params["bits"], params["group_size"], cols, params["sym"])
     return {"bits_per_weight": grid.model_bits_per_weight(linears, params["bits"], params["group_size"], params["sym"])}

@@ -6,6 +6,9 @@ time, bits per weight, sizes, and each quantized layer's relative output error. 
 fingerprint, the canonical recipe (all parameters, calibration source included) and the versions of torch and
 quantcal's recipe code, so a second build is a cache hit and any changed parameter is a miss.
 
+Integer recipes (RTN, GPTQ, AWQ) also keep ``grid.safetensors`` (:mod:`quantcal.recipes.grid_record`: each
+layer's float16 scales and zeros), from which ``quantcal export-model`` writes a packed checkpoint.
+
 A ``mode=native`` variant stores only that JSON (its statistics come from the simulated round trip, the same
 grid); loading it quantizes the reference with the library's own modules.
 
@@ -29,12 +32,14 @@ from quantcal.cache import atomic_dir, cache_root
 from quantcal.errors import QuantcalError
 from quantcal.models import ModelSource, load_model
 from quantcal.recipes import FAMILIES, recipe_identity
+from quantcal.recipes import grid_record
 from quantcal.recipes.calibration import calibration_ids
+from quantcal.recipes.grid_record import LayerGrid
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.versions import package_versions
 
-RECIPE_CODE_VERSION = 1
+RECIPE_CODE_VERSION = 2  # 2: float16 group scales (the exported grid); integer recipes keep grid.safetensors
 PROBE = {"nsamples": 8, "seqlen": 256, "seed": 0}
 
 
@@ -72,8 +77,9 @@ def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None
     say(f"building {spec.key}")
     start = time.perf_counter()
     family = FAMILIES[spec.family]
+    grids: dict[str, LayerGrid] = {}
     stats = family.apply(model, dict(spec.params), tokenizer=tokenizer, fingerprint=source.fingerprint, source=source,
-                         progress=lambda i, n: say(f"{spec.family}: block {i}/{n}"))
+                         progress=lambda i, n: say(f"{spec.family}: block {i}/{n}"), grids=grids)
     seconds = time.perf_counter() - start
     quantized = {name: m.weight.data for name, m in block_linears(model)}
     errors = probe_layer_errors(model, tokenizer, originals, quantized, source)
@@ -92,6 +98,8 @@ def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None
         if meta["mode"] == "simulated":  # a native variant is rebuilt from the reference by its library at load time
             model.save_pretrained(scratch, safe_serialization=True)
             tokenizer.save_pretrained(scratch)
+            if grids:
+                grid_record.save(grids, scratch)
             meta["checkpoint_size_mb"] = sum(f.stat().st_size for f in scratch.glob("*.safetensors")) / 2**20
         (scratch / "quantcal-variant.json").write_text(json.dumps(meta, indent=2, default=str))
     return target
