@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from quantcal import packed_load
 from quantcal.cache import atomic_dir, cache_root, file_sha256
 from quantcal.errors import QuantcalError
 
@@ -140,7 +141,7 @@ def load_model(
         location = source.location
         if revision:
             kwargs["revision"] = revision
-    kwargs.update(packed_load_kwargs(Path(location)))
+    kwargs.update(packed_load.load_kwargs(Path(location)))
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **{k: v for k, v in kwargs.items() if k != "quantization_config"})
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, use_safetensors=True, **kwargs)
@@ -148,27 +149,10 @@ def load_model(
         raise QuantcalError(f"cannot load model {source.spec!r}: {str(exc).splitlines()[0]}") from exc
     except ValueError as exc:
         raise QuantcalError(f"cannot load model {source.spec!r}: {str(exc).splitlines()[0]}") from exc
+    packed_load.restore_float32(model, Path(location))
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, source)
-
-
-def packed_load_kwargs(location: Path) -> dict[str, Any]:
-    """``from_pretrained`` arguments for a compressed-tensors checkpoint with an asymmetric pack-quantized grid
-    (``quantcal export-model``'s GPTQ/AWQ/RTN): transformers 5.24's compressed modules expect an unpacked zero point
-    where the format (and vLLM) packs it, so such checkpoints are dequantized once at load. Empty otherwise."""
-    config_file = location / "config.json"
-    if not config_file.is_file():
-        return {}
-    config = json.loads(config_file.read_text()).get("quantization_config") or {}
-    if config.get("quant_method") != "compressed-tensors":
-        return {}
-    groups = config.get("config_groups", {}).values()
-    if all((g.get("weights") or {}).get("symmetric", True) for g in groups):
-        return {}
-    from transformers import CompressedTensorsConfig
-
-    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:

@@ -18,9 +18,10 @@ the producer of its input, a norm's weight (``w / s``; ``(1 + w) / s - 1`` for G
 ``o_proj`` / ``down_proj``, the rows of ``v_proj`` / ``up_proj`` (their group scales divided by ``s`` per row, then
 rounded to float16 again: the one place the export is not bit-identical to the simulation).
 
-Loading: transformers reads symmetric checkpoints with its compressed modules; for asymmetric ones its compressed
-loader expects an unpacked zero point (compressed-tensors 0.20.1 with transformers 5.24) and
-:func:`load_packed` passes ``dequantize=True`` (weights dequantized once at load, in float16). vLLM reads both.
+Loading: transformers reads symmetric checkpoints with its compressed modules (dequantized in float32 at each
+forward: the simulated weights exactly); for asymmetric ones its compressed loader expects an unpacked zero point
+(compressed-tensors 0.20.1 with transformers 5.24), so :func:`load_packed` (and ``quantcal eval`` on the folder)
+passes ``dequantize=True`` and then re-dequantizes in float32 (:mod:`quantcal.packed_load`). vLLM reads both.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 
 from quantcal.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.models import packed_load_kwargs
+from quantcal import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.awq import FOLD_INTO
 from quantcal.recipes.grid_record import LayerGrid
@@ -246,5 +247,7 @@ def load_packed(path: Union[str, Path], dtype: Optional[str] = "float32") -> Any
     from transformers import AutoModelForCausalLM
 
     _require_compressed_tensors()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype or "float32"],
-                                                **packed_load_kwargs(Path(path))).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype or "float32"],
+                                                 **packed_load.load_kwargs(Path(path))).eval()
+    packed_load.restore_float32(model, Path(path))
+    return model
