@@ -167,3 +167,103 @@ def test_shared_runs_group_contexts_by_common_prefix() -> None:
         (0, [20]), (35, [10, 11]), (40, [0, 1, 2])]
     assert shared_runs(a, min_shared=41, min_saving=0) == [(0, sorted(a, key=lambda g: g.context))]
     assert shared_runs(a, min_shared=32, min_saving=81) == [(0, sorted(a, key=lambda g: g.context))]  # saves 2 x 40
+
+
+def plain_block_mask(segment: list[list[int]], position: list[list[int]], shared: int, window: int | None) -> list:
+    """The packed layout's attention rule, one (row, query, key) at a time: a real query sees the shared prefix,
+    earlier context tokens and earlier tokens of its own choice (within ``window`` positions); every query sees itself."""
+    out = []
+    for seg, pos in zip(segment, position):
+        width = len(seg)
+        rows = []
+        for i in range(width):
+            row = []
+            for j in range(shared + width):
+                if j < shared:
+                    ok, key_pos = seg[i] >= 0, j
+                else:
+                    k = j - shared
+                    ok, key_pos = k <= i and seg[i] >= 0 and (seg[k] == 0 or seg[k] == seg[i]), pos[k]
+                    if k == i:
+                        ok = True
+                if window and not (j - shared == i) and pos[i] - key_pos >= window:
+                    ok = False
+                row.append(ok)
+            rows.append(row)
+        out.append(rows)
+    return out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+def test_block_masks_built_on_the_device_follow_the_layout_rule(fixture: str, request: pytest.FixtureRequest) -> None:
+    import torch
+
+    from quantcal.scoring import _block_masks
+
+    model = load_model(resolve_source(str(request.getfixturevalue(fixture))), dtype="float32").model
+    segment = [[0, 0, 0, 1, 1, 2, 2, 2, -1, -1], [0, 0, 1, 2, 2, 3, -1, -1, -1, -1]]
+    shared = 3
+    position = [[shared + i if s >= 0 else 0 for i, s in enumerate(row)] for row in segment]
+    masks = _block_masks(model, torch.device("cpu"))(torch.tensor(segment), torch.tensor(position), shared)
+    windows = {"full_attention": None, "sliding_attention": 8} if isinstance(masks, dict) else {"all": None}
+    for kind, window in windows.items():
+        mask = masks[kind] if isinstance(masks, dict) else masks
+        assert mask.shape == (2, 1, 10, 13) and mask.dtype == torch.float32
+        expected = torch.tensor(plain_block_mask(segment, position, shared, window))
+        assert torch.equal(mask[:, 0] == 0, expected), kind
+        assert bool((mask[:, 0][~expected] == torch.finfo(torch.float32).min).all())
+
+
+def test_token_budget_is_chosen_per_device(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from quantcal import scoring
+
+    model = load_model(resolve_source(str(tiny_llama)), dtype="float32").model
+    assert scoring.auto_batch_tokens(model, torch.device("cpu")) == scoring.DEFAULT_MAX_BATCH_TOKENS
+    config = model.config
+    per_token = 4 * (config.vocab_size + 3 * config.intermediate_size + 6 * config.hidden_size
+                     + 2 * config.num_attention_heads * scoring.AUTO_ROW_WIDTH)
+    for free in (80 * 2**30, 2**20):  # a large GPU's free memory; a nearly full one keeps the CPU default
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, free=free: (free, 2 * free))
+        expected = max(scoring.DEFAULT_MAX_BATCH_TOKENS, int(scoring.CUDA_MEMORY_SHARE * free // per_token) // 256 * 256)
+        assert scoring.auto_batch_tokens(model, torch.device("cuda")) == expected
+    assert expected == scoring.DEFAULT_MAX_BATCH_TOKENS
+    # "auto" scores on CPU exactly as the explicit default does
+    items = random_items(6, 3)
+    encoder = Encoder(load_model(resolve_source(str(tiny_llama))).tokenizer, 512)
+    encoded = [encoder.encode_item(k, it, " ") for k, it in enumerate(items)]
+    auto = iter_flat(score_items(model, encoded, 8, max_batch_tokens="auto"))
+    fixed = iter_flat(score_items(model, encoded, 8, max_batch_tokens=scoring.DEFAULT_MAX_BATCH_TOKENS))
+    assert [s.logliks for s in auto] == [s.logliks for s in fixed]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("min_shared", [None, 4])
+def test_single_token_batches_use_a_padding_mask_and_stay_exact(fixture: str, min_shared: int | None,
+                                                                request: pytest.FixtureRequest,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches whose choices are all one token take a 2D padding mask (no block mask is built) unless they share a
+    prefix (``min_shared``); contexts run past Gemma's 8-token sliding window."""
+    from quantcal import scoring
+
+    built = []
+    original = scoring._block_masks
+
+    def spy(model, device):  # noqa: ANN001, ANN202
+        build = original(model, device)
+        return lambda *args: built.append(args) or build(*args)
+
+    monkeypatch.setattr(scoring, "_block_masks", spy)
+    loaded = load_model(resolve_source(str(request.getfixturevalue(fixture))), dtype="float32")
+    rng = random.Random(5)
+    preamble = " ".join(rng.choice(WORDS) for _ in range(12))
+    items = [Item(str(i), preamble + " " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 20))),
+                  (" A", " B", " C", " D"), i % 4) for i in range(9)]
+    encoder = Encoder(loaded.tokenizer, 512)
+    encoded = [encoder.encode_item(k, it, "") for k, it in enumerate(items)]
+    assert all(len(c) == 1 for e in encoded for g in e.groups for c in g.continuations)
+    results = {s.item_index: s for s in iter_flat(score_items(loaded.model, encoded, 8, min_shared_prefix=min_shared,
+                                                               min_shared_saving=1))}
+    assert_equals_plain_forward(loaded.model, encoded, results)
+    assert (len(built) > 0) == (min_shared is not None)

@@ -39,7 +39,6 @@ from quantcal.recipes import parse_recipe
 from quantcal.recipes.variants import build_variant, variant_meta
 from quantcal.report.collect import ReportSettings
 from quantcal.report.write import WrittenReport, write_report
-from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 from quantcal.sensitivity import SensitivityResult, load_sensitivity, run_sensitivity
 from quantcal.store import open_store
 from quantcal.study.runner import JobOutcome, PlannedJob, check_plan, plan, run_study as run_jobs, study_items, train_adapters
@@ -128,7 +127,7 @@ def evaluate(
     system_instruction: Optional[str] = None,
     fewshot_as_multiturn: Optional[bool] = None,
     batch_size: int = 64,
-    max_batch_tokens: Optional[int] = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: Union[int, None, str] = "auto",
     max_length: Optional[int] = None,
     device: str = "cpu",
     dtype: str = "auto",

@@ -23,7 +23,7 @@ from quantcal.errors import QuantcalError
 from quantcal.faults import describe, sqlite_cause
 from quantcal.models import LoadedModel, ModelSource, load_tokenizer, model_max_length
 from quantcal.prompts import PromptSetup, chat_template_hash, require_chat_template, scored_delimiter, task_label
-from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS, score_items
+from quantcal.scoring import score_items
 from quantcal.store import Store
 from quantcal.tasks import Task, load_items
 from quantcal.tasks.lm_eval_tasks import items_fingerprint
@@ -39,7 +39,8 @@ class ScoringOptions:
     """How items are batched and encoded (how the model is loaded is :class:`quantcal.variant.LoadOptions`)."""
 
     batch_size: int = 64  # choice rows per forward pass
-    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS  # padded token positions per pass; None: no cap
+    #: padded token positions per pass; None: no cap; "auto": from the device (scoring.auto_batch_tokens)
+    max_batch_tokens: int | None | str = "auto"
     max_length: int | None = None  # model window for left truncation; None: from the model config
     add_special_tokens: bool | None = None
     claim_size: int = 64  # items a process claims at a time when several share a job
@@ -50,8 +51,9 @@ class ScoringOptions:
         require_positive(self.claim_size, "claim_size")
         if self.claim_lease_s <= 0:
             raise QuantcalError(f"`claim_lease_s` must be positive, got {self.claim_lease_s}")
-        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
-            raise QuantcalError(f"`max_batch_tokens` must be positive (or none for no cap), got {self.max_batch_tokens}")
+        tokens = self.max_batch_tokens
+        if tokens is not None and tokens != "auto" and not (isinstance(tokens, int) and tokens >= 1):
+            raise QuantcalError(f"`max_batch_tokens` must be a positive number, \"auto\" or none (no cap), got {tokens!r}")
         if self.max_length is not None:
             require_positive(self.max_length, "max_length")
 

@@ -36,6 +36,10 @@ LOGPROB_CHUNK_ELEMENTS = 1 << 25
 #: Padded token positions per forward pass. On a 2-core CPU, batches of 1-2k tokens ran 1.1-2x faster than
 #: uncapped 64-row batches of long items (benchmarks/README.md).
 DEFAULT_MAX_BATCH_TOKENS = 2048
+#: ``max_batch_tokens="auto"`` on a CUDA device: the share of the memory free at the start that one pass may use...
+CUDA_MEMORY_SHARE = 0.4
+#: ... and the widest row the per-token cost assumes (attention scores and the block mask grow with the row).
+AUTO_ROW_WIDTH = 2048
 #: Items whose contexts share this many leading tokens are scored on one prefix computed once (packed layout)...
 MIN_SHARED_PREFIX = 32
 #: ... when sharing saves at least this many token positions over the run; smaller runs would only split batches.
@@ -142,6 +146,31 @@ def plan_shared_batches(items: Sequence[EncodedItem], batch_size: int, max_token
     return batches
 
 
+def auto_batch_tokens(model: Any, device: Any) -> int:
+    """The padded token positions per pass for ``device`` (``max_batch_tokens="auto"``).
+
+    Off CUDA: :data:`DEFAULT_MAX_BATCH_TOKENS`, the fastest measured on CPU. On CUDA: the tokens whose working
+    memory fits in :data:`CUDA_MEMORY_SHARE` of the free memory, at ``b (V + 3 I + 6 H + 2 A W)`` bytes per token
+    (``b`` bytes per element of the model's dtype; ``V`` vocabulary, for the logits of kept positions; ``I`` and ``H``
+    intermediate and hidden sizes, for one layer's activations; ``A`` heads and ``W`` = :data:`AUTO_ROW_WIDTH`, for
+    one row of attention scores and its block mask), rounded down to a multiple of 256 and at least the CPU default.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return DEFAULT_MAX_BATCH_TOKENS
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = int(config.hidden_size)
+    intermediate = int(getattr(config, "intermediate_size", None) or 4 * hidden)
+    heads = int(getattr(config, "num_attention_heads", 1))
+    element = next(model.parameters()).element_size()
+    per_token = element * (int(config.vocab_size) + 3 * intermediate + 6 * hidden + 2 * heads * AUTO_ROW_WIDTH)
+    free, _ = torch.cuda.mem_get_info(device)
+    tokens = int(CUDA_MEMORY_SHARE * free // per_token) // 256 * 256
+    return max(DEFAULT_MAX_BATCH_TOKENS, tokens)
+
+
 def score_items(
     model: Any,
     items: Sequence[EncodedItem],
@@ -149,14 +178,15 @@ def score_items(
     pad_token_id: int = 0,
     on_batch: Callable[[int], None] | None = None,
     packed: bool = True,
-    max_batch_tokens: int | None = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int | None | str = DEFAULT_MAX_BATCH_TOKENS,
     min_shared_prefix: int | None = MIN_SHARED_PREFIX,
     min_shared_saving: int = MIN_SHARED_SAVING,
 ) -> Iterator[list[ItemScores]]:
     """Score encoded items; after each batch yield the items it completed (for transactional storing).
 
     A batch holds at most ``batch_size`` choice rows and ``max_batch_tokens`` padded token positions (``None``: no
-    token cap). The cap keeps matrix products at the sizes a CPU runs fastest and bounds the logits held at once.
+    token cap; ``"auto"``: :func:`auto_batch_tokens` for the model's device). The cap keeps matrix products at the
+    sizes a CPU runs fastest and bounds the logits held at once.
     Contexts sharing ``min_shared_prefix`` leading tokens share one prefix computation (``None``: never) when that
     saves ``min_shared_saving`` token positions.
     """
@@ -165,6 +195,8 @@ def score_items(
     by_index = {it.item_index: it for it in items}
     pending: dict[int, dict[int, tuple[float, bool]]] = {}
     device = next(model.parameters()).device
+    if max_batch_tokens == "auto":
+        max_batch_tokens = auto_batch_tokens(model, device)
     prefixes = PrefixMemo()
     if packed:
         plan = plan_shared_batches(items, batch_size, max_batch_tokens, min_shared_prefix, min_shared_saving)
@@ -350,22 +382,26 @@ def _block_masks(model: Any, device: Any) -> Callable[..., Any]:
     windows, by_layer_type = _sliding_windows(model)
 
     def build(segment: Any, position: Any, shared: int) -> Any:
+        # built where the model runs: only the (rows, width) segment ids and positions cross to the device
+        segment, position = segment.to(device), position.to(device)
         rows, width = segment.shape
         q, k = segment[:, :, None], segment[:, None, :]
-        causal = torch.arange(width)[:, None] >= torch.arange(width)[None, :]
-        own = causal[None] & (q >= 0) & ((k == 0) | (k == q))
-        own |= torch.eye(width, dtype=torch.bool)[None]  # a padding query sees itself (no empty softmax rows)
+        columns = torch.arange(width, device=device)
+        eye = torch.eye(width, dtype=torch.bool, device=device)[None]
+        own = (columns[:, None] >= columns[None, :])[None] & (q >= 0) & ((k == 0) | (k == q))
+        own |= eye  # a padding query sees itself (no empty softmax rows)
         prefix = (segment >= 0)[:, :, None].expand(rows, width, shared)
         allowed = torch.cat([prefix, own], dim=2)
-        key_position = torch.cat([torch.arange(shared)[None].expand(rows, shared), position], dim=1)
+        key_position = torch.cat([torch.arange(shared, device=device)[None].expand(rows, shared), position], dim=1)
 
         def as_mask(window: int | None) -> Any:
             ok = allowed
             if window:
                 distance = position[:, :, None] - key_position[:, None, :]
                 ok = allowed & (distance < window)
-                ok[:, :, shared:] |= torch.eye(width, dtype=torch.bool)[None]
-            return torch.where(ok, 0.0, floor).to(dtype)[:, None].to(device)
+                ok[:, :, shared:] |= eye
+            zero = torch.zeros((), dtype=dtype, device=device)
+            return torch.where(ok, zero, torch.full((), floor, dtype=dtype, device=device))[:, None]
 
         return {kind: as_mask(w) for kind, w in windows.items()} if by_layer_type else as_mask(windows["all"])
 
@@ -413,7 +449,14 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
         memo = prefixes if prefixes is not None else PrefixMemo()
         layers = memo.get(model, tuple(batch[0].context[:shared]), masks, device)
         extra[_cache_argument(model)] = _shared_prefix_cache(layers, rows)
-    logits = _logits_at(model, keep, input_ids=ids.to(device), attention_mask=masks(segment, position, shared),
+    if not shared and all(len(cont) == 1 for g in batch for cont in g.continuations):
+        # rows hold contexts only: causal attention over real tokens is the whole rule, so a (rows, width) padding
+        # mask lets the model build its own causal (and sliding) masks and pick its fused kernels. (Not after a
+        # shared prefix: transformers sizes a 2D mask from the cache, and the shared-prefix cache stores nothing.)
+        attention = (segment >= 0).long().to(device)
+    else:
+        attention = masks(segment, position, shared)
+    logits = _logits_at(model, keep, input_ids=ids.to(device), attention_mask=attention,
                         position_ids=position.to(device), **extra)
     targets = target[keep]  # same order; the context's last position holds a dummy 0
     first_rows = [i for i, (_, j) in enumerate(owner) if j == -1]

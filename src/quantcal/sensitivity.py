@@ -31,7 +31,6 @@ from quantcal.models import DEFAULT_MODEL, LoadedModel, resolve_source
 from quantcal.recipes import parse_recipe, recipe_identity
 from quantcal.recipes.units import UNIT_KINDS, Unit, model_units, swapped
 from quantcal.recipes.variants import build_variant, checkpoint_tensors, variant_key, variant_meta
-from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 from quantcal.store import open_store
 from quantcal.summary import align
 from quantcal.tasks import Task, get_task, load_items
@@ -87,7 +86,7 @@ def run_sensitivity(
     out: Union[str, Path] = "quantcal-sensitivity",
     normalization: str = "none",
     batch_size: int = 64,
-    max_batch_tokens: Optional[int] = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: Union[int, None, str] = "auto",
     device: str = "cpu",
     dtype: str = "auto",
     resamples: int = 1000,

@@ -47,6 +47,23 @@ def one_store(argument: Path | None, option: Path | None) -> Path:
     return store
 
 
+BATCH_TOKENS_HELP = ("Padded token positions per forward pass (rows x width): auto (2048 on CPU, the fastest measured "
+                     "there; on CUDA, from the free memory), a number, or 0 for no cap.")
+
+
+def batch_tokens(text: str) -> int | None | str:
+    """``--max-batch-tokens``: ``auto``, a positive number, or 0 (no cap: ``None``)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise QuantcalError(f"`--max-batch-tokens` must be auto, 0 (no cap) or a positive number, got {text!r}") from None
+    if value < 0:
+        raise QuantcalError(f"`--max-batch-tokens` must be auto, 0 (no cap) or a positive number, got {value}")
+    return value or None
+
+
 def say(message: str) -> None:
     """A news line on stderr (building a variant, a failed job), flags named as on the command line."""
     console.print(Text(as_flags(message)), highlight=False, soft_wrap=True)

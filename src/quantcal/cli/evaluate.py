@@ -9,12 +9,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from quantcal.cli.common import console, item_bar, out, phase, quiet_transformers, say, unescape, user_errors
-from quantcal.errors import QuantcalError
+from quantcal.cli.common import BATCH_TOKENS_HELP, batch_tokens, console, item_bar, out, phase, quiet_transformers, say, unescape, user_errors
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.models import DEFAULT_MODEL
 from quantcal.prompts import DEFAULT_FEWSHOT_SEED
-from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 
 
 def eval_command(
@@ -31,7 +29,7 @@ def eval_command(
     system_instruction: Optional[str] = typer.Option(None, "--system-instruction", help="Text before the task's description (a system turn under --apply-chat-template)."),
     fewshot_as_multiturn: Optional[bool] = typer.Option(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn", help="With --apply-chat-template: each few-shot example as its own user/assistant exchange (the default with a chat template, as lm-eval), or all in one user turn.", show_default=False),
     batch_size: int = typer.Option(64, "--batch-size", help="Choice rows per forward pass (an item's choices always share one batch)."),
-    max_batch_tokens: int = typer.Option(DEFAULT_MAX_BATCH_TOKENS, "--max-batch-tokens", help="Padded token positions per forward pass (rows x width); 0: no cap. Bounds memory; 1-2k is fastest on CPU."),
+    max_batch_tokens: str = typer.Option("auto", "--max-batch-tokens", help=BATCH_TOKENS_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),
     output_json: Optional[Path] = typer.Option(None, "--output-json", help="Write {model, results: {task: {n, acc, acc_norm}}} here."),
     name: Optional[str] = typer.Option(None, "--name", help="Variant name in the store (default: the model's name)."),
@@ -50,8 +48,6 @@ def eval_command(
     lists them with their error); 2 bad input, or the disk, a permission or a lock stopped the work (what was
     scored is kept: run the same command again to resume)."""
     with user_errors():
-        if max_batch_tokens < 0:
-            raise QuantcalError(f"`max_batch_tokens` must be 0 (no cap) or positive, got {max_batch_tokens}")
         if output_json is not None:
             check_writable_dir(output_json.parent)  # before any scoring, not after it
         template = unescape(template)
@@ -65,7 +61,7 @@ def eval_command(
                               apply_chat_template=apply_chat_template,
                               system_instruction=unescape(system_instruction),
                               fewshot_as_multiturn=fewshot_as_multiturn, batch_size=batch_size,
-                              max_batch_tokens=max_batch_tokens or None, max_length=max_length, device=device,
+                              max_batch_tokens=batch_tokens(max_batch_tokens), max_length=max_length, device=device,
                               dtype=dtype, trust_remote_code=trust_remote_code, progress=item_bar, say=say,
                               phase=phase)
         failed = {t.task: t.n_errors for t in result.tasks.values() if t.n_errors}

@@ -9,9 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from quantcal.cli.common import console, item_bar, out, phase, quiet_transformers, say, user_errors
+from quantcal.cli.common import BATCH_TOKENS_HELP, batch_tokens, console, item_bar, out, phase, quiet_transformers, say, user_errors
 from quantcal.models import DEFAULT_MODEL
-from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 
 
 def sensitivity_command(
@@ -24,7 +23,7 @@ def sensitivity_command(
     out_dir: Path = typer.Option(Path("quantcal-sensitivity"), "--out", help="Folder for sensitivity.json (what `mixed:...,ranking=` reads), sensitivity.md, the figure and the store."),
     normalization: str = typer.Option("none", "--normalization", help="Choice scores: none (sum of log-likelihoods), tokens, chars or bytes."),
     batch_size: int = typer.Option(64, "--batch-size", help="Choice rows per forward pass."),
-    max_batch_tokens: int = typer.Option(DEFAULT_MAX_BATCH_TOKENS, "--max-batch-tokens", help="Padded tokens per forward pass (0: no cap)."),
+    max_batch_tokens: str = typer.Option("auto", "--max-batch-tokens", help=BATCH_TOKENS_HELP),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for each paired interval."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
@@ -40,7 +39,7 @@ def sensitivity_command(
 
         result = api.run_sensitivity(model, recipe, task, data_file=data_file, limit=limit, unit=unit, out=out_dir,
                                  normalization=normalization, batch_size=batch_size,
-                                 max_batch_tokens=max_batch_tokens or None, device=device, dtype=dtype,
+                                 max_batch_tokens=batch_tokens(max_batch_tokens), device=device, dtype=dtype,
                                  resamples=resamples, progress=item_bar, say=say, phase=phase)
         for name, block in result.data["tasks"].items():
             table = Table(title=f"{name} · {block['n']} items · {result.data['recipe']}, one {result.data['unit']} at a time")

@@ -20,13 +20,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from quantcal.errors import QuantcalError
 from quantcal.metrics.bootstrap import MAX_RESAMPLES
 from quantcal.metrics.registry import DEFAULT_METRICS
 from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
-from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS
 from quantcal.variant import VariantDef
 
 NORMALIZATIONS = ("none", "tokens", "chars", "bytes")
@@ -155,8 +154,9 @@ class StudySpec(_Strict):
     confidence_bins: int = Field(5, ge=1, description="reference-confidence quantile bins for the shift analysis")
     output: str = "quantcal-report"
     batch_size: int = Field(64, gt=0, description="choice rows per forward pass")
-    max_batch_tokens: Optional[int] = Field(DEFAULT_MAX_BATCH_TOKENS, gt=0,
-                                            description="padded token positions per forward pass (null: no cap)")
+    max_batch_tokens: Union[Literal["auto"], PositiveInt, None] = Field(
+        "auto", description="padded token positions per forward pass: auto (2048 on CPU; on CUDA from the free "
+                            "memory), a number, or null (no cap)")
     device: str = "cpu"
     dtype: str = "auto"
     num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples before each question (a task may set "
