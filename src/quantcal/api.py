@@ -132,6 +132,7 @@ def evaluate(
     device: str = "cpu",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    backend: str = "hf",
     progress: Optional[Progress] = None,
     say: Say = _silent,
     phase: Optional[Phase] = None,
@@ -162,9 +163,12 @@ def evaluate(
         apply_chat_template, system_instruction, fewshot_as_multiturn: the prompt through the tokenizer's chat
             template (lm-eval's semantics), with a system instruction, few-shot examples as separate turns (default:
             on with a chat template, as lm-eval).
-        batch_size, max_batch_tokens: choice rows and padded tokens per forward pass (``None``: no token cap).
+        batch_size, max_batch_tokens: choice rows and padded tokens per forward pass (``None``: no token cap;
+            ``"auto"``: 2048 on CPU, from the free memory on CUDA).
         max_length: the model window for left truncation (default: from the model config, as lm-eval).
         device, dtype, trust_remote_code: how the model is loaded.
+        backend: ``hf`` (transformers, quantcal's scorer) or ``vllm`` (vLLM's prompt log-probabilities with prefix
+            caching; :mod:`quantcal.vllm_backend`); a vllm run is a run of its own in the store.
         progress, say, phase: item bars, news lines, and a context for loading/building (a spinner).
 
     Returns:
@@ -206,7 +210,7 @@ def evaluate(
     options = ScoringOptions(batch_size, max_batch_tokens, max_length)
     defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
                       str(adapter) if adapter is not None else None, deploy)
-    variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code), say, phase=phase)
+    variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code, backend), say, phase=phase)
     variant_name = name or variant.default_name
     forbidden = variant.forbidden()
     store_path = Path(store) if store is not None else default_store(variant_name)

@@ -24,6 +24,7 @@ from quantcal.faults import describe, sqlite_cause
 from quantcal.models import LoadedModel, ModelSource, load_tokenizer, model_max_length
 from quantcal.prompts import PromptSetup, chat_template_hash, require_chat_template, scored_delimiter, task_label
 from quantcal.scoring import score_items
+from quantcal.vllm_backend import VLLMModel
 from quantcal.store import Store
 from quantcal.tasks import Task, load_items
 from quantcal.tasks.lm_eval_tasks import items_fingerprint
@@ -241,8 +242,11 @@ def score_pending(lm: LoadedModel, todo: Sequence[tuple[int, Item]], target_deli
         truncation.truncated += sum(e.truncated for e in encoded)
         truncation.window = window
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    for batch in score_items(lm.model, encoded, options.batch_size, pad,
-                             max_batch_tokens=options.max_batch_tokens):
+    if isinstance(lm.model, VLLMModel):  # --backend vllm: the engine scores the same encoded items
+        batches = lm.model.score(encoded)
+    else:
+        batches = score_items(lm.model, encoded, options.batch_size, pad, max_batch_tokens=options.max_batch_tokens)
+    for batch in batches:
         entries, errors = [], []
         for s in batch:
             position, item = todo[s.item_index]

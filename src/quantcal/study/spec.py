@@ -159,6 +159,8 @@ class StudySpec(_Strict):
                             "memory), a number, or null (no cap)")
     device: str = "cpu"
     dtype: str = "auto"
+    backend: Literal["hf", "vllm"] = Field("hf", description="scoring engine: hf (transformers) or vllm (vLLM's prompt "
+                                           "log-probabilities, prefix caching on)")
     num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples before each question (a task may set "
                                        "its own; default: each task's own, 0 or its lm-eval YAML's num_fewshot)")
     apply_chat_template: bool = Field(False, description="render prompts through the tokenizer's chat template")

