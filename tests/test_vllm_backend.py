@@ -65,7 +65,8 @@ def test_vllm_backend_agrees_with_hf(task: str, shared_data: Path, tmp_path: Pat
     import quantcal
 
     limit = int(os.environ.get("QUANTCAL_VLLM_PARITY_LIMIT", "100"))
-    data = next((shared_data / task).glob("validation*.jsonl"))
+    data = sorted((shared_data / task).glob("validation*.jsonl")) or sorted((shared_data / task).glob("test*.jsonl"))
+    data = data[0]
     frames = {}
     for backend in ("hf", "vllm"):
         store = tmp_path / f"{backend}.sqlite"
@@ -75,5 +76,8 @@ def test_vllm_backend_agrees_with_hf(task: str, shared_data: Path, tmp_path: Pat
     hf = np.concatenate([np.asarray(x, float) for x in frames["hf"].logliks])
     vl = np.concatenate([np.asarray(x, float) for x in frames["vllm"].logliks])
     assert len(frames["vllm"]) == limit
+    gap = np.abs(hf - vl)
+    print(f"{task}: {limit} items, {gap.size} choices, {np.mean(gap <= 1e-3):.1%} within 1e-3, max {gap.max():.2e}, "
+          f"acc hf {frames['hf'].correct.mean():.3f} vllm {frames['vllm'].correct.mean():.3f}")
     assert np.mean(np.abs(hf - vl) <= 1e-3) >= 0.99
     assert frames["hf"].correct.mean() == frames["vllm"].correct.mean()

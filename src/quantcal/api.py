@@ -12,10 +12,10 @@ two optional callbacks: ``progress(description, total)`` returns a tqdm-like bar
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from quantcal.analysis import Comparison
 from quantcal.deployment import ExportedCheckpoint, export_checkpoint
@@ -99,6 +99,15 @@ class EvalResult:
         return {"model": self.model, "variant": self.variant, "store": str(self.store),
                 "results": {name: {"n": t.n, "acc": t.acc, **({"acc_norm": t.acc_norm} if t.acc_norm is not None else {})}
                             for name, t in self.tasks.items()}}
+
+
+@contextmanager
+def _released(holder: Any) -> Iterator[None]:
+    """Release the holder's model when the block ends (an engine's memory is freed before the caller goes on)."""
+    try:
+        yield
+    finally:
+        holder.release()
 
 
 def default_store(variant: str) -> Path:
@@ -217,7 +226,7 @@ def evaluate(
     results: dict[str, TaskResult] = {}
     labels: dict[str, str] = {}  # task name -> its name in the store (with its prompt setup)
     item_ids: dict[str, tuple[str, ...]] = {}
-    with open_store(store_path) as db:
+    with open_store(store_path) as db, _released(variant.holder):
         for task in task_list:
             job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
                       template if task.name == "custom" else None, variant.config, dtype, setups[task.name], skip,

@@ -20,6 +20,7 @@ and hands back a :class:`ModelHolder` that runs the path on first use, so a fini
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import time
 from dataclasses import dataclass
@@ -157,6 +158,16 @@ class ModelHolder:
             if self._say and self.label:
                 self._say(f"{self.label} ready in {self.load_seconds:.1f} s")
         return self._loaded
+
+    def release(self) -> None:
+        """Drop the loaded model now (an engine with a ``close``, such as vLLM's, shuts down and frees its cache),
+        so the next variant's model does not share the memory with it."""
+        if self._loaded is not None:
+            close = getattr(self._loaded.model, "close", None)
+            self._loaded = None
+            if callable(close):
+                close()
+            gc.collect()
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,15 @@ class VLLMModel:
     location: str
     config: Any  # the checkpoint's transformers config: the window is resolved from it as for the HF backend
 
+    def close(self) -> None:
+        """Shut the engine down and drop it (its key/value cache is freed)."""
+        engine, self.engine = self.engine, None
+        core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del engine
+
     def score(self, items: Sequence[EncodedItem], prompts_per_call: int = PROMPTS_PER_CALL) -> Iterator[list[ItemScores]]:
         """Score encoded items; after each engine call yield the items it completed."""
         from vllm import SamplingParams, TokensPrompt

@@ -233,7 +233,9 @@ def run_study(
         start = time.perf_counter()
         try:
             if job.variant not in prepared:
-                prepared.clear()  # one model in memory at a time
+                for previous in prepared.values():  # one model in memory at a time
+                    previous.holder.release()
+                prepared.clear()
                 prepared[job.variant] = prepare(job.definition, load, say, phase=phase)
             variant = prepared[job.variant]
             result = run_job(store, job.job(variant, spec.dtype), options, variant.holder, progress, say)
@@ -245,4 +247,6 @@ def run_study(
             outcomes.append(JobOutcome.failed(job.variant, job.label, exc, time.perf_counter() - start))
         if not outcomes[-1].ok:
             say(f"  failed: {outcomes[-1].error}")
+    for previous in prepared.values():
+        previous.holder.release()
     return outcomes
