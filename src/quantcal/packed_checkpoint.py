@@ -43,7 +43,7 @@ from quantcal.recipes.grid_record import LayerGrid
 
 PACKABLE = ("rtn", "gptq", "awq")  # the recipe families that keep an integer grid (grid_record)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SKIP_FILES = {"quantcal-variant.json", grid_record.FILE, "config.json", "model.safetensors.index.json"}
+SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
     bits, group_size, sym = _scheme(grids)
     state: dict[str, torch.Tensor] = {}
     for f in sorted(variant_dir.glob("*.safetensors")):
-        if f.name != grid_record.FILE:
-            state.update(load_file(str(f)))
+        state.update(load_file(str(f)))
     missing = [n for n in grids if f"{n}.weight" not in state]
     if missing:
         raise QuantcalError(f"{variant_dir}: the checkpoint lacks {missing[0]}.weight (and {len(missing) - 1} more)")

@@ -70,7 +70,11 @@ class VLLMModel:
         for start in range(0, len(rows), prompts_per_call):
             chunk = rows[start:start + prompts_per_call]
             prompts = [TokensPrompt(prompt_token_ids=list(g.context) + list(cont)) for _, g, _, cont in chunk]
-            outputs = self.engine.generate(prompts, params, use_tqdm=False)
+            try:
+                outputs = self.engine.generate(prompts, params, use_tqdm=False)
+            except Exception as err:  # the engine loaded but cannot run this model (e.g. an attention shape)
+                lines = [line for line in str(err).strip().splitlines() if line.strip()]
+                raise QuantcalError(f"vLLM cannot run {self.location}: {lines[-1] if lines else type(err).__name__}") from err
             done: list[ItemScores] = []
             for (e, g, j, cont), output in zip(chunk, outputs):
                 slot = pending.setdefault(e.item_index, {})

@@ -7,7 +7,8 @@ scale and integer zero, and for AWQ the per-input-channel scale ``s`` (the store
 recovered exactly from the weight: ``q = round(W s / scale) + zero`` (:func:`codes`, which refuses a weight that is
 not on the recorded grid).
 
-File: ``grid.safetensors`` in the variant's folder; per layer ``{name}.scale`` (float16, rows x groups),
+File: ``quantcal-grid/grid.safetensors`` in the variant's folder (a subfolder: engines such as vLLM load every
+top-level ``*.safetensors`` as weights); per layer ``{name}.scale`` (float16, rows x groups),
 ``{name}.zero`` (uint8) and for AWQ ``{name}.input_scale`` (float32, columns); the metadata holds bits, group size
 and symmetry.
 """
@@ -24,7 +25,7 @@ import torch
 from quantcal.errors import QuantcalError
 from quantcal.recipes import grid as integer_grid
 
-FILE = "grid.safetensors"
+FILE = "quantcal-grid/grid.safetensors"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def save(grids: dict[str, LayerGrid], folder: Path) -> None:
         if layer.input_scale is not None:
             tensors[f"{name}.input_scale"] = layer.input_scale.clone()  # shared by a group: one copy each
         meta[name] = {"bits": layer.bits, "group_size": layer.group_size, "sym": layer.sym}
+    (Path(folder) / FILE).parent.mkdir(exist_ok=True)
     save_file(tensors, str(Path(folder) / FILE), metadata={"layers": json.dumps(meta)})
 
 

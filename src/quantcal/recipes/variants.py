@@ -6,7 +6,7 @@ time, bits per weight, sizes, and each quantized layer's relative output error. 
 fingerprint, the canonical recipe (all parameters, calibration source included) and the versions of torch and
 quantcal's recipe code, so a second build is a cache hit and any changed parameter is a miss.
 
-Integer recipes (RTN, GPTQ, AWQ) also keep ``grid.safetensors`` (:mod:`quantcal.recipes.grid_record`: each
+Integer recipes (RTN, GPTQ, AWQ) also keep ``quantcal-grid/grid.safetensors`` (:mod:`quantcal.recipes.grid_record`: each
 layer's float16 scales and zeros), from which ``quantcal export-model`` writes a packed checkpoint.
 
 A ``mode=native`` variant stores only that JSON (its statistics come from the simulated round trip, the same
@@ -39,7 +39,7 @@ from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.versions import package_versions
 
-RECIPE_CODE_VERSION = 2  # 2: float16 group scales (the exported grid); integer recipes keep grid.safetensors
+RECIPE_CODE_VERSION = 3  # 2: float16 group scales (the exported grid); 3: the grid record in quantcal-grid/
 PROBE = {"nsamples": 8, "seqlen": 256, "seed": 0}
 
 
