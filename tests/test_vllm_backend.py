@@ -14,7 +14,8 @@ import pytest
 from quantcal.encoding import EncodedItem
 from quantcal.errors import QuantcalError
 from quantcal.variant import LoadOptions
-from quantcal.vllm_backend import choice_loglik, finish
+from quantcal.scoring import finish_item as finish
+from quantcal.vllm_backend import choice_loglik
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 

@@ -215,14 +215,15 @@ def score_items(
                 slot.update(zip(group.choices, values))
                 item = by_index[group.item_index]
                 if len(slot) == len(item.n_tokens):
-                    done.append(_finish(item, slot))
+                    done.append(finish_item(item, slot))
                     del pending[group.item_index]
             if on_batch is not None:
                 on_batch(len(done))
             yield done
 
 
-def _finish(item: EncodedItem, slot: dict[int, tuple[float, bool]]) -> ItemScores:
+def finish_item(item: EncodedItem, slot: dict[int, tuple[float, bool]]) -> ItemScores:
+    """An item's scores from its choices' ``(log-likelihood, greedy)``; a non-finite value is the item's error."""
     logliks = tuple(slot[j][0] for j in range(len(item.n_tokens)))
     greedy = tuple(slot[j][1] for j in range(len(item.n_tokens)))
     bad = [j for j, v in enumerate(logliks) if not math.isfinite(v)]

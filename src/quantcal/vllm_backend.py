@@ -13,7 +13,6 @@ The engine runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so calle
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 from quantcal.encoding import EncodedItem
 from quantcal.errors import QuantcalError
 from quantcal.models import ModelSource, dequantized_gguf_copy, resolve_dtype
-from quantcal.scoring import ItemScores
+from quantcal.scoring import ItemScores, finish_item
 
 if TYPE_CHECKING:
     from quantcal.variant import LoadOptions
@@ -80,7 +79,7 @@ class VLLMModel:
                 slot = pending.setdefault(e.item_index, {})
                 slot[j] = choice_loglik(output.prompt_logprobs, list(g.context) + list(cont), len(g.context))
                 if len(slot) == len(e.n_tokens):
-                    done.append(finish(by_index[e.item_index], pending.pop(e.item_index)))
+                    done.append(finish_item(by_index[e.item_index], pending.pop(e.item_index)))
             yield done
 
 
@@ -93,14 +92,6 @@ def choice_loglik(prompt_logprobs: Sequence[Any], tokens: Sequence[int], context
         total += float(entry.logprob)
         greedy = greedy and entry.rank == 1
     return total, greedy
-
-
-def finish(item: EncodedItem, slot: dict[int, tuple[float, bool]]) -> ItemScores:
-    logliks = tuple(slot[j][0] for j in range(len(item.n_tokens)))
-    greedy = tuple(slot[j][1] for j in range(len(item.n_tokens)))
-    bad = [j for j, v in enumerate(logliks) if not math.isfinite(v)]
-    error = f"non-finite log-likelihood for choice(s) {bad}" if bad else None
-    return ItemScores(item.item_index, logliks, greedy, item.n_tokens, error)
 
 
 def load_vllm_source(source: ModelSource, options: LoadOptions) -> VLLMModel:
