@@ -48,7 +48,7 @@ def test_minimal_study_is_accepted_as_written_in_the_issue(tmp_path: Path) -> No
     assert spec.tasks[0].data_file == str(tmp_path / "questions.jsonl")
     assert spec.output == str(tmp_path / "report_dir")
     assert spec.normalizations == ["none"] and "ece" in spec.metrics and spec.bootstrap.resamples == 1000
-    assert spec.batch_size == 64 and spec.max_batch_tokens == 2048
+    assert spec.batch_size == 64 and spec.max_batch_tokens == "auto"  # 2048 on CPU, from free memory on CUDA
     assert [(j.variant, j.definition.recipe) for j in plan(spec)] == [("reference", None), ("rtn4", "rtn:bits=4,group_size=64")]
 
 
