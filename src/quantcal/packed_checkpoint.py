@@ -38,7 +38,7 @@ from quantcal.cache import atomic_dir
 from quantcal.errors import QuantcalError
 from quantcal import packed_load
 from quantcal.recipes import grid_record
-from quantcal.recipes.awq import FOLD_INTO
+from quantcal.recipes.awq import fold_producer
 from quantcal.recipes.grid_record import LayerGrid
 
 PACKABLE = ("rtn", "gptq", "awq")  # the recipe families that keep an integer grid (grid_record)
@@ -125,9 +125,8 @@ def _producers(model: torch.nn.Module, names: list[str]) -> dict[str, str]:
     out = {}
     for name in names:
         producer = made.get(read.get(name, (None, ())))
-        parent, _, leaf = name.rpartition(".")
         if producer is None or producer == name:
-            producer = f"{parent}.{FOLD_INTO[leaf]}" if leaf in FOLD_INTO else None
+            producer = fold_producer(name)
         if producer is None or producer not in modules:
             raise QuantcalError(f"{name}: cannot find the module that produces its input, to fold AWQ's scale into")
         out[name] = producer

@@ -23,14 +23,14 @@ input cannot be folded that way gets ``s = 1`` (clipping only). Simulated mode s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
 
 from quantcal.errors import QuantcalError
-from quantcal.recipes import grid
+from quantcal.recipes import grid, grid_record
 from quantcal.recipes.grid_record import LayerGrid, rows_rescaled
 from quantcal.recipes.layers import block_linears, capture_layer_inputs, decoder_layers, relative_output_error, run_block
 
@@ -189,16 +189,22 @@ def input_groups(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> list[l
     return list(seen.values())
 
 
+def fold_producer(name: str) -> str | None:
+    """The linear of the same block whose output rows can absorb ``1/s`` of ``name``'s input (:data:`FOLD_INTO`)."""
+    parent, _, leaf = name.rpartition(".")
+    producer = FOLD_INTO.get(leaf)
+    return None if producer is None else f"{parent}.{producer}" if parent else producer
+
+
 def foldable(group: list[str], modules: dict[str, nn.Module]) -> bool:
     """Whether ``1/s`` can be folded into the producer of the group's input (see module docstring)."""
     if len(group) > 1:
         return True
     name = group[0]
-    parent, _, leaf = name.rpartition(".")
-    producer = FOLD_INTO.get(leaf)
+    producer = fold_producer(name)
     if producer is None:
         return False
-    other = modules.get(f"{parent}.{producer}" if parent else producer)
+    other = modules.get(producer)
     return isinstance(other, nn.Linear) and other.out_features == modules[name].in_features
 
 
@@ -225,22 +231,22 @@ class _Inputs:
         return torch.cat(self.rows)
 
 
-def as_deployed(final: dict[str, torch.Tensor], results: dict[str, tuple[AWQLayer, bool]]) -> dict[str, torch.Tensor]:
+def as_deployed(final: dict[str, torch.Tensor], results: dict[str, tuple[AWQLayer, bool]], bits: int,
+                group_size: int) -> dict[str, torch.Tensor]:
     """The block's stored weights as a deployment computes them: where a scaled layer's ``1/s`` folds into a quantized
     producer's output rows (``o_proj`` <- ``v_proj``, ``down_proj`` <- ``up_proj``), the producer's float16 group
     scales are divided by ``s`` and rounded to float16 again (:func:`quantcal.recipes.grid_record.rows_rescaled`);
     the simulated producer is ``diag(s)`` times that, so simulated and exported variants compute the same function."""
     out = dict(final)
     for name, (result, scaled) in results.items():
-        parent, _, leaf = name.rpartition(".")
-        producer = f"{parent}.{FOLD_INTO[leaf]}" if parent and leaf in FOLD_INTO else FOLD_INTO.get(leaf)
+        producer = fold_producer(name)
         if not scaled or producer not in results:
             continue
         p, p_scaled = results[producer]
-        g = p.grid_weight.shape[1] // p.group_scale.shape[1]
-        codes = torch.round(p.grid_weight / p.group_scale.repeat_interleave(g, dim=1)) + p.group_zero.repeat_interleave(g, dim=1)
-        scale = rows_rescaled(p.group_scale, result.scales).repeat_interleave(g, dim=1)
-        deployed = scale * (codes - p.group_zero.repeat_interleave(g, dim=1)) * result.scales.float()[:, None]
+        layer = LayerGrid.of(p.group_scale, p.group_zero, bits, group_size, p.grid_weight.shape[1], False)
+        q = grid_record.codes(p.grid_weight, layer, producer)
+        rescaled = replace(layer, scale=rows_rescaled(layer.scale, result.scales))
+        deployed = grid_record.dequantize(q, rescaled) * result.scales.float()[:, None]
         out[producer] = (deployed / p.scales if p_scaled else deployed).to(final[producer].dtype)
     return out
 
@@ -295,7 +301,7 @@ def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size
                         result.scales if scaled else None)
         with torch.inference_mode():
             hidden = [run_block(layer, h, kwargs[index]) for h in hidden]
-        for name, weight in as_deployed(final, grids_here).items():
+        for name, weight in as_deployed(final, grids_here, bits, group_size).items():
             modules[name].weight.data = weight
         if progress:
             progress(index + 1, len(layers))
