@@ -30,7 +30,7 @@ _EXPORTS = {
         "compare", "train_adapter", "holdout_items", "import_lm_eval", "default_store",
         "EvalResult", "TaskResult", "StudyPlan", "StudyResult", "RunMetrics", "PairedComparison", "Variant",
         "FinetuneResult", "ImportedRun", "DEFAULT_MODEL", "run_sensitivity", "load_sensitivity", "SensitivityResult",
-        "export_checkpoint", "ExportedCheckpoint", "export_model", "PackedCheckpoint")},
+        "export_checkpoint", "ExportedCheckpoint", "export_model", "ExportedModel")},
     "QuantcalError": "quantcal.errors",
     "StudySpec": "quantcal.study.spec",
     "VariantDef": "quantcal.variant",

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from quantcal.analysis import Comparison
-from quantcal.deployment import ExportedCheckpoint, export_checkpoint
-from quantcal.packed_checkpoint import DTYPES, PACKABLE, PackedCheckpoint, export_packed
+from quantcal.deployment import ExportedCheckpoint, export_checkpoint, export_study
+from quantcal.model_export import PACKABLE, ExportedModel, export_variant, native_checkpoint
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.jobs import Job, ScoringOptions, require_positive, run_job
@@ -281,8 +281,9 @@ class StudyResult:
     name: str
     output: Path  # the report directory
     store: Path  # OUTPUT/study.sqlite
-    jobs: list[JobOutcome]  # adapter trainings that failed first, then one per (variant, task)
+    jobs: list[JobOutcome]  # adapter trainings that failed first, one per (variant, task), exports that failed
     report: WrittenReport
+    checkpoints: list[ExportedCheckpoint] = field(default_factory=list)  # the study's `export`, written now
 
     @property
     def failures(self) -> list[JobOutcome]:
@@ -391,7 +392,8 @@ def run_study(
     phase: Optional[Phase] = None,
 ) -> StudyResult:
     """The main job: train the study's adapters, score the reference and every variant on every task (resuming what
-    the study's store holds), then write the report.
+    the study's store holds), then write the report, and (the study's ``export`` block) the deployable checkpoints
+    into ``OUTPUT/checkpoints``.
 
     Args:
         study: a study YAML path, a dict with the same keys (``reference``, ``variants``, ``tasks`` ...), a
@@ -439,7 +441,12 @@ def run_study(
             raise QuantcalError(f"every job failed; first: {failures[0]['error']}")
         with (phase or (lambda label: nullcontext()))("writing the report"):
             written = write_report(db, out_dir, report_settings(spec), spec.name, failures, say)
-    return StudyResult(spec.name, out_dir, store_path, outcomes, written)
+    checkpoints, not_exported = [], {}
+    if spec.export is not None:
+        with (phase or (lambda label: nullcontext()))("exporting checkpoints"):
+            checkpoints, not_exported = export_study(out_dir, spec, say)
+    outcomes += [JobOutcome(name, "export", False, error=why) for name, why in not_exported.items()]
+    return StudyResult(spec.name, out_dir, store_path, outcomes, written, checkpoints)
 
 
 def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output: Union[str, Path, None] = None,
@@ -616,32 +623,27 @@ def quantize(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64
         >>> v.bits_per_weight                                                   # doctest: +SKIP
     """
     spec = parse_recipe(recipe)
-    path = build_variant(resolve_source(model), spec, Path(out) if out is not None else None, progress=say)
+    source = resolve_source(model)
+    if spec.params.get("mode") == "native" and spec.family in PACKABLE:  # the compressed-tensors checkpoint itself
+        path = native_checkpoint(source, spec, say) if out is None else export_variant(source, spec, Path(out), say=say).out
+    else:
+        path = build_variant(source, spec, Path(out) if out is not None else None, progress=say)
     return Variant(model, spec.key, path, variant_meta(path))
 
 
 def export_model(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64", out: Union[str, Path] = "",
-                 dtype: str = "float32", say: Say = _silent) -> PackedCheckpoint:
-    """Build (or find) an integer variant and write it as a compressed-tensors ``pack-quantized`` checkpoint that
-    vLLM and transformers load with their own kernels (:mod:`quantcal.packed_checkpoint`); its
-    ``quantcal-variant.json`` carries the variant's record and the on-disk bits per weight.
+                 dtype: str = "float32", say: Say = _silent) -> ExportedModel:
+    """Build (or find) a variant and write it as the quantized checkpoint deployment engines load with their own
+    kernels (:mod:`quantcal.model_export`): RTN, GPTQ (``desc_act=false``) and AWQ as compressed-tensors
+    ``pack-quantized`` (vLLM, transformers), ``bnb:*`` as transformers' bitsandbytes serialization. Its
+    ``quantcal-variant.json`` carries the variant's record and the bits per weight on disk.
 
     Example:
         >>> quantcal.export_model("smollm2-135m-instruct", "gptq:bits=4,group_size=64", "smol-gptq4")  # doctest: +SKIP
     """
     if not str(out):
         raise QuantcalError("export_model: `out` (a new folder) is required")
-    spec = parse_recipe(recipe)
-    params = dict(spec.params)
-    if spec.family not in PACKABLE or params.get("desc_act") or params.get("mode", "simulated") != "simulated":
-        raise QuantcalError(f"{spec.key}: export-model packs integer grids: rtn, gptq (desc_act=false) or awq, "
-                            "simulated mode")
-    if Path(out).exists() and any(Path(out).iterdir()):
-        raise QuantcalError(f"{out}: exists and is not empty; choose a new folder")
-    if dtype not in DTYPES:
-        raise QuantcalError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    variant = quantize(model, recipe, say=say)
-    return export_packed(variant.path, out, dtype, say)
+    return export_variant(resolve_source(model), parse_recipe(recipe), Path(out), dtype, say)
 
 
 # fine-tuning -------------------------------------------------------------------------------------------------------

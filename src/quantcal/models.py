@@ -150,6 +150,7 @@ def load_model(
     except ValueError as exc:
         raise QuantcalError(f"cannot load model {source.spec!r}: {str(exc).splitlines()[0]}") from exc
     packed_load.restore_float32(model, Path(location))
+    packed_load.keep_compute_dtype(model)  # an exported bitsandbytes checkpoint: the compute dtype, on every CPU
     model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, source)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -36,23 +36,14 @@ import torch
 
 from quantcal.cache import atomic_dir
 from quantcal.errors import QuantcalError
+from quantcal.model_export import COMPRESSED_TENSORS, ExportedModel
 from quantcal import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.awq import fold_producer
 from quantcal.recipes.grid_record import LayerGrid
 
-PACKABLE = ("rtn", "gptq", "awq")  # the recipe families that keep an integer grid (grid_record)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
-
-
-@dataclass(frozen=True)
-class PackedCheckpoint:
-    out: Path
-    recipe: str
-    layers: int
-    bits_per_weight: float  # the quantized linears' bytes on disk, per weight
-    record: dict[str, Any]
 
 
 def _require_compressed_tensors() -> Any:
@@ -169,7 +160,7 @@ def _fold_awq(model_dir: Path, grids: dict[str, LayerGrid], state: dict[str, tor
 
 
 def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: str = "float32",
-                  say: Callable[[str], None] = lambda m: None) -> PackedCheckpoint:
+                  say: Callable[[str], None] = lambda m: None) -> ExportedModel:
     """Write the built variant in ``variant_dir`` to ``out`` as a pack-quantized checkpoint (module doc).
     ``dtype`` is the dtype of the tensors that stay in float (embeddings, norms, output head)."""
     from safetensors.torch import load_file, save_file
@@ -236,7 +227,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
                 shutil.copy2(f, scratch / f.name)
         (scratch / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
     say(f"{meta['recipe']}: {len(grids)} layers packed, {on_disk:.3f} bits per weight on disk, written to {out}")
-    return PackedCheckpoint(out, meta["recipe"], len(grids), on_disk, record)
+    return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(grids), on_disk, record)
 
 
 def load_packed(path: Union[str, Path], dtype: Optional[str] = "float32") -> Any:

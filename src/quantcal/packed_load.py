@@ -1,4 +1,8 @@
-"""Reading a compressed-tensors pack-quantized checkpoint's integer layers back in float32.
+"""Loading exported quantized checkpoints so that they compute what the simulated variant computes.
+
+bitsandbytes checkpoints: :func:`keep_compute_dtype` keeps bitsandbytes' 4-bit modules in the compute dtype.
+
+compressed-tensors pack-quantized checkpoints: the integer layers are read back in float32.
 
 transformers (5.24, compressed-tensors 0.20.1) loads an asymmetric pack-quantized checkpoint only with
 ``dequantize=True`` (its compressed modules expect an unpacked zero point where the format packs it), and that
@@ -67,3 +71,17 @@ def restore_float32(model: torch.nn.Module, location: Path) -> int:
                 module.weight.data = (expand(scale) * (q - expand(zero))).to(module.weight.dtype)
                 count += 1
     return count
+
+
+def keep_compute_dtype(model: Any) -> None:
+    """Turn off bitsandbytes' AVX-512-BF16 CPU inference path on every 4-bit module.
+
+    On CPUs with AVX512-BF16, ``Linear4bit`` in eval mode repacks its weights and multiplies in bfloat16 whatever
+    the compute dtype, so scores would depend on the processor (max |Δ log p| 0.38 on SmolLM2-135M against the
+    float32 path, measured on an AMD EPYC with AVX512-BF16), and it fails outright on layers narrower than the
+    block size. With it off, the module dequantizes the same NF4/FP4 grid and multiplies in the compute dtype:
+    the same numbers on every CPU, equal to the simulated form.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False

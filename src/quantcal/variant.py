@@ -12,7 +12,10 @@ The load path runs one way (:func:`load_variant_model`):
 4. load the resulting checkpoint with transformers.
 
 The native forms are the only side branches: ``nf4-native`` keeps the adapter unmerged on bitsandbytes 4-bit
-modules, and a ``mode=native`` recipe quantizes the weights with the library's own modules at load time.
+modules, and a ``mode=native`` recipe quantizes the weights with the library's own modules at load time (bnb,
+quanto) or, for the integer recipes (rtn, gptq, awq), is its simulated variant exported as a compressed-tensors
+checkpoint (built once, cached: :func:`quantcal.model_export.native_checkpoint`) that step 4 loads like any other
+checkpoint: transformers reads the packed file (and unpacks it), vLLM runs its quantized kernels on it.
 
 :func:`prepare` does steps 1 and the cheap part of the rest up front (what identifies the variant in the store)
 and hands back a :class:`ModelHolder` that runs the path on first use, so a finished job never loads a model.
@@ -30,6 +33,7 @@ from typing import Any, Callable, ContextManager, Optional
 from quantcal.errors import QuantcalError
 from quantcal.finetune.deploy import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
+from quantcal.model_export import PACKABLE, native_checkpoint
 from quantcal.models import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
@@ -216,7 +220,10 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
         return load_native_adapter(defn.adapter, source, options.dtype, options.device)
     weights = source if defn.adapter is None or form is None else deployed_source(source, defn.adapter, form)
     spec = defn.recipe_spec
-    if spec is not None:
+    if spec is not None and spec.params.get("mode") == "native" and spec.family in PACKABLE:
+        path = native_checkpoint(weights, spec, say)  # the exported checkpoint, run by the engine's quantized modules
+        weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
+    elif spec is not None:
         path = build_variant(weights, spec, progress=say)
         if spec.params.get("mode") == "native":  # side branch: the library's own quantized modules, built at load
             if vllm:

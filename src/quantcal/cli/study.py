@@ -55,6 +55,8 @@ def run_command(
                                phase=phase)
         _print_summary(result.report.results)
         console.print(f"report: {result.page}")
+        for exported in result.checkpoints:
+            console.print(f"checkpoint: {exported.out} ({exported.format})")
         console.print(f"{len(result.jobs)} job(s) in {_duration(time.perf_counter() - start)}", highlight=False)
         if result.failures:
             console.print(f"[red]{len(result.failures)} of {len(result.jobs)} job(s) failed[/]; the report covers the others")

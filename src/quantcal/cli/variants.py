@@ -1,5 +1,5 @@
 """``quantcal quantize``, ``quantcal recipes`` and ``quantcal export-model``: build a compressed variant
-(:func:`quantcal.api.quantize`), list recipes, write a variant as a packed checkpoint (:func:`quantcal.api.export_model`)."""
+(:func:`quantcal.api.quantize`), list recipes, write a variant as a deployable quantized checkpoint (:func:`quantcal.api.export_model`)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def quantize_command(
         rows = [("execution mode", variant.mode),
                 ("bits per weight (quantized layers)", f"{variant.bits_per_weight:.3f}"),
                 ("packed size (MB, other weights 16-bit)", f"{meta['packed_size_mb']:.1f}"),
-                ("checkpoint on disk (MB, simulated float)",
+                ("checkpoint on disk (MB)",
                  f"{meta['checkpoint_size_mb']:.1f}" if "checkpoint_size_mb" in meta else "none (native: built at load)"),
                 ("build time (s)", f"{meta['build_seconds']:.1f}"),
                 ("mean relative layer output error", f"{meta['mean_layer_error']:.4f}"),
@@ -63,30 +63,39 @@ def export_checkpoint_command(
     target: Path = typer.Option(..., "--out", help="A new folder for the checkpoint."),
     task: Optional[str] = typer.Option(None, "--task", help="Whose temperature (required when the study has several tasks)."),
     normalization: Optional[str] = typer.Option(None, "--normalization", help="Which normalization's temperature (default: the study's first)."),
+    form: str = typer.Option("auto", "--form", help="quantized: the recipe's deployable format (compressed-tensors for "
+                             "rtn/gptq/awq, bitsandbytes for bnb); float: the float weights the study scored; auto: "
+                             "quantized when the recipe has a format, else float."),
+    dtype: str = typer.Option("float32", "--dtype", help="dtype of the float tensors: float32 | float16 | bfloat16."),
 ) -> None:
     """Save a study's variant as a checkpoint with its fitted temperature: generation_config.json (temperature,
-    do_sample) and quantcal-variant.json (the variant's record and the temperature's provenance)."""
+    do_sample) and quantcal-variant.json (the variant's record and the temperature's provenance). Integer and
+    bitsandbytes variants are written in their quantized format (--form)."""
     with user_errors():
         from quantcal import api
 
         quiet_transformers()
-        exported = api.export_checkpoint(report, variant, target, task=task, normalization=normalization, say=say)
-        console.print(f"{exported.variant}: {exported.out} (temperature {exported.temperature:.4f}, fitted on {exported.task})")
+        exported = api.export_checkpoint(report, variant, target, task=task, normalization=normalization, form=form,
+                                         dtype=dtype, say=say)
+        console.print(f"{exported.variant}: {exported.out} ({exported.format}, temperature {exported.temperature:.4f}, "
+                      f"fitted on {exported.task})")
 
 
 def export_model_command(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="The reference model (bundled name, .gguf, checkpoint dir, hub id)."),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="An integer recipe: rtn:..., gptq:... (desc_act=false) or awq:..."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="rtn:..., gptq:... (desc_act=false) or awq:... (compressed-tensors), "
+                               "or bnb:nf4|fp4|int8 (bitsandbytes)"),
     target: Path = typer.Option(..., "--out", help="A new folder for the checkpoint."),
     dtype: str = typer.Option("float32", "--dtype", help="dtype of the weights that stay in float (embeddings, norms, head): float32 | float16 | bfloat16."),
 ) -> None:
-    """Write an integer variant (built now unless cached) as a compressed-tensors pack-quantized checkpoint: int32-packed
-    codes, float16 group scales (the simulated grid's own values), packed zero points; vLLM and transformers load it
-    with their quantized kernels. AWQ's input scales are folded into the preceding norms and layers."""
+    """Write a variant (built now unless cached) as the quantized checkpoint deployment engines load with their own
+    kernels. Integer recipes: compressed-tensors pack-quantized (int32-packed codes, float16 group scales: the
+    simulated grid's own values, packed zero points; AWQ's input scales folded into the preceding norms and layers),
+    read by vLLM and transformers. bnb recipes: transformers' bitsandbytes serialization."""
     with user_errors():
         from quantcal import api
 
         quiet_transformers()
         exported = api.export_model(model, recipe, target, dtype, say=say)
-        console.print(f"{exported.recipe}: {exported.out} ({exported.layers} packed layers, "
+        console.print(f"{exported.recipe}: {exported.out} ({exported.format}, {exported.layers} quantized layers, "
                       f"{exported.bits_per_weight:.3f} bits per weight on disk)")

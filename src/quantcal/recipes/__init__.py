@@ -42,7 +42,7 @@ def _grid_bits(sym: Optional[bool] = None) -> Callable[[dict[str, Any], int], fl
 FAMILIES: dict[str, Family] = {
     "rtn": Family(rtn.PARAMS, None, rtn.apply, "round-to-nearest, group-wise integer grid", layer_bits=_grid_bits()),
     "gptq": Family(gptq_recipe.PARAMS, None, gptq_recipe.apply, "GPTQ (Frantar et al. 2022), in-house, calibrated",
-                   layer_bits=_grid_bits(), identity=calibration.identity),
+                   layer_bits=_grid_bits(), validate=gptq_recipe.validate, identity=calibration.identity),
     "awq": Family(awq_recipe.PARAMS, None, awq_recipe.apply,
                   "AWQ (Lin et al. 2024), in-house: activation-aware scales + clipping, calibrated",
                   layer_bits=_grid_bits(sym=False), identity=calibration.identity),

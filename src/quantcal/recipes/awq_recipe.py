@@ -8,7 +8,7 @@ from torch import nn
 
 from quantcal.recipes import calibration, grid
 from quantcal.recipes.awq import awq_model, check_model
-from quantcal.recipes.grid_record import LayerGrid
+from quantcal.recipes.grid_record import MODE, LayerGrid
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
 
@@ -18,6 +18,7 @@ PARAMS = {
     "n_grid": Param(int, 20, low=1, high=100, help="points of the scale exponent grid in [0, 1)"),
     "clip": Param(bool, True, choices=(True, False), help="search per-group clipping ranges (AutoAWQ's auto_clip)"),
     **calibration.PARAMS,
+    "mode": MODE,
 }
 
 

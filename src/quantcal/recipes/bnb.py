@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from quantcal.errors import QuantcalError
+from quantcal.packed_load import keep_compute_dtype
 from quantcal.recipes.layers import block_linears, mean_bits
 from quantcal.recipes.spec import Param
 
@@ -94,17 +95,3 @@ def load_native(source: ModelSource, params: dict[str, Any], dtype: str = "auto"
     model.eval()
     keep_compute_dtype(model)
     return LoadedModel(model, tokenizer, source)
-
-
-def keep_compute_dtype(model: Any) -> None:
-    """Turn off bitsandbytes' AVX-512-BF16 CPU inference path on every 4-bit module.
-
-    On CPUs with AVX512-BF16, ``Linear4bit`` in eval mode repacks its weights and multiplies in bfloat16 whatever
-    the compute dtype, so scores would depend on the processor (max |Δ log p| 0.38 on SmolLM2-135M against the
-    float32 path, measured on an AMD EPYC with AVX512-BF16), and it fails outright on layers narrower than the
-    block size. With it off, the module dequantizes the same NF4/FP4 grid and multiplies in the compute dtype:
-    the same numbers on every CPU, equal to the simulated form.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False

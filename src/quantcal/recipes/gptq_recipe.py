@@ -6,9 +6,10 @@ from typing import Any, Callable
 
 from torch import nn
 
+from quantcal.errors import QuantcalError
 from quantcal.recipes import calibration, grid
 from quantcal.recipes.gptq import GPTQResult, gptq_model
-from quantcal.recipes.grid_record import LayerGrid
+from quantcal.recipes.grid_record import MODE, LayerGrid
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
 
@@ -22,7 +23,15 @@ PARAMS = {
                            help="fit every group's scale on the weights before GPTQ's updates (AutoGPTQ's "
                                 "static_groups, llmcompressor's behaviour) instead of on the updated weights"),
     **calibration.PARAMS,
+    "mode": MODE,
 }
+
+
+def validate(params: dict[str, Any]) -> None:
+    """``mode=native`` runs the exported compressed-tensors checkpoint, whose grid has no column permutation."""
+    if params["desc_act"] and params["mode"] == "native":
+        raise QuantcalError("recipe gptq: mode=native runs the exported compressed-tensors checkpoint, which keeps no "
+                            "column order; use desc_act=false (or the simulated mode)")
 
 
 def apply(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,

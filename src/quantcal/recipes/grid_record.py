@@ -24,8 +24,16 @@ import torch
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes import grid as integer_grid
+from quantcal.recipes.spec import Param
 
 FILE = "quantcal-grid/grid.safetensors"
+
+#: ``mode`` of the integer recipes: the simulated float weights, or ``native``: the same grid written as a
+#: compressed-tensors checkpoint (:mod:`quantcal.model_export`) and loaded from it: transformers unpacks it, vLLM
+#: (``backend`` vllm) runs its quantized kernels on it.
+MODE = Param(str, "simulated", choices=("simulated", "native"), key_default=False,
+             help="simulated float weights, or native: scored from the exported compressed-tensors checkpoint "
+                  "(vLLM runs its quantized kernels on it with --backend vllm)")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from quantcal.recipes import grid
-from quantcal.recipes.grid_record import LayerGrid
+from quantcal.recipes.grid_record import MODE, LayerGrid
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.spec import Param
 
@@ -15,6 +15,7 @@ PARAMS = {
     "bits": Param(int, 4, low=2, high=8, help="bits per weight code"),
     "group_size": Param(int, 64, low=-1, forbid=(0,), help="columns per group; -1 = one group per row (per channel)"),
     "sym": Param(bool, False, choices=(True, False), help="symmetric grid (zero at the middle)"),
+    "mode": MODE,
 }
 
 

@@ -142,6 +142,19 @@ class RecalibrationSpec(_Strict):
     folds: int = Field(5, ge=2)
 
 
+class ExportSpec(_Strict):
+    """After the report: write variants as deployable checkpoints into OUTPUT/checkpoints/NAME, each with its fitted
+    temperature (:func:`quantcal.deployment.export_checkpoint`). ``export: true`` is short for every variant."""
+
+    variants: list[str] = Field(default_factory=list, description="names to export (builds as NAME@seedS, 'reference' "
+                                "too); empty: every variant")
+    form: Literal["auto", "quantized", "float"] = Field("auto", description="quantized format (compressed-tensors for "
+                                                         "rtn/gptq/awq, bitsandbytes for bnb), float weights, or auto")
+    task: Optional[str] = Field(None, description="whose fitted temperature goes into generation_config.json "
+                                "(default: the study's first task)")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="dtype of the float tensors")
+
+
 class StudySpec(_Strict):
     name: str = "study"
     reference: str = Field(description="bundled name, .gguf file, checkpoint directory or hub id")
@@ -169,6 +182,8 @@ class StudySpec(_Strict):
                                                  "(default: on with a chat template, as lm-eval)")
     sensitivity: list[str] = Field(default_factory=list, description="sensitivity runs (`quantcal sensitivity` output "
                                    "folders or their sensitivity.json) for the report's 'where it breaks' section")
+    export: Optional[ExportSpec] = Field(None, description="write variants as deployable checkpoints after the report "
+                                         "(OUTPUT/checkpoints/NAME); true: every variant")
     lm_eval_groups: list[dict[str, Any]] = Field(default_factory=list, description="filled in when the study is read: "
                                                  "the lm-eval groups its tasks came from (name, tasks, weight_by_size)")
 
@@ -179,6 +194,14 @@ class StudySpec(_Strict):
         if isinstance(value, list):
             return [{"name": t} if isinstance(t, str) else t for t in value]
         return value
+
+    @field_validator("export", mode="before")
+    @classmethod
+    def _export_flag(cls, value: Any) -> Any:
+        """``export: true`` exports every variant; ``false`` none."""
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @field_validator("normalization")
     @classmethod
@@ -209,7 +232,20 @@ class StudySpec(_Strict):
         twice = sorted({n for n in tasks if tasks.count(n) > 1})
         if twice:
             raise ValueError(f"each task once (per few-shot setup): {twice}")
+        if self.export is not None:
+            builds = [REFERENCE_NAME] + [name for v in self.variants for name, _ in v.builds()]
+            unknown = [n for n in self.export.variants if n not in builds]
+            if unknown:
+                raise ValueError(f"export: no variant {unknown[0]!r} in the study; it has {', '.join(builds)}")
+            if self.export.task is not None and self.export.task not in tasks:
+                raise ValueError(f"export: task {self.export.task!r} is not one of the study's ({', '.join(tasks)})")
         return self
+
+    def exported_variants(self) -> list[str]:
+        """The names ``export`` writes: its list, else every variant (each build of a repeated one)."""
+        if self.export is None:
+            return []
+        return self.export.variants or [name for v in self.variants for name, _ in v.builds()]
 
     def prompt_setup(self, task: TaskSpec) -> PromptSetup:
         """The task's prompt: its own few-shot settings over the study's, and the study's chat settings."""

@@ -1,0 +1,176 @@
+"""Deployable checkpoints beyond compressed-tensors: bitsandbytes variants in transformers' bnb serialization, a
+study's variant exported in its quantized format with its fitted temperature, and the study's ``export`` block."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantcal.errors import QuantcalError
+from tests.test_cli_bad_input import assert_user_error, run
+
+pytest.importorskip("compressed_tensors")
+pytest.importorskip("bitsandbytes")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture()
+def env_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("QUANTCAL_CACHE", str(cache))
+    return cache
+
+
+def _log_probs(model: torch.nn.Module) -> torch.Tensor:
+    ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return torch.log_softmax(model(ids).logits.float(), -1)
+
+
+@pytest.mark.parametrize("recipe", ["bnb:nf4", "bnb:int8"])
+def test_bnb_export_computes_the_simulated_variant(recipe: str, tiny_llama: Path, tmp_path: Path, env_cache: Path) -> None:
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from quantcal import api
+    from quantcal.models import load_model, resolve_source
+
+    exported = api.export_model(str(tiny_llama), recipe, tmp_path / "bnb")
+    config = json.loads((tmp_path / "bnb" / "config.json").read_text())
+    assert config["quantization_config"]["quant_method"] == "bitsandbytes"
+    assert exported.format == "bitsandbytes" and exported.layers == 14
+    record = json.loads((tmp_path / "bnb" / "quantcal-variant.json").read_text())
+    assert record["recipe"] == exported.recipe and record["export"]["bits_per_weight_on_disk"] == exported.bits_per_weight
+    # the codes and their scales on disk are the variant's bits per weight; the code book and quant state add a
+    # constant per layer (large for a 32-wide toy layer, negligible for a real one: benchmarks/packed_export.py)
+    names = [n for n, m in torch.nn.Module.named_modules(load_model(resolve_source(str(tmp_path / "bnb"))).model)
+             if type(m).__name__ in ("Linear4bit", "Linear8bitLt")]
+    assert len(names) == 14
+    with safe_open(str(tmp_path / "bnb" / "model.safetensors"), "pt") as f:
+        core = sum(f.get_tensor(f"{n}.{part}").numel() * f.get_tensor(f"{n}.{part}").element_size()
+                   for n in names for part in (("weight", "weight.absmax") if "nf4" in recipe else ("weight", "SCB")))
+        weights = sum(f.get_tensor(f"{n}.weight").numel() * (2 if "nf4" in recipe else 1) for n in names)
+    assert 8 * core / weights == pytest.approx(record["bits_per_weight"], rel=1e-9)
+    assert exported.bits_per_weight > record["bits_per_weight"]
+    simulated = AutoModelForCausalLM.from_pretrained(api.quantize(str(tiny_llama), recipe).path, dtype=torch.float32).eval()
+    deployed = _log_probs(load_model(resolve_source(str(tmp_path / "bnb")), dtype="float32").model)
+    if recipe == "bnb:nf4":  # the same grid, dequantized and multiplied in float32
+        assert (_log_probs(simulated) - deployed).abs().max() < 1e-4
+    else:  # LLM.int8()'s module rounds activations to float16 (and splits outliers): the native variant, not the
+        # simulated one (weights only), is what the checkpoint runs
+        from quantcal.recipes import parse_recipe
+        from quantcal.recipes.bnb import load_native
+
+        native = load_native(resolve_source(str(tiny_llama)), dict(parse_recipe(recipe).params), dtype="float32").model
+        assert torch.equal(_log_probs(native), deployed)
+        assert 0 < (_log_probs(simulated) - deployed).abs().max() < 0.05
+
+
+def test_export_model_refuses_recipes_without_a_format(tiny_llama: Path, tmp_path: Path, env_cache: Path) -> None:
+    from quantcal import api
+
+    for recipe in ("hqq:bits=4", "gptq:bits=4,group_size=16,desc_act=true", "quanto:qint4"):
+        with pytest.raises(QuantcalError, match="no quantized checkpoint format"):
+            api.export_model(str(tiny_llama), recipe, tmp_path / "x")
+    with pytest.raises(QuantcalError, match="keeps no column order"):
+        api.export_model(str(tiny_llama), "gptq:bits=4,desc_act=true,mode=native", tmp_path / "x")
+    assert_user_error(run("quantize", "--model", str(tiny_llama), "--recipe", "hqq:bits=4,mode=native"), "unknown key 'mode'")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("")
+    with pytest.raises(QuantcalError, match="not an empty folder"):
+        api.export_model(str(tiny_llama), "bnb:nf4", tmp_path / "full")
+    assert_user_error(run("export-model", "--model", str(tiny_llama), "--recipe", "gguf:q4_0", "--out", str(tmp_path / "y")),
+                      "no quantized checkpoint format")
+    assert_user_error(run("export-model", "--model", str(tiny_llama), "--recipe", "rtn:bits=4,group_size=16",
+                          "--out", str(tmp_path / "z"), "--dtype", "int8"), "dtype 'int8'")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize("recipe", ["rtn:bits=4,group_size=16,sym=true", "awq:bits=4,group_size=16,nsamples=4,seqlen=32"])
+def test_native_integer_variant_is_its_exported_checkpoint(recipe: str, tiny_llama: Path, env_cache: Path) -> None:
+    """mode=native scores the compressed-tensors checkpoint (cached once), which computes the simulated variant."""
+    from quantcal import api
+    from quantcal.models import resolve_source
+    from quantcal.variant import LoadOptions, VariantDef, load_variant_model
+
+    native = api.quantize(str(tiny_llama), f"{recipe},mode=native")
+    config = json.loads((native.path / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized" and native.mode == "native"
+    assert native.meta["recipe"] == native.recipe and "mode=native" in native.recipe
+    simulated = api.quantize(str(tiny_llama), recipe)
+    assert simulated.path != native.path and native.bits_per_weight == simulated.bits_per_weight
+    source = resolve_source(str(tiny_llama))
+    options = LoadOptions(dtype="float32")
+    deployed = load_variant_model(VariantDef(str(tiny_llama), f"{recipe},mode=native"), source, options).model
+    assert (_log_probs(deployed) - _log_probs(load_variant_model(VariantDef(str(tiny_llama), recipe), source,
+                                                                 options).model)).abs().max() < 1e-4
+    stamp = (native.path / "model.safetensors").stat().st_mtime_ns
+    assert api.quantize(str(tiny_llama), f"{recipe},mode=native").path == native.path  # cached: not exported again
+    assert (native.path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_study_exports_quantized_checkpoints_with_their_temperature(tiny_llama: Path, shared_data: Path,
+                                                                   tmp_path: Path, env_cache: Path) -> None:
+    from transformers import GenerationConfig
+
+    from quantcal import api
+    from quantcal.models import load_model, resolve_source
+
+    study = {"reference": str(tiny_llama), "bootstrap": {"resamples": 50}, "recalibration": {"folds": 2},
+             "variants": [{"name": "rtn4", "recipe": "rtn:bits=4,group_size=16,sym=true"},
+                          {"name": "nf4", "recipe": "bnb:nf4"}],
+             "tasks": [{"name": "piqa", "data_file": str(shared_data / "piqa" / "validation.jsonl"), "limit": 12}],
+             "export": {"variants": ["rtn4", "nf4", "reference"]}, "output": str(tmp_path / "report")}
+    result = api.run_study(study)
+    assert not result.failures, result.failures
+    formats = {e.variant: e.format for e in result.checkpoints}
+    assert formats == {"rtn4": "compressed-tensors", "nf4": "bitsandbytes", "reference": "float"}
+    fitted = result.report.results["tasks"]["piqa"]["none"]["variants"]
+    for exported in result.checkpoints:
+        folder = tmp_path / "report" / "checkpoints" / exported.variant
+        assert exported.out == folder
+        temperature = fitted[exported.variant]["recalibration"]["temperature"]
+        if fitted[exported.variant]["recalibration"]["at_bound"]:  # 12 toy items: a bound is possible, and then no T
+            assert exported.temperature is None and "search bound" in exported.record["temperature"]["why_none"]
+            continue
+        assert GenerationConfig.from_pretrained(folder).temperature == pytest.approx(temperature, rel=1e-12)
+        assert exported.record["temperature"]["value"] == pytest.approx(temperature, rel=1e-12)
+        assert exported.record["variant"] == exported.variant
+    packed = load_model(resolve_source(str(tmp_path / "report" / "checkpoints" / "rtn4")), dtype="float32").model
+    simulated = load_model(resolve_source(str(api.quantize(str(tiny_llama), "rtn:bits=4,group_size=16,sym=true").path)),
+                           dtype="float32").model
+    assert (_log_probs(packed) - _log_probs(simulated)).abs().max() < 1e-4
+    stamp = (tmp_path / "report" / "checkpoints" / "rtn4" / "model.safetensors").stat().st_mtime_ns
+    again = api.run_study(study)  # resumed: nothing scored, nothing exported again
+    assert again.checkpoints == [] and (tmp_path / "report" / "checkpoints" / "rtn4" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_export_checkpoint_form_and_bad_export_blocks(tiny_llama: Path, tmp_path: Path) -> None:
+    from quantcal.deployment import checkpoint_form
+    from quantcal.study.spec import StudySpec
+    from quantcal.variant import VariantDef
+
+    assert checkpoint_form(VariantDef("m", "rtn:bits=4"), "auto") == "compressed-tensors"
+    assert checkpoint_form(VariantDef("m", "bnb:fp4"), "quantized") == "bitsandbytes"
+    assert checkpoint_form(VariantDef("m", "hqq:bits=4"), "auto") is None
+    assert checkpoint_form(VariantDef("m", "rtn:bits=4"), "float") is None
+    with pytest.raises(QuantcalError, match="no quantized checkpoint format"):
+        checkpoint_form(VariantDef("m", "hqq:bits=4"), "quantized")
+    with pytest.raises(QuantcalError, match="`form` 'packed'"):
+        checkpoint_form(VariantDef("m", "rtn:bits=4"), "packed")
+    base = {"reference": str(tiny_llama), "variants": [{"name": "g", "recipe": "gptq:bits=4", "repeats": 2}],
+            "tasks": ["piqa"]}
+    assert StudySpec(**base, export=True).exported_variants() == ["g@seed0", "g@seed1"]
+    assert StudySpec(**base, export=False).export is None
+    with pytest.raises(ValueError, match="no variant 'g'"):
+        StudySpec(**base, export={"variants": ["g"]})
+    with pytest.raises(ValueError, match="task 'boolq' is not one"):
+        StudySpec(**base, export={"task": "boolq"})
+    with pytest.raises(ValueError, match="form"):
+        StudySpec(**base, export={"form": "gguf"})
