@@ -1,8 +1,9 @@
-"""Exported (packed) integer variants against the simulated ones they come from, on real items.
+"""Exported (deployable) variants against the simulated ones they come from, on real items.
 
 For each recipe: ``quantcal.export_model`` writes the bundled model's variant as a compressed-tensors pack-quantized
-checkpoint; both the simulated variant (float safetensors) and the exported checkpoint (loaded by transformers from
-the packed codes, float16 scales and zero points) score the same items; the script reports the share of per-choice
+checkpoint (integer recipes) or in transformers' bitsandbytes serialization (``bnb``); both the simulated variant
+(float safetensors) and the exported checkpoint (loaded by transformers from the packed codes and scales) score the
+same items; the script reports the share of per-choice
 log-likelihoods within 1e-3, the largest gap, both accuracies, and the on-disk bits per weight of the packed layers
 next to the variant's recorded bits per weight.
 
@@ -22,6 +23,8 @@ RECIPES = {
     "rtn-w4-g64": "rtn:bits=4,group_size=64",
     "gptq-w4-g64": "gptq:bits=4,group_size=64,nsamples=16",
     "awq-w4-g64": "awq:bits=4,group_size=64,nsamples=16",
+    "bnb-nf4": "bnb:nf4",
+    "bnb-int8": "bnb:int8",  # LLM.int8()'s module rounds activations to float16: not the weights-only simulation
 }
 TASKS = ("piqa", "hellaswag", "openbookqa", "boolq")
 
@@ -72,6 +75,9 @@ def main() -> None:
         del exported
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"packed_export_{args.model}.json"
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    if previous.get("limit") == args.limit:  # a run of some recipes adds to (or replaces) those rows only
+        rows = {**previous.get("results", {}), **rows}
     out.write_text(json.dumps({"model": args.model, "limit": args.limit, "results": rows}, indent=2))
     print(f"written {out}")
 

