@@ -78,3 +78,16 @@ def tiny_gemma(tmp_path_factory: pytest.TempPathFactory, gemma_checkpoint: Path)
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A variant cache shared by one test module's tests."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture()
+def env_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The module's cache as QUANTCAL_CACHE for this test."""
+    monkeypatch.setenv("QUANTCAL_CACHE", str(cache))
+    return cache

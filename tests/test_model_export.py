@@ -16,17 +16,6 @@ pytest.importorskip("compressed_tensors")
 pytest.importorskip("bitsandbytes")
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture()
-def env_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("QUANTCAL_CACHE", str(cache))
-    return cache
-
-
 def _log_probs(model: torch.nn.Module) -> torch.Tensor:
     ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -24,17 +24,6 @@ N_RANK = 12
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture()
-def env_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("QUANTCAL_CACHE", str(cache))
-    return cache
-
-
-@pytest.fixture(scope="module")
 def piqa(shared_data: Path) -> Path:
     return shared_data / "piqa" / "validation.jsonl"
 
