@@ -135,6 +135,11 @@ def test_study_exports_quantized_checkpoints_with_their_temperature(tiny_llama: 
     simulated = load_model(resolve_source(str(api.quantize(str(tiny_llama), "rtn:bits=4,group_size=16,sym=true").path)),
                            dtype="float32").model
     assert (_log_probs(packed) - _log_probs(simulated)).abs().max() < 1e-4
+    flat = api.export_checkpoint(tmp_path / "report", "nf4", tmp_path / "flat", form="float", require_temperature=False)
+    assert flat.format == "float" and flat.record["export"] == {"format": "float", "dtype": "float32"}
+    assert "quantization_config" not in json.loads((tmp_path / "flat" / "config.json").read_text())
+    nf4 = load_model(resolve_source(str(api.quantize(str(tiny_llama), "bnb:nf4").path)), dtype="float32").model
+    assert torch.equal(_log_probs(load_model(resolve_source(str(tmp_path / "flat")), dtype="float32").model), _log_probs(nf4))
     stamp = (tmp_path / "report" / "checkpoints" / "rtn4" / "model.safetensors").stat().st_mtime_ns
     again = api.run_study(study)  # resumed: nothing scored, nothing exported again
     assert again.checkpoints == [] and (tmp_path / "report" / "checkpoints" / "rtn4" / "model.safetensors").stat().st_mtime_ns == stamp

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from quantcal.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.model_export import deployable_format, export_variant
+from quantcal.model_export import deployable_format, export_variant, simulated
 from quantcal.models import resolve_source
 from quantcal.recipes.variants import build_variant, variant_meta
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, folder_name
@@ -98,8 +98,8 @@ def checkpoint_form(defn: VariantDef, form: str) -> Optional[str]:
     fmt = deployable_format(recipe) if recipe is not None and defn.adapter is None else None
     if form == "quantized" and fmt is None:
         what = "an adapter's variant" if defn.adapter is not None else (recipe.key if recipe else "the reference")
-        raise QuantcalError(f"{what} has no quantized checkpoint format (exportable: rtn, gptq with desc_act=false "
-                            "and awq in simulated mode, bnb); use `form` float")
+        raise QuantcalError(f"{what} has no quantized checkpoint format (exportable: rtn, gptq with desc_act=false, "
+                            "awq, bnb); use `form` float")
     return None if form == "float" else fmt
 
 
@@ -169,6 +169,8 @@ def export_checkpoint(report_dir: Union[str, Path], variant: str, out: Union[str
         (out / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
         set_temperature(out, temperature)
     else:
+        if defn.recipe_spec is not None and defn.recipe_spec.params.get("mode") == "native":
+            defn = replace(defn, recipe=simulated(defn.recipe_spec).key)  # the same grid as float weights
         say(f"loading {defn.describe()}")
         loaded = load_variant_model(defn, source, LoadOptions(dtype=dtype), say)
         build = variant_meta(build_variant(source, defn.recipe_spec)) if defn.recipe_spec is not None else {}
