@@ -64,7 +64,7 @@ def test_bnb_export_computes_the_simulated_variant(recipe: str, tiny_llama: Path
 def test_export_model_refuses_recipes_without_a_format(tiny_llama: Path, tmp_path: Path, env_cache: Path) -> None:
     from quantcal import api
 
-    for recipe in ("hqq:bits=4", "gptq:bits=4,group_size=16,desc_act=true", "quanto:qint4"):
+    for recipe in ("hqq:bits=4", "gptq:bits=4,group_size=16,desc_act=true", "quanto:qint4", "bnb:nf4,blocksize=128"):
         with pytest.raises(QuantcalError, match="no quantized checkpoint format"):
             api.export_model(str(tiny_llama), recipe, tmp_path / "x")
     with pytest.raises(QuantcalError, match="keeps no column order"):

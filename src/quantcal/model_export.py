@@ -47,8 +47,8 @@ def deployable_format(spec: RecipeSpec) -> Optional[str]:
     params = dict(spec.params)
     if spec.family in PACKABLE:
         return None if params.get("desc_act") else COMPRESSED_TENSORS
-    if spec.family == "bnb":
-        return BITSANDBYTES
+    if spec.family == "bnb":  # transformers' bitsandbytes loader quantizes 4-bit weights in blocks of 64 only
+        return BITSANDBYTES if params["type"] == "int8" or params["blocksize"] == 64 else None
     return None
 
 
@@ -57,7 +57,7 @@ def check_exportable(spec: RecipeSpec, out: Path, dtype: str) -> str:
     fmt = deployable_format(spec)
     if fmt is None:
         raise QuantcalError(f"{spec.key}: no quantized checkpoint format for this recipe. Exportable: rtn, gptq "
-                            "(desc_act=false) and awq (compressed-tensors), bnb:nf4|fp4|int8 "
+                            "(desc_act=false) and awq (compressed-tensors), bnb:nf4|fp4 (blocksize 64) and bnb:int8 "
                             "(bitsandbytes)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QuantcalError(f"{out}: exists and is not an empty folder; choose a new folder")
