@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 from quantcal.analysis import Comparison
 from quantcal.deployment import ExportedCheckpoint, export_checkpoint, export_study
-from quantcal.model_export import PACKABLE, ExportedModel, export_variant, native_checkpoint
+from quantcal.model_export import ExportedModel, export_variant, is_packed_native, native_checkpoint
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.jobs import Job, ScoringOptions, require_positive, run_job
@@ -624,7 +624,7 @@ def quantize(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64
     """
     spec = parse_recipe(recipe)
     source = resolve_source(model)
-    if spec.params.get("mode") == "native" and spec.family in PACKABLE:  # the compressed-tensors checkpoint itself
+    if is_packed_native(spec):  # the compressed-tensors checkpoint itself
         path = native_checkpoint(source, spec, say) if out is None else export_variant(source, spec, Path(out), say=say).out
     else:
         path = build_variant(source, spec, Path(out) if out is not None else None, progress=say)

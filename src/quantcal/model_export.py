@@ -25,7 +25,6 @@ from quantcal.recipes.spec import RecipeSpec
 #: dtypes of the tensors that stay in float (embeddings, norms, output head).
 DTYPES = ("float32", "float16", "bfloat16")
 COMPRESSED_TENSORS, BITSANDBYTES = "compressed-tensors", "bitsandbytes"
-FORMATS = (COMPRESSED_TENSORS, BITSANDBYTES)
 #: The recipe families that keep an integer grid (:mod:`quantcal.recipes.grid_record`): compressed-tensors.
 PACKABLE = ("rtn", "gptq", "awq")
 
@@ -50,6 +49,11 @@ def deployable_format(spec: RecipeSpec) -> Optional[str]:
     if spec.family == "bnb":  # transformers' bitsandbytes loader quantizes 4-bit weights in blocks of 64 only
         return BITSANDBYTES if params["type"] == "int8" or params["blocksize"] == 64 else None
     return None
+
+
+def is_packed_native(spec: RecipeSpec) -> bool:
+    """Whether ``spec`` is an integer recipe in ``mode=native``: its variant is its compressed-tensors export."""
+    return spec.family in PACKABLE and spec.params.get("mode") == "native"
 
 
 def check_exportable(spec: RecipeSpec, out: Path, dtype: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Callable, ContextManager, Optional
 from quantcal.errors import QuantcalError
 from quantcal.finetune.deploy import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
-from quantcal.model_export import PACKABLE, native_checkpoint
+from quantcal.model_export import is_packed_native, native_checkpoint
 from quantcal.models import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
@@ -220,7 +220,7 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
         return load_native_adapter(defn.adapter, source, options.dtype, options.device)
     weights = source if defn.adapter is None or form is None else deployed_source(source, defn.adapter, form)
     spec = defn.recipe_spec
-    if spec is not None and spec.params.get("mode") == "native" and spec.family in PACKABLE:
+    if spec is not None and is_packed_native(spec):
         path = native_checkpoint(weights, spec, say)  # the exported checkpoint, run by the engine's quantized modules
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
     elif spec is not None:
