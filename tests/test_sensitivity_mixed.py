@@ -275,3 +275,42 @@ def test_study_with_a_mixed_variant_reports_where_it_breaks_and_the_pareto_view(
     assert (tmp_path / "r" / "figures" / "sensitivity_1.png").is_file()
     page = result.page.read_text()
     assert "Where it breaks" in page and "After temperature scaling" in page
+
+
+def test_runs_on_different_tasks_merge_into_one_ranking(ranking: Path, tiny_llama: Path, shared_data: Path,
+                                                        tmp_path: Path, env_cache: Path) -> None:
+    """A ranking measured task by task merges into one: each task as its own run wrote it, the harm averaged over
+    them, every task's items refused by a mixed recipe ranked on it; mismatched runs are refused, one line."""
+    from quantcal import api
+    from quantcal.analysis.sensitivity import merge_runs, rank_units, rows_from_json
+
+    hellaswag = shared_data / "hellaswag" / "validation.jsonl"
+    other = api.run_sensitivity(str(tiny_llama), BASE, f"hellaswag={hellaswag}", limit=4, unit="linear",
+                                out=tmp_path / "hs", resamples=50)
+    piqa_run = api.load_sensitivity(ranking)
+    merged = api.merge_sensitivity([ranking.parent, tmp_path / "hs"], tmp_path / "both")
+    data = json.loads((tmp_path / "both" / "sensitivity.json").read_text())
+    assert list(data["tasks"]) == ["piqa", "hellaswag"]
+    assert data["tasks"]["piqa"]["limit"] == N_RANK and data["tasks"]["hellaswag"]["limit"] == 4
+    for name, run in (("piqa", piqa_run), ("hellaswag", other)):
+        assert {k: v for k, v in data["tasks"][name].items() if k != "limit"} == \
+            {k: v for k, v in run.data["tasks"][name].items() if k != "limit"}
+    both = [rows_from_json(piqa_run.data["tasks"]["piqa"]), rows_from_json(other.data["tasks"]["hellaswag"])]
+    assert merged.ranking("nll") == rank_units(both, "nll")
+    assert (tmp_path / "both" / "sensitivity.md").read_text().count("## ") == 2
+
+    recipe = f"mixed:base=({BASE}),protect=({PROTECT}),budget=6,ranking={tmp_path / 'both'}/sensitivity.json"
+    with pytest.raises(QuantcalError, match="4 of 6 items .* were used to rank the units"):
+        api.evaluate(str(tiny_llama), "hellaswag", recipe=recipe, data_file=hellaswag, limit=6,
+                     store=tmp_path / "s.sqlite")
+
+    with pytest.raises(QuantcalError, match="task piqa is in both"):
+        merge_runs([("a", piqa_run.data), ("b", piqa_run.data)])
+    with pytest.raises(QuantcalError, match="differ in recipe_build"):
+        merge_runs([("a", piqa_run.data), ("b", {**other.data, "recipe_build": "another"})])
+    with pytest.raises(QuantcalError, match="at least two"):
+        merge_runs([("a", piqa_run.data)])
+    assert_user_error(CliRunner().invoke(app, ["merge-sensitivity", str(ranking.parent), str(tmp_path / "both"),
+                                               "--out", str(tmp_path / "again")]), "task piqa is in both")
+    assert_user_error(CliRunner().invoke(app, ["merge-sensitivity", str(ranking.parent), str(tmp_path / "nope"),
+                                               "--out", str(tmp_path / "again")]), "no sensitivity.json")

@@ -39,7 +39,7 @@ from quantcal.recipes import parse_recipe
 from quantcal.recipes.variants import build_variant, variant_meta
 from quantcal.report.collect import ReportSettings
 from quantcal.report.write import WrittenReport, write_report
-from quantcal.sensitivity import SensitivityResult, load_sensitivity, run_sensitivity
+from quantcal.sensitivity import SensitivityResult, load_sensitivity, merge_sensitivity, run_sensitivity
 from quantcal.store import open_store
 from quantcal.study.runner import JobOutcome, PlannedJob, check_plan, plan, run_study as run_jobs, study_items, train_adapters
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from quantcal.analysis.sensitivity import (SENSITIVITY_METRICS, family_shares, rank_units, read_sensitivity,
-                                          rows_from_json, sensitivity_file, unit_sensitivity)
+from quantcal.analysis.sensitivity import (SENSITIVITY_METRICS, family_shares, merge_runs, rank_units,
+                                          read_sensitivity, rows_from_json, sensitivity_file, unit_sensitivity)
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.jobs import Job, ScoringOptions, run_job
@@ -193,7 +193,7 @@ def _analyse(db: Any, specs: list[tuple[Task, Optional[str]]], limit: Optional[i
         full = align(db, ref_name, spec.slug, task.name, normalization)
         whole = unit_sensitivity("all", full.ref.probs, full.var.probs, full.ref.labels, n_resamples=resamples, seed=seed)
         tasks[task.name] = {
-            "n": len(items), "data_file": path, "item_hashes": sorted({it.content_hash for it in items}),
+            "n": len(items), "limit": limit, "data_file": path, "item_hashes": sorted({it.content_hash for it in items}),
             "reference": {"acc": float((full.ref.probs.argmax(1) == full.ref.labels).mean())},
             "full_recipe": whole.to_json(),
             "units": {r.unit: r.to_json() for r in rows},
@@ -231,10 +231,29 @@ def write_outputs(out: Path, data: dict[str, Any]) -> None:
     sensitivity_figure(data, out / "figures", "sensitivity")
 
 
+def merge_sensitivity(runs: Sequence[Union[str, Path]], out: Union[str, Path]) -> SensitivityResult:
+    """Sensitivity runs of one recipe on different tasks (run apart: on other days or machines) as one ranking in
+    ``out`` (``sensitivity.json``, the table and the figure; no store): a ``mixed`` recipe ranked on it averages
+    the harm over all the tasks and refuses all their items. See :func:`quantcal.analysis.sensitivity.merge_runs`.
+
+    Example:
+        >>> merge_sensitivity(["sens-piqa", "sens-hellaswag"], "sens-both").data["tasks"].keys()  # doctest: +SKIP
+        dict_keys(['piqa', 'hellaswag'])
+    """
+    out = Path(out)
+    files = [sensitivity_file(r) for r in runs]
+    if out.resolve() in {f.parent.resolve() for f in files}:
+        raise QuantcalError(f"{out}: is one of the runs being merged; write the merge to another folder")
+    data = merge_runs([(str(f.parent), read_sensitivity(f)) for f in files])
+    check_writable_dir(out)
+    write_outputs(out, data)
+    return SensitivityResult(out, data)
+
+
 def load_sensitivity(path: Union[str, Path]) -> SensitivityResult:
     """A sensitivity run from its folder or its ``sensitivity.json``."""
     file = sensitivity_file(path)
     return SensitivityResult(file.parent, read_sensitivity(file))
 
 
-__all__ = ["SensitivityResult", "load_sensitivity", "run_sensitivity", "table_markdown"]
+__all__ = ["SensitivityResult", "load_sensitivity", "merge_sensitivity", "run_sensitivity", "table_markdown"]

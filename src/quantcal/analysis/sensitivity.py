@@ -104,3 +104,42 @@ def read_sensitivity(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("kind") != "quantcal-sensitivity":
         raise QuantcalError(f"{file}: not a sensitivity run (written by `quantcal sensitivity`)")
     return data
+
+
+#: What two runs must share to be merged into one ranking: the same model, the same build of the same recipe, the
+#: same units and the same analysis settings (their intervals and harms are then comparable task by task).
+MERGE_KEYS: tuple[str, ...] = ("version", "fingerprint", "recipe", "recipe_build", "unit", "normalization",
+                               "resamples", "seed")
+
+
+def merge_runs(runs: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """One ranking from sensitivity runs of the same recipe on different tasks (``(label, data)`` each, ``data`` a
+    run's ``sensitivity.json``): the tasks side by side, as if one run had scored them all.
+
+    Each task keeps its own item count and item hashes (so a mixed recipe ranked on the merge refuses all of them);
+    the run-level ``limit`` becomes each task's own. Refused, naming the first difference: runs of another model,
+    recipe build, unit kind or analysis setting, different unit lists, or a task present in two runs.
+    """
+    if len(runs) < 2:
+        raise QuantcalError("merging needs at least two sensitivity runs")
+    (first_label, first), rest = runs[0], runs[1:]
+    merged = {k: v for k, v in first.items() if k not in ("tasks", "limit", "seconds", "merged_from")}
+    tasks: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+    for label, data in runs:
+        for key in MERGE_KEYS:
+            if data.get(key) != first.get(key):
+                raise QuantcalError(f"{label} and {first_label} differ in {key} "
+                                    f"({data.get(key)!r} vs {first.get(key)!r}); only runs of one build and setting merge")
+        if [u["name"] for u in data["units"]] != [u["name"] for u in first["units"]]:
+            raise QuantcalError(f"{label} and {first_label} measured different units")
+        for name, block in data["tasks"].items():
+            if name in seen:
+                raise QuantcalError(f"task {name} is in both {seen[name]} and {label}; merge runs of different tasks")
+            seen[name] = label
+            tasks[name] = {"limit": block.get("limit", data.get("limit")), **block}
+    merged.update({
+        "tasks": tasks, "limit": None, "seconds": float(sum(d.get("seconds", 0.0) for _, d in runs)),
+        "merged_from": [{"run": label, "tasks": list(d["tasks"])} for label, d in runs],
+    })
+    return merged

@@ -13,7 +13,7 @@ from quantcal.cli.catalog import models_command, tasks_command
 from quantcal.cli.evaluate import eval_command
 from quantcal.cli.finetune import finetune_command
 from quantcal.cli.lm_eval import import_lm_eval_command
-from quantcal.cli.sensitivity import sensitivity_command
+from quantcal.cli.sensitivity import merge_sensitivity_command, sensitivity_command
 from quantcal.cli.study import report_command, run_command
 from quantcal.cli.variants import export_checkpoint_command, export_model_command, quantize_command, recipes_command
 
@@ -42,7 +42,8 @@ for _name, _command in (
     ("eval", eval_command), ("quantize", quantize_command), ("finetune", finetune_command), ("recipes", recipes_command),
     ("export", export_command), ("metrics", metrics_command), ("compare", compare_command), ("run", run_command),
     ("report", report_command), ("import-lm-eval", import_lm_eval_command), ("tasks", tasks_command),
-    ("models", models_command), ("sensitivity", sensitivity_command), ("export-checkpoint", export_checkpoint_command),
+    ("models", models_command), ("sensitivity", sensitivity_command),
+    ("merge-sensitivity", merge_sensitivity_command), ("export-checkpoint", export_checkpoint_command),
     ("export-model", export_model_command),
 ):
     app.command(_name)(_command)

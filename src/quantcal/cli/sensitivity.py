@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.table import Table
 
 from quantcal.cli.common import BATCH_TOKENS_HELP, batch_tokens, console, item_bar, out, phase, quiet_transformers, say, user_errors
 from quantcal.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from quantcal.sensitivity import SensitivityResult
 
 
 def sensitivity_command(
@@ -41,13 +44,34 @@ def sensitivity_command(
                                  normalization=normalization, batch_size=batch_size,
                                  max_batch_tokens=batch_tokens(max_batch_tokens), device=device, dtype=dtype,
                                  resamples=resamples, progress=item_bar, say=say, phase=phase)
-        for name, block in result.data["tasks"].items():
-            table = Table(title=f"{name} · {block['n']} items · {result.data['recipe']}, one {result.data['unit']} at a time")
-            for column in ("unit", "ΔNLL", "ΔECE", "ΔBrier", "Δp(gold)", "Δacc", "mean JS"):
-                table.add_column(column, justify="left" if column == "unit" else "right")
-            ranked = sorted(block["units"].items(), key=lambda kv: -kv[1]["nll"]["estimate"])
-            for unit_name, e in ranked[:10] + [("all (full recipe)", block["full_recipe"])]:
-                table.add_row(unit_name, *(f"{e[m]['estimate']:+.4f}" for m in ("nll", "ece", "brier", "p_gold", "acc")),
-                              f"{e['mean_js']:.4f}")
-            out.print(table)
+        _print_tables(result)
         console.print(f"sensitivity: {result.json_path} (table: {result.out / 'sensitivity.md'})")
+
+
+def merge_sensitivity_command(
+    runs: list[Path] = typer.Argument(..., help="Sensitivity runs (folders or their sensitivity.json), one task set each."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for the merged sensitivity.json, sensitivity.md and figure."),
+) -> None:
+    """Merge sensitivity runs of one recipe on different tasks into one ranking, as if one run had scored every task.
+
+    Run the ranking task by task (on other days or machines), then merge: a `mixed` recipe ranked on the result
+    averages each unit's harm over all the tasks and refuses all their items. Runs of another model, recipe build,
+    unit kind or setting, or with a task in common, are refused. Exit codes: 0 done; 2 bad input."""
+    with user_errors():
+        from quantcal import api
+
+        result = api.merge_sensitivity(runs, out_dir)
+        _print_tables(result)
+        console.print(f"merged sensitivity ({', '.join(result.data['tasks'])}): {result.json_path}")
+
+
+def _print_tables(result: "SensitivityResult") -> None:
+    for name, block in result.data["tasks"].items():
+        table = Table(title=f"{name} · {block['n']} items · {result.data['recipe']}, one {result.data['unit']} at a time")
+        for column in ("unit", "ΔNLL", "ΔECE", "ΔBrier", "Δp(gold)", "Δacc", "mean JS"):
+            table.add_column(column, justify="left" if column == "unit" else "right")
+        ranked = sorted(block["units"].items(), key=lambda kv: -kv[1]["nll"]["estimate"])
+        for unit_name, e in ranked[:10] + [("all (full recipe)", block["full_recipe"])]:
+            table.add_row(unit_name, *(f"{e[m]['estimate']:+.4f}" for m in ("nll", "ece", "brier", "p_gold", "acc")),
+                          f"{e['mean_js']:.4f}")
+        out.print(table)
