@@ -4,8 +4,10 @@
 reference once, and for each unit (a decoder block, or a block's attention or MLP linears:
 :mod:`quantcal.recipes.units`) swaps that unit's quantized weights in, scores the ranking items, and swaps them
 back out (the reference's own tensors, so it is restored exactly). The full variant is scored too, for comparison.
-Every score goes to a store (``OUT/sensitivity.sqlite``), one run per (unit, task), so an interrupted run resumes
-and a finished one answers at once. The paired analysis per unit is :mod:`quantcal.analysis.sensitivity`'s; the
+A unit's passes start at its own block, from the reference's hidden states recorded once
+(:mod:`quantcal.depth_replay`: the same scores bit for bit, about half the compute over all units). Every score
+goes to a store (``OUT/sensitivity.sqlite``), one run per (unit, task), so an interrupted run resumes and a
+finished one answers at once. The paired analysis per unit is :mod:`quantcal.analysis.sensitivity`'s; the
 result is written as ``sensitivity.json`` (what the ``mixed`` recipe ranks from), ``sensitivity.md`` (a table) and
 ``figures/sensitivity.png``/``.svg`` (units on x, ΔNLL and ΔECE on y, with intervals).
 
@@ -24,12 +26,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from quantcal.analysis.sensitivity import (SENSITIVITY_METRICS, family_shares, merge_runs, rank_units,
                                           read_sensitivity, rows_from_json, sensitivity_file, unit_sensitivity)
+from quantcal.depth_replay import DepthReplay
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.jobs import Job, ScoringOptions, run_job
 from quantcal.models import DEFAULT_MODEL, LoadedModel, resolve_source
 from quantcal.recipes import parse_recipe, recipe_identity
-from quantcal.recipes.units import UNIT_KINDS, Unit, model_units, swapped
+from quantcal.recipes.units import UNIT_KINDS, Unit, model_units, swapped, unit_block
 from quantcal.recipes.variants import build_variant, checkpoint_tensors, variant_key, variant_meta
 from quantcal.store import open_store
 from quantcal.summary import align
@@ -91,12 +94,18 @@ def run_sensitivity(
     dtype: str = "auto",
     resamples: int = 1000,
     seed: int = 0,
+    replay: bool = True,
+    replay_bytes: Optional[int] = None,
     progress: Optional[Callable[[str, int], Any]] = None,
     say: Callable[[str], None] = lambda message: None,
     phase: Optional[Phase] = None,
 ) -> SensitivityResult:
     """Quantize each unit alone with ``recipe`` and measure the paired change of NLL, ECE, Brier, p(gold) and
     accuracy against the reference on ``limit`` items of each task (the ranking split); see the module doc.
+
+    ``replay`` (default) records the reference's hidden states entering the blocks once and starts each unit's
+    passes at its own block (:mod:`quantcal.depth_replay`; the scores are the same bit for bit, about half the
+    compute); ``replay_bytes`` caps the host memory those states take (default: a quarter of the free memory).
 
     Example:
         >>> r = run_sensitivity("smollm2-135m-instruct", "rtn:bits=3,group_size=64", "piqa=piqa.jsonl",
@@ -129,19 +138,35 @@ def run_sensitivity(
     variant_config = {"recipe": spec.key, **recipe_identity(spec)}
     start = time.perf_counter()
     with open_store(out / "sensitivity.sqlite") as db:
-        def score(name: str, holder: ModelHolder, config: dict[str, Any]) -> None:
+        def score(name: str, holder: ModelHolder, config: dict[str, Any], store: Any = db, note: str = "") -> None:
             for task, path in specs:
                 job = Job(name, source, task, path, limit, None, config, dtype)
-                result = run_job(db, job, opts, holder, progress, say)
-                say(result.summary(f"{name} · {job.label}"))
+                result = run_job(store, job, opts, holder, progress, say)
+                say(result.summary(f"{name} · {job.label}" + (f" ({note})" if note else "")))
 
         ref_name = source.name
         score(ref_name, ModelHolder(load_reference), {})
         score(spec.slug, ModelHolder(lambda: _full_variant(built, dtype, device, source)), variant_config)
+        replayer: list[DepthReplay] = []
+
+        def prepared(u: Unit) -> tuple[LoadedModel, Optional[DepthReplay]]:
+            """The reference, and (on the first unit that has items to score) its recorded block inputs."""
+            lm = load_reference()
+            if replay and not replayer:
+                replayer.append(DepthReplay(lm.model, replay_bytes or _default_replay_bytes()))
+                (out / "replay-scratch.sqlite").unlink(missing_ok=True)  # a crashed recording's leftovers
+                with open_store(out / "replay-scratch.sqlite") as scratch, replayer[0].recording():
+                    score(ref_name, ModelHolder(load_reference), {}, scratch, "recording block inputs")
+                (out / "replay-scratch.sqlite").unlink(missing_ok=True)
+                stats = replayer[0].stats
+                say(f"recorded the reference's inputs to blocks {_spans(stats.checkpoints)} "
+                    f"({stats.recorded_bytes / 2**20:,.0f} MiB)")
+            return lm, (replayer[0] if replayer else None)
+
         for i, u in enumerate(units, start=1):
             say(f"unit {i}/{len(units)}: {u.name} ({len(u.layers)} linears, {u.params:,} weights)")
             with ExitStack() as stack:
-                holder = ModelHolder(lambda u=u: _with_unit(stack, load_reference(), built, u))
+                holder = ModelHolder(lambda u=u: _with_unit(stack, *prepared(u), built, u))
                 score(unit_variant(spec.slug, u.name), holder,
                       {**variant_config, "sensitivity_unit": u.name, "unit_layers": list(u.layers)})
         data = _analyse(db, specs, limit, ref_name, spec, units, unit, normalization, resamples, seed)
@@ -151,6 +176,9 @@ def run_sensitivity(
         "recipe_bits_per_weight": meta["bits_per_weight"], "unit": unit, "normalization": normalization,
         "limit": limit, "resamples": resamples, "seed": seed, "seconds": time.perf_counter() - start,
         "units": [_unit_json(u, load_reference().model) for u in units],
+        "replay": (None if not replayer else {"checkpoints": replayer[0].stats.checkpoints, "hits": replayer[0].stats.hits,
+                                               "misses": replayer[0].stats.misses,
+                                               "recorded_bytes": replayer[0].stats.recorded_bytes}),
     })
     write_outputs(out, data)
     return SensitivityResult(out, data)
@@ -161,10 +189,22 @@ def unit_variant(slug: str, unit: str) -> str:
     return f"{slug}@{unit}"
 
 
-def _with_unit(stack: ExitStack, lm: LoadedModel, built: Path, u: Unit) -> LoadedModel:
+def _with_unit(stack: ExitStack, lm: LoadedModel, replay: Optional[DepthReplay], built: Path, u: Unit) -> LoadedModel:
     weights = checkpoint_tensors(built, [f"{n}.weight" for n in u.layers])
     stack.enter_context(swapped(lm.model, {k.removesuffix(".weight"): w for k, w in weights.items()}))
+    if replay is not None:
+        stack.enter_context(replay.replaying(unit_block(u)))
     return lm
+
+
+def _default_replay_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available // 4)
+
+
+def _spans(blocks: Sequence[int]) -> str:
+    return ", ".join(map(str, blocks)) if blocks else "none (over the memory cap: every pass runs in full)"
 
 
 def _full_variant(built: Path, dtype: str, device: str, source: Any) -> LoadedModel:

@@ -28,6 +28,7 @@ def sensitivity_command(
     batch_size: int = typer.Option(64, "--batch-size", help="Choice rows per forward pass."),
     max_batch_tokens: str = typer.Option("auto", "--max-batch-tokens", help=BATCH_TOKENS_HELP),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for each paired interval."),
+    replay: bool = typer.Option(True, "--replay/--no-replay", help="Start each unit's passes at its own block from the reference's recorded hidden states (same scores, about half the compute; memory: a quarter of the free RAM at most)."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("auto", "--dtype"),
 ) -> None:
@@ -43,7 +44,7 @@ def sensitivity_command(
         result = api.run_sensitivity(model, recipe, task, data_file=data_file, limit=limit, unit=unit, out=out_dir,
                                  normalization=normalization, batch_size=batch_size,
                                  max_batch_tokens=batch_tokens(max_batch_tokens), device=device, dtype=dtype,
-                                 resamples=resamples, progress=item_bar, say=say, phase=phase)
+                                 resamples=resamples, replay=replay, progress=item_bar, say=say, phase=phase)
         _print_tables(result)
         console.print(f"sensitivity: {result.json_path} (table: {result.out / 'sensitivity.md'})")
 

@@ -57,6 +57,11 @@ def model_units(model: nn.Module, kind: str = "block") -> list[Unit]:
     return [Unit(key, tuple(n for n, _ in groups[key]), sum(c for _, c in groups[key])) for key in sorted(groups, key=order)]
 
 
+def unit_block(unit: Unit) -> int:
+    """The decoder block a unit belongs to (the lowest, should a unit ever span blocks)."""
+    return min(int(m.group(1)) for m in (_BLOCK.search(n) for n in unit.layers) if m is not None)
+
+
 def find_units(units: list[Unit], names: list[str]) -> list[Unit]:
     """The units called ``names``; an unknown name is an error listing a few valid ones."""
     by_name = {u.name: u for u in units}
