@@ -172,39 +172,28 @@ def test_prompt_setups_are_tasks_of_their_own(tmp_path: Path) -> None:
         parse_study(base | {"tasks": ["piqa"], "fewshot_as_multiturn": True}, tmp_path)
 
 
-def test_mixed_precision_example_is_valid_given_its_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The example reads a ranking that `quantcal sensitivity` writes (80 minutes): without it, the one error names
-    the file and the command; with one (written here in the sensitivity.json schema for SmolLM2's 60 units), the
-    plan passes, including the check that the evaluation items (skip 800) are not the ranking's (PIQA's first 200)."""
+def test_mixed_precision_example_is_valid_with_its_committed_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The example reads the ranking committed beside it (written by `quantcal sensitivity` on PIQA's first 800):
+    run from elsewhere, the one error names the file and the command; from the checkout's root the plan passes,
+    including the check that the evaluation items (skip 800) are not the ranking's, which fails at skip 700."""
     from quantcal.errors import QuantcalError
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study
-    from quantcal.tasks import get_task, load_items
 
-    spec = load_study(Path(__file__).resolve().parent.parent / "examples" / "study_mixed_precision.yaml")
+    root = Path(__file__).resolve().parent.parent
+    spec = load_study(root / "examples" / "study_mixed_precision.yaml")
     if not all(Path(t.data_file).is_file() for t in spec.tasks if t.data_file):
         pytest.skip("the shared data is not next to this checkout")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(QuantcalError, match="sens-rtn3-piqa/sensitivity.json: file not found .*quantcal sensitivity"):
+    with pytest.raises(QuantcalError, match="rtn3-linear-piqa800/sensitivity.json: file not found .*quantcal sensitivity"):
         check_plan(spec)
-    q, kv, mlp, hidden = 576 * 576, 192 * 576, 1536 * 576, 576
-    units = []
-    for i in range(30):
-        units.append({"name": f"L{i}.attn", "params": 2 * q + 2 * kv, "layers": [
-            {"name": f"a{i}{p}", "in_features": hidden, "numel": n} for p, n in (("q", q), ("k", kv), ("v", kv), ("o", q))]})
-        units.append({"name": f"L{i}.mlp", "params": 3 * mlp, "layers": [
-            {"name": f"m{i}{p}", "in_features": 1536 if p == "d" else hidden, "numel": mlp} for p in "gud"]})
-    hashes = [it.content_hash for it in load_items(get_task("piqa"), spec.tasks[0].data_file, 200)]
-    harm = {u["name"]: {"nll": {"estimate": 0.01 * (k % 7)}} for k, u in enumerate(units)}
-    ranking = {"kind": "quantcal-sensitivity", "recipe": "rtn:bits=3,group_size=64,sym=false", "unit": "linear",
-               "units": units, "tasks": {"piqa": {"units": harm, "item_hashes": hashes}}}
-    (tmp_path / "sens-rtn3-piqa").mkdir()
-    (tmp_path / "sens-rtn3-piqa" / "sensitivity.json").write_text(json.dumps(ranking))
+    monkeypatch.chdir(root)
+    check_plan(spec)
+    sensitivity = spec.sensitivity
     spec.sensitivity = [str(tmp_path / "absent")]
     with pytest.raises(QuantcalError, match="`sensitivity`: .*absent: no sensitivity.json"):
         check_plan(spec)  # the report's sensitivity run is checked before any work too
-    spec.sensitivity = [str(tmp_path / "sens-rtn3-piqa")]
-    check_plan(spec)
-    spec.tasks[0].skip = 100  # the first 100 evaluation items would be ranking items
-    with pytest.raises(QuantcalError, match="variant mixed-4.5 · task piqa: 100 of 600 items .* were used to rank"):
+    spec.sensitivity = sensitivity
+    spec.tasks[0].skip = 700  # the first 100 evaluation items would be ranking items
+    with pytest.raises(QuantcalError, match="variant mixed-4.5 · task piqa: 100 of 1138 items .* were used to rank"):
         check_plan(spec)
