@@ -314,3 +314,14 @@ def test_runs_on_different_tasks_merge_into_one_ranking(ranking: Path, tiny_llam
                                                "--out", str(tmp_path / "again")]), "task piqa is in both")
     assert_user_error(CliRunner().invoke(app, ["merge-sensitivity", str(ranking.parent), str(tmp_path / "nope"),
                                                "--out", str(tmp_path / "again")]), "no sensitivity.json")
+
+
+def test_pareto_labels_are_spread_apart_only_where_they_collide() -> None:
+    from quantcal.report.figures import spread
+
+    values = [0.10, 0.10, 0.101, 0.30]
+    out = spread(values, gap=0.02)
+    assert np.all(np.diff(out) >= 0.02 - 1e-12)  # no two labels closer than the gap
+    assert out[-1] == 0.30  # a label with room stays on its point
+    assert np.mean(out[:3]) == pytest.approx(np.mean(values[:3]))  # a stack is centred on its points
+    assert spread([0.1, 0.5], gap=0.02) == [0.1, 0.5] and spread([], gap=0.1) == []

@@ -168,6 +168,22 @@ def sensitivity_figure(data: dict[str, Any], folder: Path, key: str) -> Figure:
     return _save(fig, folder, key, title)
 
 
+def spread(values: list[float], gap: float) -> list[float]:
+    """Label positions for sorted ``values``, at least ``gap`` apart: labels that would collide form a stack
+    centred on their values' mean; a label with room stays at its value."""
+    stacks: list[list[float]] = []
+    for v in values:
+        stacks.append([v])
+        while len(stacks) > 1 and _bottom(stacks[-2], gap) + gap * len(stacks[-2]) > _bottom(stacks[-1], gap):
+            top = stacks.pop()
+            stacks[-1] += top
+    return [_bottom(st, gap) + gap * i for st in stacks for i in range(len(st))]
+
+
+def _bottom(stack: list[float], gap: float) -> float:
+    return float(np.mean(stack)) - gap * (len(stack) - 1) / 2
+
+
 def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> Figure:
     """Bits per weight (x) against ECE (y) per variant: filled markers before temperature scaling, hollow after
     (joined by a line), colour = accuracy; the reference is the star. ``points``: ``name``, ``bits``, ``ece``,
@@ -187,9 +203,23 @@ def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> F
             ax.plot([p["bits"], p["bits"]], [p["ece"], p["ece_after"]], color="grey", lw=0.8, zorder=2)
             ax.scatter([p["bits"]], [p["ece_after"]], facecolors="none", edgecolors=[colour], marker=marker,
                        s=160 if p["reference"] else 50, zorder=3)
-        ax.annotate(p["name"], (p["bits"], p["ece"]), fontsize=6, xytext=(4, 3), textcoords="offset points")
+    # variants crowd at 3-5 bits beside a 16-bit reference: a log2 axis, and labels stacked apart at the right of
+    # their points (joined to them by a thin line), so equal or near bits never print one name over another
+    ax.set_xscale("log", base=2)
+    bits = [p["bits"] for p in points]
+    ticks = [t for t in (1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32) if min(bits) / 1.1 <= t <= max(bits) * 1.1]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    y_low, y_high = ax.get_ylim()
+    labels = sorted(points, key=lambda p: p["ece"])
+    spots = spread([p["ece"] for p in labels], gap=0.06 * (y_high - y_low))
+    for p, y in zip(labels, spots):
+        ax.annotate(p["name"], (p["bits"], p["ece"]), xytext=(p["bits"] * 1.12, y), fontsize=6, va="center",
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
+    ax.set_xlim(min(bits) / 1.1, max(bits) * 1.6)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax, label="accuracy")
-    ax.set(xlabel="bits per weight (block linears)", ylabel="ECE (filled: as is; hollow: after temperature scaling)")
+    ax.set(xlabel="bits per weight (block linears, log scale)",
+           ylabel="ECE (filled: as is; hollow: after temperature scaling)")
     ax.set_title(f"{task}: size against calibration", fontsize=9)
     return _save(fig, folder, key, f"Bits per weight against ECE, {task}")
