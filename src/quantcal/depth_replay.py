@@ -46,11 +46,6 @@ class ReplayStats:
     recorded_bytes: int = 0
     checkpoints: list[int] = field(default_factory=list)
 
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
-
 
 def call_key(args: tuple, kwargs: dict[str, Any]) -> Optional[bytes]:
     """A digest of what decides the hidden states of a forward call, or ``None`` when the call may not be replayed

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -176,9 +176,7 @@ def run_sensitivity(
         "recipe_bits_per_weight": meta["bits_per_weight"], "unit": unit, "normalization": normalization,
         "limit": limit, "resamples": resamples, "seed": seed, "seconds": time.perf_counter() - start,
         "units": [_unit_json(u, load_reference().model) for u in units],
-        "replay": (None if not replayer else {"checkpoints": replayer[0].stats.checkpoints, "hits": replayer[0].stats.hits,
-                                               "misses": replayer[0].stats.misses,
-                                               "recorded_bytes": replayer[0].stats.recorded_bytes}),
+        "replay": asdict(replayer[0].stats) if replayer else None,
     })
     write_outputs(out, data)
     return SensitivityResult(out, data)

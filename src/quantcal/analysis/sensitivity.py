@@ -122,7 +122,7 @@ def merge_runs(runs: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """
     if len(runs) < 2:
         raise QuantcalError("merging needs at least two sensitivity runs")
-    (first_label, first), rest = runs[0], runs[1:]
+    first_label, first = runs[0]
     merged = {k: v for k, v in first.items() if k not in ("tasks", "limit", "seconds", "merged_from")}
     tasks: dict[str, Any] = {}
     seen: dict[str, str] = {}
