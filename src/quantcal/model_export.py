@@ -65,9 +65,14 @@ def check_exportable(spec: RecipeSpec, out: Path, dtype: str) -> str:
                             "(bitsandbytes)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QuantcalError(f"{out}: exists and is not an empty folder; choose a new folder")
+    check_dtype(dtype)
+    return fmt
+
+
+def check_dtype(dtype: str) -> None:
+    """Refuse (one line) a float dtype the exported checkpoint cannot be written in."""
     if dtype not in DTYPES:
         raise QuantcalError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    return fmt
 
 
 def simulated(spec: RecipeSpec) -> RecipeSpec:

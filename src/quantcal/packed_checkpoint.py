@@ -36,13 +36,13 @@ import torch
 
 from quantcal.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.model_export import COMPRESSED_TENSORS, ExportedModel
+from quantcal.model_export import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype
 from quantcal import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.awq import fold_producer
 from quantcal.recipes.grid_record import LayerGrid
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
 SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
 
 
@@ -167,8 +167,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
 
     pack_to_int32 = _require_compressed_tensors()
     variant_dir, out = Path(variant_dir), Path(out)
-    if dtype not in DTYPES:
-        raise QuantcalError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    check_dtype(dtype)
     meta_file = variant_dir / "quantcal-variant.json"
     if not meta_file.is_file():
         raise QuantcalError(f"{variant_dir}: not a built variant (no quantcal-variant.json)")
@@ -207,7 +206,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
             if key != "weight_shape":
                 quantized_bytes += tensor.numel() * tensor.element_size()
         quantized_weights += rows * cols
-    target = DTYPES[dtype]
+    target = TORCH_DTYPES[dtype]
     tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()} | packed
     config = json.loads((variant_dir / "config.json").read_text())
     per_channel = all(g.scale.shape[1] == 1 for g in grids.values())
@@ -236,7 +235,7 @@ def load_packed(path: Union[str, Path], dtype: Optional[str] = "float32") -> Any
     from transformers import AutoModelForCausalLM
 
     _require_compressed_tensors()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype or "float32"],
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=TORCH_DTYPES[dtype or "float32"],
                                                  **packed_load.load_kwargs(Path(path))).eval()
     packed_load.restore_float32(model, Path(path))
     return model
