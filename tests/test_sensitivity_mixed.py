@@ -120,12 +120,31 @@ def test_select_units_protects_the_most_harmful_within_the_budget() -> None:
         select_units(units, 2.9)
 
 
+def test_tasks_combine_as_shares_of_the_whole_recipes_damage_or_as_a_raw_mean() -> None:
+    """Over several tasks, ``share`` weighs each task the same (a unit's Δ over the whole recipe's Δ on that task);
+    ``mean`` lets the task with the larger scale decide; one task ranks the same either way."""
+    from quantcal.analysis.sensitivity import combine_harms
+
+    piqa = {"a": 0.20, "b": 0.05}  # whole recipe: +1.0
+    hellaswag = {"a": 0.10, "b": 0.60}  # whole recipe: +6.0 (a scale six times larger)
+    share = combine_harms([piqa, hellaswag], [1.0, 6.0], "share")
+    assert share == pytest.approx({"a": (0.20 / 1.0 + 0.10 / 6.0) / 2, "b": (0.05 / 1.0 + 0.60 / 6.0) / 2})
+    assert share["a"] > share["b"]  # a took 20% of piqa's damage, b 10% of hellaswag's
+    mean = combine_harms([piqa, hellaswag], [1.0, 6.0], "mean")
+    assert mean == pytest.approx({"a": 0.15, "b": 0.325}) and mean["b"] > mean["a"]
+    assert combine_harms([piqa], [-1.0], "share") == piqa  # one task: its own Δs, even where the whole recipe helped
+    with pytest.raises(QuantcalError, match="did not harm every task"):
+        combine_harms([piqa, hellaswag], [1.0, -0.01], "share")
+    with pytest.raises(QuantcalError, match="combine='max'"):
+        combine_harms([piqa], None, "max")
+
+
 def test_nested_recipe_keys_are_canonical(ranking: Path) -> None:
     from quantcal.recipes import parse_recipe
 
     spec = parse_recipe(f"mixed:base=({BASE}),budget=6,ranking={ranking}")
-    assert spec.key == (f"mixed:base=({BASE},sym=false),budget=6.0,protect=(rtn:bits=8,group_size=64,sym=false),"
-                        f"rank=nll,ranking={ranking}")
+    assert spec.key == (f"mixed:base=({BASE},sym=false),budget=6.0,combine=share,"
+                        f"protect=(rtn:bits=8,group_size=64,sym=false),rank=nll,ranking={ranking}")
     assert parse_recipe(spec.key) == spec
 
 
@@ -282,7 +301,7 @@ def test_runs_on_different_tasks_merge_into_one_ranking(ranking: Path, tiny_llam
     """A ranking measured task by task merges into one: each task as its own run wrote it, the harm averaged over
     them, every task's items refused by a mixed recipe ranked on it; mismatched runs are refused, one line."""
     from quantcal import api
-    from quantcal.analysis.sensitivity import merge_runs, rank_units, rows_from_json
+    from quantcal.analysis.sensitivity import merge_runs, rank_units, ranking_from_json, rows_from_json
 
     hellaswag = shared_data / "hellaswag" / "validation.jsonl"
     other = api.run_sensitivity(str(tiny_llama), BASE, f"hellaswag={hellaswag}", limit=4, unit="linear",
@@ -295,11 +314,19 @@ def test_runs_on_different_tasks_merge_into_one_ranking(ranking: Path, tiny_llam
     for name, run in (("piqa", piqa_run), ("hellaswag", other)):
         assert {k: v for k, v in data["tasks"][name].items() if k != "limit"} == \
             {k: v for k, v in run.data["tasks"][name].items() if k != "limit"}
-    both = [rows_from_json(piqa_run.data["tasks"]["piqa"]), rows_from_json(other.data["tasks"]["hellaswag"])]
-    assert merged.ranking("nll") == rank_units(both, "nll")
-    assert (tmp_path / "both" / "sensitivity.md").read_text().count("## ") == 2
+    blocks = [piqa_run.data["tasks"]["piqa"], other.data["tasks"]["hellaswag"]]
+    rows = [rows_from_json(b) for b in blocks]
+    assert merged.ranking("nll", "mean") == rank_units(rows, "nll", combine="mean") == ranking_from_json(data, "nll", "mean")
+    full = [b["full_recipe"]["nll"]["estimate"] for b in blocks]
+    if min(full) > 0:
+        assert merged.ranking("nll") == rank_units(rows, "nll", full)
+    else:  # the tiny random model: RTN may lower its NLL, and then there is no damage to share
+        with pytest.raises(QuantcalError, match="did not harm every task"):
+            merged.ranking("nll")
+    md = (tmp_path / "both" / "sensitivity.md").read_text()
+    assert md.count("## ") == 3 and "combine=mean (the raw ΔNLLs averaged): L" in md
 
-    recipe = f"mixed:base=({BASE}),protect=({PROTECT}),budget=6,ranking={tmp_path / 'both'}/sensitivity.json"
+    recipe = f"mixed:base=({BASE}),protect=({PROTECT}),budget=6,combine=mean,ranking={tmp_path / 'both'}/sensitivity.json"
     with pytest.raises(QuantcalError, match="4 of 6 items .* were used to rank the units"):
         api.evaluate(str(tiny_llama), "hellaswag", recipe=recipe, data_file=hellaswag, limit=6,
                      store=tmp_path / "s.sqlite")

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 from quantcal.analysis.sensitivity import (SENSITIVITY_METRICS, family_shares, merge_runs, rank_units,
-                                          read_sensitivity, rows_from_json, sensitivity_file, unit_sensitivity)
+                                          ranking_from_json, read_sensitivity, rows_from_json, sensitivity_file,
+                                          unit_sensitivity)
 from quantcal.depth_replay import DepthReplay
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
@@ -53,9 +54,11 @@ class SensitivityResult:
     def json_path(self) -> Path:
         return self.out / "sensitivity.json"
 
-    def ranking(self, metric: str = "nll") -> list[tuple[str, float]]:
-        """Units by decreasing harm (mean Δmetric over the tasks, signed so larger is worse)."""
-        return rank_units([rows_from_json(task) for task in self.data["tasks"].values()], metric)
+    def ranking(self, metric: str = "nll", combine: str = "share") -> list[tuple[str, float]]:
+        """Units by decreasing harm (Δmetric signed so larger is worse; over several tasks, each unit's share of the
+        whole recipe's Δ averaged, or with ``combine="mean"`` the raw Δs averaged: see
+        :func:`quantcal.analysis.sensitivity.combine_harms`)."""
+        return ranking_from_json(self.data, metric, combine)
 
 
 def parse_task_specs(tasks: Union[str, Sequence[str]], data_file: Union[str, Path, None]) -> list[tuple[Task, Optional[str]]]:
@@ -257,6 +260,16 @@ def table_markdown(data: dict[str, Any]) -> str:
             shares = ", ".join(f"{k} {v:.0%}" for k, v in block["family_share_nll"].items())
             lines.append(f"Share of the summed ΔNLL harm: {shares}")
         lines.append("")
+    if len(data["tasks"]) > 1:
+        lines += ["## All tasks together (what a mixed recipe ranked on this file protects first)", ""]
+        for combine, how in (("share", "each task's ΔNLL as a share of the full recipe's ΔNLL there, averaged"),
+                             ("mean", "the raw ΔNLLs averaged")):
+            try:
+                top = ", ".join(f"{name} ({harm:+.3f})" for name, harm in ranking_from_json(data, "nll", combine)[:10])
+            except QuantcalError as exc:
+                top = f"not available: {exc}"
+            lines.append(f"- combine={combine} ({how}): {top}")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -271,8 +284,8 @@ def write_outputs(out: Path, data: dict[str, Any]) -> None:
 
 def merge_sensitivity(runs: Sequence[Union[str, Path]], out: Union[str, Path]) -> SensitivityResult:
     """Sensitivity runs of one recipe on different tasks (run apart: on other days or machines) as one ranking in
-    ``out`` (``sensitivity.json``, the table and the figure; no store): a ``mixed`` recipe ranked on it averages
-    the harm over all the tasks and refuses all their items. See :func:`quantcal.analysis.sensitivity.merge_runs`.
+    ``out`` (``sensitivity.json``, the table and the figure; no store): a ``mixed`` recipe ranked on it combines
+    the harm over all the tasks (``combine=``) and refuses all their items. See :func:`quantcal.analysis.sensitivity.merge_runs`.
 
     Example:
         >>> merge_sensitivity(["sens-piqa", "sens-hellaswag"], "sens-both").data["tasks"].keys()  # doctest: +SKIP

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
@@ -22,6 +22,12 @@ from quantcal.errors import QuantcalError
 from quantcal.metrics import Interval, get_metric, paired_bootstrap
 
 SENSITIVITY_METRICS: tuple[str, ...] = ("nll", "ece", "brier", "p_gold", "acc")
+COMBINE: tuple[str, ...] = ("share", "mean")
+
+
+def harm_sign(metric: str) -> float:
+    """+1 where a larger metric is worse (NLL, ECE, Brier), -1 where it is better (accuracy, p(gold))."""
+    return -1.0 if get_metric(metric).higher_is_better else 1.0
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,7 @@ class UnitSensitivity:
         """``Δmetric`` signed so that larger means more damage."""
         if metric not in self.deltas:
             raise QuantcalError(f"no sensitivity measured for {metric!r}; measured: {', '.join(self.deltas)}")
-        sign = -1.0 if get_metric(metric).higher_is_better else 1.0
-        return sign * self.deltas[metric].estimate
+        return harm_sign(metric) * self.deltas[metric].estimate
 
     def to_json(self) -> dict[str, Any]:
         return {"n": self.n, "mean_js": self.mean_js, **{m: d.to_json() for m, d in self.deltas.items()}}
@@ -57,13 +62,46 @@ def unit_sensitivity(unit: str, ref_probs: np.ndarray, unit_probs: np.ndarray, l
     return UnitSensitivity(unit, int(ref.shape[0]), deltas, float(js.mean()))
 
 
-def rank_units(rows: Sequence[Sequence[UnitSensitivity]], metric: str = "nll") -> list[tuple[str, float]]:
-    """Units by decreasing harm, averaged over tasks (``rows[t]`` holds task ``t``'s units, the same in each)."""
-    if not rows:
-        return []
-    names = [r.unit for r in rows[0]]
-    harm = {name: float(np.mean([{r.unit: r for r in task}[name].harm(metric) for task in rows])) for name in names}
-    return sorted(harm.items(), key=lambda kv: -kv[1])
+def combine_harms(harms: Sequence[Mapping[str, float]], full: Optional[Sequence[float]] = None,
+                  combine: str = "share") -> dict[str, float]:
+    """One harm per unit from several tasks' (``harms[t][unit]``, the same units in each task).
+
+    ``mean``:  ``h_u = (1/T) Σ_t Δ_{u,t}``, the raw changes averaged; a task whose metric runs on a larger scale
+    weighs more (hellaswag's whole-answer NLL under normalization none is ~6x PIQA's, and so are its Δs).
+    ``share``: ``h_u = (1/T) Σ_t Δ_{u,t} / Δ_{full,t}``, each unit's change as a fraction of what the whole recipe
+    did to that task (``full[t]``, signed as harm), so every task weighs the same whatever its scale. It needs
+    ``Δ_{full,t} > 0`` (the recipe harmed the task on this metric) for every task; refused otherwise.
+    With one task both give the task's own Δs (dividing by one positive number orders the units the same).
+    """
+    if combine not in COMBINE:
+        raise QuantcalError(f"combine={combine!r}: choose one of {', '.join(COMBINE)}")
+    if not harms:
+        return {}
+    scales = [1.0] * len(harms)
+    if combine == "share" and len(harms) > 1:
+        if full is None or len(full) != len(harms):
+            raise QuantcalError("combine=share needs the whole recipe's harm on every task")
+        if min(full) <= 0:
+            raise QuantcalError(f"combine=share: the whole recipe did not harm every task on this metric (its Δs: "
+                                f"{', '.join(f'{f:+.4g}' for f in full)}), so a unit's share of it means nothing; "
+                                "rank by another metric or combine=mean")
+        scales = list(full)
+    return {name: float(np.mean([task[name] / scale for task, scale in zip(harms, scales)])) for name in harms[0]}
+
+
+def rank_units(rows: Sequence[Sequence[UnitSensitivity]], metric: str = "nll",
+               full: Optional[Sequence[float]] = None, combine: str = "share") -> list[tuple[str, float]]:
+    """Units by decreasing harm, combined over tasks by :func:`combine_harms` (``rows[t]`` holds task ``t``'s
+    units, the same in each; ``full[t]`` the whole recipe's harm on task ``t``)."""
+    harms = [{r.unit: r.harm(metric) for r in task} for task in rows]
+    return sorted(combine_harms(harms, full, combine).items(), key=lambda kv: -kv[1])
+
+
+def ranking_from_json(data: dict[str, Any], metric: str = "nll", combine: str = "share") -> list[tuple[str, float]]:
+    """:func:`rank_units` over every task of a ``sensitivity.json``."""
+    tasks = list(data["tasks"].values())
+    full = [harm_sign(metric) * t["full_recipe"][metric]["estimate"] for t in tasks]
+    return rank_units([rows_from_json(t) for t in tasks], metric, full, combine)
 
 
 def family_shares(rows: Sequence[UnitSensitivity], metric: str = "nll") -> dict[str, float]:

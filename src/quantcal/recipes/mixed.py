@@ -4,8 +4,10 @@
 keeps the units a sensitivity run (``quantcal sensitivity``, :mod:`quantcal.sensitivity`) found most harmful to
 calibration at the ``protect`` recipe (another recipe, or ``float``) and quantizes the rest with ``base``.
 
-Selection (:func:`select_units`): units are taken in decreasing order of harm, the mean over the ranking's tasks of
-the unit's paired change of ``rank`` (ΔNLL by default; ΔECE or ΔBrier) when quantized alone; a unit is protected when
+Selection (:func:`select_units`): units are taken in decreasing order of harm, the unit's paired change of ``rank``
+(ΔNLL by default; ΔECE or ΔBrier) when quantized alone, combined over the ranking's tasks as ``combine`` says
+(:func:`quantcal.analysis.sensitivity.combine_harms`: by default each task's Δ as a share of the whole recipe's Δ on
+that task, averaged, so a task with a larger metric scale does not outvote the others); a unit is protected when
 it harmed (Δ > 0) and protecting it keeps the model's bits per weight (counted as every recipe counts them: codes,
 scales and zeros over the block linears, float counted at 16) within ``budget``; a unit that does not fit is passed
 over for the next, smaller or cheaper one. The choice depends only on the ranking file and the two recipes, so it is
@@ -35,6 +37,7 @@ from quantcal.recipes.spec import Param
 FLOAT = "float"
 FLOAT_BITS = 16.0  # unquantized weights count as 16-bit, as the packed sizes of every recipe do
 RANK_METRICS = ("nll", "ece", "brier")
+COMBINE = ("share", "mean")  # the modes of quantcal.analysis.sensitivity.combine_harms (not imported here: scipy)
 
 
 class RecipeText(str):
@@ -67,6 +70,9 @@ PARAMS = {
     "protect": Param(RecipeText, "rtn:bits=8,group_size=64,sym=false", help="the recipe (or float) for protected units"),
     "budget": Param(float, None, low=1.0, high=32.0, help="bits per weight over the block linears, at most"),
     "rank": Param(str, "nll", choices=RANK_METRICS, help="which sensitivity ranks the units"),
+    "combine": Param(str, "share", choices=COMBINE,
+                     help="over a ranking's tasks: share (each unit's Δ as a fraction of the whole recipe's on that "
+                          "task, averaged: tasks weigh the same) or mean (raw Δs averaged: larger-scale tasks weigh more)"),
     "ranking": Param(PathText, None, help="a sensitivity.json written by `quantcal sensitivity` for this model and base"),
 }
 
@@ -137,16 +143,20 @@ def ranking_hash(path: str) -> str:
 
 
 def unit_costs(params: dict[str, Any], ranking: dict[str, Any]) -> list[UnitCost]:
-    """Each ranked unit's size, bits at base and protect, and harm (mean paired Δ of ``rank`` over the tasks)."""
-    rank = params["rank"]
-    tasks = ranking["tasks"]
+    """Each ranked unit's size, bits at base and protect, and harm (the paired Δ of ``rank``, combined over the
+    ranking's tasks as ``combine`` says)."""
+    from quantcal.analysis.sensitivity import ranking_from_json
+
+    try:
+        harm = dict(ranking_from_json(ranking, params["rank"], params["combine"]))
+    except QuantcalError as exc:
+        raise QuantcalError(f"recipe mixed: {exc}") from None
     costs = []
     for unit in ranking["units"]:
-        deltas = [t["units"][unit["name"]][rank]["estimate"] for t in tasks.values()]
         base = sum(layer["numel"] * layer_bits(params["base"], layer["in_features"]) for layer in unit["layers"])
         protect = sum(layer["numel"] * layer_bits(params["protect"], layer["in_features"]) for layer in unit["layers"])
         costs.append(UnitCost(unit["name"], unit["params"], base / unit["params"], protect / unit["params"],
-                              sum(deltas) / len(deltas)))
+                              harm[unit["name"]]))
     return costs
 
 
