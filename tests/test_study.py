@@ -173,9 +173,10 @@ def test_prompt_setups_are_tasks_of_their_own(tmp_path: Path) -> None:
 
 
 def test_mixed_precision_example_is_valid_with_its_committed_ranking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The example reads the ranking committed beside it (written by `quantcal sensitivity` on PIQA's first 800):
-    run from elsewhere, the one error names the file and the command; from the checkout's root the plan passes,
-    including the check that the evaluation items (skip 800) are not the ranking's, which fails at skip 700."""
+    """The example reads the ranking committed beside it (`quantcal sensitivity` on PIQA's first 800 and hellaswag's
+    first 1000, merged): run from elsewhere, the one error names the file and the command; from the checkout's root
+    the plan passes, including the check that the evaluation items (PIQA skip 800, hellaswag skip 1000) are not the
+    ranking's, which fails at skip 700 and 900."""
     from quantcal.errors import QuantcalError
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study
@@ -185,7 +186,7 @@ def test_mixed_precision_example_is_valid_with_its_committed_ranking(tmp_path: P
     if not all(Path(t.data_file).is_file() for t in spec.tasks if t.data_file):
         pytest.skip("the shared data is not next to this checkout")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(QuantcalError, match="rtn3-linear-piqa800/sensitivity.json: file not found .*quantcal sensitivity"):
+    with pytest.raises(QuantcalError, match="rtn3-linear-piqa800-hellaswag1000/sensitivity.json: file not found .*quantcal sensitivity"):
         check_plan(spec)
     monkeypatch.chdir(root)
     check_plan(spec)
@@ -196,4 +197,7 @@ def test_mixed_precision_example_is_valid_with_its_committed_ranking(tmp_path: P
     spec.sensitivity = sensitivity
     spec.tasks[0].skip = 700  # the first 100 evaluation items would be ranking items
     with pytest.raises(QuantcalError, match="variant mixed-4.5 · task piqa: 100 of 1138 items .* were used to rank"):
+        check_plan(spec)
+    spec.tasks[0].skip, spec.tasks[1].skip = 800, 900
+    with pytest.raises(QuantcalError, match="variant mixed-4.5 · task hellaswag: 100 of 2000 items .* were used to rank"):
         check_plan(spec)
