@@ -148,3 +148,35 @@ def test_non_finite_loglik_is_an_item_error_not_a_number(tmp_path: Path, tiny_ll
         assert error[0] == "bad" and "non-finite log-likelihood" in error[1]
         assert [s.item_id for s in store.scored_items(result.run_id)] == ["ok"]
         assert [r.status for r in store.runs()] == ["done-with-errors"]
+
+
+def test_a_superseded_run_is_left_out_of_metrics_exports_and_reports(tmp_path: Path) -> None:
+    """A variant re-run under the same name with another config (its recipe changed) starts a new run; the old run
+    stays in the store, but metrics, exports and the report read only the latest, never both (before, an export
+    carried both runs' rows under one variant name and the metrics listed the pair twice)."""
+    import json
+
+    import quantcal
+    from quantcal.items import Item
+    from quantcal.report.collect import collect
+    from quantcal.report.collect import ReportSettings
+
+    items = [Item(f"q{i}", "q", ("x", "y"), i % 2) for i in range(6)]
+    with open_store(tmp_path / "s.sqlite") as db:
+        ref = db.get_or_create_run("reference", "t", "h0", {}, {})
+        db.write_scores(ref, [(i, it, [-1.0, -2.0], [1, 1], [True, False]) for i, it in enumerate(items)])
+        old = db.get_or_create_run("v", "t", "h1", {"recipe": "rtn:bits=3"}, {})
+        db.write_scores(old, [(i, it, [-1.0, -2.0], [1, 1], [True, False]) for i, it in enumerate(items)])
+        new = db.get_or_create_run("v", "t", "h2", {"recipe": "rtn:bits=4"}, {})
+        db.write_scores(new, [(i, it, [-2.0, -1.0], [1, 1], [False, True]) for i, it in enumerate(items)])
+        assert [r.run_id for r in db.runs()] == [ref, old, new]
+        assert [r.run_id for r in db.current_runs()] == [ref, new]
+        report = collect(db, ReportSettings("reference", resamples=50, recalibration=False))
+    path, n = quantcal.export(tmp_path / "s.sqlite", tmp_path / "x.jsonl")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert n == 12 and {r["run_id"] for r in rows} == {ref, new}
+    assert {r["recipe"] for r in rows if r["variant"] == "v"} == {"rtn:bits=4"}
+    metrics = quantcal.store_metrics(tmp_path / "s.sqlite", ["acc"], resamples=50)
+    assert [(m.variant, m.task) for m in metrics] == [("reference", "t"), ("v", "t")]
+    assert metrics[1].values["acc"].estimate == pytest.approx(0.5)  # the new run: it picks y, gold of odd items
+    assert [(r["variant"], r["config"].get("recipe")) for r in report["runs"]] == [("reference", None), ("v", "rtn:bits=4")]

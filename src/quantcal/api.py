@@ -533,7 +533,7 @@ def store_metrics(store: Union[str, Path], names: Sequence[str] = DEFAULT_METRIC
     check_resamples(resamples)
     out = []
     with open_store(_store_path(store), readonly=True) as db:
-        for run in db.runs():
+        for run in db.current_runs():
             if not db.done_item_ids(run.run_id):
                 continue
             preds, _ = run_predictions(db, run.variant, run.task, normalization)

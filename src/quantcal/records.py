@@ -40,10 +40,11 @@ LIST_COLUMNS = ("golds", "probs", "logprobs", "logliks", "n_tokens", "n_chars", 
 
 
 def item_records(store: Store, normalizations: Sequence[str] = ("none",), include_errors: bool = False) -> list[dict[str, Any]]:
-    """Every scored item of every run in ``store``, once per normalization, as plain Python records; with
+    """Every scored item of every current run in ``store`` (:meth:`Store.current_runs`: a run superseded by a later
+    one of the same variant and task is left out), once per normalization, as plain Python records; with
     ``include_errors`` also each item that could not be scored, with its reason."""
     records: list[dict[str, Any]] = []
-    for run in store.runs():
+    for run in store.current_runs():
         scored = store.scored_items(run.run_id)
         errors = store.errors(run.run_id) if include_errors else []
         texts = store.item_texts([it.item_hash for it in scored]) if scored else {}

@@ -197,6 +197,13 @@ class Store:
         ).fetchall()
         return [RunInfo(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
+    def current_runs(self) -> list[RunInfo]:
+        """The latest run of each variant on each task, in run order: what reports, metrics and exports read. An
+        older run under the same names (the variant's recipe or settings changed since) stays in the store but is
+        superseded, as :meth:`find_run` supersedes it."""
+        latest = {(r.variant, r.task): r for r in self.runs()}
+        return sorted(latest.values(), key=lambda r: r.run_id)
+
     def find_run(self, variant: str, task: str) -> RunInfo:
         matches = [r for r in self.runs() if r.variant == variant and r.task == task]
         if not matches:

@@ -226,7 +226,7 @@ def adapter_notes(runs: list[dict[str, Any]], reference: str) -> list[str]:
 
 
 def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str, Any]:
-    runs = [r for r in store.runs() if store.done_item_ids(r.run_id)]
+    runs = [r for r in store.current_runs() if store.done_item_ids(r.run_id)]
     if not runs:
         raise QuantcalError(f"{store.path}: no scored items to report on")
     tasks = list(dict.fromkeys(r.task for r in runs))
