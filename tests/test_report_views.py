@@ -79,3 +79,22 @@ def test_coinciding_quantile_bins_are_merged_not_repeated() -> None:
     ranges = [(b["ref_confidence_low"], b["ref_confidence_high"]) for b in s["bins"]]
     assert len(set(ranges)) == len(ranges) and s["merged_bins"] == 5 - len(ranges) > 0
     assert sum(b["n"] for b in s["bins"]) == n
+
+
+def test_a_merged_sensitivity_run_shows_what_a_mixed_recipe_protects_first() -> None:
+    """The report's "where it breaks" summary of a run over several tasks (the committed PIQA + hellaswag merge)
+    names the units a mixed recipe ranked on it protects first, in the recipe's own order; one task shows none."""
+    from pathlib import Path
+
+    from quantcal.analysis.sensitivity import ranking_from_json, read_sensitivity
+    from quantcal.report.collect import sensitivity_summary
+    from quantcal.report.tables import sensitivity_markdown
+
+    examples = Path(__file__).resolve().parent.parent / "examples" / "sensitivity"
+    merged = sensitivity_summary(str(examples / "rtn3-linear-piqa800-hellaswag1000"))
+    expected = ranking_from_json(read_sensitivity(examples / "rtn3-linear-piqa800-hellaswag1000" / "sensitivity.json"))
+    assert [(c["unit"], c["share"]) for c in merged["combined"]] == expected[:5]
+    assert merged["combined"][0]["unit"] == "L29.mlp"
+    assert sensitivity_summary(str(examples / "rtn3-linear-piqa800"))["combined"] is None
+    text = "\n".join(sensitivity_markdown(merged))
+    assert "Over the 2 tasks" in text and "L29.mlp (13.0%), L0.mlp (9.2%)" in text

@@ -278,7 +278,8 @@ def group_lines(tasks: dict[str, Any], members: list[str], weight_by_size: bool)
 def sensitivity_summary(path: str, top: int = 5) -> dict[str, Any]:
     """A sensitivity run as the report shows it: per task the most harmful units (by ΔNLL, with ΔECE beside),
     the full recipe's change, and which family dominates (linear units); the run's whole JSON for the figure."""
-    from quantcal.analysis.sensitivity import rank_units, read_sensitivity, rows_from_json, sensitivity_file
+    from quantcal.analysis.sensitivity import (rank_units, ranking_from_json, read_sensitivity, rows_from_json,
+                                              sensitivity_file)
 
     data = read_sensitivity(path)
     tasks = {}
@@ -289,5 +290,12 @@ def sensitivity_summary(path: str, top: int = 5) -> dict[str, Any]:
                                 "acc": block["units"][u]["acc"], "mean_js": block["units"][u]["mean_js"]}
                                for u, _ in ranked],
                        "family_share_nll": block.get("family_share_nll")}
+    combined = None
+    if len(tasks) > 1:  # what a mixed recipe ranked on this file protects first (its default combine=share)
+        try:
+            combined = [{"unit": u, "share": h} for u, h in ranking_from_json(data, "nll", "share")[:top]]
+        except QuantcalError:
+            combined = None
     return {"path": str(sensitivity_file(path)), "recipe": data["recipe"], "unit": data["unit"],
-            "model": data["model"].get("spec"), "units": len(data["units"]), "tasks": tasks, "data": data}
+            "model": data["model"].get("spec"), "units": len(data["units"]), "tasks": tasks, "combined": combined,
+            "data": data}

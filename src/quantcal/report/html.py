@@ -160,6 +160,7 @@ protects the most harmful ones within a bits-per-weight budget; evaluate it on i
 <div class="scroll"><table><tr><th>most harmful units</th><th>ΔNLL</th><th>ΔECE</th><th>Δacc</th><th>mean JS</th></tr>
 {% for u in t.top %}<tr><td>{{ u.unit }}</td><td>{{ fmt_interval(u.nll, true) }}</td><td>{{ fmt_interval(u.ece, true) }}</td><td>{{ fmt_interval(u.acc, true) }}</td><td>{{ "%.4f"|format(u.mean_js) }}</td></tr>{% endfor %}
 </table></div>{% endfor %}
+{% if run.combined %}<p>Over the {{ run.tasks|length }} tasks (each unit's ΔNLL as a share of the full recipe's on that task, averaged: what a <code>mixed</code> recipe ranked on this run protects first): {% for c in run.combined %}{{ c.unit }} ({{ "%.1f"|format(100 * c.share) }}%){% if not loop.last %}, {% endif %}{% endfor %}</p>{% endif %}
 {% for fig in sensitivity_figures[loop.index0] %}<figure><img alt="{{ fig.title }}" src="data:image/png;base64,{{ fig.data }}"><figcaption class="muted">{{ fig.title }}</figcaption></figure>{% endfor %}
 {% endfor %}{% endif %}
 <h2 id="glossary">Glossary</h2>

@@ -72,13 +72,23 @@ def markdown(results: dict[str, Any]) -> str:
                 "|---|---|---|"]
         out += [f"| {_md(v)} | {e['n']} | {e['acc']:.4f} |" for v, e in group["variants"].items()] + [""]
     for run in results.get("sensitivity", []):
-        out += [f"## Where it breaks: {_md(run['recipe'])}, one {run['unit']} at a time ({run['units']} units)", ""]
-        for task, t in run["tasks"].items():
-            out += [f"{_md(task)} ({t['n']} items), most harmful units:", "", "| unit | ΔNLL | ΔECE | Δacc |", "|---|---|---|---|"]
-            out += [f"| {u['unit']} | {fmt_interval(u['nll'], True)} | {fmt_interval(u['ece'], True)} | "
-                    f"{fmt_interval(u['acc'], True)} |" for u in t["top"]]
-            out.append("")
+        out += sensitivity_markdown(run)
     return "\n".join(out)
+
+
+def sensitivity_markdown(run: dict[str, Any]) -> list[str]:
+    """"Where it breaks" for one sensitivity run (:func:`quantcal.report.collect.sensitivity_summary`)."""
+    out = [f"## Where it breaks: {_md(run['recipe'])}, one {run['unit']} at a time ({run['units']} units)", ""]
+    for task, t in run["tasks"].items():
+        out += [f"{_md(task)} ({t['n']} items), most harmful units:", "", "| unit | ΔNLL | ΔECE | Δacc |", "|---|---|---|---|"]
+        out += [f"| {u['unit']} | {fmt_interval(u['nll'], True)} | {fmt_interval(u['ece'], True)} | "
+                f"{fmt_interval(u['acc'], True)} |" for u in t["top"]]
+        out.append("")
+    if run.get("combined"):
+        out += [f"Over the {len(run['tasks'])} tasks (each unit's ΔNLL as a share of the full recipe's on that task, "
+                "averaged: what a mixed recipe ranked on this run protects first): "
+                + ", ".join(f"{c['unit']} ({c['share']:.1%})" for c in run["combined"]), ""]
+    return out
 
 
 def recalibrated_rows(rows: list[dict[str, Any]]) -> list[str]:
