@@ -123,7 +123,10 @@ def test_select_units_protects_the_most_harmful_within_the_budget() -> None:
 def test_tasks_combine_as_shares_of_the_whole_recipes_damage_or_as_a_raw_mean() -> None:
     """Over several tasks, ``share`` weighs each task the same (a unit's Δ over the whole recipe's Δ on that task);
     ``mean`` lets the task with the larger scale decide; one task ranks the same either way."""
-    from quantcal.analysis.sensitivity import combine_harms
+    from quantcal.analysis.sensitivity import COMBINE, combine_harms
+    from quantcal.recipes import mixed
+
+    assert mixed.COMBINE == COMBINE  # the recipe's choices (kept apart so recipes import without scipy)
 
     piqa = {"a": 0.20, "b": 0.05}  # whole recipe: +1.0
     hellaswag = {"a": 0.10, "b": 0.60}  # whole recipe: +6.0 (a scale six times larger)

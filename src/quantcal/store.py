@@ -200,16 +200,17 @@ class Store:
     def current_runs(self) -> list[RunInfo]:
         """The latest run of each variant on each task, in run order: what reports, metrics and exports read. An
         older run under the same names (the variant's recipe or settings changed since) stays in the store but is
-        superseded, as :meth:`find_run` supersedes it."""
+        superseded (:meth:`find_run` looks among these)."""
         latest = {(r.variant, r.task): r for r in self.runs()}
         return sorted(latest.values(), key=lambda r: r.run_id)
 
     def find_run(self, variant: str, task: str) -> RunInfo:
-        matches = [r for r in self.runs() if r.variant == variant and r.task == task]
-        if not matches:
-            known = sorted({f"{r.variant}/{r.task}" for r in self.runs()})
-            raise QuantcalError(f"{self.path}: no run for variant {variant!r} on task {task!r}; runs: {', '.join(known) or 'none'}")
-        return matches[-1]
+        current = self.current_runs()
+        for run in current:
+            if run.variant == variant and run.task == task:
+                return run
+        known = sorted(f"{r.variant}/{r.task}" for r in current)
+        raise QuantcalError(f"{self.path}: no run for variant {variant!r} on task {task!r}; runs: {', '.join(known) or 'none'}")
 
     # claims ---------------------------------------------------------------
     @contextmanager

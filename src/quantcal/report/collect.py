@@ -294,8 +294,8 @@ def sensitivity_summary(path: str, top: int = 5) -> dict[str, Any]:
     if len(tasks) > 1:  # what a mixed recipe ranked on this file protects first (its default combine=share)
         try:
             combined = [{"unit": u, "share": h} for u, h in ranking_from_json(data, "nll", "share")[:top]]
-        except QuantcalError:
-            combined = None
+        except QuantcalError:  # the recipe did not raise some task's NLL: no share to rank by
+            pass
     return {"path": str(sensitivity_file(path)), "recipe": data["recipe"], "unit": data["unit"],
             "model": data["model"].get("spec"), "units": len(data["units"]), "tasks": tasks, "combined": combined,
             "data": data}
