@@ -163,6 +163,44 @@ def test_variant_cache_hit_miss_and_identical_reload(tmp_path: Path, tiny_llama:
     assert score(first) == score(second)
 
 
+def test_two_processes_sharing_a_cache_build_a_variant_once(tmp_path: Path, tiny_llama: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second builder waits on the entry's lock and then takes the first one's entry instead of building again
+    (threads hold separate open files, so ``flock`` excludes them as it does two processes)."""
+    import dataclasses
+    import threading
+
+    from quantcal.recipes import FAMILIES
+    from quantcal.recipes.variants import build_variant
+
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    source, spec = resolve_source(str(tiny_llama)), parse_recipe("rtn:bits=4,group_size=16")
+    building, second_waits, calls = threading.Event(), threading.Event(), []
+    original = FAMILIES["rtn"].apply
+
+    def slow_apply(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        building.set()
+        assert second_waits.wait(60), "the second builder never waited"
+        return original(*args, **kwargs)
+
+    monkeypatch.setitem(FAMILIES, "rtn", dataclasses.replace(FAMILIES["rtn"], apply=slow_apply))
+    said: list[str] = []
+    folders: list[Path] = []
+    first = threading.Thread(target=lambda: folders.append(build_variant(source, spec)))
+    first.start()
+    assert building.wait(60)
+
+    def note(message: str) -> None:
+        said.append(message)
+        if message.startswith("waiting for another process"):
+            second_waits.set()
+    folders.append(build_variant(source, spec, progress=note))
+    first.join(60)
+    assert calls == [1] and len(folders) == 2 and folders[0] == folders[1]
+    assert said == [f"waiting for another process that is building {spec.key}"]  # then the cache hit: no build
+
+
 def test_gptq_variant_layer_error_below_rtn(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.recipes.variants import build_variant, variant_meta
 

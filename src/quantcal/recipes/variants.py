@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from quantcal.cache import atomic_dir, cache_root
+from quantcal.cache import atomic_dir, cache_root, entry_lock
 from quantcal.errors import QuantcalError
 from quantcal.models import ModelSource, load_model
 from quantcal.recipes import FAMILIES, recipe_identity
@@ -60,9 +60,18 @@ def variant_dir(source: ModelSource, spec: RecipeSpec) -> Path:
 def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None,
                   progress: Callable[[str], None] | None = None) -> Path:
     """The variant's checkpoint directory, built now unless the cache already has it (intact: a damaged cache
-    entry, e.g. a truncated weights file, is rebuilt; a damaged ``out`` folder is refused)."""
+    entry, e.g. a truncated weights file, is rebuilt; a damaged ``out`` folder is refused). A cache entry is built
+    under its lock (:func:`quantcal.cache.entry_lock`): a process that finds another one building it waits and then
+    loads what that one built."""
     target = Path(out) if out else variant_dir(source, spec)
     say = progress or (lambda message: None)
+    if out:
+        return _build(source, spec, target, out, say)
+    with entry_lock(target, waiting=lambda: say(f"waiting for another process that is building {spec.key}")):
+        return _build(source, spec, target, out, say)
+
+
+def _build(source: ModelSource, spec: RecipeSpec, target: Path, out: Path | None, say: Callable[[str], None]) -> Path:
     if (target / "quantcal-variant.json").is_file():
         problem = entry_problem(target)
         if problem is None:
