@@ -252,6 +252,22 @@ def test_report_onto_a_full_disk_leaves_no_partial_file(scored_store: Path, tmp_
     assert not list(out.rglob("*.partial")) and not (out / "report.html").exists()
 
 
+def test_report_rebuilds_other_normalizations_without_rescoring(scored_store: Path, tmp_path: Path) -> None:
+    before = _rows(scored_store)
+    result = runner.invoke(app, ["report", str(scored_store), "--output", str(tmp_path / "rep"), "--resamples", "20",
+                                 "--normalization", "none,tokens"])
+    assert result.exit_code == 0, result.output
+    task = quantcal.rebuild_report(scored_store, output=tmp_path / "rep2", resamples=20,
+                                   normalization=["tokens"]).results["tasks"]["custom"]
+    written = json.loads((tmp_path / "rep" / "results.json").read_text())["tasks"]["custom"]
+    assert list(written) == ["none", "tokens"] and list(task) == ["tokens"]
+    assert written["tokens"]["variants"]["v"] == task["tokens"]["variants"]["v"]
+    assert written["none"]["variants"]["v"] != written["tokens"]["variants"]["v"]  # scores divided by length differ
+    assert _rows(scored_store) == before
+    one_line_error(runner.invoke(app, ["report", str(scored_store), "--output", str(tmp_path / "rep3"),
+                                       "--normalization", "none,words"]), "'words'", "none, tokens, chars, bytes")
+
+
 def test_ctrl_c_while_the_report_is_written_keeps_the_store_and_leaves_no_partial_file(
         scored_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.report import figures

@@ -31,7 +31,7 @@ from quantcal.lm_eval_import import import_samples, samples_files
 from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
 from quantcal.metrics.bootstrap import check_resamples
 from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
-from quantcal.predictions import task_summary
+from quantcal.predictions import NORMALIZATIONS, task_summary
 from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
 from quantcal.tasks.lm_eval_tasks import PREFIX, GroupSpec, expand_task_names, group_score, is_lm_eval
 from quantcal.records import export_store, item_frame
@@ -450,13 +450,17 @@ def run_study(
 
 
 def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output: Union[str, Path, None] = None,
-           resamples: Optional[int] = None, say: Say = _silent) -> WrittenReport:
+           resamples: Optional[int] = None, normalization: Union[str, Sequence[str], None] = None,
+           say: Say = _silent) -> WrittenReport:
     """Rebuild a report from a store without scoring (a study's settings come from its ``study.json``).
 
-    ``ref``: the reference variant (default: the study's, else ``reference``, else the store's first run)."""
+    ``ref``: the reference variant (default: the study's, else ``reference``, else the store's first run).
+    ``normalization``: the length normalization(s) of the choice scores to report (default: the study's, else
+    ``none``); the store keeps every choice's log-likelihood and length, so any of them needs no rescoring."""
     store = Path(store)
     study_file = store.parent / "study.json"
     spec = StudySpec.model_validate_json(study_file.read_text()) if study_file.is_file() else None
+    norms = _normalizations(normalization)
     if resamples is not None:
         if resamples < 10:
             raise QuantcalError("`resamples` must be at least 10")
@@ -474,8 +478,22 @@ def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output
             raise QuantcalError(f"`ref` {settings.reference!r} is not in the store; it holds {', '.join(variants)}")
         if resamples is not None:
             settings.resamples = resamples
+        if norms:
+            settings.normalizations = norms
         return write_report(db, Path(output) if output else store.parent, settings, spec.name if spec else store.stem,
                             say=say)
+
+
+def _normalizations(normalization: Union[str, Sequence[str], None]) -> list[str]:
+    """``"none,tokens"`` or ``["none", "tokens"]`` -> the checked list (empty for None)."""
+    if normalization is None:
+        return []
+    values = [v.strip() for v in normalization.split(",")] if isinstance(normalization, str) else list(normalization)
+    bad = [v for v in values if v not in NORMALIZATIONS]
+    if bad or not values:
+        raise QuantcalError(f"unknown normalization {', '.join(map(repr, bad)) or '(empty)'}; "
+                            f"expected some of {', '.join(NORMALIZATIONS)}")
+    return list(dict.fromkeys(values))
 
 
 # items, metrics, comparisons ---------------------------------------------------------------------------------------

@@ -101,10 +101,15 @@ def report_command(
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference variant (default: the study's reference, else 'reference', else the first run)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (default: the store's folder)."),
     resamples: Optional[int] = typer.Option(None, "--resamples", help="Bootstrap resamples (default: the study's, else 1000)."),
+    normalization: Optional[str] = typer.Option(
+        None, "--normalization",
+        help="Length normalization(s) to report, comma-separated from none, tokens, chars, bytes (default: the "
+             "study's, else none). The store keeps every choice's log-likelihood and length: nothing is rescored."),
 ) -> None:
     """Rebuild the report from a store without scoring anything."""
     with user_errors():
         from quantcal import api
 
-        written = api.rebuild_report(store, ref=ref, output=output, resamples=resamples, say=say)
+        written = api.rebuild_report(store, ref=ref, output=output, resamples=resamples, normalization=normalization,
+                                     say=say)
         console.print(f"report: {written.page}")

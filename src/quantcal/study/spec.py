@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from quantcal.errors import QuantcalError
 from quantcal.metrics.bootstrap import MAX_RESAMPLES
 from quantcal.metrics.registry import DEFAULT_METRICS
+from quantcal.predictions import NORMALIZATIONS
 from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
 from quantcal.variant import VariantDef
 
-NORMALIZATIONS = ("none", "tokens", "chars", "bytes")
 REFERENCE_NAME = "reference"
 
 
