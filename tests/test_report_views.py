@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantcal.analysis import recalibration_report, stratify
-from quantcal.report.collect import deployment_view
+from quantcal.analysis import recalibrated_difference, recalibration_report, stratify
+from quantcal.metrics import paired_bootstrap
+from quantcal.predictions import softmax_rows
+from quantcal.report.collect import deployment_view, recalibrated_ranking
 from quantcal.report.findings import block_findings, caveats, phrase
 
 
@@ -66,6 +68,34 @@ def test_temperature_at_its_bound_is_flagged() -> None:
     labels = (rng.random(n) < p1).astype(int)  # drawn from the scores' own softmax: calibrated at T = 1
     fitted = recalibration_report(informative, labels)
     assert not fitted["at_bound"] and 0.5 < fitted["temperature"] < 2
+
+
+def test_a_pure_temperature_change_is_all_recoverable_damage() -> None:
+    """A variant whose scores are the reference's times 3 makes the same predictions, overconfident: its ECE damage
+    before is real and after both are recalibrated it is gone (each fold's temperature scales by exactly 3)."""
+    rng = np.random.default_rng(2)
+    n = 600
+    ref = rng.normal(0, 1.5, (n, 3))
+    labels = np.array([rng.choice(3, p=p) for p in softmax_rows(ref)])  # calibrated at T = 1
+    hot = 3.0 * ref
+    before = paired_bootstrap("ece", softmax_rows(ref), softmax_rows(hot), labels, 200, 0)
+    after = recalibrated_difference(ref, hot, labels, ("ece", "nll"), n_resamples=200)
+    assert before.low > 0.05
+    assert abs(after["ece"]["estimate"]) < 1e-4 and abs(after["nll"]["estimate"]) < 1e-5
+    noisy = ref + rng.normal(0, 1.0, (n, 3))  # real damage: predictions change
+    diff = recalibrated_difference(ref, noisy, labels, n_resamples=200)["ece"]["estimate"]
+    own = [recalibration_report(s, labels, n_resamples=20)["after"]["ece"] for s in (ref, noisy)]
+    assert diff == own[1] - own[0]  # the same folds as each variant's own recalibrated ECE in the table
+
+
+def test_recalibrated_ranking_carries_the_damage_before_and_after() -> None:
+    rec = {"before": {"ece": .1}, "after": {"ece": .05}, "recovered": {"ece": _iv(.05, .04, .06)},
+           "temperature": 1.5, "at_bound": False}
+    variants = {v: {"metrics": {"acc": _iv(.6, .5, .7)}, "recalibration": rec} for v in ("reference", "w4")}
+    paired = {"w4": {"difference": {"ece": _iv(.02, .01, .03)}, "difference_recalibrated": {"ece": _iv(.0, -.01, .01)}}}
+    rows = {r["variant"]: r for r in recalibrated_ranking(variants, {}, paired)}
+    assert rows["w4"]["delta_before"]["estimate"] == .02 and rows["w4"]["delta_after"]["estimate"] == 0.0
+    assert rows["reference"]["delta_before"] is None and rows["reference"]["delta_after"] is None
 
 
 def test_coinciding_quantile_bins_are_merged_not_repeated() -> None:

@@ -107,6 +107,11 @@ def test_run_writes_the_report_and_resumes(tmp_path: Path, tiny_llama: Path, mon
     expected = block["variants"]["w2"]["metrics"]["acc"]["estimate"] - block["variants"]["reference"]["metrics"]["acc"]["estimate"]
     assert diff["estimate"] == pytest.approx(expected)
     assert block["variants"]["w2"]["recalibration"]["after"]["acc"] == pytest.approx(block["variants"]["w2"]["metrics"]["acc"]["estimate"])
+    after = block["paired"]["w2"]["difference_recalibrated"]["ece"]["estimate"]  # both recalibrated, same folds
+    own = {v: block["variants"][v]["recalibration"]["after"]["ece"] for v in ("reference", "w2")}
+    assert after == pytest.approx(own["w2"] - own["reference"])
+    ranked = {r["variant"]: r for r in block["deployment"]["recalibrated"]}
+    assert ranked["w2"]["delta_after"]["estimate"] == after and ranked["reference"]["delta_after"] is None
     items = pd.read_parquet(out / "items.parquet")
     assert len(items) == 2 * 2 * 30 and set(items["variant"]) == {"reference", "w2"}
 

@@ -26,6 +26,7 @@ class Predictions:
     item_ids: list[str]
     item_hashes: list[str]
     probs: np.ndarray  # (n, k), rows sum to 1, zero-padded
+    scores: np.ndarray  # (n, k) the choice scores ``probs`` is the softmax of (length-normalised), -inf padded
     labels: np.ndarray  # (n,) first true answer
     golds: list[tuple[int, ...]]
     normalization: str
@@ -93,6 +94,7 @@ def predictions(items: Sequence[ScoredItem], normalization: str = "none") -> Pre
         item_ids=[it.item_id for it in items],
         item_hashes=[it.item_hash for it in items],
         probs=softmax_rows(scores),
+        scores=scores,
         labels=np.array([it.gold for it in items]),
         golds=[it.golds for it in items],
         normalization=normalization,

@@ -2,7 +2,7 @@
 
 from quantcal.analysis.comparison import Comparison, compare, flips, item_changes, paired_tests, stratify
 from quantcal.analysis.recalibration import (CrossFit, apply_temperature, at_bound, cross_fit_temperature,
-                                             fit_temperature, recalibration_report)
+                                             fit_temperature, recalibrated_difference, recalibration_report)
 
 __all__ = ["Comparison", "CrossFit", "apply_temperature", "at_bound", "compare", "cross_fit_temperature", "fit_temperature",
-           "flips", "item_changes", "paired_tests", "recalibration_report", "stratify"]
+           "flips", "item_changes", "paired_tests", "recalibrated_difference", "recalibration_report", "stratify"]

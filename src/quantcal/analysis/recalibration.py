@@ -93,6 +93,24 @@ def recalibration_report(scores: np.ndarray, labels: np.ndarray, metrics: Sequen
             "k": k, "seed": seed}
 
 
+def recalibrated_difference(ref_scores: np.ndarray, var_scores: np.ndarray, labels: np.ndarray,
+                            metrics: Sequence[str] = ("ece",), k: int = 5, seed: int = 0, n_resamples: int = 1000,
+                            level: float = 0.95) -> dict[str, Any]:
+    """The damage that one temperature leaves: ``m(variant after) - m(reference after)`` with a paired bootstrap
+    interval, each model recalibrated by its own cross-fitted temperature (the same folds for both, so each item's
+    two out-of-fold probabilities come from temperatures fitted on the same other items). Set beside the paired
+    difference before (temperature 1), it answers "how much of the variant's calibration damage is recoverable
+    without changing any prediction": all of it when the interval after straddles 0 and the one before did not."""
+    a, y = _check(ref_scores, labels)
+    b, _ = _check(var_scores, labels)
+    if a.shape[0] != b.shape[0]:
+        raise QuantcalError(f"the two models' scores cover different items: {a.shape[0]} and {b.shape[0]} rows")
+    from quantcal.metrics import paired_bootstrap
+
+    ref_fit, var_fit = cross_fit_temperature(a, y, k, seed), cross_fit_temperature(b, y, k, seed)
+    return {m: paired_bootstrap(m, ref_fit.probs, var_fit.probs, y, n_resamples, seed, level).to_json() for m in metrics}
+
+
 def at_bound(temperature: float) -> bool:
     """Whether a fitted temperature sits at the search bound (within 1% of 0.01 or 100). At T = 100 the scores are
     flattened to near-uniform probabilities: the NLL falls to about ln(k) because the model's preferences are

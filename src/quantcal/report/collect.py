@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from quantcal.analysis import recalibration_report
+from quantcal.analysis import recalibrated_difference, recalibration_report
 from quantcal.errors import QuantcalError
 from quantcal.metrics import DEFAULT_METRICS, as_inputs, get_metric, reliability_bins
 from quantcal.metrics.two_level import method_effect
@@ -86,8 +86,12 @@ def smooth_reliability(confidence: np.ndarray, correct: np.ndarray, seed: int = 
 def _paired(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
     a = align(store, s.reference, variant, task, norm)
     report = comparison_report(a, s.metrics, s.resamples, s.seed, s.confidence_bins, s.level)
-    return {"n": report["n"], "difference": report["paired_difference"], "analysis": report["analysis"],
-            "largest_changes": largest_changes(store, a, s.reference, task)}
+    out = {"n": report["n"], "difference": report["paired_difference"], "analysis": report["analysis"],
+           "largest_changes": largest_changes(store, a, s.reference, task)}
+    if s.recalibration and "ece" in s.metrics and report["n"] >= 2 * s.folds:
+        out["difference_recalibrated"] = recalibrated_difference(a.ref.scores, a.var.scores, a.ref.labels, ("ece",),
+                                                                 s.folds, s.seed, s.resamples, s.level)
+    return out
 
 
 def largest_changes(store: Store, a: Any, reference: str, task: str, top: int = 5) -> list[dict[str, Any]]:
@@ -151,14 +155,19 @@ def method_effects(store: Store, builds: list[str], task: str, norm: str, s: Rep
     return {"builds": builds, "n": len(common), "effects": effects}
 
 
-def recalibrated_ranking(variants: dict[str, Any], bits: dict[str, float | None]) -> list[dict[str, Any]]:
+def recalibrated_ranking(variants: dict[str, Any], bits: dict[str, float | None],
+                         paired: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Every variant with ECE before and after its own cross-fitted temperature (no prediction changes), the
-    recovered part with its interval, and its rank by ECE before and after: how much of each variant's calibration
-    damage a single temperature buys back."""
+    recovered part with its interval, its rank by ECE before and after, and its paired ΔECE to the reference before
+    and after both are recalibrated (None for the reference): how much of each variant's calibration damage a single
+    temperature buys back."""
+    paired = paired or {}
     rows = [{"variant": v, "bits_per_weight": bits.get(v), "acc": b["metrics"].get("acc", {}).get("estimate"),
              "ece_before": b["recalibration"]["before"]["ece"], "ece_after": b["recalibration"]["after"]["ece"],
              "recovered": b["recalibration"]["recovered"]["ece"], "temperature": b["recalibration"]["temperature"],
-             "at_bound": b["recalibration"]["at_bound"]}
+             "at_bound": b["recalibration"]["at_bound"],
+             "delta_before": paired.get(v, {}).get("difference", {}).get("ece"),
+             "delta_after": paired.get(v, {}).get("difference_recalibrated", {}).get("ece")}
             for v, b in variants.items() if "ece" in b.get("recalibration", {}).get("before", {})]
     for key in ("ece_before", "ece_after"):
         for rank, row in enumerate(sorted(rows, key=lambda r: r[key]), start=1):
@@ -185,7 +194,7 @@ def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference:
     has_acc = all("acc" in variants[v]["metrics"] for v in variants)
     return {"accuracy_groups": _groups(variants, paired, reference, "acc") if has_acc else [],
             "calibration_groups": _groups(variants, paired, reference, cal) if cal else [],
-            "calibration_metric": cal, "flags": flags, "recalibrated": recalibrated_ranking(variants, bits or {})}
+            "calibration_metric": cal, "flags": flags, "recalibrated": recalibrated_ranking(variants, bits or {}, paired)}
 
 
 def run_bits_per_weight(config: dict[str, Any]) -> float | None:

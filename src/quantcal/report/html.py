@@ -102,10 +102,12 @@ of a difference, worse. Within a group the order follows the estimate and is not
 <h4>After temperature scaling: how much calibration damage one temperature buys back</h4>
 <p class="muted">Each variant's ECE as is and after its own temperature ({{ settings.folds }}-fold cross-fitted: each
 item recalibrated by a temperature fitted on the other folds), ranked by ECE after. A temperature changes no
-prediction, so accuracy stays. Recovered = ECE before − ECE after, with its paired {{ level }}% interval. T is fitted on all items
-(what <code>quantcal export-checkpoint</code> writes with the model).</p>
-<div class="scroll"><table><tr><th>rank after</th><th>variant</th><th>bits/weight</th><th>acc</th><th>ECE before (rank)</th><th>ECE after</th><th>recovered</th><th>T</th></tr>
-{% for r in task.deployment.recalibrated %}<tr><td>{{ r.rank_after }}</td><td>{{ r.variant }}{% if r.at_bound %} <strong>(T at its bound)</strong>{% endif %}</td><td>{{ "%.2f"|format(r.bits_per_weight) if r.bits_per_weight is not none else "—" }}</td><td>{{ "%.4f"|format(r.acc) if r.acc is not none else "—" }}</td><td>{{ "%.4f"|format(r.ece_before) }} ({{ r.rank_before }})</td><td>{{ "%.4f"|format(r.ece_after) }}</td><td>{{ fmt_interval(r.recovered) }}</td><td>{{ "%.3f"|format(r.temperature) }}</td></tr>{% endfor %}
+prediction, so accuracy stays. Recovered = ECE before − ECE after, with its paired {{ level }}% interval. ΔECE vs
+reference: the variant's calibration damage, paired on the same items, before and after both models are recalibrated
+(each with its own temperature, the same folds): the damage a temperature cannot remove is the one after. T is fitted
+on all items (what <code>quantcal export-checkpoint</code> writes with the model).</p>
+<div class="scroll"><table><tr><th>rank after</th><th>variant</th><th>bits/weight</th><th>acc</th><th>ECE before (rank)</th><th>ECE after</th><th>recovered</th><th>ΔECE vs reference before</th><th>ΔECE vs reference after</th><th>T</th></tr>
+{% for r in task.deployment.recalibrated %}<tr><td>{{ r.rank_after }}</td><td>{{ r.variant }}{% if r.at_bound %} <strong>(T at its bound)</strong>{% endif %}</td><td>{{ "%.2f"|format(r.bits_per_weight) if r.bits_per_weight is not none else "—" }}</td><td>{{ "%.4f"|format(r.acc) if r.acc is not none else "—" }}</td><td>{{ "%.4f"|format(r.ece_before) }} ({{ r.rank_before }})</td><td>{{ "%.4f"|format(r.ece_after) }}</td><td>{{ fmt_interval(r.recovered) }}</td><td>{{ fmt_interval(r.delta_before, True) if r.delta_before else "—" }}</td><td>{{ fmt_interval(r.delta_after, True) if r.delta_after else "—" }}</td><td>{{ "%.3f"|format(r.temperature) }}</td></tr>{% endfor %}
 </table></div>{% endif %}
 
 <div class="figs">{% for fig in task.figures %}<figure><img alt="{{ fig.title }}" src="data:image/png;base64,{{ fig.data }}"><figcaption class="muted">{{ fig.title }}</figcaption></figure>{% endfor %}</div>

@@ -95,14 +95,17 @@ def recalibrated_rows(rows: list[dict[str, Any]]) -> list[str]:
     """The deployment view after temperature scaling: ECE before/after, the recovered part, ranks, bits."""
     if not rows:
         return []
-    out = ["", "| after temperature scaling (rank) | bits/weight | acc | ECE before (rank) | ECE after | recovered | T |",
-           "|---|---|---|---|---|---|---|"]
+    out = ["", "| after temperature scaling (rank) | bits/weight | acc | ECE before (rank) | ECE after | recovered "
+               "| ΔECE vs reference before | ΔECE vs reference after | T |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bits = f"{r['bits_per_weight']:.2f}" if r["bits_per_weight"] is not None else "—"
         acc = f"{r['acc']:.4f}" if r["acc"] is not None else "—"
         bound = " (T at its bound)" if r["at_bound"] else ""
+        deltas = " | ".join(fmt_interval(r[k], signed=True) if r.get(k) else "—" for k in ("delta_before", "delta_after"))
         out.append(f"| {_md(r['variant'])}{bound} ({r['rank_after']}) | {bits} | {acc} | {r['ece_before']:.4f} "
-                   f"({r['rank_before']}) | {r['ece_after']:.4f} | {fmt_interval(r['recovered'])} | {r['temperature']:.3f} |")
+                   f"({r['rank_before']}) | {r['ece_after']:.4f} | {fmt_interval(r['recovered'])} | {deltas} "
+                   f"| {r['temperature']:.3f} |")
     return out
 
 
