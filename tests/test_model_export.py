@@ -4,6 +4,7 @@ study's variant exported in its quantized format with its fitted temperature, an
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,8 @@ def test_study_exports_quantized_checkpoints_with_their_temperature(tiny_llama: 
         assert GenerationConfig.from_pretrained(folder).temperature == pytest.approx(temperature, rel=1e-12)
         assert exported.record["temperature"]["value"] == pytest.approx(temperature, rel=1e-12)
         assert exported.record["variant"] == exported.variant
+        for path in [folder, *folder.rglob("*")]:  # a server running as another user can read it (any umask up to 022)
+            assert path.stat().st_mode & 0o044 == 0o044 or os.umask(os.umask(0)) & 0o044, (path, oct(path.stat().st_mode))
     packed = load_model(resolve_source(str(tmp_path / "report" / "checkpoints" / "rtn4")), dtype="float32").model
     simulated = load_model(resolve_source(str(api.quantize(str(tiny_llama), "rtn:bits=4,group_size=16,sym=true").path)),
                            dtype="float32").model

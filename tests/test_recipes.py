@@ -4,6 +4,7 @@ round trips, and the variant cache."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -164,7 +165,8 @@ def test_variant_cache_hit_miss_and_identical_reload(tmp_path: Path, tiny_llama:
 
 
 def test_two_processes_sharing_a_cache_build_a_variant_once(tmp_path: Path, tiny_llama: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             request: pytest.FixtureRequest) -> None:
     """The second builder waits on the entry's lock and then takes the first one's entry instead of building again
     (threads hold separate open files, so ``flock`` excludes them as it does two processes)."""
     import dataclasses
@@ -174,6 +176,8 @@ def test_two_processes_sharing_a_cache_build_a_variant_once(tmp_path: Path, tiny
     from quantcal.recipes.variants import build_variant
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    previous_umask = os.umask(0o022)
+    request.addfinalizer(lambda: os.umask(previous_umask))
     source, spec = resolve_source(str(tiny_llama)), parse_recipe("rtn:bits=4,group_size=16")
     building, second_waits, calls = threading.Event(), threading.Event(), []
     original = FAMILIES["rtn"].apply
@@ -198,6 +202,8 @@ def test_two_processes_sharing_a_cache_build_a_variant_once(tmp_path: Path, tiny
     folders.append(build_variant(source, spec, progress=note))
     first.join(60)
     assert calls == [1] and len(folders) == 2 and folders[0] == folders[1]
+    for path in [folders[0], *folders[0].rglob("*")]:  # the umask's modes (022 here), not mkdtemp's 0700 or 0600
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644), (path, oct(path.stat().st_mode))
     assert said == [f"waiting for another process that is building {spec.key}"]  # then the cache hit: no build
 
 

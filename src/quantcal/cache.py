@@ -31,13 +31,31 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share_like_umask(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a plain ``mkdir``/``open`` would have (``0o777``/``0o666`` less
+    the umask): ``mkdtemp`` makes the folder owner-only and safetensors writes its files ``0o600``, which would keep
+    a checkpoint from a server running as another user and a shared cache from the other users."""
+    mask = _umask()
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a scratch directory that becomes ``target`` only if the block finishes."""
+    """Yield a scratch directory that becomes ``target`` only if the block finishes (with the modes the umask
+    gives new files, see :func:`share_like_umask`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield scratch
+        share_like_umask(scratch)
         if target.exists():
             shutil.rmtree(target)
         scratch.rename(target)
