@@ -31,7 +31,7 @@ from quantcal.lm_eval_import import import_samples, samples_files
 from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
 from quantcal.metrics.bootstrap import check_resamples
 from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
-from quantcal.predictions import NORMALIZATIONS, task_summary
+from quantcal.predictions import normalization_problem, task_summary
 from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
 from quantcal.tasks.lm_eval_tasks import PREFIX, GroupSpec, expand_task_names, group_score, is_lm_eval
 from quantcal.records import export_store, item_frame
@@ -489,10 +489,9 @@ def _normalizations(normalization: Union[str, Sequence[str], None]) -> list[str]
     if normalization is None:
         return []
     values = [v.strip() for v in normalization.split(",")] if isinstance(normalization, str) else list(normalization)
-    bad = [v for v in values if v not in NORMALIZATIONS]
-    if bad or not values:
-        raise QuantcalError(f"unknown normalization {', '.join(map(repr, bad)) or '(empty)'}; "
-                            f"expected some of {', '.join(NORMALIZATIONS)}")
+    problem = normalization_problem(values)
+    if problem:
+        raise QuantcalError(problem)
     return list(dict.fromkeys(values))
 
 

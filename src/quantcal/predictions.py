@@ -65,6 +65,15 @@ def log_softmax_rows(scores: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
+def normalization_problem(values: Sequence[str]) -> str | None:
+    """Why ``values`` is not a non-empty list of length normalizations (None when it is)."""
+    bad = [v for v in values if v not in NORMALIZATIONS]
+    if bad or not values:
+        return (f"unknown normalization {', '.join(map(repr, bad)) or '(none given)'}; "
+                f"expected some of {', '.join(NORMALIZATIONS)}")
+    return None
+
+
 def choice_scores(items: Sequence[ScoredItem], normalization: str = "none") -> np.ndarray:
     """(n, k) matrix of length-normalised log-likelihoods, ``-inf`` where an item has fewer choices."""
     if normalization not in NORMALIZATIONS:

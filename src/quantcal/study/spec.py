@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from quantcal.errors import QuantcalError
 from quantcal.metrics.bootstrap import MAX_RESAMPLES
 from quantcal.metrics.registry import DEFAULT_METRICS
-from quantcal.predictions import NORMALIZATIONS
+from quantcal.predictions import normalization_problem
 from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
 from quantcal.variant import VariantDef
 
@@ -207,9 +207,9 @@ class StudySpec(_Strict):
     @classmethod
     def _norms(cls, value: Union[str, list[str]]) -> list[str]:
         values = [value] if isinstance(value, str) else value
-        bad = [v for v in values if v not in NORMALIZATIONS]
-        if bad or not values:
-            raise ValueError(f"unknown normalization {bad}; expected some of {', '.join(NORMALIZATIONS)}")
+        problem = normalization_problem(values)
+        if problem:
+            raise ValueError(problem)
         return list(values)
 
     @field_validator("metrics")
