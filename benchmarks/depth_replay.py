@@ -45,9 +45,9 @@ def main() -> int:
     import torch
 
     from quantcal import api
-    from quantcal.models import resolve_source
+    from quantcal.sources.models import resolve_source
     from quantcal.recipes import parse_recipe
-    from quantcal.recipes.variants import build_variant
+    from quantcal.recipes.build import build_variant
 
     build_variant(resolve_source(args.model), parse_recipe(args.recipe))
     seconds, data = {}, {}

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
 
-    from quantcal.models import load_model, resolve_source
+    from quantcal.sources.models import load_model, resolve_source
     from quantcal.recipes import gptq
     from quantcal.recipes.calibration import calibration_ids
     from quantcal.recipes.layers import decoder_layers, relative_output_error

@@ -64,7 +64,7 @@ def run_quantcal(source: Any, calib: Path, method: str, args: argparse.Namespace
     """quantcal's GPTQ or AWQ on the same windows, saved as a float checkpoint (+ GPTQ's codes)."""
     from safetensors.torch import save_file
 
-    from quantcal.models import load_model
+    from quantcal.sources.models import load_model
     from quantcal.recipes.awq import awq_model
     from quantcal.recipes.gptq import gptq_model
 
@@ -97,7 +97,7 @@ def run_quantcal(source: Any, calib: Path, method: str, args: argparse.Namespace
 
 
 def block_linear_weights(path: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    from quantcal.recipes.variants import checkpoint_tensors
+    from quantcal.recipes.build import checkpoint_tensors
 
     found = checkpoint_tensors(path, [f"{n}.weight" for n in names])
     return {k.removesuffix(".weight"): v for k, v in found.items()}
@@ -167,9 +167,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from quantcal import api
-    from quantcal.models import dequantized_gguf_copy, load_model, resolve_source
+    from quantcal.sources.models import dequantized_gguf_copy, load_model, resolve_source
     from quantcal.recipes.layers import block_linears
-    from quantcal.recipes.variants import probe_ids, probe_layer_errors
+    from quantcal.recipes.build import probe_ids, probe_layer_errors
 
     args.work.mkdir(parents=True, exist_ok=True)
     source = resolve_source(args.model)

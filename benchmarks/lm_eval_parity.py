@@ -111,12 +111,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="report path (default benchmarks/results/lm_eval_parity_<model>.json)")
     args = parser.parse_args()
 
-    from quantcal.jobs import Job, ScoringOptions, run_job
-    from quantcal.models import dequantized_gguf_copy, resolve_source
-    from quantcal.predictions import task_summary
-    from quantcal.store import open_store
+    from quantcal.study.jobs import Job, ScoringOptions, run_job
+    from quantcal.sources.models import dequantized_gguf_copy, resolve_source
+    from quantcal.analysis.predictions import task_summary
+    from quantcal.store.database import open_store
     from quantcal.tasks import get_task
-    from quantcal.variant import VariantDef, prepare
+    from quantcal.variants.definition import VariantDef, prepare
 
     tasks = [t for t in args.tasks.split(",") if t]
     limits: dict[str, int | None] = {t: None for t in tasks}

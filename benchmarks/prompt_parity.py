@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from quantcal import api
-    from quantcal.models import dequantized_gguf_copy, resolve_source
+    from quantcal.sources.models import dequantized_gguf_copy, resolve_source
 
     cases = [Case.parse(c) for c in args.cases.split(",") if c]
     limits = {k: int(v) for k, v in (p.split("=") for p in args.limit.split(",") if p)}

@@ -32,14 +32,14 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("benchmarks/work/recipe_sanity.sqlite"))
     args = parser.parse_args()
 
-    from quantcal.jobs import Job, ScoringOptions, run_job
+    from quantcal.study.jobs import Job, ScoringOptions, run_job
     from quantcal.metrics import ece
-    from quantcal.models import resolve_source
-    from quantcal.predictions import predictions, task_summary
+    from quantcal.sources.models import resolve_source
+    from quantcal.analysis.predictions import predictions, task_summary
     from quantcal.recipes import parse_recipe
-    from quantcal.recipes.variants import build_variant, variant_meta
-    from quantcal.store import open_store
-    from quantcal.variant import VariantDef, prepare
+    from quantcal.recipes.build import build_variant, variant_meta
+    from quantcal.store.database import open_store
+    from quantcal.variants.definition import VariantDef, prepare
     from quantcal.tasks import get_task
 
     source = resolve_source(args.model)

@@ -55,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from lm_eval_parity import TASK_FILES, lm_eval_tasks_dir, write_task_yamls  # noqa: E402
 
-from quantcal.scoring import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
+from quantcal.engines.hf_scorer import DEFAULT_MAX_BATCH_TOKENS  # noqa: E402
 
 TASK_FILES = {**TASK_FILES, "mmlu": ("mmlu_format.jsonl", "mmlu/default/mmlu_high_school_biology.yaml"),
               "truthfulqa_mc1": ("truthfulqa_format.jsonl", "truthfulqa/truthfulqa_mc1.yaml")}
@@ -97,7 +97,7 @@ def write_truthfulqa_format(openbookqa: Path, target: Path, limit: int = 500) ->
 
 def trie_tokens(encoded: list) -> int:
     """Distinct token prefixes over all contexts plus every choice token: what any exact scorer must compute."""
-    from quantcal.scoring import common_prefix
+    from quantcal.engines.hf_scorer import common_prefix
 
     contexts = sorted(g.context for e in encoded for g in e.groups)
     nodes = sum(len(c) - (common_prefix(c, contexts[i - 1]) if i else 0) for i, c in enumerate(contexts))
@@ -106,7 +106,7 @@ def trie_tokens(encoded: list) -> int:
 
 def shared_tokens(encoded: list, batch_size: int, max_tokens: int | None) -> int:
     """Token positions quantcal's packed scorer computes (padding aside), cross-item prefixes once per run."""
-    from quantcal.scoring import packed_length, plan_shared_batches
+    from quantcal.engines.hf_scorer import packed_length, plan_shared_batches
 
     total, last = 0, None
     for batch in plan_shared_batches(encoded, batch_size, max_tokens):
@@ -116,25 +116,33 @@ def shared_tokens(encoded: list, batch_size: int, max_tokens: int | None) -> int
     return total
 
 
-def random_checkpoint(name: str, tokenizer_from: Path, target: Path, dtype: str) -> Path:
-    """A model of a real architecture's configuration with random weights (seed 0), saved as an HF checkpoint."""
-    import torch
-    from transformers import AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
+def random_checkpoint(name: str, tokenizer_from: Path | None, target: Path, dtype: str) -> Path:
+    """A model of a real architecture's configuration with random weights (seed 0), saved as an HF checkpoint.
 
+    ``name``: ``gemma2-2b`` or ``tiny-llama`` (configurations written here), or a folder holding a ``config.json``
+    (and the tokenizer, unless ``tokenizer_from`` names one): that architecture, e.g. a bundled model's own
+    configuration carried to a machine its weights cannot travel to."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gemma2Config, Gemma2ForCausalLM
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if name not in ("gemma2-2b", "tiny-llama"):
-        raise SystemExit(f"unknown random config {name!r} (known: gemma2-2b, tiny-llama)")
+    folder = Path(name)
+    if name not in ("gemma2-2b", "tiny-llama") and not (folder / "config.json").is_file():
+        raise SystemExit(f"unknown random config {name!r} (known: gemma2-2b, tiny-llama, or a folder with a config.json)")
     if (target / "config.json").is_file():
         return target
+    tokenizer_from = tokenizer_from or folder
     torch.manual_seed(0)
     if name == "tiny-llama":  # compute near zero: what is timed is the framework around the model
         vocab = len(AutoTokenizer.from_pretrained(tokenizer_from))
         # head_dim 64: vLLM's CPU attention takes only some head sizes
         model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                                              num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096))
+    elif name == "gemma2-2b":
+        vocab = max(GEMMA2_2B["vocab_size"], len(AutoTokenizer.from_pretrained(tokenizer_from)))
+        model = Gemma2ForCausalLM(Gemma2Config(**{**GEMMA2_2B, "vocab_size": vocab}))
     else:
-        model = Gemma2ForCausalLM(Gemma2Config(**GEMMA2_2B))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
     model = model.to(getattr(torch, dtype if dtype not in ("auto", None) else "bfloat16"))
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(target)
@@ -158,7 +166,7 @@ def floor_seconds(model, encoded: list, batch_size: int, max_tokens: int | None,
     items batched as the scorer batches them (same row and token caps)."""
     import torch
 
-    from quantcal.scoring import plan_batches
+    from quantcal.engines.hf_scorer import plan_batches
 
     def unique(g) -> tuple[list[int], int]:  # noqa: ANN001
         return list(g.context) + [t for c in g.continuations for t in c], sum(len(c) for c in g.continuations)
@@ -192,20 +200,20 @@ def sync(device: str) -> None:
 def quantcal_worker(spec: dict) -> dict:
     import torch
 
-    from quantcal.encoding import Encoder
-    from quantcal.jobs import Job, ScoringOptions, run_job
-    from quantcal.models import load_model, model_max_length, resolve_source
-    from quantcal.predictions import task_summary
-    from quantcal.store import open_store
+    from quantcal.engines.encoding import Encoder
+    from quantcal.study.jobs import Job, ScoringOptions, run_job
+    from quantcal.sources.models import load_model, model_max_length, resolve_source
+    from quantcal.analysis.predictions import task_summary
+    from quantcal.store.database import open_store
     from quantcal.tasks import get_task, load_items
-    from quantcal.variant import ModelHolder
+    from quantcal.variants.definition import ModelHolder
 
-    from quantcal.prompts import PromptSetup
+    from quantcal.tasks.prompts import PromptSetup
 
     source = resolve_source(spec["checkpoint"])
     vllm = spec.get("backend", "hf") == "vllm"
     if vllm:
-        from quantcal.variant import LoadOptions, VariantDef, load_variant_model
+        from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
 
         lm = load_variant_model(VariantDef(spec["checkpoint"]), source,
                                 LoadOptions(spec["dtype"], spec["device"], backend="vllm"))
@@ -281,7 +289,7 @@ def compare(qc: dict, lm: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m-instruct", help="bundled name or checkpoint dir")
-    parser.add_argument("--random-config", default=None, help="gemma2-2b or tiny-llama: that architecture with random weights")
+    parser.add_argument("--random-config", default=None, help="gemma2-2b, tiny-llama or a folder with a config.json: that architecture with random weights")
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer dir for --random-config")
     parser.add_argument("--data-dir", type=Path, default=HERE.parent.parent / "shared" / "data")
     parser.add_argument("--lm-eval-python", default=None, help="python of lm-eval's environment (omit: quantcal only)")
@@ -309,10 +317,10 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="quantcal-speed-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.random_config:
-        checkpoint = random_checkpoint(args.random_config, args.tokenizer, work / args.random_config, args.dtype)
-        label = f"{args.random_config} (random weights)"
+        checkpoint = random_checkpoint(args.random_config, args.tokenizer, work / Path(args.random_config).name, args.dtype)
+        label = f"{Path(args.random_config).name} (random weights)"
     else:
-        from quantcal.models import dequantized_gguf_copy, resolve_source
+        from quantcal.sources.models import dequantized_gguf_copy, resolve_source
 
         source = resolve_source(args.model)
         checkpoint = dequantized_gguf_copy(source) if source.gguf_file else Path(source.location)
@@ -394,7 +402,7 @@ def main() -> None:
               f"{e.get('loglik_abs_diff', {}).get('max', float('nan')):>9.1e}"
               + (f" {e['vllm']['items_per_s']:>9.2f} {e['vllm']['over_hf']:>7.2f} {e['vllm']['loglik_abs_diff']['max']:>13.1e}"
                  f" {str(e['vllm']['same_accuracy']):>9}" if "vllm" in e else ""))
-    slug = (args.random_config or args.model).replace("/", "__")
+    slug = Path(args.random_config).name if args.random_config else args.model.replace("/", "__")
     kind = "scorer_speed_backends" if args.vllm_python else "scorer_speed"  # never overwrite the lm-eval figures
     out = args.output or HERE / "results" / f"{kind}_{slug}_{args.device.split(':')[0]}.json"
     out.parent.mkdir(exist_ok=True)

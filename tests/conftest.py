@@ -28,14 +28,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def smol_checkpoint() -> Path:
     """The dequantized safetensors copy of the bundled SmolLM2 (built once, then cached)."""
-    from quantcal.models import dequantized_gguf_copy, resolve_source
+    from quantcal.sources.models import dequantized_gguf_copy, resolve_source
 
     return dequantized_gguf_copy(resolve_source("smollm2-135m-instruct"))
 
 
 @pytest.fixture(scope="session")
 def gemma_checkpoint() -> Path:
-    from quantcal.models import dequantized_gguf_copy, resolve_source
+    from quantcal.sources.models import dequantized_gguf_copy, resolve_source
 
     return dequantized_gguf_copy(resolve_source("gemma3-270m"))
 

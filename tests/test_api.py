@@ -54,8 +54,8 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path: Path) 
 
 def test_cli_is_a_thin_shell_over_the_api() -> None:
     """cli/ imports no store, job, record or study-runner internals: it parses, calls quantcal.api, renders."""
-    internals = ("quantcal.store", "quantcal.jobs", "quantcal.records", "quantcal.summary", "quantcal.study.runner",
-                 "quantcal.report", "quantcal.variant", "quantcal.predictions")
+    internals = ("quantcal.store.database", "quantcal.study.jobs", "quantcal.analysis.records", "quantcal.analysis.summary", "quantcal.study.runner",
+                 "quantcal.report", "quantcal.variants.definition", "quantcal.analysis.predictions")
     offending = []
     for path in CLI_DIR.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from quantcal.errors import QuantcalError
-from quantcal.models import resolve_source
+from quantcal.sources.models import resolve_source
 from quantcal.recipes import awq, parse_recipe
 
 
@@ -89,7 +89,7 @@ def test_group_keeps_grid_after_scaling_and_clipping() -> None:
 
 
 def test_awq_variant_on_tiny_llama(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.recipes.variants import build_variant, variant_meta
+    from quantcal.recipes.build import build_variant, variant_meta
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(tiny_llama))

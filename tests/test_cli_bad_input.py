@@ -121,7 +121,7 @@ def test_store_survives_bad_input(tmp_path: Path, tiny_llama: Path, store: Path)
 def assert_store_untouched(store: Path) -> None:
     """The store was not written, or holds no run (nothing half-made)."""
     if store.exists():
-        from quantcal.store import open_store
+        from quantcal.store.database import open_store
 
         with open_store(store) as db:
             assert db.runs() == []

@@ -1,4 +1,4 @@
-"""Depth replay (:mod:`quantcal.depth_replay`): a unit's passes started at its block from the reference's recorded
+"""Depth replay (:mod:`quantcal.engines.depth_replay`): a unit's passes started at its block from the reference's recorded
 hidden states give the very logits a full pass gives, on Llama and on Gemma 3 (sliding layers, a mask per layer
 type); calls that fill or read a key/value cache are never replayed; memory stays under its cap; and a sensitivity
 run with replay stores the same scores, bit for bit, as one without."""
@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantcal.depth_replay import DepthReplay, call_key
+from quantcal.engines.depth_replay import DepthReplay, call_key
 from quantcal.recipes.units import model_units, swapped, unit_block
 
 
 def _model(path: Path) -> torch.nn.Module:
-    from quantcal.models import load_model, resolve_source
+    from quantcal.sources.models import load_model, resolve_source
 
     return load_model(resolve_source(str(path)), "float32").model
 

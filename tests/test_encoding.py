@@ -7,8 +7,8 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-from quantcal.encoding import Encoder, truncate
-from quantcal.items import Item
+from quantcal.engines.encoding import Encoder, truncate
+from quantcal.tasks.items import Item
 
 
 def test_pair_moves_trailing_space_and_splits_whole_encoding(smol_checkpoint: Path) -> None:

@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 import quantcal
 from quantcal.cli import app
 from quantcal.errors import QuantcalError
-from quantcal.jobs import Job, ScoringOptions, pending_job, run_job, store_results
-from quantcal.models import load_model, resolve_source
-from quantcal.store import open_store
+from quantcal.study.jobs import Job, ScoringOptions, pending_job, run_job, store_results
+from quantcal.sources.models import load_model, resolve_source
+from quantcal.store.database import open_store
 from quantcal.tasks import get_task
-from quantcal.variant import ModelHolder
+from quantcal.variants.definition import ModelHolder
 from tests.conftest import write_jsonl
 
 runner = CliRunner()
@@ -66,7 +66,7 @@ def test_two_writers_of_the_same_items_store_each_once(tmp_path: Path, tiny_llam
         first, second = pending_job(a, job, options), pending_job(b, job, options)
         assert len(first.todo) == len(second.todo) == 6  # both started before either wrote
         run_job(a, job, options, holder)
-        from quantcal.jobs import score_pending
+        from quantcal.study.jobs import score_pending
 
         late = store_results(b, job, second, lambda: score_pending(holder.get(), second.todo, " ", options))
         assert late.n_items == 6
@@ -141,7 +141,7 @@ def test_two_processes_share_a_job_and_one_killed_still_ends_complete(tmp_path: 
 def test_a_truncated_variant_cache_entry_is_rebuilt(tmp_path: Path, tiny_llama: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.recipes import parse_recipe
-    from quantcal.recipes.variants import variant_dir
+    from quantcal.recipes.build import variant_dir
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     data = write_jsonl(tmp_path / "q.jsonl", questions(4))
@@ -161,7 +161,7 @@ def test_a_truncated_variant_cache_entry_is_rebuilt(tmp_path: Path, tiny_llama: 
 # 2. a store locked by another process -----------------------------------------------------------------------------
 def test_locked_store_at_start_and_mid_run(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch,
                                             scored_store: Path) -> None:
-    import quantcal.store as store_module
+    import quantcal.store.database as store_module
 
     monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 0.2)
     data = write_jsonl(tmp_path / "more.jsonl", questions(12))
@@ -181,7 +181,7 @@ def test_locked_store_at_start_and_mid_run(tmp_path: Path, tiny_llama: Path, mon
     model = ModelHolder(lambda: load_model(source))
     with open_store(scored_store) as db:
         pending = pending_job(db, job, options)
-        from quantcal.jobs import score_pending
+        from quantcal.study.jobs import score_pending
 
         def batches():  # noqa: ANN202 - another process takes the lock after the first batch is stored
             for number, batch in enumerate(score_pending(model.get(), pending.todo, " ", options)):
@@ -206,7 +206,7 @@ def test_locked_store_at_start_and_mid_run(tmp_path: Path, tiny_llama: Path, mon
 # 3. a full disk ---------------------------------------------------------------------------------------------------
 def test_disk_full_mid_scoring_says_what_was_kept_and_the_rerun_completes(tmp_path: Path, tiny_llama: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.store import Store
+    from quantcal.store.database import Store
 
     data = write_jsonl(tmp_path / "q.jsonl", questions(10))
     store = tmp_path / "s.sqlite"
@@ -314,7 +314,7 @@ def test_reading_commands_open_the_store_read_only(scored_store: Path, tmp_path:
     for suffix in ("-wal", "-shm"):
         Path(str(scored_store) + suffix).unlink(missing_ok=True)
     before = scored_store.read_bytes()
-    import quantcal.store as store_module
+    import quantcal.store.database as store_module
 
     monkeypatch.setattr(store_module, "_writable", lambda path: False)  # as for a file we may not write
     assert quantcal.store_metrics(scored_store, ["acc"], resamples=20)[0].n == 8
@@ -429,7 +429,7 @@ def test_a_finetune_variant_name_cannot_leave_the_adapters_folder(tmp_path: Path
 # 13. items that could not be scored -------------------------------------------------------------------------------
 def test_unscored_items_are_exported_with_their_error_and_eval_exits_1(tmp_path: Path, tiny_llama: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal import jobs
+    from quantcal.study import jobs
 
     real = jobs.score_pending
 
@@ -507,7 +507,7 @@ def test_truncated_items_are_counted_in_a_warning(tmp_path: Path, tiny_llama: Pa
 
 # 17. probabilities that underflow ---------------------------------------------------------------------------------
 def test_exported_log_probabilities_stay_finite_where_probabilities_underflow(tmp_path: Path) -> None:
-    from quantcal.items import Item
+    from quantcal.tasks.items import Item
 
     with open_store(tmp_path / "s.sqlite") as db:
         run = db.get_or_create_run("v", "t", "h", {}, {})

@@ -15,8 +15,8 @@ from quantcal.finetune.base import BaseConfig, load_base
 from quantcal.finetune.data import (Example, check_disjoint, collate, examples_from_items, load_examples,
                                     tokenize_examples)
 from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, batch_indices, finetune, read_log
-from quantcal.items import Item
-from quantcal.models import resolve_source
+from quantcal.tasks.items import Item
+from quantcal.sources.models import resolve_source
 
 
 def _examples(n: int = 40) -> list[Example]:
@@ -77,7 +77,7 @@ def test_jsonl_sources_prompt_completion_and_chat(tmp_path: Path) -> None:
 
 
 def test_hub_instruction_source_reads_the_named_split(monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.data_files import Row
+    from quantcal.tasks.data_files import Row
     from quantcal.finetune import data as data_module
 
     calls = []
@@ -142,7 +142,7 @@ def test_training_lowers_the_loss_and_resume_matches_an_uninterrupted_run(tmp_pa
 
 
 def test_deployment_forms(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.variant import VariantDef, load_variant_model, prepare
+    from quantcal.variants.definition import VariantDef, load_variant_model, prepare
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     finetune(_run(tiny_llama, steps=6), _examples(), tmp_path / "run")

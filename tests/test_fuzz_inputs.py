@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quantcal.errors import QuantcalError
-from quantcal.items import Item
+from quantcal.tasks.items import Item
 
 FUZZ = settings(max_examples=int(__import__("os").environ.get("QUANTCAL_FUZZ_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -150,7 +150,7 @@ samples = st.fixed_dictionaries({}, optional={
 @FUZZ
 @given(st.lists(st.one_of(samples, json_values), min_size=1, max_size=4))
 def test_lm_eval_samples(lines: list) -> None:
-    from quantcal.lm_eval_import import read_samples
+    from quantcal.store.lm_eval_import import read_samples
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "samples_t_2026-01-01T00-00-00.jsonl"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantcal.models import resolve_source
+from quantcal.sources.models import resolve_source
 from quantcal.recipes import gguf_kquants, parse_recipe
 
 BLOCK_BYTES = {"q4_k": 144, "q5_k": 176, "q6_k": 210}
@@ -45,7 +45,7 @@ def test_kquant_bytes_decode_onto_the_grid(kind: str, levels: int, sub: int) -> 
 
 
 def test_q4_k_falls_back_like_llama_cpp(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.recipes.variants import build_variant, variant_meta
+    from quantcal.recipes.build import build_variant, variant_meta
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     meta = variant_meta(build_variant(resolve_source(str(tiny_llama)), parse_recipe("gguf:q4_k")))

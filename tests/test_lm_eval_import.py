@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from quantcal.cli import app
 from quantcal.errors import QuantcalError
-from quantcal.lm_eval_import import import_samples, samples_files
-from quantcal.predictions import task_summary
-from quantcal.store import open_store
+from quantcal.store.lm_eval_import import import_samples, samples_files
+from quantcal.analysis.predictions import task_summary
+from quantcal.store.database import open_store
 
 runner = CliRunner()
 DATE = "2026-11-22T19-16-38.122353"

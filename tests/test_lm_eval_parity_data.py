@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from quantcal.encoding import Encoder
-from quantcal.models import load_model, model_max_length, resolve_source
-from quantcal.scoring import iter_flat, reference_loglik, score_items
+from quantcal.engines.encoding import Encoder
+from quantcal.sources.models import load_model, model_max_length, resolve_source
+from quantcal.engines.hf_scorer import iter_flat, reference_loglik, score_items
 from quantcal.tasks import get_task, load_items
 
 FILES = {"piqa": "piqa/validation.jsonl", "boolq": "boolq/validation.jsonl",
@@ -58,9 +58,9 @@ def test_parity_with_lm_eval(tmp_path: Path, shared_data: Path) -> None:
             assert abs(entry["quantcal"][metric] - theirs) <= 0.002, (task, metric)
         assert entry["loglik_abs_diff"]["share_within_1e-3"] >= 0.99, task
     # lm-eval's own samples files, imported: the same accuracies as lm-eval's results files
-    from quantcal.lm_eval_import import import_samples, samples_files
-    from quantcal.predictions import task_summary
-    from quantcal.store import open_store
+    from quantcal.store.lm_eval_import import import_samples, samples_files
+    from quantcal.analysis.predictions import task_summary
+    from quantcal.store.database import open_store
 
     with open_store(tmp_path / "imported.sqlite") as db:
         files = samples_files([tmp_path / "work" / "lm_eval"])

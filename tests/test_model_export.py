@@ -29,7 +29,7 @@ def test_bnb_export_computes_the_simulated_variant(recipe: str, tiny_llama: Path
     from transformers import AutoModelForCausalLM
 
     from quantcal import api
-    from quantcal.models import load_model, resolve_source
+    from quantcal.sources.models import load_model, resolve_source
 
     exported = api.export_model(str(tiny_llama), recipe, tmp_path / "bnb")
     config = json.loads((tmp_path / "bnb" / "config.json").read_text())
@@ -86,8 +86,8 @@ def test_export_model_refuses_recipes_without_a_format(tiny_llama: Path, tmp_pat
 def test_native_integer_variant_is_its_exported_checkpoint(recipe: str, tiny_llama: Path, env_cache: Path) -> None:
     """mode=native scores the compressed-tensors checkpoint (cached once), which computes the simulated variant."""
     from quantcal import api
-    from quantcal.models import resolve_source
-    from quantcal.variant import LoadOptions, VariantDef, load_variant_model
+    from quantcal.sources.models import resolve_source
+    from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
 
     native = api.quantize(str(tiny_llama), f"{recipe},mode=native")
     config = json.loads((native.path / "config.json").read_text())
@@ -110,7 +110,7 @@ def test_study_exports_quantized_checkpoints_with_their_temperature(tiny_llama: 
     from transformers import GenerationConfig
 
     from quantcal import api
-    from quantcal.models import load_model, resolve_source
+    from quantcal.sources.models import load_model, resolve_source
 
     study = {"reference": str(tiny_llama), "bootstrap": {"resamples": 50}, "recalibration": {"folds": 2},
              "variants": [{"name": "rtn4", "recipe": "rtn:bits=4,group_size=16,sym=true"},
@@ -149,9 +149,9 @@ def test_study_exports_quantized_checkpoints_with_their_temperature(tiny_llama: 
 
 
 def test_export_checkpoint_form_and_bad_export_blocks(tiny_llama: Path, tmp_path: Path) -> None:
-    from quantcal.deployment import checkpoint_form
+    from quantcal.study.deployment import checkpoint_form
     from quantcal.study.spec import StudySpec
-    from quantcal.variant import VariantDef
+    from quantcal.variants.definition import VariantDef
 
     assert checkpoint_form(VariantDef("m", "rtn:bits=4"), "auto") == "compressed-tensors"
     assert checkpoint_form(VariantDef("m", "bnb:fp4"), "quantized") == "bitsandbytes"

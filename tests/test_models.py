@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantcal.errors import QuantcalError
-from quantcal.models import dequantized_gguf_copy, model_max_length, resolve_source
+from quantcal.sources.models import dequantized_gguf_copy, model_max_length, resolve_source
 
 
 def test_resolve_kinds(tiny_llama: Path, tmp_path: Path) -> None:
@@ -46,14 +46,14 @@ def test_second_load_does_not_dequantize_again(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_hub_model_load_error_is_clear(tmp_path: Path) -> None:
-    from quantcal.models import load_model
+    from quantcal.sources.models import load_model
 
     with pytest.raises(QuantcalError, match="cannot load model 'nobody/nothing'"):
         load_model(resolve_source("nobody/nothing"))
 
 
 def test_window_resolution(tiny_llama: Path) -> None:
-    from quantcal.models import load_model
+    from quantcal.sources.models import load_model
 
     lm = load_model(resolve_source(str(tiny_llama)))
     assert model_max_length(lm.model, lm.tokenizer) == 512

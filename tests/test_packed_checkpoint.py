@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from quantcal.errors import QuantcalError
-from quantcal.models import resolve_source
+from quantcal.sources.models import resolve_source
 from quantcal.recipes import parse_recipe
 
 pytest.importorskip("compressed_tensors")
@@ -50,8 +50,8 @@ def test_exported_variant_computes_the_simulated_one(model_fixture: str, recipe:
                                                      request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoModelForCausalLM
 
-    from quantcal.packed_checkpoint import export_packed, load_packed
-    from quantcal.recipes.variants import build_variant, variant_meta
+    from quantcal.export.packed_checkpoint import export_packed, load_packed
+    from quantcal.recipes.build import build_variant, variant_meta
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(request.getfixturevalue(model_fixture)))
@@ -78,8 +78,8 @@ def test_exported_variant_computes_the_simulated_one(model_fixture: str, recipe:
 
 
 def test_export_refuses_what_it_cannot_pack(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.packed_checkpoint import export_packed
-    from quantcal.recipes.variants import build_variant
+    from quantcal.export.packed_checkpoint import export_packed
+    from quantcal.recipes.build import build_variant
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(tiny_llama))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from quantcal.errors import QuantcalError
-from quantcal.predictions import predictions, softmax_rows, task_summary
-from quantcal.store import ScoredItem
+from quantcal.analysis.predictions import predictions, softmax_rows, task_summary
+from quantcal.store.database import ScoredItem
 
 
 def scored(item_id: str, logliks, gold=0, golds=None, chars=None, tokens=None) -> ScoredItem:  # noqa: ANN001

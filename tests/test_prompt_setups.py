@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from quantcal.errors import QuantcalError
-from quantcal.prompts import PromptSetup, render, task_label, PromptParts, Example
+from quantcal.tasks.prompts import PromptSetup, render, task_label, PromptParts, Example
 from quantcal.tasks import get_task, load_items
 from tests.conftest import write_jsonl
 
@@ -293,7 +293,7 @@ def test_an_lm_eval_run_resumes_to_a_larger_limit_and_changed_data_is_a_new_run(
     """The run key holds the task's definition (lm-eval's config and documents), not the rendered items: a run over
     the first 3 items grows to 5 in the same run; editing one document of the file starts another run."""
     import quantcal
-    from quantcal.store import open_store
+    from quantcal.store.database import open_store
 
     rows = [json.loads(line) for line in (shared_data / FILES["piqa"][0]).read_text().splitlines()[:8]]
     data = write_jsonl(tmp_path / "piqa.jsonl", rows)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from quantcal.errors import QuantcalError
-from quantcal.models import resolve_source
+from quantcal.sources.models import resolve_source
 from quantcal.recipes import grid, parse_recipe
 from quantcal.recipes.gptq import gptq_weight
 
@@ -116,7 +116,7 @@ def test_bnb_grid(kind: str) -> None:
 def test_gguf_refuses_unported_types_and_ragged_rows(tmp_path: Path, tiny_llama: Path) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from quantcal.recipes.variants import build_variant
+    from quantcal.recipes.build import build_variant
 
     with pytest.raises(QuantcalError, match="q2_k"):  # refused when the recipe is read, so --dry-run catches it
         parse_recipe("gguf:q2_k")
@@ -133,12 +133,12 @@ def test_gguf_refuses_unported_types_and_ragged_rows(tmp_path: Path, tiny_llama:
 
 
 def test_variant_cache_hit_miss_and_identical_reload(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.encoding import Encoder
-    from quantcal.items import Item
+    from quantcal.engines.encoding import Encoder
+    from quantcal.tasks.items import Item
     from quantcal.recipes import FAMILIES
-    from quantcal.recipes.variants import variant_dir, variant_meta
-    from quantcal.variant import VariantDef, load_variant_model
-    from quantcal.scoring import iter_flat, score_items
+    from quantcal.recipes.build import variant_dir, variant_meta
+    from quantcal.variants.definition import VariantDef, load_variant_model
+    from quantcal.engines.hf_scorer import iter_flat, score_items
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(tiny_llama))
@@ -173,7 +173,7 @@ def test_two_processes_sharing_a_cache_build_a_variant_once(tmp_path: Path, tiny
     import threading
 
     from quantcal.recipes import FAMILIES
-    from quantcal.recipes.variants import build_variant
+    from quantcal.recipes.build import build_variant
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     previous_umask = os.umask(0o022)
@@ -208,7 +208,7 @@ def test_two_processes_sharing_a_cache_build_a_variant_once(tmp_path: Path, tiny
 
 
 def test_gptq_variant_layer_error_below_rtn(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.recipes.variants import build_variant, variant_meta
+    from quantcal.recipes.build import build_variant, variant_meta
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(tiny_llama))
@@ -251,11 +251,11 @@ def test_quanto_grid_and_group_choice(kind: str, levels: int) -> None:
 
 @pytest.mark.parametrize("recipe", ["quanto:qint4", "bnb:nf4", "bnb:int8"])
 def test_native_mode_matches_simulated(recipe: str, tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.encoding import Encoder
-    from quantcal.items import Item
-    from quantcal.recipes.variants import variant_dir, variant_meta
-    from quantcal.variant import LoadOptions, VariantDef, load_variant_model
-    from quantcal.scoring import iter_flat, score_items
+    from quantcal.engines.encoding import Encoder
+    from quantcal.tasks.items import Item
+    from quantcal.recipes.build import variant_dir, variant_meta
+    from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
+    from quantcal.engines.hf_scorer import iter_flat, score_items
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
     source = resolve_source(str(tiny_llama))
@@ -337,7 +337,7 @@ def test_gptq_static_groups_fit_every_scale_on_the_original_weights() -> None:
 def test_a_local_calibration_files_content_is_part_of_the_variants_key(tmp_path: Path, tiny_llama: Path) -> None:
     """Editing the file a calibrated recipe draws its windows from makes another variant (cache and store keys);
     self-generated and hub sources keep the key their spec gives."""
-    from quantcal.recipes.variants import variant_key
+    from quantcal.recipes.build import variant_key
 
     source = resolve_source(str(tiny_llama))
     text = tmp_path / "calib.txt"

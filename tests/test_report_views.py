@@ -7,7 +7,7 @@ import numpy as np
 
 from quantcal.analysis import recalibrated_difference, recalibration_report, stratify
 from quantcal.metrics import paired_bootstrap
-from quantcal.predictions import softmax_rows
+from quantcal.analysis.predictions import softmax_rows
 from quantcal.report.collect import deployment_view, recalibrated_ranking
 from quantcal.report.findings import block_findings, caveats, phrase
 

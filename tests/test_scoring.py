@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from quantcal.encoding import Encoder
-from quantcal.items import Item
-from quantcal.models import load_model, resolve_source
-from quantcal.scoring import iter_flat, plan_batches, reference_loglik, score_items
+from quantcal.engines.encoding import Encoder
+from quantcal.tasks.items import Item
+from quantcal.sources.models import load_model, resolve_source
+from quantcal.engines.hf_scorer import iter_flat, plan_batches, reference_loglik, score_items
 
 WORDS = "the a cat dog sat on mat quickly blue green river mountain eleven seven because however".split()
 
@@ -67,7 +67,7 @@ def test_single_token_choices_need_no_second_pass(tiny_llama: Path) -> None:
 def test_greedy_flag_true_for_the_models_own_continuation(tiny_llama: Path) -> None:
     import torch
 
-    from quantcal.encoding import EncodedItem, Group
+    from quantcal.engines.encoding import EncodedItem, Group
 
     lm = load_model(resolve_source(str(tiny_llama)))
     context = lm.tokenizer.encode("the cat sat")
@@ -79,7 +79,7 @@ def test_greedy_flag_true_for_the_models_own_continuation(tiny_llama: Path) -> N
 
 
 def test_batches_are_longest_first_and_bounded() -> None:
-    from quantcal.encoding import EncodedItem, Group
+    from quantcal.engines.encoding import EncodedItem, Group
 
     items = [EncodedItem(i, (Group(i, tuple(range(i + 1)), ((1,), (2,)), (0, 1)),), (1, 1)) for i in range(10)]
     batches = plan_batches(items, batch_size=4)
@@ -92,8 +92,8 @@ def test_batches_are_longest_first_and_bounded() -> None:
 @pytest.mark.parametrize("packed", [True, False])
 def test_batches_respect_the_token_cap(packed: bool) -> None:
     """Padded positions (input rows x widest group) stay under the cap; a group wider than the cap goes alone."""
-    from quantcal.encoding import EncodedItem, Group
-    from quantcal.scoring import packed_length
+    from quantcal.engines.encoding import EncodedItem, Group
+    from quantcal.engines.hf_scorer import packed_length
 
     rng = random.Random(0)
     items = []
@@ -141,7 +141,7 @@ def test_shared_prefix_scoring_matches_plain_forward(fixture: str, batch_size: i
                                                      min_shared: int, request: pytest.FixtureRequest) -> None:
     """Items sharing a long prefix are scored on one prefix computation, and every log-likelihood still equals the
     plain forward of context + choice (Gemma 3's 8-token sliding window cuts across the shared prefix)."""
-    from quantcal.scoring import plan_shared_batches
+    from quantcal.engines.hf_scorer import plan_shared_batches
 
     lm = load_model(resolve_source(str(request.getfixturevalue(fixture))))
     encoder = Encoder(lm.tokenizer, max_length=512)
@@ -156,8 +156,8 @@ def test_shared_prefix_scoring_matches_plain_forward(fixture: str, batch_size: i
 
 
 def test_shared_runs_group_contexts_by_common_prefix() -> None:
-    from quantcal.encoding import Group
-    from quantcal.scoring import shared_runs
+    from quantcal.engines.encoding import Group
+    from quantcal.engines.hf_scorer import shared_runs
 
     a = [Group(i, tuple(range(40)) + (100 + i, 7), ((1,),), (0,)) for i in range(3)]
     b = [Group(10 + i, (9,) * 35 + (200 + i,), ((1,),), (0,)) for i in range(2)]
@@ -198,7 +198,7 @@ def plain_block_mask(segment: list[list[int]], position: list[list[int]], shared
 def test_block_masks_built_on_the_device_follow_the_layout_rule(fixture: str, request: pytest.FixtureRequest) -> None:
     import torch
 
-    from quantcal.scoring import _block_masks
+    from quantcal.engines.hf_scorer import _block_masks
 
     model = load_model(resolve_source(str(request.getfixturevalue(fixture))), dtype="float32").model
     segment = [[0, 0, 0, 1, 1, 2, 2, 2, -1, -1], [0, 0, 1, 2, 2, 3, -1, -1, -1, -1]]
@@ -217,7 +217,7 @@ def test_block_masks_built_on_the_device_follow_the_layout_rule(fixture: str, re
 def test_token_budget_is_chosen_per_device(tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from quantcal import scoring
+    from quantcal.engines import hf_scorer as scoring
 
     model = load_model(resolve_source(str(tiny_llama)), dtype="float32").model
     assert scoring.auto_batch_tokens(model, torch.device("cpu")) == scoring.DEFAULT_MAX_BATCH_TOKENS
@@ -245,7 +245,7 @@ def test_single_token_batches_use_a_padding_mask_and_stay_exact(fixture: str, mi
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches whose choices are all one token take a 2D padding mask (no block mask is built) unless they share a
     prefix (``min_shared``); contexts run past Gemma's 8-token sliding window."""
-    from quantcal import scoring
+    from quantcal.engines import hf_scorer as scoring
 
     built = []
     original = scoring._block_masks

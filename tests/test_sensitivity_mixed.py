@@ -55,10 +55,10 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 
 
 def test_swapping_a_unit_in_and_out_restores_the_reference_exactly(tiny_llama: Path, env_cache: Path) -> None:
-    from quantcal.models import load_model, resolve_source
+    from quantcal.sources.models import load_model, resolve_source
     from quantcal.recipes import parse_recipe
     from quantcal.recipes.units import model_units, swapped
-    from quantcal.recipes.variants import build_variant, checkpoint_tensors
+    from quantcal.recipes.build import build_variant, checkpoint_tensors
 
     source = resolve_source(str(tiny_llama))
     built = build_variant(source, parse_recipe(BASE))
@@ -157,8 +157,8 @@ def test_mixed_recipe_respects_its_budget_and_takes_each_unit_from_one_build(ran
     from quantcal.recipes import parse_recipe
     from quantcal.recipes.layers import block_linears, mean_bits
     from quantcal.recipes.mixed import layer_bits
-    from quantcal.recipes.variants import build_variant, checkpoint_tensors
-    from quantcal.models import resolve_source
+    from quantcal.recipes.build import build_variant, checkpoint_tensors
+    from quantcal.sources.models import resolve_source
 
     v = api.quantize(str(tiny_llama), f"mixed:base=({BASE}),protect=({PROTECT}),budget=6,ranking={ranking}")
     protected = v.meta["mixed"]["protected"]
@@ -179,7 +179,7 @@ def test_mixed_recipe_respects_its_budget_and_takes_each_unit_from_one_build(ran
 
 
 def _model(path: Path) -> torch.nn.Module:
-    from quantcal.models import load_model, resolve_source
+    from quantcal.sources.models import load_model, resolve_source
 
     return load_model(resolve_source(str(path)), "float32").model
 

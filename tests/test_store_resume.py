@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from quantcal.jobs import Job, ScoringOptions, run_job
-from quantcal.variant import ModelHolder
-from quantcal.models import load_model, resolve_source
-from quantcal.store import open_store
+from quantcal.study.jobs import Job, ScoringOptions, run_job
+from quantcal.variants.definition import ModelHolder
+from quantcal.sources.models import load_model, resolve_source
+from quantcal.store.database import open_store
 from quantcal.tasks import get_task
 from tests.conftest import write_jsonl
 
@@ -101,7 +101,7 @@ def test_export_formats_roundtrip(tmp_path: Path, tiny_llama: Path) -> None:
 
     import pandas as pd
 
-    from quantcal.records import export_store
+    from quantcal.analysis.records import export_store
 
     data = write_jsonl(tmp_path / "q.jsonl", questions(6))
     source = resolve_source(str(tiny_llama))
@@ -157,7 +157,7 @@ def test_a_superseded_run_is_left_out_of_metrics_exports_and_reports(tmp_path: P
     import json
 
     import quantcal
-    from quantcal.items import Item
+    from quantcal.tasks.items import Item
     from quantcal.report.collect import collect
     from quantcal.report.collect import ReportSettings
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from quantcal.encoding import EncodedItem
+from quantcal.engines.encoding import EncodedItem
 from quantcal.errors import QuantcalError
-from quantcal.variant import LoadOptions
-from quantcal.scoring import finish_item as finish
-from quantcal.vllm_backend import choice_loglik
+from quantcal.variants.definition import LoadOptions
+from quantcal.engines.hf_scorer import finish_item as finish
+from quantcal.engines.vllm import choice_loglik
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 
@@ -46,8 +46,8 @@ def test_backend_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_native_mode_is_refused_on_vllm(monkeypatch: pytest.MonkeyPatch, tiny_llama: Path, tmp_path: Path) -> None:
-    from quantcal.models import resolve_source
-    from quantcal.variant import VariantDef, load_variant_model
+    from quantcal.sources.models import resolve_source
+    from quantcal.variants.definition import VariantDef, load_variant_model
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path))
     real = importlib.util.find_spec

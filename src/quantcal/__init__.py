@@ -5,7 +5,7 @@ Metric functions themselves live in :mod:`quantcal.metrics` (``quantcal.metrics.
 store-level numbers are :func:`store_metrics` and :func:`compare`::
 
     import quantcal
-    result = quantcal.jobs("smollm2-135m-instruct", ["arithmetic"], limit=20)
+    result = quantcal.evaluate("smollm2-135m-instruct", ["arithmetic"], limit=20)
     study = quantcal.run_study({"reference": "smollm2-135m-instruct",
                                 "variants": [{"name": "rtn4", "recipe": "rtn:bits=4,group_size=64"}],
                                 "tasks": [{"name": "arithmetic", "limit": 50}]})
@@ -34,9 +34,9 @@ _EXPORTS = {
         "export_checkpoint", "ExportedCheckpoint", "export_model", "ExportedModel")},
     "QuantcalError": "quantcal.errors",
     "StudySpec": "quantcal.study.spec",
-    "VariantDef": "quantcal.variant",
-    "LoadOptions": "quantcal.variant",
-    "ScoringOptions": "quantcal.jobs",
+    "VariantDef": "quantcal.variants.definition",
+    "LoadOptions": "quantcal.variants.definition",
+    "ScoringOptions": "quantcal.study.jobs",
     "Interval": "quantcal.metrics",
     "METRICS": "quantcal.metrics",
     "DEFAULT_METRICS": "quantcal.metrics",

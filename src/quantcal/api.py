@@ -6,7 +6,7 @@ two optional callbacks: ``progress(description, total)`` returns a tqdm-like bar
 ``say(message)`` takes a line of news (building a variant, a failed job). Both default to silence.
 
     >>> import quantcal
-    >>> r = quantcal.jobs("smollm2-135m-instruct", ["arithmetic"], limit=20)   # doctest: +SKIP
+    >>> r = quantcal.evaluate("smollm2-135m-instruct", ["arithmetic"], limit=20)   # doctest: +SKIP
     >>> r.tasks["arithmetic"].acc                                                     # doctest: +SKIP
 """
 
@@ -18,34 +18,35 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from quantcal.analysis import Comparison
-from quantcal.deployment import ExportedCheckpoint, export_checkpoint, export_study
-from quantcal.model_export import ExportedModel, export_variant, is_packed_native, native_checkpoint
+from quantcal.study.deployment import ExportedCheckpoint, export_checkpoint, export_study
+from quantcal.export.formats import ExportedModel, is_packed_native
+from quantcal.export.model_export import export_variant, native_checkpoint
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
-from quantcal.jobs import Job, ScoringOptions, require_positive, run_job
+from quantcal.study.jobs import Job, ScoringOptions, require_positive, run_job
 from quantcal.finetune.base import BaseConfig
 from quantcal.finetune.data import check_disjoint, load_examples
 from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune as run_finetune
-from quantcal.items import Item
-from quantcal.lm_eval_import import import_samples, samples_files
+from quantcal.tasks.items import Item
+from quantcal.store.lm_eval_import import import_samples, samples_files
 from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
 from quantcal.metrics.bootstrap import check_resamples
-from quantcal.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
-from quantcal.predictions import normalization_problem, task_summary
-from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
+from quantcal.sources.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
+from quantcal.analysis.predictions import normalization_problem, task_summary
+from quantcal.tasks.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
 from quantcal.tasks.lm_eval_tasks import PREFIX, GroupSpec, expand_task_names, group_score, is_lm_eval
-from quantcal.records import export_store, item_frame
+from quantcal.analysis.records import export_store, item_frame
 from quantcal.recipes import parse_recipe
-from quantcal.recipes.variants import build_variant, variant_meta
+from quantcal.recipes.build import build_variant, variant_meta
 from quantcal.report.collect import ReportSettings
 from quantcal.report.write import WrittenReport, write_report
-from quantcal.sensitivity import SensitivityResult, load_sensitivity, merge_sensitivity, run_sensitivity
-from quantcal.store import open_store
+from quantcal.study.sensitivity import SensitivityResult, load_sensitivity, merge_sensitivity, run_sensitivity
+from quantcal.store.database import open_store
 from quantcal.study.runner import JobOutcome, PlannedJob, check_plan, plan, run_study as run_jobs, study_items, train_adapters
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study
-from quantcal.summary import align, paired_analysis, run_metrics, run_predictions
+from quantcal.analysis.summary import align, paired_analysis, run_metrics, run_predictions
 from quantcal.tasks import get_task, load_items as task_items
-from quantcal.variant import LoadOptions, Phase, VariantDef, prepare
+from quantcal.variants.definition import LoadOptions, Phase, VariantDef, prepare
 
 Progress = Callable[[str, int], Any]
 Say = Callable[[str], None]
@@ -177,7 +178,7 @@ def evaluate(
         max_length: the model window for left truncation (default: from the model config, as lm-eval).
         device, dtype, trust_remote_code: how the model is loaded.
         backend: ``hf`` (transformers, quantcal's scorer) or ``vllm`` (vLLM's prompt log-probabilities with prefix
-            caching; :mod:`quantcal.vllm_backend`); a vllm run is a run of its own in the store.
+            caching; :mod:`quantcal.engines.vllm`); a vllm run is a run of its own in the store.
         progress, say, phase: item bars, news lines, and a context for loading/building (a spinner).
 
     Returns:
@@ -506,7 +507,7 @@ def load_items(store_or_report_dir: Union[str, Path], normalization: Union[str, 
 
     Columns: ``run_id, variant, task, recipe, normalization, position, item_id, item_hash, gold, golds, n_choices,
     pred, confidence, p_gold, correct, probs, logliks, n_tokens, n_chars, n_bytes, greedy, question, choices``
-    (:mod:`quantcal.records` defines each). ``store_or_report_dir``: a store, or a report directory holding
+    (:mod:`quantcal.analysis.records` defines each). ``store_or_report_dir``: a store, or a report directory holding
     ``study.sqlite``.
 
     Example:
@@ -651,7 +652,7 @@ def quantize(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64
 def export_model(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64", out: Union[str, Path] = "",
                  dtype: str = "float32", say: Say = _silent) -> ExportedModel:
     """Build (or find) a variant and write it as the quantized checkpoint deployment engines load with their own
-    kernels (:mod:`quantcal.model_export`): RTN, GPTQ (``desc_act=false``) and AWQ as compressed-tensors
+    kernels (:mod:`quantcal.export.model_export`): RTN, GPTQ (``desc_act=false``) and AWQ as compressed-tensors
     ``pack-quantized`` (vLLM, transformers), ``bnb:*`` as transformers' bitsandbytes serialization. Its
     ``quantcal-variant.json`` carries the variant's record and the bits per weight on disk.
 

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from quantcal.errors import QuantcalError
-from quantcal.predictions import softmax_rows
+from quantcal.analysis.predictions import softmax_rows
 
 LOG_T_BOUNDS = (np.log(0.01), np.log(100.0))
 

@@ -24,7 +24,7 @@ def tasks_command() -> None:
 
 def models_command() -> None:
     """List the bundled models (they install from the package registry and run offline)."""
-    from quantcal.models import BUNDLED, INSTALL_HINT
+    from quantcal.sources.models import BUNDLED, INSTALL_HINT
 
     for name, about in BUNDLED.items():
         out.print(f"[bold]{name}[/]: {about}")

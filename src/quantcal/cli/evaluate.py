@@ -11,8 +11,8 @@ from rich.table import Table
 
 from quantcal.cli.common import BATCH_TOKENS_HELP, batch_tokens, console, item_bar, out, phase, quiet_transformers, say, unescape, user_errors
 from quantcal.faults import check_writable_dir, write_text_atomic
-from quantcal.models import DEFAULT_MODEL
-from quantcal.prompts import DEFAULT_FEWSHOT_SEED
+from quantcal.sources.models import DEFAULT_MODEL
+from quantcal.tasks.prompts import DEFAULT_FEWSHOT_SEED
 
 
 def eval_command(

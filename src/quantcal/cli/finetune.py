@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from quantcal.cli.common import console, out, quiet_transformers, say, step_bar, user_errors
-from quantcal.models import DEFAULT_MODEL
+from quantcal.sources.models import DEFAULT_MODEL
 
 
 def finetune_command(

@@ -1,5 +1,5 @@
 """``quantcal sensitivity``: which units of a model a recipe's calibration damage comes from
-(:func:`quantcal.sensitivity.run_sensitivity`)."""
+(:func:`quantcal.study.sensitivity.run_sensitivity`)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 
 from quantcal.cli.common import BATCH_TOKENS_HELP, batch_tokens, console, item_bar, out, phase, quiet_transformers, say, user_errors
-from quantcal.models import DEFAULT_MODEL
+from quantcal.sources.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from quantcal.sensitivity import SensitivityResult
+    from quantcal.study.sensitivity import SensitivityResult
 
 
 def sensitivity_command(

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from quantcal.cli.common import console, out, quiet_transformers, say, user_errors
-from quantcal.models import DEFAULT_MODEL
+from quantcal.sources.models import DEFAULT_MODEL
 
 
 def quantize_command(

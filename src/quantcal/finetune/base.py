@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from quantcal.errors import QuantcalError
-from quantcal.models import LoadedModel, ModelSource, load_model
+from quantcal.sources.models import LoadedModel, ModelSource, load_model
 
 Method = Literal["qlora", "lora"]
 BaseForm = Literal["simulated", "native"]

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from quantcal.data_files import read_hub_rows, read_local_rows
+from quantcal.tasks.data_files import read_hub_rows, read_local_rows
 from quantcal.errors import QuantcalError
-from quantcal.items import Item
+from quantcal.tasks.items import Item
 from quantcal.tasks import get_task, load_items
 
 

@@ -31,11 +31,11 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from quantcal.cache import atomic_dir
+from quantcal.sources.cache import atomic_dir
 from quantcal.errors import QuantcalError
 from quantcal.finetune.base import BaseConfig, load_base
 from quantcal.finetune.data import Example, TokenizedExample, collate, data_hash, tokenize_examples
-from quantcal.models import ModelSource
+from quantcal.sources.models import ModelSource
 from quantcal.versions import package_versions
 
 META_FILE = "quantcal-finetune.json"

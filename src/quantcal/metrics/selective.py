@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import rankdata
 
 from quantcal.errors import QuantcalError
 from quantcal.metrics.inputs import Inputs, as_inputs
@@ -24,6 +23,8 @@ def auroc(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy.stats import rankdata  # scipy: imported when a metric is computed, not when one is listed
+
     ranks = rankdata(d.confidence)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

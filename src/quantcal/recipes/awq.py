@@ -24,10 +24,11 @@ input cannot be folded that way gets ``s = 1`` (clipping only). Simulated mode s
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes import grid, grid_record
@@ -58,6 +59,8 @@ def quantize_with_grid(w: torch.Tensor, bits: int, group_size: int) -> tuple[tor
     """AWQ's zero-point grid, group-wise along the input dimension (``group_size`` must divide the columns): the
     dequantized weight and the (rows, groups) scales (float16 values, :func:`quantcal.recipes.grid.storable`) and
     zeros."""
+    import torch
+
     rows, cols = w.shape
     g = cols if group_size <= 0 else group_size
     x = w.reshape(-1, g)
@@ -89,6 +92,8 @@ class ScaleSearch:
 def search_scale(weights: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int, group_size: int,
                  n_grid: int = 20) -> ScaleSearch:
     """The shared input-channel scale of linears ``weights`` (each ``(out, in)``) reading inputs ``x`` ``(tokens, in)``."""
+    import torch
+
     w = torch.cat(weights).float()
     x = x.float()
     reference = x @ w.T
@@ -108,6 +113,8 @@ def search_scale(weights: list[torch.Tensor], x: torch.Tensor, mean_abs: torch.T
 def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int, steps: int = CLIP_STEPS) -> torch.Tensor:
     """Per (row, group) clipping bound ``m`` of ``w`` ``(out, in)`` minimising the group's partial output error on
     inputs ``x`` ``(tokens, in)``; returns ``m`` as ``(out, groups)``."""
+    import torch
+
     rows, cols = w.shape
     g = cols if group_size <= 0 else group_size
     wg = w.float().reshape(rows, 1, cols // g, g)
@@ -131,6 +138,8 @@ def search_clip(w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int, st
 
 
 def clip(w: torch.Tensor, bounds: torch.Tensor, group_size: int) -> torch.Tensor:
+    import torch
+
     rows, cols = w.shape
     g = cols if group_size <= 0 else group_size
     m = bounds.reshape(rows, cols // g, 1)
@@ -150,6 +159,8 @@ class AWQLayer:
 def quantize_group(weights: dict[str, torch.Tensor], x: torch.Tensor, mean_abs: torch.Tensor, bits: int,
                    group_size: int, n_grid: int, do_clip: bool, scale: bool) -> tuple[dict[str, AWQLayer], float]:
     """AWQ for linears sharing one input: scale search (if ``scale``), clipping, quantization."""
+    import torch
+
     alpha = 0.0
     s = torch.ones(x.shape[1])
     if scale:
@@ -171,6 +182,9 @@ def quantize_group(weights: dict[str, torch.Tensor], x: torch.Tensor, mean_abs: 
 
 def input_groups(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> list[list[str]]:
     """Linears of ``layer`` grouped by the input tensor they read (same storage in one forward)."""
+    from torch import nn
+    import torch
+
     seen: dict[tuple, list[str]] = {}
     alive: list[torch.Tensor] = []  # held so that no later input can reuse a freed input's storage address
     handles = []
@@ -198,6 +212,8 @@ def fold_producer(name: str) -> str | None:
 
 def foldable(group: list[str], modules: dict[str, nn.Module]) -> bool:
     """Whether ``1/s`` can be folded into the producer of the group's input (see module docstring)."""
+    from torch import nn
+
     if len(group) > 1:
         return True
     name = group[0]
@@ -228,6 +244,8 @@ class _Inputs:
         return self.abs_sum / max(self.count, 1)
 
     def sample(self) -> torch.Tensor:
+        import torch
+
         return torch.cat(self.rows)
 
 
@@ -257,6 +275,8 @@ def awq_model(model: nn.Module, calibration: torch.Tensor, bits: int, group_size
     """Quantize every linear in the decoder blocks in place (simulated). Returns per layer: the chosen ``alpha``,
     whether it was scaled, and the relative output error on the subsampled calibration inputs; ``grids``, when
     given, receives each layer's grid (with ``s`` as its input scale when the layer was scaled)."""
+    import torch
+
     check_model(model, group_size)
     hidden, kwargs = capture_layer_inputs(model, calibration)
     layers = decoder_layers(model)

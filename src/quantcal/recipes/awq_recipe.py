@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 from quantcal.recipes import calibration, grid
 from quantcal.recipes.awq import awq_model, check_model

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 from quantcal.errors import QuantcalError
-from quantcal.packed_load import keep_compute_dtype
 from quantcal.recipes.layers import block_linears, mean_bits
 from quantcal.recipes.spec import Param
 
 if TYPE_CHECKING:
-    from quantcal.models import LoadedModel, ModelSource
+    from quantcal.sources.models import LoadedModel, ModelSource
 
 PARAMS = {
     "type": Param(str, None, choices=("nf4", "fp4", "int8")),
@@ -73,7 +73,8 @@ def load_native(source: ModelSource, params: dict[str, Any], dtype: str = "auto"
     """The reference with bitsandbytes modules in its decoder blocks (transformers' ``BitsAndBytesConfig``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from quantcal.models import LoadedModel, dequantized_gguf_copy, resolve_dtype
+    from quantcal.sources.models import LoadedModel, dequantized_gguf_copy, resolve_dtype
+    from quantcal.sources.packed_load import keep_compute_dtype
 
     _functional()
     if params["type"] != "int8" and params["blocksize"] != 64:

@@ -21,9 +21,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes.spec import Param
@@ -90,14 +91,18 @@ def record(params: dict[str, Any], ids: torch.Tensor) -> dict[str, Any]:
 
 
 def ids_hash(ids: torch.Tensor) -> str:
+    import torch
+
     return hashlib.sha256(ids.to(torch.int64).numpy().tobytes()).hexdigest()[:16]
 
 
 def _cached_self_generated(model: Any, tokenizer: Any, nsamples: int, seqlen: int, seed: int,
                            fingerprint: str) -> torch.Tensor:
+    import torch
+
     import numpy as np
 
-    from quantcal.cache import cache_root
+    from quantcal.sources.cache import cache_root
 
     key = hashlib.sha256(json.dumps([fingerprint, nsamples, seqlen, seed]).encode()).hexdigest()[:20]
     path = cache_root() / "calibration" / f"self-{key}.npy"
@@ -112,6 +117,8 @@ def _cached_self_generated(model: Any, tokenizer: Any, nsamples: int, seqlen: in
 
 
 def _self_generated(model: Any, tokenizer: Any, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    import torch
+
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -156,6 +163,8 @@ def _read_text(path: Path) -> str:
 
 
 def _from_text(text: str, tokenizer: Any, nsamples: int, seqlen: int, seed: int, where: str) -> torch.Tensor:
+    import torch
+
     ids = torch.tensor(tokenizer.encode(text, add_special_tokens=False))
     if ids.numel() <= seqlen:
         raise QuantcalError(f"calibration text {where} has {ids.numel()} tokens; need more than seqlen={seqlen}")
@@ -165,6 +174,8 @@ def _from_text(text: str, tokenizer: Any, nsamples: int, seqlen: int, seed: int,
 
 
 def _c4(tokenizer: Any, nsamples: int, seqlen: int, seed: int) -> torch.Tensor:  # pragma: no cover - needs network
+    import torch
+
     import random
 
     import datasets

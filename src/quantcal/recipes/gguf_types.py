@@ -11,11 +11,11 @@ refuses instead; the layers that fell back are listed in the variant's record.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes import gguf_kquants
@@ -77,6 +77,8 @@ def layer_types(model: nn.Module, name: str, fallback: bool) -> dict[str, str]:
 
 
 def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
+    import torch
+
     name = params["type"]
     types = layer_types(model, name, params["fallback"])
     sizes = []

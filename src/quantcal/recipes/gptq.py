@@ -22,9 +22,10 @@ equal output error: ``benchmarks/gptq_precision.py``), and those codes change th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from quantcal.recipes import grid
 from quantcal.recipes.layers import capture_layer_inputs, decoder_layers, input_gram, relative_output_error, run_block
@@ -41,6 +42,8 @@ class GPTQResult:
 def gptq_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, sym: bool,
                 damp: float = 0.01, desc_act: bool = False, block_size: int = 128,
                 static_groups: bool = False) -> GPTQResult:
+    import torch
+
     w = weight.detach().double().clone()
     h = hessian.detach().double().clone()
     cols = w.shape[1]
@@ -90,6 +93,8 @@ def gptq_model(model: torch.nn.Module, calibration: torch.Tensor, bits: int, gro
     """Quantize every linear in the decoder blocks in place (simulated: weights on the grid, stored in float).
     Returns each layer's relative output error on its calibration inputs; ``results``, when given, receives each
     layer's :class:`GPTQResult` (its group scales and zeros give the integer codes)."""
+    import torch
+
     hidden, kwargs = capture_layer_inputs(model, calibration)
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)

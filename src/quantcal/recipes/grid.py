@@ -16,21 +16,33 @@ exactly the values an exported checkpoint holds (:mod:`quantcal.recipes.packed_e
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 from quantcal.recipes.layers import mean_bits
 
-#: The dtype checkpoints store group scales in; the simulated grid uses the same values.
-SCALE_DTYPE = torch.float16
+#: The dtype checkpoints store group scales in (a ``torch`` dtype's name); the simulated grid uses the same values.
+SCALE_DTYPE = "float16"
+
+
+def scale_dtype() -> torch.dtype:
+    """:data:`SCALE_DTYPE` as a torch dtype."""
+    import torch
+
+    return getattr(torch, SCALE_DTYPE)
 
 
 def storable(scale: torch.Tensor) -> torch.Tensor:
     """``scale`` rounded to :data:`SCALE_DTYPE` (never to zero), kept in its own dtype."""
-    return scale.clamp_min(2.0 ** -24).to(SCALE_DTYPE).to(scale.dtype)
+    return scale.clamp_min(2.0 ** -24).to(scale_dtype()).to(scale.dtype)
 
 
 def fit(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row scale and zero for ``w`` of shape (rows, group columns)."""
+    import torch
+
     maxq = 2 ** bits - 1
     lo = torch.clamp(w.min(dim=1).values, max=0)
     hi = torch.clamp(w.max(dim=1).values, min=0)
@@ -47,6 +59,8 @@ def fit(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tens
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """Dequantized values on the grid; ``w`` is (rows,) or (rows, cols) with per-row scale/zero."""
+    import torch
+
     maxq = 2 ** bits - 1
     if w.dim() == 2:
         scale, zero = scale[:, None], zero[:, None]
@@ -57,6 +71,8 @@ def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
 def rtn(weight: torch.Tensor, bits: int, group_size: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round-to-nearest, group-wise along the input dimension; a ragged last group is allowed. Returns the
     dequantized weight and the (rows, groups) scales and zeros."""
+    import torch
+
     w = weight.float()
     cols = w.shape[1]
     g = cols if group_size <= 0 else group_size

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes import grid as integer_grid
@@ -29,7 +30,7 @@ from quantcal.recipes.spec import Param
 FILE = "quantcal-grid/grid.safetensors"
 
 #: ``mode`` of the integer recipes: the simulated float weights, or ``native``: the same grid written as a
-#: compressed-tensors checkpoint (:mod:`quantcal.model_export`) and loaded from it: transformers unpacks it, vLLM
+#: compressed-tensors checkpoint (:mod:`quantcal.export.model_export`) and loaded from it: transformers unpacks it, vLLM
 #: (``backend`` vllm) runs its quantized kernels on it.
 MODE = Param(str, "simulated", choices=("simulated", "native"), key_default=False,
              help="simulated float weights, or native: scored from the exported compressed-tensors checkpoint "
@@ -49,7 +50,9 @@ class LayerGrid:
     def of(scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int, cols: int, sym: bool,
            input_scale: Optional[torch.Tensor] = None) -> "LayerGrid":
         """From a recipe's fitted (rows, groups) scales and zeros (any float dtype)."""
-        return LayerGrid(integer_grid.storable(scale.float()).to(integer_grid.SCALE_DTYPE),
+        import torch
+
+        return LayerGrid(integer_grid.storable(scale.float()).to(integer_grid.scale_dtype()),
                          torch.round(zero).to(torch.uint8), bits, cols if group_size <= 0 else group_size, sym,
                          None if input_scale is None else input_scale.float())
 
@@ -57,7 +60,7 @@ class LayerGrid:
 def rows_rescaled(scale: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """``scale`` (rows x groups, float16 values) with each row divided by ``s`` and rounded to float16 again: the
     scales of a layer whose output rows absorb the next layer's AWQ input scale ``1/s`` (float32 result)."""
-    return (scale.float() / s.float()[:, None]).clamp_min(2.0 ** -24).to(integer_grid.SCALE_DTYPE).float()
+    return (scale.float() / s.float()[:, None]).clamp_min(2.0 ** -24).to(integer_grid.scale_dtype()).float()
 
 
 def _expand(t: torch.Tensor, group_size: int, cols: int) -> torch.Tensor:
@@ -66,6 +69,8 @@ def _expand(t: torch.Tensor, group_size: int, cols: int) -> torch.Tensor:
 
 def codes(weight: torch.Tensor, layer: LayerGrid, name: str = "layer") -> torch.Tensor:
     """The integer codes (uint8, rows x cols) of a stored weight on ``layer``'s grid; refuses one that is not on it."""
+    import torch
+
     w = weight.float() if layer.input_scale is None else weight.float() * layer.input_scale
     cols = w.shape[1]
     scale, zero = _expand(layer.scale, layer.group_size, cols), _expand(layer.zero, layer.group_size, cols)

@@ -11,10 +11,11 @@ not used; transformers' ``HqqConfig`` raises NotImplementedError in transformers
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes.layers import block_linears
@@ -37,6 +38,8 @@ def _quantizer() -> Any:
 
 
 def roundtrip(weight: torch.Tensor, params: dict[str, Any], name: str = "weight") -> torch.Tensor:
+    import torch
+
     if weight.numel() % params["group_size"]:
         raise QuantcalError(f"hqq: group_size={params['group_size']} does not divide {name}'s {weight.numel()} weights")
     codes, meta = _quantizer().quantize(weight.float(), nbits=params["bits"], group_size=params["group_size"],

@@ -6,16 +6,19 @@ the output head stay in float, as GPTQ, AWQ and bitsandbytes do by default.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 from quantcal.errors import QuantcalError
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The model's stack of decoder blocks (``model.model.layers`` for Llama/Gemma/Mistral-style models)."""
+    from torch import nn
+
     for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "model.language_model.layers"):
         obj: Any = model
         for part in path.split("."):
@@ -32,6 +35,8 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 def block_linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
     """``(qualified name, module)`` of every linear layer inside the decoder blocks."""
+    from torch import nn
+
     layers = decoder_layers(model)
     prefix = next(name for name, m in model.named_modules() if m is layers)
     for i, layer in enumerate(layers):
@@ -47,6 +52,8 @@ class _Stop(Exception):
 def capture_layer_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int = 8) -> tuple[list[torch.Tensor], list[dict]]:
     """Hidden states entering the first decoder block for every calibration batch, and the keyword arguments
     each block receives (attention mask, rotary embeddings...; one dict per block, from a single forward)."""
+    import torch
+
     layers = decoder_layers(model)
     per_layer_kwargs: list[dict] = [{} for _ in layers]
     hidden: list[torch.Tensor] = []
@@ -85,6 +92,9 @@ def run_block(layer: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Ten
 
 def input_gram(layer: nn.Module, hidden: list[torch.Tensor], kwargs: dict) -> dict[str, tuple[torch.Tensor, int]]:
     """For each linear in ``layer``: ``X^T X`` of its inputs over all calibration tokens (float64), and the token count."""
+    from torch import nn
+    import torch
+
     stats: dict[str, list] = {}
     handles = []
     for name, module in layer.named_modules():
@@ -113,6 +123,8 @@ def mean_bits(sizes: list[tuple[int, float]]) -> float:
 
 def relative_output_error(w: torch.Tensor, w_q: torch.Tensor, gram: torch.Tensor) -> float:
     """``||X (W_q - W)^T||_F / ||X W^T||_F`` from the Gram matrix ``X^T X`` (no second pass over the data)."""
+    import torch
+
     d = (w_q.double() - w.double())
     num = torch.einsum("ij,jk,ik->", d, gram, d)
     den = torch.einsum("ij,jk,ik->", w.double(), gram, w.double())

@@ -1,7 +1,7 @@
 """The ``mixed`` recipe: calibration-preserving mixed precision.
 
 ``mixed:base=(rtn:bits=3,group_size=64),protect=(rtn:bits=8,group_size=64),budget=4.5,ranking=sens/sensitivity.json``
-keeps the units a sensitivity run (``quantcal sensitivity``, :mod:`quantcal.sensitivity`) found most harmful to
+keeps the units a sensitivity run (``quantcal sensitivity``, :mod:`quantcal.study.sensitivity`) found most harmful to
 calibration at the ``protect`` recipe (another recipe, or ``float``) and quantizes the rest with ``base``.
 
 Selection (:func:`select_units`): units are taken in decreasing order of harm, the unit's paired change of ``rank``
@@ -27,9 +27,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes.spec import Param
@@ -190,7 +191,7 @@ def apply(model: nn.Module, params: dict[str, Any], source: Any = None,
     """Copy every unit's linears from the full build of base or protect (each built once, cached)."""
     from quantcal.recipes import parse_recipe
     from quantcal.recipes.units import model_units
-    from quantcal.recipes.variants import build_variant, checkpoint_tensors
+    from quantcal.recipes.build import build_variant, checkpoint_tensors
 
     ranking = read_ranking(params["ranking"])
     if source is None or ranking["fingerprint"] != source.fingerprint:

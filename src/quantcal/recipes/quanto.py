@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes.layers import block_linears, mean_bits
 from quantcal.recipes.spec import Param
 
 if TYPE_CHECKING:
-    from quantcal.models import LoadedModel, ModelSource
+    from quantcal.sources.models import LoadedModel, ModelSource
 
 PARAMS = {
     "type": Param(str, None, choices=("qint8", "qint4", "qint2")),
@@ -54,6 +54,8 @@ def bits_per_weight(qtype_name: str, in_features: int, group: int) -> float:
 
 
 def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
+    import torch
+
     sizes, groups = [], {}
     for name, linear in block_linears(model):
         module = quantized_linear(linear, params["type"])
@@ -67,7 +69,7 @@ def apply(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:
 
 def load_native(source: ModelSource, params: dict[str, Any], dtype: str = "auto", device: str = "cpu") -> LoadedModel:
     """The reference with every decoder-block linear replaced by quanto's frozen ``QLinear``."""
-    from quantcal.models import load_model
+    from quantcal.sources.models import load_model
 
     loaded = load_model(source, dtype=dtype, device=device)
     modules = dict(loaded.model.named_modules())

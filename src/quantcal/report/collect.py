@@ -18,10 +18,10 @@ from quantcal.analysis import recalibrated_difference, recalibration_report
 from quantcal.errors import QuantcalError
 from quantcal.metrics import DEFAULT_METRICS, as_inputs, get_metric, reliability_bins
 from quantcal.metrics.two_level import method_effect
-from quantcal.predictions import choice_scores
+from quantcal.analysis.predictions import choice_scores
 from quantcal.report.findings import SATURATED, findings
-from quantcal.store import Store
-from quantcal.summary import align, comparison_report, run_metrics, run_predictions
+from quantcal.store.database import Store
+from quantcal.analysis.summary import align, comparison_report, run_metrics, run_predictions
 
 HIST_EDGES = np.linspace(0, 1, 21)
 
@@ -202,7 +202,7 @@ def run_bits_per_weight(config: dict[str, Any]) -> float | None:
     count as 16-bit, as every recipe's packed size does), the built variant's own count for a recipe (read from
     the variant cache, else from a grouped recipe's parameters), None when unknown (an adapter, a variant no
     longer in the cache whose recipe needs the model to count)."""
-    from quantcal.recipes.variants import cached_variant_meta, nominal_bits_per_weight
+    from quantcal.recipes.build import cached_variant_meta, nominal_bits_per_weight
 
     if config.get("adapter"):
         return None

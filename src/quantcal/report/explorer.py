@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any, Sequence
 
-from quantcal.store import Store
-from quantcal.summary import run_predictions
+from quantcal.store.database import Store
+from quantcal.analysis.summary import run_predictions
 
 #: Items per task embedded in the page (the rest are in items.parquet).
 MAX_ITEMS = 3000

@@ -14,9 +14,9 @@ from quantcal.report.explorer import explorer_data
 from quantcal.report.figures import Figure, pareto, sensitivity_figure, task_figures
 from quantcal.report.html import render
 from quantcal.faults import write_text_atomic, writing
-from quantcal.records import item_records, write_records
+from quantcal.analysis.records import item_records, write_records
 from quantcal.report.tables import latex, markdown
-from quantcal.store import Store
+from quantcal.store.database import Store
 from quantcal.versions import package_versions
 
 

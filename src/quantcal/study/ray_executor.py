@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 from quantcal.errors import QuantcalError
-from quantcal.jobs import BatchResult, Job, PendingJob, ScoringOptions, pending_job, score_pending, store_results
-from quantcal.items import Item
-from quantcal.store import Store
+from quantcal.study.jobs import BatchResult, Job, PendingJob, ScoringOptions, pending_job, score_pending, store_results
+from quantcal.tasks.items import Item
+from quantcal.store.database import Store
 from quantcal.study.runner import JobOutcome, PlannedJob, load_options, plan, scoring_options
 from quantcal.study.spec import StudySpec
-from quantcal.variant import LoadOptions, PreparedVariant, VariantDef, prepare
+from quantcal.variants.definition import LoadOptions, PreparedVariant, VariantDef, prepare
 
 
 @dataclass(frozen=True)

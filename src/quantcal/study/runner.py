@@ -13,18 +13,18 @@ from typing import Any, Callable, Optional
 
 from quantcal.analysis.sensitivity import read_sensitivity
 from quantcal.errors import QuantcalError
-from quantcal.jobs import Job, JobResult, ScoringOptions, forbidden_overlap, run_job
+from quantcal.study.jobs import Job, JobResult, ScoringOptions, forbidden_overlap, run_job
 from quantcal.metrics.bootstrap import check_resamples
 from quantcal.finetune.base import BaseConfig
 from quantcal.finetune.data import check_disjoint, load_examples
 from quantcal.finetune.train import FinetuneRun, LoraSettings, TrainSettings, finetune
-from quantcal.models import load_tokenizer, resolve_source
-from quantcal.prompts import PromptSetup, require_chat_template, task_label
-from quantcal.store import Store
+from quantcal.sources.models import load_tokenizer, resolve_source
+from quantcal.tasks.prompts import PromptSetup, require_chat_template, task_label
+from quantcal.store.database import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
 from quantcal.tasks import get_task, load_items
 from quantcal.recipes import FAMILIES
-from quantcal.variant import LoadOptions, Phase, PreparedVariant, VariantDef, prepare
+from quantcal.variants.definition import LoadOptions, Phase, PreparedVariant, VariantDef, prepare
 
 
 @dataclass(frozen=True)

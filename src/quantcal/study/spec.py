@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from quantcal.errors import QuantcalError
 from quantcal.metrics.bootstrap import MAX_RESAMPLES
 from quantcal.metrics.registry import DEFAULT_METRICS
-from quantcal.predictions import normalization_problem
-from quantcal.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
-from quantcal.variant import VariantDef
+from quantcal.analysis.predictions import normalization_problem
+from quantcal.tasks.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
+from quantcal.variants.definition import VariantDef
 
 REFERENCE_NAME = "reference"
 
@@ -144,7 +144,7 @@ class RecalibrationSpec(_Strict):
 
 class ExportSpec(_Strict):
     """After the report: write variants as deployable checkpoints into OUTPUT/checkpoints/NAME, each with its fitted
-    temperature (:func:`quantcal.deployment.export_checkpoint`). ``export: true`` is short for every variant."""
+    temperature (:func:`quantcal.study.deployment.export_checkpoint`). ``export: true`` is short for every variant."""
 
     variants: list[str] = Field(default_factory=list, description="names to export (builds as NAME@seedS, 'reference' "
                                 "too); empty: every variant")
@@ -276,7 +276,7 @@ class StudySpec(_Strict):
             t.limit = min(t.limit, limit) if t.limit else limit
 
     def definition(self, variant: VariantSpec, recipe: Optional[str] = None) -> VariantDef:
-        """The variant as a :class:`~quantcal.variant.VariantDef`: its model (the reference when it has only a
+        """The variant as a :class:`~quantcal.variants.definition.VariantDef`: its model (the reference when it has only a
         recipe or trains its adapter here; else the adapter's recorded base), recipe (``recipe``: one build's),
         adapter and deployment form."""
         adapter = self.adapter_of(variant)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from quantcal.errors import QuantcalError
 from quantcal.tasks.arc import ARC_CHALLENGE, ARC_EASY
 from quantcal.tasks.arithmetic import ARITHMETIC
-from quantcal.tasks.base import Task, load_items
+from quantcal.tasks.base import Task
+from quantcal.tasks.load import load_items
 from quantcal.tasks.boolq import BOOLQ
 from quantcal.tasks.custom import DEFAULT_TEMPLATE, custom_task
 from quantcal.tasks.hellaswag import HELLASWAG

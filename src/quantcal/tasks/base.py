@@ -1,4 +1,4 @@
-"""What a task is, and how its rows become validated :class:`~quantcal.items.Item` records.
+"""What a task is, and how its rows become validated :class:`~quantcal.tasks.items.Item` records.
 
 A task maps one dataset row (Hugging Face schema) to ``(context, choices, gold)`` with the same
 prompt, target delimiter and gold index as lm-evaluation-harness 0.4.x, so accuracies are comparable
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from quantcal.data_files import Row, read_hub_rows, read_local_rows
+from quantcal.tasks.data_files import Row, read_hub_rows, read_local_rows
 from quantcal.errors import QuantcalError
-from quantcal.items import Item
-from quantcal.prompts import PromptSetup
+from quantcal.tasks.items import Item
+from quantcal.tasks.prompts import PromptSetup
 
 #: A row builder returns the question text, the choice strings and the gold index (or, for MC2, all true indices).
 Builder = Callable[[dict[str, Any]], tuple[str, Sequence[str], int | Sequence[int]]]
@@ -62,41 +62,6 @@ class Task:
         if self.hub_path:
             return f"{self.hub_path}" + (f" ({self.hub_config})" if self.hub_config else "") + f" [{self.split}]"
         return "local file (`data_file`)"
-
-
-def load_items(task: Task, data_file: str | Path | None = None, limit: int | None = None,
-               setup: PromptSetup | None = None, tokenizer: Any = None, skip: int = 0) -> list[Item]:
-    """Read the task's rows (local file if given, else the hub, else its generator) and build items, with the prompt
-    ``setup`` (few-shot examples, chat template: the template is ``tokenizer``'s) when one is given.
-
-    ``skip`` leaves out the first rows and ``limit`` keeps the next ones (items ``skip .. skip+limit-1``); an item
-    keeps the id, prompt and few-shot examples it has in the whole file, so a split of the file by ``skip`` and
-    ``limit`` scores the same items as the whole."""
-    if limit is not None and limit < 1:
-        raise QuantcalError(f"`limit` must be a positive number of items, got {limit}")
-    if skip < 0:
-        raise QuantcalError(f"`skip` must be a number of items (0 or more), got {skip}")
-    end = skip + limit if limit is not None else None
-    if task.loader is not None:
-        if data_file is not None:
-            raise QuantcalError(f"{task.name}: lm-eval tasks read their data as their YAML says; point a task YAML's "
-                                "dataset_kwargs at a local file (see `lm_eval_include`) instead of `data_file`")
-        return _skipped(task, task.loader(end, setup or PromptSetup(), tokenizer), skip, data_file)
-    rows = task_rows(task, data_file, end)
-    items = [build_item(task, row) for row in rows]
-    _check_unique_ids(task, items, rows)
-    if setup is not None and not setup.is_default:
-        from quantcal.tasks.fewshot import apply_setup
-
-        items = apply_setup(task, items, rows, setup, data_file, tokenizer)
-    return _skipped(task, items, skip, data_file)
-
-
-def _skipped(task: Task, items: list[Item], skip: int, data_file: str | Path | None) -> list[Item]:
-    if skip and len(items) <= skip:
-        raise QuantcalError(f"task {task.name!r}: `skip` {skip} leaves no item ({len(items)} in "
-                            f"{data_file or task.source})")
-    return items[skip:]
 
 
 def task_rows(task: Task, data_file: str | Path | None = None, limit: int | None = None) -> list[Row]:
@@ -161,7 +126,7 @@ def _item_id(task: Task, row: Row) -> str:
     return str(row.index)
 
 
-def _check_unique_ids(task: Task, items: list[Item], rows: list[Row]) -> None:
+def check_unique_ids(task: Task, items: list[Item], rows: list[Row]) -> None:
     seen: dict[str, str] = {}
     for item, row in zip(items, rows):
         if item.id in seen:

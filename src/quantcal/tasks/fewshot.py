@@ -13,7 +13,7 @@ Samplers (lm-eval's ``api/samplers.py``):
 - ``first_n``: the pool's first K rows (MMLU: of the item's subject), the same for every item.
 
 An example is rendered as its question, the target delimiter and the text of its gold choice (see
-:mod:`quantcal.prompts`).
+:mod:`quantcal.tasks.prompts`).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from quantcal.data_files import Row, read_hub_rows, read_local_rows
+from quantcal.tasks.data_files import Row, read_hub_rows, read_local_rows
 from quantcal.errors import QuantcalError
-from quantcal.items import Item
-from quantcal.prompts import Example, PromptParts, PromptSetup, render
+from quantcal.tasks.items import Item
+from quantcal.tasks.prompts import Example, PromptParts, PromptSetup, render
 from quantcal.tasks.base import Task, build_item, task_rows
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from quantcal.errors import QuantcalError
-from quantcal.items import Item
-from quantcal.prompts import PromptSetup, render_chat_messages, require_chat_template
+from quantcal.tasks.items import Item
+from quantcal.tasks.prompts import PromptSetup, render_chat_messages, require_chat_template
 from quantcal.tasks.base import Task
 
 PREFIX = "lm-eval:"

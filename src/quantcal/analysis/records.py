@@ -8,7 +8,7 @@ Columns (in this order):
   ``item_hash`` (content hash: joins the same item across variants)
 - ``gold`` (first true answer), ``golds`` (all), ``n_choices``, ``pred``, ``confidence`` (max probability),
   ``p_gold`` (probability of ``gold``), ``correct``
-- ``probs`` (softmax over the choices of the length-normalised log-likelihoods, see :mod:`quantcal.predictions`),
+- ``probs`` (softmax over the choices of the length-normalised log-likelihoods, see :mod:`quantcal.analysis.predictions`),
   ``logprobs`` (their logarithms, computed without underflow: ``-log p(gold)`` stays finite where ``p`` reads 0),
   ``logliks``, ``n_tokens``, ``n_chars``, ``n_bytes``, ``greedy``: one entry per choice
 - ``question`` (the full prompt as scored), ``choices`` (the choice texts)
@@ -29,8 +29,8 @@ import numpy as np
 
 from quantcal.errors import QuantcalError
 from quantcal.faults import writing
-from quantcal.predictions import choice_scores, log_softmax_rows, predictions
-from quantcal.store import Store
+from quantcal.analysis.predictions import choice_scores, log_softmax_rows, predictions
+from quantcal.store.database import Store
 
 FORMATS = ("jsonl", "csv", "parquet")
 COLUMNS = ("run_id", "variant", "task", "recipe", "normalization", "position", "item_id", "item_hash", "gold", "golds",

@@ -5,7 +5,7 @@ reference once, and for each unit (a decoder block, or a block's attention or ML
 :mod:`quantcal.recipes.units`) swaps that unit's quantized weights in, scores the ranking items, and swaps them
 back out (the reference's own tensors, so it is restored exactly). The full variant is scored too, for comparison.
 A unit's passes start at its own block, from the reference's hidden states recorded once
-(:mod:`quantcal.depth_replay`: the same scores bit for bit, about half the compute over all units). Every score
+(:mod:`quantcal.engines.depth_replay`: the same scores bit for bit, about half the compute over all units). Every score
 goes to a store (``OUT/sensitivity.sqlite``), one run per (unit, task), so an interrupted run resumes and a
 finished one answers at once. The paired analysis per unit is :mod:`quantcal.analysis.sensitivity`'s; the
 result is written as ``sensitivity.json`` (what the ``mixed`` recipe ranks from), ``sensitivity.md`` (a table) and
@@ -27,18 +27,18 @@ from typing import Any, Callable, Optional, Sequence, Union
 from quantcal.analysis.sensitivity import (SENSITIVITY_METRICS, family_shares, merge_runs, rank_units,
                                           ranking_from_json, read_sensitivity, rows_from_json, sensitivity_file,
                                           unit_sensitivity)
-from quantcal.depth_replay import DepthReplay
+from quantcal.engines.depth_replay import DepthReplay
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
-from quantcal.jobs import Job, ScoringOptions, run_job
-from quantcal.models import DEFAULT_MODEL, LoadedModel, resolve_source
+from quantcal.study.jobs import Job, ScoringOptions, run_job
+from quantcal.sources.models import DEFAULT_MODEL, LoadedModel, resolve_source
 from quantcal.recipes import parse_recipe, recipe_identity
 from quantcal.recipes.units import UNIT_KINDS, Unit, model_units, swapped, unit_block
-from quantcal.recipes.variants import build_variant, checkpoint_tensors, variant_key, variant_meta
-from quantcal.store import open_store
-from quantcal.summary import align
+from quantcal.recipes.build import build_variant, checkpoint_tensors, variant_key, variant_meta
+from quantcal.store.database import open_store
+from quantcal.analysis.summary import align
 from quantcal.tasks import Task, get_task, load_items
-from quantcal.variant import LoadOptions, ModelHolder, Phase, VariantDef, load_variant_model
+from quantcal.variants.definition import LoadOptions, ModelHolder, Phase, VariantDef, load_variant_model
 
 FORMAT_VERSION = 1
 
@@ -107,7 +107,7 @@ def run_sensitivity(
     accuracy against the reference on ``limit`` items of each task (the ranking split); see the module doc.
 
     ``replay`` (default) records the reference's hidden states entering the blocks once and starts each unit's
-    passes at its own block (:mod:`quantcal.depth_replay`; the scores are the same bit for bit, about half the
+    passes at its own block (:mod:`quantcal.engines.depth_replay`; the scores are the same bit for bit, about half the
     compute); ``replay_bytes`` caps the host memory those states take (default: a quarter of the free memory).
 
     Example:
@@ -209,7 +209,7 @@ def _spans(blocks: Sequence[int]) -> str:
 
 
 def _full_variant(built: Path, dtype: str, device: str, source: Any) -> LoadedModel:
-    from quantcal.models import ModelSource, load_model
+    from quantcal.sources.models import ModelSource, load_model
 
     loaded = load_model(ModelSource(str(built), "local", str(built), None, f"variant:{built.name}"), dtype, device)
     return LoadedModel(loaded.model, loaded.tokenizer, source)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from quantcal.cache import file_sha256
-from quantcal.data_files import json_lines
+from quantcal.sources.cache import file_sha256
+from quantcal.tasks.data_files import json_lines
 from quantcal.errors import QuantcalError
-from quantcal.items import Item
-from quantcal.store import Store
+from quantcal.tasks.items import Item
+from quantcal.store.database import Store
 
 SAMPLES = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T[\d\-.]+)\.jsonl$")
 

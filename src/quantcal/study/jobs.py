@@ -1,7 +1,7 @@
 """One evaluation job: score a task's items with a model into the store, resuming what is done.
 
 The model is loaded only if some item still needs scoring, so re-running a finished job is instant.
-How a variant becomes that model is :mod:`quantcal.variant`'s business; this module only scores and stores.
+How a variant becomes that model is :mod:`quantcal.variants.definition`'s business; this module only scores and stores.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from quantcal.cache import file_sha256
-from quantcal.encoding import Encoder
-from quantcal.items import Item
+from quantcal.sources.cache import file_sha256
+from quantcal.engines.encoding import Encoder
+from quantcal.tasks.items import Item
 from quantcal.errors import QuantcalError
 from quantcal.faults import describe, sqlite_cause
-from quantcal.models import LoadedModel, ModelSource, load_tokenizer, model_max_length
-from quantcal.prompts import PromptSetup, chat_template_hash, require_chat_template, scored_delimiter, task_label
-from quantcal.scoring import score_items
-from quantcal.vllm_backend import VLLMModel
-from quantcal.store import Store
+from quantcal.sources.models import LoadedModel, ModelSource, load_tokenizer, model_max_length
+from quantcal.tasks.prompts import PromptSetup, chat_template_hash, require_chat_template, scored_delimiter, task_label
+from quantcal.engines.hf_scorer import score_items
+from quantcal.engines.vllm import VLLMModel
+from quantcal.store.database import Store
 from quantcal.tasks import Task, load_items
 from quantcal.tasks.lm_eval_tasks import items_fingerprint
-from quantcal.variant import ModelHolder
+from quantcal.variants.definition import ModelHolder
 from quantcal.versions import package_versions
 
 #: Bumped when the scorer's numbers could change for the same inputs (a new run, not a resumed one).
@@ -37,7 +37,7 @@ SCORER_VERSION = 1
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    """How items are batched and encoded (how the model is loaded is :class:`quantcal.variant.LoadOptions`)."""
+    """How items are batched and encoded (how the model is loaded is :class:`quantcal.variants.definition.LoadOptions`)."""
 
     batch_size: int = 64  # choice rows per forward pass
     #: padded token positions per pass; None: no cap; "auto": from the device (scoring.auto_batch_tokens)

@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from quantcal.encoding import EncodedItem, Group
+from quantcal.engines.encoding import EncodedItem, Group
 
 #: Rows of (batch x positions x vocabulary) logits turned into log-probabilities at once; bounds memory.
 LOGPROB_CHUNK_ELEMENTS = 1 << 25

@@ -6,7 +6,7 @@
   as the unmerged adapter on ``Linear4bit`` modules up to float rounding.
 - ``nf4-native``: the adapter unmerged on bitsandbytes ``Linear4bit`` modules (slow on a CPU; the real thing).
 - ``merged``: the adapter merged into the float base (serve without a quantized base).
-- ``merged`` + a recipe: merged, then compressed again with any recipe (:mod:`quantcal.variant` hands the merged
+- ``merged`` + a recipe: merged, then compressed again with any recipe (:mod:`quantcal.variants.definition` hands the merged
   checkpoint to the variant cache as the reference).
 
 ``nf4`` and ``merged`` are built once into safetensors checkpoints cached under a key of the base's
@@ -20,11 +20,11 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from quantcal.cache import atomic_dir, cache_root, file_sha256
+from quantcal.sources.cache import atomic_dir, cache_root, file_sha256
 from quantcal.errors import QuantcalError
 from quantcal.finetune.base import BaseConfig, load_base
 from quantcal.finetune.train import META_FILE
-from quantcal.models import LoadedModel, ModelSource, load_model
+from quantcal.sources.models import LoadedModel, ModelSource, load_model
 
 DeployForm = Literal["nf4", "nf4-native", "merged"]
 DEPLOY_FORMS: tuple[str, ...] = ("nf4", "nf4-native", "merged")

@@ -1,6 +1,6 @@
 """Scoring with vLLM (``--backend vllm``): per-choice log-likelihoods from its prompt log-probabilities.
 
-Each item is encoded by quantcal exactly as for the HF backend (:mod:`quantcal.encoding`: lm-eval's tokenisation,
+Each item is encoded by quantcal exactly as for the HF backend (:mod:`quantcal.engines.encoding`: lm-eval's tokenisation,
 left truncation to the window); the engine receives the token ids ``context + choice`` of every choice and, with
 ``prompt_logprobs=1``, returns each prompt token's log-probability and rank. A choice's log-likelihood is the sum
 over its tokens; it is greedy when every one of them has rank 1. Automatic prefix caching (on) computes a context
@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-from quantcal.encoding import EncodedItem
+from quantcal.engines.encoding import EncodedItem
 from quantcal.errors import QuantcalError
-from quantcal.models import ModelSource, dequantized_gguf_copy, resolve_dtype
-from quantcal.scoring import ItemScores, finish_item
-
-if TYPE_CHECKING:
-    from quantcal.variant import LoadOptions
+from quantcal.sources.models import ModelSource, dequantized_gguf_copy, resolve_dtype
+from quantcal.engines.hf_scorer import ItemScores, finish_item
 
 #: Share of the machine's memory a CPU engine reserves (vLLM reads ``gpu_memory_utilization`` as that on a CPU).
 CPU_MEMORY_SHARE = 0.25
@@ -94,12 +91,12 @@ def choice_loglik(prompt_logprobs: Sequence[Any], tokens: Sequence[int], context
     return total, greedy
 
 
-def load_vllm_source(source: ModelSource, options: LoadOptions) -> VLLMModel:
+def load_vllm_source(source: ModelSource, dtype: str = "auto", device: str = "auto",
+                     trust_remote_code: bool = False) -> VLLMModel:
     """A vLLM engine on ``source`` (a bundled or GGUF model through its dequantized safetensors copy) with prefix
     caching on; one line on failure."""
     location = str(dequantized_gguf_copy(source)) if source.kind in ("bundled", "gguf") else source.location
-    return load_vllm(location, resolve_dtype(options.dtype, options.device), options.device == "cpu",
-                     options.trust_remote_code)
+    return load_vllm(location, resolve_dtype(dtype, device), device == "cpu", trust_remote_code)
 
 
 def load_vllm(location: str, dtype: Any, cpu: bool, trust_remote_code: bool = False) -> VLLMModel:

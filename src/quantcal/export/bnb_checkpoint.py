@@ -11,7 +11,7 @@ carries the ``quantization_config`` transformers needs to rebuild the modules.
 
 The simulated variant (bitsandbytes' quantize-dequantize round trip) and the exported checkpoint are the same grid:
 loaded back in float32 compute (quantcal keeps bitsandbytes off its CPU bfloat16 path,
-:func:`quantcal.packed_load.keep_compute_dtype`), they give the simulated variant's log-likelihoods
+:func:`quantcal.sources.packed_load.keep_compute_dtype`), they give the simulated variant's log-likelihoods
 (``tests/test_model_export.py``).
 """
 
@@ -21,10 +21,10 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from quantcal.cache import atomic_dir
+from quantcal.sources.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.model_export import BITSANDBYTES, ExportedModel
-from quantcal.models import ModelSource
+from quantcal.export.formats import BITSANDBYTES, ExportedModel
+from quantcal.sources.models import ModelSource
 from quantcal.recipes.bnb import load_native
 
 #: The module types bitsandbytes puts in place of a quantized linear.

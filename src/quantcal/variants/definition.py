@@ -14,7 +14,7 @@ The load path runs one way (:func:`load_variant_model`):
 The native forms are the only side branches: ``nf4-native`` keeps the adapter unmerged on bitsandbytes 4-bit
 modules, and a ``mode=native`` recipe quantizes the weights with the library's own modules at load time (bnb,
 quanto) or, for the integer recipes (rtn, gptq, awq), is its simulated variant exported as a compressed-tensors
-checkpoint (built once, cached: :func:`quantcal.model_export.native_checkpoint`) that step 4 loads like any other
+checkpoint (built once, cached: :func:`quantcal.export.model_export.native_checkpoint`) that step 4 loads like any other
 checkpoint: transformers reads the packed file (and unpacks it), vLLM runs its quantized kernels on it.
 
 :func:`prepare` does steps 1 and the cheap part of the rest up front (what identifies the variant in the store)
@@ -31,13 +31,14 @@ from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Optional
 
 from quantcal.errors import QuantcalError
-from quantcal.finetune.deploy import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
+from quantcal.variants.adapters import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
-from quantcal.model_export import is_packed_native, native_checkpoint
-from quantcal.models import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source
+from quantcal.export.formats import is_packed_native
+from quantcal.export.model_export import native_checkpoint
+from quantcal.sources.models import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
-from quantcal.recipes.variants import build_variant
+from quantcal.recipes.build import build_variant, variant_meta
 
 
 BACKENDS = ("hf", "vllm")
@@ -233,8 +234,9 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
             return FAMILIES[spec.family].native(weights, dict(spec.params), options.dtype, options.device)
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
     if vllm:
-        from quantcal.vllm_backend import load_vllm_source
+        from quantcal.engines.vllm import load_vllm_source
 
-        return LoadedModel(load_vllm_source(weights, options), load_tokenizer(weights, options.trust_remote_code), source)
+        engine = load_vllm_source(weights, options.dtype, options.device, options.trust_remote_code)
+        return LoadedModel(engine, load_tokenizer(weights, options.trust_remote_code), source)
     loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
     return LoadedModel(loaded.model, loaded.tokenizer, source)

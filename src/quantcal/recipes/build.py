@@ -28,9 +28,9 @@ from typing import Any, Callable
 
 import torch
 
-from quantcal.cache import atomic_dir, cache_root, entry_lock
+from quantcal.sources.cache import atomic_dir, cache_root, entry_lock
 from quantcal.errors import QuantcalError
-from quantcal.models import ModelSource, load_model
+from quantcal.sources.models import ModelSource, load_model
 from quantcal.recipes import FAMILIES, recipe_identity
 from quantcal.recipes import grid_record
 from quantcal.recipes.calibration import calibration_ids
@@ -61,7 +61,7 @@ def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None
                   progress: Callable[[str], None] | None = None) -> Path:
     """The variant's checkpoint directory, built now unless the cache already has it (intact: a damaged cache
     entry, e.g. a truncated weights file, is rebuilt; a damaged ``out`` folder is refused). A cache entry is built
-    under its lock (:func:`quantcal.cache.entry_lock`): a process that finds another one building it waits and then
+    under its lock (:func:`quantcal.sources.cache.entry_lock`): a process that finds another one building it waits and then
     loads what that one built."""
     target = Path(out) if out else variant_dir(source, spec)
     say = progress or (lambda message: None)

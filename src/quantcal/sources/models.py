@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from quantcal import packed_load
-from quantcal.cache import atomic_dir, cache_root, file_sha256
+from quantcal.sources.cache import atomic_dir, cache_root, file_sha256
 from quantcal.errors import QuantcalError
 
 log = logging.getLogger(__name__)
@@ -132,6 +131,8 @@ def load_model(
 ) -> LoadedModel:
     """Load model and tokenizer for ``source`` in eval mode on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantcal.sources import packed_load  # torch: imported only by the commands that load a model
 
     torch_dtype = resolve_dtype(dtype, device)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 from quantcal.analysis import Comparison, compare
 from quantcal.errors import QuantcalError
 from quantcal.metrics import DEFAULT_METRICS, Interval, bootstrap_all, paired_bootstrap
-from quantcal.predictions import Predictions, predictions
-from quantcal.store import ScoredItem, Store
+from quantcal.analysis.predictions import Predictions, predictions
+from quantcal.store.database import ScoredItem, Store
 
 
 @dataclass(frozen=True)

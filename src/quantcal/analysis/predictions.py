@@ -15,7 +15,7 @@ from typing import Literal, Sequence
 import numpy as np
 
 from quantcal.errors import QuantcalError
-from quantcal.store import ScoredItem
+from quantcal.store.database import ScoredItem
 
 Normalization = Literal["none", "tokens", "chars", "bytes"]
 NORMALIZATIONS: tuple[str, ...] = ("none", "tokens", "chars", "bytes")

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 
 from quantcal.errors import QuantcalError
 from quantcal.faults import describe, sqlite_cause
-from quantcal.items import Item
+from quantcal.tasks.items import Item
 
 SCHEMA_VERSION = 1
 #: How long a writer waits for another process's write lock before giving up with a "locked" error.

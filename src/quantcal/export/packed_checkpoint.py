@@ -21,7 +21,7 @@ rounded to float16 again; the simulated AWQ variant applies the same rounding, :
 Loading: transformers reads symmetric checkpoints with its compressed modules (dequantized in float32 at each
 forward: the simulated weights exactly); for asymmetric ones its compressed loader expects an unpacked zero point
 (compressed-tensors 0.20.1 with transformers 5.24), so :func:`load_packed` (and ``quantcal eval`` on the folder)
-passes ``dequantize=True`` and then re-dequantizes in float32 (:mod:`quantcal.packed_load`). vLLM reads both.
+passes ``dequantize=True`` and then re-dequantizes in float32 (:mod:`quantcal.sources.packed_load`). vLLM reads both.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from quantcal.cache import atomic_dir
+from quantcal.sources.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.model_export import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype
-from quantcal import packed_load
+from quantcal.export.formats import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype
+from quantcal.sources import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.awq import fold_producer
 from quantcal.recipes.grid_record import LayerGrid

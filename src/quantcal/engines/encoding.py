@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from quantcal.errors import QuantcalError
-from quantcal.items import Item
+from quantcal.tasks.items import Item
 
 
 @dataclass(frozen=True)
