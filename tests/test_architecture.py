@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"recipes"},
     {"engines"},
     {"finetune"},
-    {"export"},
+    {"checkpoints"},
     {"variants"},
     {"report"},
     {"study"},
@@ -160,3 +160,13 @@ def test_the_cycle_check_sees_a_cycle_through_a_function_level_import(tmp_path: 
     for name, text in source.items():
         (package / name).write_text(text)
     assert cycles(module_graph(tmp_path)) == expected
+
+
+def test_no_package_or_module_shadows_a_public_name() -> None:
+    """``import quantcal.x.y`` binds ``quantcal.x`` on the facade, which would hide a lazily re-exported API name ``x``
+    (a package once named ``export`` turned ``quantcal.export(...)`` into "'module' object is not callable")."""
+    import quantcal
+
+    top = {path.stem if path.is_file() else path.name for path in (SRC / "quantcal").iterdir()
+           if (path.is_dir() and (path / "__init__.py").exists()) or path.suffix == ".py"}
+    assert not top & set(quantcal.__all__), sorted(top & set(quantcal.__all__))

@@ -50,7 +50,7 @@ def test_exported_variant_computes_the_simulated_one(model_fixture: str, recipe:
                                                      request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     from transformers import AutoModelForCausalLM
 
-    from quantcal.export.packed_checkpoint import export_packed, load_packed
+    from quantcal.checkpoints.packed_checkpoint import export_packed, load_packed
     from quantcal.recipes.build import build_variant, variant_meta
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
@@ -78,7 +78,7 @@ def test_exported_variant_computes_the_simulated_one(model_fixture: str, recipe:
 
 
 def test_export_refuses_what_it_cannot_pack(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantcal.export.packed_checkpoint import export_packed
+    from quantcal.checkpoints.packed_checkpoint import export_packed
     from quantcal.recipes.build import build_variant
 
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))

@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 from quantcal.analysis import Comparison
 from quantcal.study.deployment import ExportedCheckpoint, export_checkpoint, export_study
-from quantcal.export.formats import ExportedModel, is_packed_native
-from quantcal.export.model_export import export_variant, native_checkpoint
+from quantcal.checkpoints.formats import ExportedModel, is_packed_native
+from quantcal.checkpoints.model_export import export_variant, native_checkpoint
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.study.jobs import Job, ScoringOptions, require_positive, run_job
@@ -652,7 +652,7 @@ def quantize(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64
 def export_model(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64", out: Union[str, Path] = "",
                  dtype: str = "float32", say: Say = _silent) -> ExportedModel:
     """Build (or find) a variant and write it as the quantized checkpoint deployment engines load with their own
-    kernels (:mod:`quantcal.export.model_export`): RTN, GPTQ (``desc_act=false``) and AWQ as compressed-tensors
+    kernels (:mod:`quantcal.checkpoints.model_export`): RTN, GPTQ (``desc_act=false``) and AWQ as compressed-tensors
     ``pack-quantized`` (vLLM, transformers), ``bnb:*`` as transformers' bitsandbytes serialization. Its
     ``quantcal-variant.json`` carries the variant's record and the bits per weight on disk.
 

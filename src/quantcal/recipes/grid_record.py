@@ -30,7 +30,7 @@ from quantcal.recipes.spec import Param
 FILE = "quantcal-grid/grid.safetensors"
 
 #: ``mode`` of the integer recipes: the simulated float weights, or ``native``: the same grid written as a
-#: compressed-tensors checkpoint (:mod:`quantcal.export.model_export`) and loaded from it: transformers unpacks it, vLLM
+#: compressed-tensors checkpoint (:mod:`quantcal.checkpoints.model_export`) and loaded from it: transformers unpacks it, vLLM
 #: (``backend`` vllm) runs its quantized kernels on it.
 MODE = Param(str, "simulated", choices=("simulated", "native"), key_default=False,
              help="simulated float weights, or native: scored from the exported compressed-tensors checkpoint "

@@ -3,7 +3,7 @@
 The study fits a temperature per variant and task on the variant's choice scores (temperature scaling, Guo et al.
 2017: ``p_j ∝ exp(s_j / T)``; :mod:`quantcal.analysis.recalibration`; ``T`` fitted on all the task's items is what a
 deployment uses, the cross-fitted ones are what the report's "after" numbers use). :func:`export_checkpoint` writes
-the variant in its deployable quantized format when its recipe has one (:mod:`quantcal.export.model_export`:
+the variant in its deployable quantized format when its recipe has one (:mod:`quantcal.checkpoints.model_export`:
 compressed-tensors for RTN / GPTQ / AWQ, bitsandbytes for ``bnb``), else as the float weights the study scored
 (``save_pretrained``), and writes the temperature twice:
 
@@ -30,8 +30,8 @@ from typing import Any, Callable, Optional, Union
 
 from quantcal.sources.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.export.formats import deployable_format, simulated
-from quantcal.export.model_export import export_variant
+from quantcal.checkpoints.formats import deployable_format, simulated
+from quantcal.checkpoints.model_export import export_variant
 from quantcal.sources.models import resolve_source
 from quantcal.recipes.build import build_variant, variant_meta
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, folder_name
@@ -136,7 +136,7 @@ def export_checkpoint(report_dir: Union[str, Path], variant: str, out: Union[str
                       say: Callable[[str], None] = lambda m: None) -> ExportedCheckpoint:
     """Save ``variant`` of the study in ``report_dir`` to ``out`` with its fitted temperature (module doc).
 
-    ``form``: ``quantized`` writes the recipe's deployable format (:mod:`quantcal.export.model_export`: compressed-tensors
+    ``form``: ``quantized`` writes the recipe's deployable format (:mod:`quantcal.checkpoints.model_export`: compressed-tensors
     for RTN/GPTQ/AWQ, bitsandbytes for ``bnb``), ``float`` the variant's float weights (``save_pretrained``),
     ``auto`` the first when the recipe has one. ``require_temperature=False`` writes the checkpoint without a
     temperature when none was fitted (the record says why) instead of refusing."""

@@ -14,7 +14,7 @@ The load path runs one way (:func:`load_variant_model`):
 The native forms are the only side branches: ``nf4-native`` keeps the adapter unmerged on bitsandbytes 4-bit
 modules, and a ``mode=native`` recipe quantizes the weights with the library's own modules at load time (bnb,
 quanto) or, for the integer recipes (rtn, gptq, awq), is its simulated variant exported as a compressed-tensors
-checkpoint (built once, cached: :func:`quantcal.export.model_export.native_checkpoint`) that step 4 loads like any other
+checkpoint (built once, cached: :func:`quantcal.checkpoints.model_export.native_checkpoint`) that step 4 loads like any other
 checkpoint: transformers reads the packed file (and unpacks it), vLLM runs its quantized kernels on it.
 
 :func:`prepare` does steps 1 and the cheap part of the rest up front (what identifies the variant in the store)
@@ -33,8 +33,8 @@ from typing import Any, Callable, ContextManager, Optional
 from quantcal.errors import QuantcalError
 from quantcal.variants.adapters import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
-from quantcal.export.formats import is_packed_native
-from quantcal.export.model_export import native_checkpoint
+from quantcal.checkpoints.formats import is_packed_native
+from quantcal.checkpoints.model_export import native_checkpoint
 from quantcal.sources.models import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec

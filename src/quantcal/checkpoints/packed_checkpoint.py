@@ -36,7 +36,7 @@ import torch
 
 from quantcal.sources.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.export.formats import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype
+from quantcal.checkpoints.formats import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype
 from quantcal.sources import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.awq import fold_producer

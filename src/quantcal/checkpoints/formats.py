@@ -1,6 +1,6 @@
 """The deployable checkpoint formats and which recipe exports to which: the rules both writers
-(:mod:`quantcal.export.packed_checkpoint`, :mod:`quantcal.export.bnb_checkpoint`) and the dispatcher
-(:mod:`quantcal.export.model_export`) share."""
+(:mod:`quantcal.checkpoints.packed_checkpoint`, :mod:`quantcal.checkpoints.bnb_checkpoint`) and the dispatcher
+(:mod:`quantcal.checkpoints.model_export`) share."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from quantcal.sources.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.export.formats import BITSANDBYTES, ExportedModel
+from quantcal.checkpoints.formats import BITSANDBYTES, ExportedModel
 from quantcal.sources.models import ModelSource
 from quantcal.recipes.bnb import load_native
 

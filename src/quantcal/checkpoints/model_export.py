@@ -1,10 +1,10 @@
 """A variant written in the quantized format its deployment engines load, whichever family built it.
 
 - integer grids (RTN, GPTQ with ``desc_act=false``, AWQ): compressed-tensors ``pack-quantized``
-  (:mod:`quantcal.export.packed_checkpoint`), which vLLM and transformers run with their own kernels. Such a recipe with
+  (:mod:`quantcal.checkpoints.packed_checkpoint`), which vLLM and transformers run with their own kernels. Such a recipe with
   ``mode=native`` *is* that checkpoint: :func:`native_checkpoint` builds it once into the cache, and a study or
   ``quantcal eval`` scores it through the engine's quantized modules (vLLM's kernels with ``backend`` vllm);
-- bitsandbytes (``bnb:nf4|fp4|int8``): transformers' bitsandbytes serialization (:mod:`quantcal.export.bnb_checkpoint`).
+- bitsandbytes (``bnb:nf4|fp4|int8``): transformers' bitsandbytes serialization (:mod:`quantcal.checkpoints.bnb_checkpoint`).
 
 Every other recipe has no quantized checkpoint format here (HQQ, GGUF k-quants, quanto, mixed grids, GPTQ with
 ``desc_act``): :func:`deployable_format` says so, and :func:`export_variant` refuses it in one line.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from quantcal.errors import QuantcalError
-from quantcal.export.formats import (BITSANDBYTES, COMPRESSED_TENSORS, PACKABLE, ExportedModel, check_exportable,
+from quantcal.checkpoints.formats import (BITSANDBYTES, COMPRESSED_TENSORS, PACKABLE, ExportedModel, check_exportable,
                                      deployable_format, simulated)
 from quantcal.sources.models import ModelSource
 from quantcal.recipes.spec import RecipeSpec
@@ -27,7 +27,7 @@ def native_checkpoint(source: ModelSource, spec: RecipeSpec, say: Callable[[str]
     """The cached compressed-tensors checkpoint of an integer recipe with ``mode=native``: its simulated variant
     built (or found) and exported once into the native variant's cache folder (float32 tensors beside the packed
     layers); engines load it with their own quantized modules."""
-    from quantcal.export.packed_checkpoint import export_packed
+    from quantcal.checkpoints.packed_checkpoint import export_packed
     from quantcal.recipes.build import build_variant, variant_dir
 
     if spec.family not in PACKABLE or deployable_format(spec) is None:
@@ -56,9 +56,9 @@ def export_variant(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str 
     fmt = check_exportable(spec, out, dtype)
     variant = build_variant(source, simulated(spec) if fmt == COMPRESSED_TENSORS else spec, progress=say)
     if fmt == BITSANDBYTES:
-        from quantcal.export.bnb_checkpoint import export_bnb
+        from quantcal.checkpoints.bnb_checkpoint import export_bnb
 
         return export_bnb(source, dict(spec.params), variant_meta(variant), out, dtype, say)
-    from quantcal.export.packed_checkpoint import export_packed
+    from quantcal.checkpoints.packed_checkpoint import export_packed
 
     return export_packed(variant, out, dtype, say)
