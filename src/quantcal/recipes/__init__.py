@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
-from quantcal.recipes import awq_recipe, bnb, calibration, grid, gguf_types, gptq_recipe, hqq, mixed, quanto, rtn
+from quantcal.recipes import (awq_recipe, bnb, calibration, fp4, fp8, grid, gguf_types, gptq_recipe, hqq, mixed, quanto,
+                              rtn, w8a8)
 from quantcal.recipes.spec import Param, RecipeSpec, parse_spec
 
 
@@ -53,6 +54,15 @@ FAMILIES: dict[str, Family] = {
                   layer_bits=lambda params, in_features: bnb.bits_per_weight(params, in_features)),
     "quanto": Family(quanto.PARAMS, "type", quanto.apply, "optimum-quanto qint8 / qint4 / qint2", quanto.load_native,
                      "optimum-quanto"),
+    "fp8": Family(fp8.PARAMS, None, fp8.apply, "FP8 E4M3 weights and activations (llm-compressor's FP8_DYNAMIC; "
+                  "static or no activation quantization as options)", validate=fp8.validate,
+                  identity=calibration.identity),
+    "w8a8": Family(w8a8.PARAMS, None, w8a8.apply, "INT8 weights per channel and activations per token "
+                   "(compressed-tensors' W8A8)"),
+    "nvfp4": Family(fp4.NVFP4_PARAMS, None, fp4.apply_nvfp4, "NVFP4: E2M1 in blocks of 16 with FP8 scales, weights and "
+                    "activations (acts=none: W4A16)", validate=fp4.validate_nvfp4, identity=calibration.identity),
+    "mxfp4": Family(fp4.MXFP4_PARAMS, None, fp4.apply_mxfp4, "MXFP4: E2M1 in blocks of 32 with E8M0 scales, weights and "
+                    "activations (acts=none: W4A16)"),
     "mixed": Family(mixed.PARAMS, None, mixed.apply,
                     "calibration-preserving mixed precision: the units a sensitivity run ranks most harmful kept at a "
                     "higher-precision recipe, within a bits-per-weight budget",

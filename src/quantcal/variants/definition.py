@@ -39,6 +39,7 @@ from quantcal.sources.models import LoadedModel, ModelSource, load_model, load_t
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.recipes.build import build_variant, variant_meta
+from quantcal.recipes.runtime import install as install_activations, scheme_of
 
 
 BACKENDS = ("hf", "vllm")
@@ -221,6 +222,7 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
         return load_native_adapter(defn.adapter, source, options.dtype, options.device)
     weights = source if defn.adapter is None or form is None else deployed_source(source, defn.adapter, form)
     spec = defn.recipe_spec
+    activations = None
     if spec is not None and is_packed_native(spec):
         path = native_checkpoint(weights, spec, say)  # the exported checkpoint, run by the engine's quantized modules
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
@@ -233,10 +235,16 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
                                     "(quantcal export-model) as the model")
             return FAMILIES[spec.family].native(weights, dict(spec.params), options.dtype, options.device)
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
+        activations = scheme_of(variant_meta(path))
+        if activations is not None and vllm:
+            raise QuantcalError(f"{spec.key}: quantized activations run in quantcal's HF scorer only; vLLM would need "
+                                "the exported checkpoint of this format, which quantcal does not write yet")
     if vllm:
         from quantcal.engines.vllm import load_vllm_source
 
         engine = load_vllm_source(weights, options.dtype, options.device, options.trust_remote_code)
         return LoadedModel(engine, load_tokenizer(weights, options.trust_remote_code), source)
     loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
+    if activations is not None:  # the format's run-time part: its activation quantizers, on every block linear
+        install_activations(loaded.model, activations)
     return LoadedModel(loaded.model, loaded.tokenizer, source)

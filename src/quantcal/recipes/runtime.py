@@ -1,0 +1,124 @@
+"""What a deployment format does at run time: fake quantizers on the input of every decoder-block linear
+(activations), installed on a loaded model from the variant's record.
+
+A recipe's weight part happens at build time (a cached checkpoint); its activation part is the record's ``runtime``
+block (:func:`activation_block`), which :func:`install` turns into forward pre-hooks, so whichever engine calls the
+model's forward (the packed scorer, a plain forward, cross-item prefix sharing) computes with the same quantized
+inputs. Every scheme here is **token-local** (a token's quantized input depends on that token's own values and on
+constants: per-token scales, blocks along the hidden dimension, or static per-tensor scales fixed at build time),
+so packing several choices or items into one row, or sharing a prefix, changes nothing.
+
+Schemes (``format``/``per``): ``fp8``/``token`` (FP8_DYNAMIC), ``fp8``/``tensor_static`` (a per-layer scale from
+the calibration windows' amax / 448), ``int8``/``token`` (W8A8), ``nvfp4``/``group`` (blocks of 16, FP8 block
+scales, a static per-layer global scale from the calibration windows' amax, as compressed-tensors' NVFP4 input
+activations), ``mxfp4``/``group`` (blocks of 32, E8M0 scales). The output head is never quantized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+from quantcal.errors import QuantcalError
+from quantcal.recipes.layers import block_linears
+from quantcal.recipes.number_formats import E4M3_MAX, fake_fp8, fake_int8, fake_mxfp4, fake_nvfp4
+
+SCHEMES = {("fp8", "token"), ("fp8", "tensor_static"), ("int8", "token"), ("nvfp4", "group"), ("mxfp4", "group")}
+#: Schemes whose scales come from the calibration windows (a per-layer input amax).
+STATIC = {("fp8", "tensor_static"), ("nvfp4", "group")}
+
+
+@dataclass(frozen=True)
+class ActivationScheme:
+    format: str
+    per: str
+    amax: dict[str, float] | None = None  # static schemes: each layer's input amax over the calibration windows
+    rounding: str = "nearest"  # mxfp4: the block maximum's rounding to a power of two (number_formats.e8m0_scale)
+
+    def __post_init__(self) -> None:
+        if (self.format, self.per) not in SCHEMES:
+            raise QuantcalError(f"activation quantization {self.format}/{self.per}: not a scheme quantcal runs")
+        if (self.format, self.per) in STATIC and not self.amax:
+            raise QuantcalError(f"activation quantization {self.format}/{self.per} needs calibrated scales")
+
+    def quantizer(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fake quantizer of ``layer``'s input (a tensor whose last dimension is the layer's input features)."""
+        import torch
+
+        if (self.format, self.per) == ("fp8", "token"):
+            return lambda x: fake_fp8(x, dim=-1)
+        if (self.format, self.per) == ("int8", "token"):
+            return lambda x: fake_int8(x, dim=-1)
+        if self.format == "mxfp4":
+            return lambda x: fake_mxfp4(x, rounding=self.rounding)
+        assert self.amax is not None
+        amax = torch.tensor(self.amax[layer], dtype=torch.float32)
+        if self.format == "nvfp4":
+            return lambda x: fake_nvfp4(x, global_amax=amax)
+        scale = (amax / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)  # fp8, static per tensor
+        return lambda x: fake_fp8_static(x, scale)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "per": self.per, **({"amax": self.amax} if self.amax else {}),
+                **({"rounding": self.rounding} if self.format == "mxfp4" else {})}
+
+
+def fake_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """FP8 E4M3 with a fixed scale: ``e4m3(x / s) * s`` (values past ``448 s`` saturate)."""
+    from quantcal.recipes.number_formats import cast_e4m3
+
+    return (cast_e4m3(x.float() / scale) * scale).to(x.dtype)
+
+
+def activation_block(scheme: ActivationScheme | None) -> dict[str, Any]:
+    """The ``runtime`` block of a variant's record (empty when the recipe leaves activations in float)."""
+    return {"runtime": {"activations": scheme.to_json()}} if scheme is not None else {}
+
+
+def scheme_of(record: dict[str, Any]) -> ActivationScheme | None:
+    """The activation scheme a variant's record asks for, if any."""
+    block = record.get("runtime", {}).get("activations")
+    if not block:
+        return None
+    return ActivationScheme(block["format"], block["per"], block.get("amax"), block.get("rounding", "nearest"))
+
+
+def install(model: nn.Module, scheme: ActivationScheme) -> list[Any]:
+    """Forward pre-hooks quantizing every decoder-block linear's input; returns their handles."""
+    handles = []
+    for name, linear in block_linears(model):
+        quantize = scheme.quantizer(name)
+
+        def hook(module: nn.Module, args: tuple, quantize: Callable = quantize) -> tuple:
+            return (quantize(args[0]), *args[1:])
+
+        handles.append(linear.register_forward_pre_hook(hook))
+    return handles
+
+
+def input_amax(model: nn.Module, ids: torch.Tensor, batch_size: int = 4) -> dict[str, float]:
+    """Each decoder-block linear's largest input magnitude over the calibration windows ``ids`` (float model)."""
+    import torch
+
+    amax: dict[str, float] = {}
+    handles = []
+    for name, linear in block_linears(model):
+        def hook(module: nn.Module, args: tuple, name: str = name) -> None:
+            amax[name] = max(amax.get(name, 0.0), float(args[0].detach().abs().amax()))
+
+        handles.append(linear.register_forward_pre_hook(hook))
+    try:
+        with torch.inference_mode():
+            for start in range(0, ids.shape[0], batch_size):
+                model(ids[start:start + batch_size], use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return amax
+
+
+__all__ = ["ActivationScheme", "activation_block", "input_amax", "install", "scheme_of"]

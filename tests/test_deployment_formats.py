@@ -1,0 +1,117 @@
+"""FP8, W8A8, NVFP4 and MXFP4 variants: weights quantized at build time, activations at run time, and the packed
+scorer (with shared prefixes) still equal to a plain forward of the same quantized model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantcal.engines.encoding import Encoder
+from quantcal.engines.hf_scorer import iter_flat, score_items
+from quantcal.errors import QuantcalError
+from quantcal.recipes import parse_recipe
+from quantcal.recipes.layers import block_linears
+from quantcal.recipes.number_formats import fake_fp8, fake_int8, fake_mxfp4
+from quantcal.sources.models import load_model, resolve_source
+from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
+from tests.test_scoring import assert_equals_plain_forward, preamble_items, random_items
+
+CALIB = "nsamples=2,seqlen=32"
+
+
+def by_hand(float_model: torch.nn.Module, weight: callable, act: callable) -> torch.nn.Module:  # noqa: F821
+    """The float model with every block linear's weight and input quantized by hand (no recipe code)."""
+    for _, linear in block_linears(float_model):
+        linear.weight.data = weight(linear.weight.data)
+        linear.register_forward_pre_hook(lambda module, args: (act(args[0]),))
+    return float_model
+
+
+@pytest.mark.parametrize("recipe, weight, act", [
+    ("fp8", lambda w: fake_fp8(w, -1), lambda x: fake_fp8(x, -1)),
+    ("fp8:acts=none", lambda w: fake_fp8(w, -1), lambda x: x),
+    ("fp8:weights=tensor", lambda w: fake_fp8(w, None), lambda x: fake_fp8(x, -1)),
+    ("w8a8", lambda w: fake_int8(w, -1), lambda x: fake_int8(x, -1)),
+    ("mxfp4", fake_mxfp4, fake_mxfp4),
+])
+def test_a_variant_computes_what_its_format_says(tiny_llama: Path, env_cache: Path, recipe: str, weight, act) -> None:  # noqa: ANN001
+    source = resolve_source(str(tiny_llama))
+    variant = load_variant_model(VariantDef(str(tiny_llama), parse_recipe(recipe).key), source, LoadOptions(dtype="float32"))
+    reference = by_hand(load_model(source, dtype="float32").model, weight, act)
+    ids = torch.randint(0, 1000, (2, 24))
+    with torch.inference_mode():
+        assert torch.equal(variant.model(ids).logits, reference(ids).logits)
+
+
+@pytest.mark.parametrize("recipe", ["fp8:acts=tensor_static," + CALIB, "nvfp4:" + CALIB, "w8a8", "mxfp4"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+def test_packed_and_shared_prefix_scoring_stay_exact_with_quantized_activations(
+        fixture: str, recipe: str, env_cache: Path, request: pytest.FixtureRequest) -> None:
+    """Every activation scheme is token-local, so a packed row or a shared prefix gives each choice the
+    log-likelihood of its own plain forward through the same quantized model.
+
+    In float64: packing changes matmul shapes, so the float sums before a quantizer differ in their last bits, and in
+    float32 such a difference occasionally moves a value across a rounding boundary of the 4- or 8-bit grid (one
+    code, a 2e-4 change of a log-likelihood seen once under load). Token-locality is what is tested; float64 makes
+    that boundary case vanishingly rare without loosening the tolerance."""
+    path = request.getfixturevalue(fixture)
+    lm = load_variant_model(VariantDef(str(path), parse_recipe(recipe).key), resolve_source(str(path)),
+                            LoadOptions(dtype="float32"))
+    lm.model.double()
+    encoder = Encoder(lm.tokenizer, max_length=512)
+    for items, shared in ((random_items(8, seed=3), None), (preamble_items(8, seed=4), 4)):
+        encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
+        kwargs = {"min_shared_prefix": shared, "min_shared_saving": 0} if shared else {}
+        results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=16, **kwargs))}
+        assert_equals_plain_forward(lm.model, encoded, results)
+
+
+def test_static_scales_are_recorded_and_change_the_output(tiny_llama: Path, env_cache: Path) -> None:
+    from quantcal.recipes.build import build_variant, variant_meta
+
+    source = resolve_source(str(tiny_llama))
+    meta = variant_meta(build_variant(source, parse_recipe("fp8:acts=tensor_static," + CALIB)))
+    amax = meta["runtime"]["activations"]["amax"]
+    assert meta["runtime"]["activations"]["per"] == "tensor_static"
+    assert len(amax) == len(list(block_linears(load_model(source).model))) and all(v > 0 for v in amax.values())
+    assert 8 < meta["bits_per_weight"] < 9
+
+
+@pytest.mark.parametrize("recipe, words", [
+    ("nvfp4:acts=none,block=8", "unknown"),
+    ("mxfp4:scale_rounding=up", "scale_rounding"),
+    ("fp8:weights=row", "weights"),
+])
+def test_bad_format_parameters_are_one_line(recipe: str, words: str) -> None:
+    with pytest.raises(QuantcalError, match=words):
+        parse_recipe(recipe)
+
+
+def test_a_block_that_does_not_divide_a_layer_is_refused(tmp_path: Path, smol_checkpoint: Path,
+                                                         env_cache: Path) -> None:
+    """A model whose hidden size is not a multiple of 32 cannot take MXFP4 blocks: one line naming the layer."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import _save_tiny
+
+    vocab = json.loads((smol_checkpoint / "config.json").read_text())["vocab_size"]
+    config = LlamaConfig(vocab_size=vocab, hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2)
+    path = _save_tiny(tmp_path / "odd", LlamaForCausalLM(config).eval(), smol_checkpoint)
+    with pytest.raises(QuantcalError, match="48 input features, not a multiple of the 32-value block"):
+        load_variant_model(VariantDef(str(path), "mxfp4"), resolve_source(str(path)))
+
+
+def test_quantized_activations_refuse_the_vllm_backend(tiny_llama: Path, env_cache: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    with pytest.raises(QuantcalError, match="quantized activations run in quantcal's HF scorer only"):
+        load_variant_model(VariantDef(str(tiny_llama), "w8a8"), resolve_source(str(tiny_llama)),
+                           LoadOptions(backend="vllm"))
