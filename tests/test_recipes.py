@@ -26,7 +26,7 @@ def test_spec_canonical_key_and_errors() -> None:
     assert parse_recipe("bnb:nf4,mode=simulated").key == "bnb:blocksize=64,double_quant=false,type=nf4"
     native = parse_recipe("bnb:nf4,mode=native")
     assert native.key == "bnb:blocksize=64,double_quant=false,mode=native,type=nf4" and native.slug == "bnb-nf4-native"
-    for bad, message in [("awk:bits=4", "known recipes: awq, bnb, gguf, gptq, hqq, mixed, quanto, rtn"),
+    for bad, message in [("awk:bits=4", "known recipes: awq, bnb, fp8, gguf, gptq, hqq, mixed, mxfp4, nvfp4, quanto, rtn, w8a8"),
                          ("quanto:qint3", "one of qint8, qint4, qint2"), ("hqq:bits=5", "one of 1, 2, 3, 4, 8"), ("rtn:bits=9", "in [2, 8]"),
                          ("rtn:group_size=0", "not 0"), ("rtn:colour=red", "valid keys: bits"),
                          ("gguf:q9_9", "one of q8_0"), ("bnb", "type is required"), ("rtn:sym=perhaps", "true, false")]:
@@ -207,6 +207,7 @@ def test_two_processes_sharing_a_cache_build_a_variant_once(tmp_path: Path, tiny
     assert said == [f"waiting for another process that is building {spec.key}"]  # then the cache hit: no build
 
 
+@pytest.mark.heavy
 def test_gptq_variant_layer_error_below_rtn(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.recipes.build import build_variant, variant_meta
 
@@ -233,7 +234,7 @@ def test_hqq_groups_have_at_most_2_pow_bits_values(bits: int, group: int, axis: 
         hqq.roundtrip(torch.randn(3, 10), params, "tiny")
 
 
-@pytest.mark.parametrize("kind,levels", [("qint8", 256), ("qint4", 16), ("qint2", 4)])
+@pytest.mark.parametrize("kind,levels", [("qint8", 256), pytest.param("qint4", 16, marks=pytest.mark.heavy), ("qint2", 4)])
 def test_quanto_grid_and_group_choice(kind: str, levels: int) -> None:
     pytest.importorskip("optimum.quanto")
     from quantcal.recipes import quanto

@@ -31,7 +31,7 @@ _EXPORTS = {
         "EvalResult", "TaskResult", "StudyPlan", "StudyResult", "RunMetrics", "PairedComparison", "Variant",
         "FinetuneResult", "ImportedRun", "DEFAULT_MODEL", "run_sensitivity", "load_sensitivity", "merge_sensitivity",
         "SensitivityResult",
-        "export_checkpoint", "ExportedCheckpoint", "export_model", "ExportedModel")},
+        "export_checkpoint", "ExportedCheckpoint", "export_model", "ExportedModel", "verify_cache", "EntryCheck")},
     "QuantcalError": "quantcal.errors",
     "StudySpec": "quantcal.study.spec",
     "VariantDef": "quantcal.variants.definition",

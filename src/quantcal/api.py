@@ -31,10 +31,13 @@ from quantcal.tasks.items import Item
 from quantcal.store.lm_eval_import import import_samples, samples_files
 from quantcal.metrics import DEFAULT_METRICS, Interval, get_metric
 from quantcal.metrics.bootstrap import check_resamples
-from quantcal.sources.models import DEFAULT_MODEL, load_tokenizer, resolve_dtype, resolve_source
+from quantcal.sources.cache import cache_root, remove_entry
+from quantcal.sources.manifest import EntryCheck, check_entries
+from quantcal.sources.models import DEFAULT_MODEL, check_device, load_tokenizer, resolve_dtype, resolve_source
 from quantcal.analysis.predictions import normalization_problem, task_summary
 from quantcal.tasks.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
-from quantcal.tasks.lm_eval_tasks import PREFIX, GroupSpec, expand_task_names, group_score, is_lm_eval
+from quantcal.tasks.lm_eval_tasks import (PREFIX, GroupSpec, code_consent_error, expand_task_names, group_score,
+                                         is_lm_eval)
 from quantcal.analysis.records import export_store, item_frame
 from quantcal.recipes import parse_recipe
 from quantcal.recipes.build import build_variant, variant_meta
@@ -130,6 +133,7 @@ def evaluate(
     limit: Optional[int] = None,
     skip: int = 0,
     lm_eval_include: Union[str, Path, None] = None,
+    trust_task_code: bool = False,
     num_fewshot: Optional[int] = None,
     fewshot_file: Union[str, Path, None] = None,
     fewshot_seed: int = DEFAULT_FEWSHOT_SEED,
@@ -163,6 +167,8 @@ def evaluate(
         data_file: a local copy of the (single) task's data in hub schema.
         template: the prompt template of the ``custom`` task, e.g. ``"Q: {question}\\nA:"``.
         lm_eval_include: a folder of your own lm-eval task YAMLs (lm-eval's ``--include_path``).
+        trust_task_code: run the Python hooks (``!function``) that the include folder's YAMLs name (lm-eval imports
+            them to load the task); without it such a task is refused before anything runs.
         limit: score only the first ``limit`` items of each task.
         skip: leave out the first ``skip`` items of each task (then ``limit`` more); items keep their ids and
             few-shot examples, so a file can be split into a ranking part and an evaluation part.
@@ -207,8 +213,11 @@ def evaluate(
     elif include is not None:
         raise QuantcalError("`lm_eval_include` goes with lm-eval:NAME tasks")
     task_names, groups = expand_task_names(task_names, include)
-    task_list = [get_task(t, template if t == "custom" else None, include if is_lm_eval(t) else None)
+    task_list = [get_task(t, template if t == "custom" else None, include if is_lm_eval(t) else None, trust_task_code)
                  for t in task_names]
+    for task in task_list:
+        if task.code and not trust_task_code:  # refused before any model loads or any code runs
+            raise code_consent_error(task.name.removeprefix(PREFIX), list(task.code))
     if data_file is not None and not Path(data_file).is_file():
         raise QuantcalError(f"{data_file}: file not found")
     if fewshot_file is not None and not Path(fewshot_file).is_file():
@@ -220,6 +229,7 @@ def evaluate(
     options = ScoringOptions(batch_size, max_batch_tokens, max_length)
     defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
                       str(adapter) if adapter is not None else None, deploy)
+    resolve_dtype(dtype, device)  # a device or dtype this machine cannot use: one line, before anything loads
     variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code, backend), say, phase=phase)
     variant_name = name or variant.default_name
     forbidden = variant.forbidden()
@@ -353,8 +363,8 @@ def plan_study(study: StudyLike = None, *, output: Union[str, Path, None] = None
     if device is not None:
         spec.device = device
     if dtype is not None:
-        resolve_dtype(dtype, spec.device)
         spec.dtype = dtype
+    resolve_dtype(spec.dtype, spec.device)  # the study's device and dtype, or those given: one line if unusable here
     check_plan(spec)
     return StudyPlan(spec, plan(spec))
 
@@ -373,10 +383,10 @@ def _task_groups(spec: StudySpec) -> dict[str, dict[str, Any]]:
     by_name = {t.name: t for t in spec.tasks}
     out = {}
     for g in spec.lm_eval_groups:
-        members = [by_name[m] for m in g["tasks"] if m in by_name]
+        members = [by_name[m] for m in g.tasks if m in by_name]
         if members:
-            out[task_label(g["name"], spec.prompt_setup(members[0]))] = {
-                "tasks": [spec.task_label(m) for m in members], "weight_by_size": g["weight_by_size"]}
+            out[task_label(g.name, spec.prompt_setup(members[0]))] = {
+                "tasks": [spec.task_label(m) for m in members], "weight_by_size": g.weight_by_size}
     return out
 
 
@@ -649,6 +659,22 @@ def quantize(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64
     return Variant(model, spec.key, path, variant_meta(path))
 
 
+def verify_cache(full: bool = True, remove_damaged: bool = False) -> list[EntryCheck]:
+    """Check every entry of quantcal's cache (``$QUANTCAL_CACHE``) against the manifest written when it was built:
+    each file's size and SHA-256 (weights included unless ``full=False``). With ``remove_damaged``, a damaged entry
+    is removed (a symbolic link itself, never what it points to), to be built again when next used.
+
+    Example:
+        >>> [c.path for c in quantcal.verify_cache() if c.problem]   # doctest: +SKIP
+    """
+    checks = check_entries(cache_root(), full)
+    if remove_damaged:
+        for check in checks:
+            if check.problem is not None:
+                remove_entry(check.path)
+    return checks
+
+
 def export_model(model: str = DEFAULT_MODEL, recipe: str = "rtn:bits=4,group_size=64", out: Union[str, Path] = "",
                  dtype: str = "float32", say: Say = _silent) -> ExportedModel:
     """Build (or find) a variant and write it as the quantized checkpoint deployment engines load with their own
@@ -716,6 +742,7 @@ def train_adapter(
     not be trained on (see :func:`holdout_items`); training on one is refused. The adapter is then a variant:
     ``evaluate(adapter=out)``.
     """
+    check_device(device)
     source = resolve_source(model)
     examples = load_examples(data, str(data_file) if data_file else None, skip, take, load_tokenizer(source))
     held = holdout_items(holdout)

@@ -13,13 +13,14 @@ Every other recipe has no quantized checkpoint format here (HQQ, GGUF k-quants, 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Callable
 
 from quantcal.errors import QuantcalError
 from quantcal.checkpoints.formats import (BITSANDBYTES, COMPRESSED_TENSORS, PACKABLE, ExportedModel, check_exportable,
                                      deployable_format, simulated)
+from quantcal.sources.cache import remove_entry
+from quantcal.sources.manifest import manifest_problem, write_manifest
 from quantcal.sources.models import ModelSource
 from quantcal.recipes.spec import RecipeSpec
 
@@ -33,15 +34,18 @@ def native_checkpoint(source: ModelSource, spec: RecipeSpec, say: Callable[[str]
     if spec.family not in PACKABLE or deployable_format(spec) is None:
         raise QuantcalError(f"{spec.key}: no compressed-tensors checkpoint for this recipe")
     target = variant_dir(source, spec)
-    if (target / "quantcal-variant.json").is_file() and (target / "config.json").is_file():
-        return target
+    if target.is_symlink() or (target / "quantcal-variant.json").is_file():
+        problem = "it is a symbolic link" if target.is_symlink() else manifest_problem(target)
+        if problem is None:
+            return target
+        say(f"the cached checkpoint {target.name} is damaged ({problem}); writing it again")
     built = build_variant(source, simulated(spec), progress=say)
-    if target.exists():  # an incomplete entry: written again
-        shutil.rmtree(target)
+    remove_entry(target)  # an incomplete or damaged entry: written again
     exported = export_packed(built, target, "float32", say)
     record = {**exported.record, "recipe": spec.key, "params": spec.params, "mode": "native",
               "checkpoint_size_mb": sum(f.stat().st_size for f in target.glob("*.safetensors")) / 2**20}
     (target / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
+    write_manifest(target)
     return target
 
 

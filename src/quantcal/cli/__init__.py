@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from quantcal.cli.analysis import compare_command, export_command, metrics_command
+from quantcal.cli.cache import cache_app
 from quantcal.cli.catalog import models_command, tasks_command
 from quantcal.cli.evaluate import eval_command
 from quantcal.cli.finetune import finetune_command
@@ -21,6 +22,7 @@ app = typer.Typer(
     help="quantcal: when you compress an LLM, what happens to how much you can trust its confidence?",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: "pip install 'quantcal[lm-eval]'" keeps its brackets
     add_completion=False,
 )
 
@@ -47,6 +49,7 @@ for _name, _command in (
     ("export-model", export_model_command),
 ):
     app.command(_name)(_command)
+app.add_typer(cache_app, name="cache")
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.table import Table
+from rich.text import Text
 
 from quantcal.cli.common import out
 
@@ -27,5 +28,5 @@ def models_command() -> None:
     from quantcal.sources.models import BUNDLED, INSTALL_HINT
 
     for name, about in BUNDLED.items():
-        out.print(f"[bold]{name}[/]: {about}")
+        out.print(Text.assemble((name, "bold"), ": " + about))
     out.print(f"install: {INSTALL_HINT}")

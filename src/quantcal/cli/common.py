@@ -15,9 +15,11 @@ from rich.text import Text
 
 from quantcal.errors import QuantcalError
 
-#: Tables and results go to stdout; news, bars and errors to stderr.
-out = Console()
-console = Console(stderr=True)
+#: Tables and results go to stdout; news, bars and errors to stderr. Neither reads markup: names, paths and
+#: messages come from users (``--name "[/x]v"`` is a name, not a closing tag); our own styling is ``style=``/``Text``.
+#: Lines are not cut to the terminal's width (``soft_wrap``), so a path or a command prints whole, to copy or grep.
+out = Console(markup=False, soft_wrap=True)
+console = Console(stderr=True, markup=False, soft_wrap=True)
 
 #: Library parameters whose CLI flag is not simply ``--`` + the name with dashes.
 FLAG_NAMES = {"tasks": "--task", "names": "--metrics", "cpus_per_job": "--job-cpus", "gpus_per_job": "--job-gpus"}
@@ -78,7 +80,7 @@ def user_errors() -> Iterator[None]:
         console.print(Text.assemble(("error: ", "bold red"), as_flags(str(exc))), soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume (finetune: add --resume)")
+        console.print(Text.assemble(("interrupted", "yellow"), ": finished work is kept; run the same command again to resume (finetune: add --resume)"))
         raise typer.Exit(130) from None
 
 
@@ -109,7 +111,7 @@ def phase(label: str) -> Iterator[None]:
     if not console.is_terminal:  # logs and pipes: the lines around the phase say it, no blank line left behind
         yield
         return
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+    with Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(), console=console,
                   transient=True) as spinner:
         spinner.add_task(as_flags(label), total=None)
         yield

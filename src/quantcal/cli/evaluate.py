@@ -19,6 +19,7 @@ def eval_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Bundled name (smollm2-135m-instruct, gemma3-270m), a .gguf file, a local HF checkpoint directory, or a hub id. Default: {DEFAULT_MODEL} (with --adapter: the adapter's base)."),
     task: str = typer.Option("arithmetic", "--task", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo. lm-eval:NAME runs any multiple-choice task of lm-evaluation-harness's registry (pip install 'quantcal[lm-eval]'); a group such as lm-eval:mmlu runs each of its tasks and aggregates them as lm-eval does."),
     lm_eval_include: Optional[Path] = typer.Option(None, "--lm-eval-include", help="A folder of your own lm-eval task YAMLs (lm-eval's --include_path), e.g. ones reading local files with dataset_path: json."),
+    trust_task_code: bool = typer.Option(False, "--trust-task-code", help="Run the Python hooks (!function) that the --lm-eval-include YAMLs name; lm-eval imports them to load the task. Without it such a task is refused before anything runs. The registry's own tasks need no flag (their code is the installed lm-eval's)."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local copy of the task's data in Hugging Face schema (.jsonl/.json/.parquet/.csv); one task only."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N items of each task (after --skip)."),
     skip: int = typer.Option(0, "--skip", help="Leave out the first N items of each task (items keep their ids and few-shot examples)."),
@@ -57,6 +58,7 @@ def eval_command(
 
         result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
                               data_file=data_file, template=template, limit=limit, skip=skip, lm_eval_include=lm_eval_include,
+                              trust_task_code=trust_task_code,
                               num_fewshot=num_fewshot,
                               fewshot_file=fewshot_file, fewshot_seed=fewshot_seed,
                               apply_chat_template=apply_chat_template,

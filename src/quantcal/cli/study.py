@@ -59,7 +59,8 @@ def run_command(
             console.print(f"checkpoint: {exported.out} ({exported.format})")
         console.print(f"{len(result.jobs)} job(s) in {_duration(time.perf_counter() - start)}", highlight=False)
         if result.failures:
-            console.print(f"[red]{len(result.failures)} of {len(result.jobs)} job(s) failed[/]; the report covers the others")
+            console.print(Text.assemble((f"{len(result.failures)} of {len(result.jobs)} job(s) failed", "red"),
+                                        "; the report covers the others"))
             raise typer.Exit(1)
 
 
@@ -76,7 +77,7 @@ def _print_summary(results: dict[str, Any]) -> None:
                           f"{m['ece']['estimate']:.4f}" if "ece" in m else "—", _delta(p.get("acc")), _delta(p.get("ece")))
         out.print(table)
         for flag in block["deployment"]["flags"]:
-            console.print(f"[yellow]warning[/]: {flag['message']}", highlight=False)
+            console.print(Text.assemble(("warning", "yellow"), ": " + flag["message"]), highlight=False)
     found = results.get("findings", {})
     for b in found.get("blocks", []):
         out.print(Text(f"{b['task']} ({b['normalization']}): " + " | ".join(b["lines"])), soft_wrap=True)

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from quantcal.cli.common import console, out, quiet_transformers, say, user_errors
 from quantcal.sources.models import DEFAULT_MODEL
@@ -50,7 +51,7 @@ def recipes_command() -> None:
     from quantcal.recipes import FAMILIES
 
     for name, family in FAMILIES.items():
-        out.print(f"[bold]{name}[/]: {family.summary}")
+        out.print(Text.assemble((name, "bold"), ": " + family.summary))
         for key, param in family.params.items():
             shown = str(param.default).lower() if isinstance(param.default, bool) else param.default
             default = "required" if param.default is None else f"default {shown}"

@@ -7,8 +7,10 @@ every bootstrap resample at once from the matrix of draw counts (:mod:`quantcal.
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -31,11 +33,27 @@ class Metric:
 
     @property
     def doc(self) -> str:
-        """The definition from the metric's docstring, on one line: its first paragraph, and the formula paragraph
-        after it when the first ends with a colon."""
+        """The definition from the metric's docstring as plain text on one line (its first paragraph, and the
+        formula paragraph after it when the first ends with a colon), then the parameters the headline number uses
+        (``defaults: n_bins=15, binning='width'``)."""
         paragraphs = (self.fn.__doc__ or "").strip().split("\n\n")
         text = paragraphs[0] + (" " + paragraphs[1] if paragraphs[0].rstrip().endswith(":") and len(paragraphs) > 1 else "")
-        return " ".join(text.split())
+        text = plain_text(" ".join(text.split()))
+        shown = ", ".join(f"{k}={'e' if v == np.e else repr(v)}" for k, v in self.defaults.items())
+        return f"{text} Defaults: {shown}." if shown else text
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The metric function's keyword parameters and their defaults (what ``quantcal metrics`` reports with)."""
+        return {name: p.default for name, p in inspect.signature(self.fn).parameters.items()
+                if p.default is not inspect.Parameter.empty and name not in ("labels",)}
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup as plain text: ````x```` -> ``x``, ``:mod:`~a.b``` -> ``b``, ``:func:`a.b``` -> ``a.b``."""
+    text = re.sub(r":[a-z]+:`~?([^`]*)`", lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1),
+                  text)
+    return text.replace("``", "")
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (

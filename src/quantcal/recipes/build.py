@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from quantcal.sources.cache import atomic_dir, cache_root, entry_lock
+from quantcal.sources.cache import atomic_dir, cache_root, entry_lock, remove_entry
+from quantcal.sources.manifest import manifest_problem, write_manifest
 from quantcal.errors import QuantcalError
 from quantcal.sources.models import ModelSource, load_model
 from quantcal.recipes import FAMILIES, recipe_identity
@@ -58,28 +58,31 @@ def variant_dir(source: ModelSource, spec: RecipeSpec) -> Path:
 
 
 def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None,
-                  progress: Callable[[str], None] | None = None) -> Path:
-    """The variant's checkpoint directory, built now unless the cache already has it (intact: a damaged cache
-    entry, e.g. a truncated weights file, is rebuilt; a damaged ``out`` folder is refused). A cache entry is built
-    under its lock (:func:`quantcal.sources.cache.entry_lock`): a process that finds another one building it waits and then
-    loads what that one built."""
+                  progress: Callable[[str], None] | None = None, full_check: bool = False) -> Path:
+    """The variant's checkpoint directory, built now unless the cache already has it intact: every file as its
+    manifest lists it (:mod:`quantcal.sources.manifest`; sizes and small files' hashes, the weights' hashes too with
+    ``full_check``). A damaged cache entry (an edited config, a truncated weights file, a symbolic link in its place)
+    is built again; a damaged ``out`` folder is refused. A cache entry is built under its lock
+    (:func:`quantcal.sources.cache.entry_lock`): a process that finds another one building it waits and then loads
+    what that one built."""
     target = Path(out) if out else variant_dir(source, spec)
     say = progress or (lambda message: None)
     if out:
-        return _build(source, spec, target, out, say)
+        return _build(source, spec, target, out, say, full_check)
     with entry_lock(target, waiting=lambda: say(f"waiting for another process that is building {spec.key}")):
-        return _build(source, spec, target, out, say)
+        return _build(source, spec, target, out, say, full_check)
 
 
-def _build(source: ModelSource, spec: RecipeSpec, target: Path, out: Path | None, say: Callable[[str], None]) -> Path:
-    if (target / "quantcal-variant.json").is_file():
-        problem = entry_problem(target)
+def _build(source: ModelSource, spec: RecipeSpec, target: Path, out: Path | None, say: Callable[[str], None],
+           full_check: bool = False) -> Path:
+    if target.is_symlink() or (target / "quantcal-variant.json").is_file():
+        problem = entry_problem(target, full_check)
         if problem is None:
             return target
         if out:
             raise QuantcalError(f"{target}: a damaged variant ({problem}); remove it or choose another folder")
         say(f"the cached variant {target.name} is damaged ({problem}); building it again")
-        shutil.rmtree(target)
+        remove_entry(target)
     reference = load_model(source, dtype="float32")
     model, tokenizer = reference.model, reference.tokenizer
     originals = {name: m.weight.data.clone() for name, m in block_linears(model)}
@@ -111,6 +114,7 @@ def _build(source: ModelSource, spec: RecipeSpec, target: Path, out: Path | None
                 grid_record.save(grids, scratch)
             meta["checkpoint_size_mb"] = sum(f.stat().st_size for f in scratch.glob("*.safetensors")) / 2**20
         (scratch / "quantcal-variant.json").write_text(json.dumps(meta, indent=2, default=str))
+        write_manifest(scratch)
     return target
 
 
@@ -151,8 +155,14 @@ def probe_ids(model: torch.nn.Module, tokenizer: Any, source: ModelSource) -> to
                            fingerprint=source.fingerprint)
 
 
-def entry_problem(path: Path) -> str | None:
-    """What is wrong with a built variant folder (its record unreadable, weights missing or truncated), or None."""
+def entry_problem(path: Path, full_check: bool = False) -> str | None:
+    """What is wrong with a built variant folder (a symbolic link in a cache entry's place, a file that differs from
+    its manifest, its record unreadable, weights missing or truncated), or None."""
+    if path.is_symlink():
+        return "it is a symbolic link"
+    problem = manifest_problem(path, full_check)
+    if problem is not None:
+        return problem
     try:
         meta = json.loads((path / "quantcal-variant.json").read_text())
     except (OSError, ValueError) as exc:
@@ -226,4 +236,7 @@ def variant_meta(path: Path) -> dict[str, Any]:
     meta_path = Path(path) / "quantcal-variant.json"
     if not meta_path.is_file():
         raise QuantcalError(f"{path}: not a quantcal variant (no quantcal-variant.json)")
-    return json.loads(meta_path.read_text())
+    try:
+        return json.loads(meta_path.read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise QuantcalError(f"{meta_path}: unreadable variant record ({exc})") from None

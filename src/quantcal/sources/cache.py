@@ -16,11 +16,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from quantcal.errors import QuantcalError
+
 
 def cache_root() -> Path:
-    root = Path(os.environ.get("QUANTCAL_CACHE") or Path.home() / ".cache" / "quantcal")
-    root.mkdir(parents=True, exist_ok=True)
+    """``$QUANTCAL_CACHE``, else ``~/.cache/quantcal``: created if missing; one error if it cannot be a folder we
+    write in (a file, a read-only or virtual file system such as ``/proc``)."""
+    from_env = os.environ.get("QUANTCAL_CACHE")
+    root = Path(from_env or Path.home() / ".cache" / "quantcal")
+    named = f"QUANTCAL_CACHE={root}" if from_env else f"the cache folder {root}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise QuantcalError(f"{named} is a file, not a folder; set QUANTCAL_CACHE to a folder quantcal may write in") from None
+    except OSError as exc:
+        raise QuantcalError(f"{named}: cannot create it ({exc.strerror}); set QUANTCAL_CACHE to a folder quantcal "
+                            "may write in") from None
+    if not root.is_dir():
+        raise QuantcalError(f"{named} is not a folder; set QUANTCAL_CACHE to a folder quantcal may write in")
     return root
+
+
+def remove_entry(path: Path) -> None:
+    """Remove a cache entry: a symbolic link is removed itself, never followed into the folder it names."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -51,13 +73,16 @@ def share_like_umask(folder: Path) -> None:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a scratch directory that becomes ``target`` only if the block finishes (with the modes the umask
     gives new files, see :func:`share_like_umask`)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise QuantcalError(f"{target.parent}: cannot write in it ({exc.strerror or exc}); set QUANTCAL_CACHE to a "
+                            "folder quantcal may write in") from None
     try:
         yield scratch
         share_like_umask(scratch)
-        if target.exists():
-            shutil.rmtree(target)
+        remove_entry(target)
         scratch.rename(target)
     finally:
         if scratch.exists():
@@ -74,8 +99,13 @@ def entry_lock(target: Path, waiting: Callable[[], None] | None = None) -> Itera
     except ImportError:  # pragma: no cover - POSIX everywhere quantcal is tested
         yield
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "a") as handle:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(target.parent / f".{target.name}.lock", "a")
+    except OSError as exc:
+        raise QuantcalError(f"{target.parent}: cannot lock a cache entry there ({exc.strerror or exc}); set "
+                            "QUANTCAL_CACHE to a folder quantcal may write in") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

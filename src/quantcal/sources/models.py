@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from quantcal.sources.cache import atomic_dir, cache_root, file_sha256
+from quantcal.sources.cache import atomic_dir, cache_root, file_sha256, remove_entry
+from quantcal.sources.manifest import entry_digest, manifest_problem, write_manifest
 from quantcal.errors import QuantcalError
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,17 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     source: ModelSource
+    #: The digest of the cache entry the weights came from (:func:`quantcal.sources.manifest.entry_digest`), or None
+    #: for a model quantcal did not write (the hub, a user's folder): a store run records it.
+    weights_digest: str | None = None
+
+
+def weights_digest(source: ModelSource) -> str | None:
+    """The digest of the cache entry ``source`` loads from (a built variant, a dequantized GGUF copy), else None."""
+    if source.kind in ("bundled", "gguf"):
+        return entry_digest(dequantized_gguf_copy(source))
+    location = Path(source.location) if source.kind == "local" else None
+    return entry_digest(location) if location is not None and location.is_dir() else None
 
 
 def load_model(
@@ -154,7 +166,7 @@ def load_model(
     packed_load.keep_compute_dtype(model)  # an exported bitsandbytes checkpoint: the compute dtype, on every CPU
     model.to(device)
     model.eval()
-    return LoadedModel(model, tokenizer, source)
+    return LoadedModel(model, tokenizer, source, weights_digest(source))
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
@@ -168,8 +180,35 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
         raise QuantcalError(f"cannot load the tokenizer of {source.spec!r}: {str(exc).splitlines()[0]}") from exc
 
 
-def resolve_dtype(dtype: str, device: str) -> Any:
+def check_device(device: str) -> None:
+    """One error for a device this machine cannot run on (a name torch does not know, CUDA or MPS absent, a GPU
+    index past the last), before any model is loaded."""
     import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise QuantcalError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise QuantcalError(f"`device` {device}: no CUDA GPU is available here (torch {torch.__version__}, {build}); "
+                                "use `device` cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise QuantcalError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise QuantcalError(f"`device` {device}: MPS is not available here; use `device` cpu")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise QuantcalError(f"`device` {device}: quantcal runs on cpu, cuda or mps")
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """The torch dtype for ``dtype`` on ``device`` (``auto``: float32 on CPU, bfloat16 elsewhere); the device is
+    checked first (:func:`check_device`)."""
+    import torch
+
+    check_device(device)
 
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
@@ -185,8 +224,12 @@ def dequantized_gguf_copy(source: ModelSource) -> Path:
     assert source.gguf_file is not None
     key = source.fingerprint.split(":", 1)[1][:24]
     target = cache_root() / "gguf" / key
-    if (target / "quantcal-source.json").is_file():
-        return target
+    if target.is_symlink() or (target / "quantcal-source.json").is_file():
+        problem = "it is a symbolic link" if target.is_symlink() else manifest_problem(target)
+        if problem is None:
+            return target
+        log.warning("the dequantized copy %s is damaged (%s); writing it again", target, problem)
+        remove_entry(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("dequantizing %s once; later loads use %s", source.gguf_file, target)
@@ -204,6 +247,7 @@ def dequantized_gguf_copy(source: ModelSource) -> Path:
         model.save_pretrained(scratch, safe_serialization=True)
         tokenizer.save_pretrained(scratch)
         (scratch / "quantcal-source.json").write_text(json.dumps(source.to_json(), indent=2))
+        write_manifest(scratch)
     return target
 
 

@@ -37,6 +37,8 @@ from quantcal.faults import describe, sqlite_cause
 from quantcal.tasks.items import Item
 
 SCHEMA_VERSION = 1
+#: How far ahead of this host's clock another host's lease may reach (clock skew) before it is cut to our lease.
+CLOCK_SKEW_S = 60.0
 #: How long a writer waits for another process's write lock before giving up with a "locked" error.
 LOCK_TIMEOUT_S = 30.0
 
@@ -183,6 +185,17 @@ class Store:
                              (variant, task, config_hash)).fetchone()
         return int(row[0])
 
+    def run_weights(self, run_id: int) -> str | None:
+        """The digest of the weights a run's items were scored with (recorded when its model first loaded)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (f"weights:{run_id}",)).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_run_weights(self, run_id: int, digest: str) -> str:
+        """Record ``digest`` as the run's weights unless one is recorded already; returns the recorded one."""
+        with self._immediate() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (f"weights:{run_id}", digest))
+            return str(db.execute("SELECT value FROM meta WHERE key=?", (f"weights:{run_id}",)).fetchone()[0])
+
     def set_status(self, run_id: int, status: str, add_seconds: float = 0.0) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET status=?, updated_at=?, seconds=seconds+? WHERE run_id=?",
@@ -229,9 +242,15 @@ class Store:
     def claim(self, run_id: int, wanted: Sequence[str], owner: str, n: int, lease_s: float,
               skip: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
         """Claim up to ``n`` of ``wanted`` (in that order) that are neither stored, nor in ``skip``, nor claimed by
-        another owner whose lease is still running; returns the claimed ids (empty: nothing left to take now)."""
+        another owner whose lease is still running; returns the claimed ids (empty: nothing left to take now).
+
+        A lease reaching further ahead than ``lease_s`` plus :data:`CLOCK_SKEW_S` (a tampered store, or a host whose
+        clock runs far ahead) is cut to ``lease_s`` from now: its owner keeps it by renewing, as any owner does, and
+        a dead owner's items are taken over after at most ``lease_s``, never waited on forever."""
         now = time.time()
         with self._immediate() as db:
+            db.execute("UPDATE claims SET expires=? WHERE run_id=? AND owner<>? AND NOT (expires <= ?)",
+                       (now + lease_s, run_id, owner, now + lease_s + CLOCK_SKEW_S))
             done = {r[0] for r in db.execute("SELECT item_id FROM items WHERE run_id=?", (run_id,))}
             held = {item_id for item_id, other in db.execute(
                 "SELECT item_id, owner FROM claims WHERE run_id=? AND owner<>? AND expires>?", (run_id, owner, now))
@@ -240,6 +259,15 @@ class Store:
             db.executemany("INSERT OR REPLACE INTO claims (run_id, item_id, owner, expires) VALUES (?, ?, ?, ?)",
                            [(run_id, i, owner, now + lease_s) for i in take])
         return take
+
+    def claim_holders(self, run_id: int, owner: str) -> list[tuple[str, int, float]]:
+        """Who else holds live claims on the run's unstored items: ``(owner, items, latest expiry)`` each."""
+        now = time.time()
+        rows = self.db.execute(
+            "SELECT c.owner, COUNT(*), MAX(c.expires) FROM claims c WHERE c.run_id=? AND c.owner<>? AND c.expires>? "
+            "AND NOT EXISTS (SELECT 1 FROM items i WHERE i.run_id=c.run_id AND i.item_id=c.item_id) GROUP BY c.owner",
+            (run_id, owner, now)).fetchall()
+        return [(str(o), int(n), float(e)) for o, n, e in rows if owner_alive(str(o))]
 
     def renew_claims(self, run_id: int, owner: str, lease_s: float) -> None:
         with self.transaction() as db:

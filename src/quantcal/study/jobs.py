@@ -13,7 +13,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from quantcal.sources.cache import file_sha256
@@ -275,7 +275,9 @@ def run_job(
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     loaded_before = model.load_seconds
     if pending.todo:
-        model.get()  # loading and building are their own phase: the item bar starts when scoring does
+        digest = model.get().weights_digest  # loading and building are their own phase: the item bar starts after
+        if digest is not None:
+            job, pending = same_weights(store, job, options, pending, digest, say)
     try:
         result = store_results(store, job, pending,
                                lambda: _claimed_batches(store, pending, job, options, model, owner, say), progress)
@@ -284,6 +286,34 @@ def run_job(
             store.release_claims(pending.run_id, owner)
     result.load_seconds = model.load_seconds if not loaded_before else 0.0
     return result
+
+
+def same_weights(store: Store, job: Job, options: ScoringOptions, pending: PendingJob, digest: str,
+                 say: Callable[[str], None] | None) -> tuple[Job, PendingJob]:
+    """The job and run that score with weights of ``digest``: the run found, when it is new or was scored with the
+    same weights; otherwise (its cache entry was edited or built again differently since) a new run of the job, whose
+    key holds the digest, so that no run mixes the items of two models."""
+    recorded = store.record_run_weights(pending.run_id, digest)
+    if recorded == digest:
+        return job, pending
+    job = replace(job, extra_config={**job.extra_config, "weights": digest})
+    pending = pending_job(store, job, options)
+    store.record_run_weights(pending.run_id, digest)
+    if say is not None:
+        fresh = len(pending.todo) == len(pending.items)
+        say(f"{job.variant} · {job.label}: the variant's files differ from those of its first run (digest {digest}, "
+            f"was {recorded}); " + ("scoring its items again in a new run" if fresh else
+                                    "continuing the run scored with these files"))
+    return job, pending
+
+
+def describe_holders(holders: Sequence[tuple[str, int, float]]) -> str:
+    """``host:pid:token`` (3 items, lease until 12:04:05) and ...: whose claims a process waits for, and when each is
+    taken over unless its owner renews it."""
+    if not holders:
+        return "another process (its claims just ended)"
+    return " and ".join(f"{who} ({n} item(s), lease until {time.strftime('%H:%M:%S', time.localtime(until))}; taken "
+                        "over then unless renewed)" for who, n, until in holders)
 
 
 #: How often a process with nothing left to claim looks again while others hold live claims.
@@ -305,8 +335,8 @@ def _claimed_batches(store: Store, pending: PendingJob, job: Job, options: Scori
             if not left:
                 break
             if not waiting and say is not None:
-                say(f"{job.variant} · {job.label}: waiting for {left} item(s) claimed by another process "
-                    f"(taken over if its lease of {options.claim_lease_s:.0f} s runs out)")
+                say(f"{job.variant} · {job.label}: waiting for {left} item(s) claimed by "
+                    + describe_holders(store.claim_holders(pending.run_id, owner)))
             waiting = True
             time.sleep(CLAIM_POLL_S)  # the rest is claimed by other processes: wait for it, or for their leases
             continue

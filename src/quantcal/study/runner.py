@@ -23,6 +23,7 @@ from quantcal.tasks.prompts import PromptSetup, require_chat_template, task_labe
 from quantcal.store.database import Store
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, TaskSpec
 from quantcal.tasks import get_task, load_items
+from quantcal.tasks.lm_eval_tasks import code_consent_error
 from quantcal.recipes import FAMILIES
 from quantcal.variants.definition import LoadOptions, Phase, PreparedVariant, VariantDef, prepare
 
@@ -42,7 +43,8 @@ class PlannedJob:
     def job(self, prepared: PreparedVariant, dtype: str = "auto") -> Job:
         """The evaluation job: this task's items scored with the prepared variant."""
         forbidden, reason = prepared.forbidden()
-        return Job(self.variant, prepared.source, get_task(self.task.name, self.task.template, self.task.include),
+        return Job(self.variant, prepared.source, get_task(self.task.name, self.task.template, self.task.include,
+                                                                  self.task.trust_task_code),
                    self.task.data_file, self.task.limit, self.task.template, prepared.config, dtype, self.setup,
                    self.task.skip, forbidden, reason)
 
@@ -93,7 +95,11 @@ def check_plan(spec: StudySpec) -> None:
     """Fail before any work on what can be checked: task names, recipes, data files, templates, tasks whose data
     cannot be reached (hub tasks offline), and whether the report's bootstrap fits in memory for each task."""
     for t in spec.tasks:
-        task = get_task(t.name, t.template, t.include)
+        task = get_task(t.name, t.template, t.include, t.trust_task_code)
+        if task.code:  # its items come from code: never run while planning, and only with consent when scoring
+            if not t.trust_task_code:
+                raise code_consent_error(t.name.removeprefix("lm-eval:"), list(task.code))
+            continue
         setup = spec.prompt_setup(t)
         for what, path in (("data file", t.data_file), ("few-shot file", t.fewshot_file)):
             if path and not Path(path).is_file():
@@ -142,7 +148,7 @@ def _check_forbidden(spec: StudySpec, jobs: list[PlannedJob]) -> None:
             continue
         hashes, reason = hook(dict(recipe.params))
         for t in spec.tasks:
-            task = get_task(t.name, t.template, t.include)
+            task = get_task(t.name, t.template, t.include, t.trust_task_code)
             if task.loader is not None:
                 continue  # lm-eval's items are built at scoring time, and checked there
             problem = forbidden_overlap(load_items(task, t.data_file, t.limit, skip=t.skip), hashes, reason)
@@ -162,7 +168,7 @@ def _check_training_source(data: str, data_file: Optional[str]) -> None:
 def study_items(spec: StudySpec) -> list[Any]:
     """Every item the study evaluates (what fine-tuning must hold out)."""
     return [it for t in spec.tasks
-            for it in load_items(get_task(t.name, t.template, t.include), t.data_file, t.limit, skip=t.skip)]
+            for it in load_items(get_task(t.name, t.template, t.include, t.trust_task_code), t.data_file, t.limit, skip=t.skip)]
 
 
 def train_adapters(spec: StudySpec, progress: Callable[[int, int], Any] | None = None,

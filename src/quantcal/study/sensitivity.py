@@ -31,7 +31,7 @@ from quantcal.engines.depth_replay import DepthReplay
 from quantcal.errors import QuantcalError
 from quantcal.faults import check_writable_dir, write_text_atomic
 from quantcal.study.jobs import Job, ScoringOptions, run_job
-from quantcal.sources.models import DEFAULT_MODEL, LoadedModel, resolve_source
+from quantcal.sources.models import DEFAULT_MODEL, LoadedModel, resolve_dtype, resolve_source
 from quantcal.recipes import parse_recipe, recipe_identity
 from quantcal.recipes.units import UNIT_KINDS, Unit, model_units, swapped, unit_block
 from quantcal.recipes.build import build_variant, checkpoint_tensors, variant_key, variant_meta
@@ -119,6 +119,7 @@ def run_sensitivity(
         raise QuantcalError(f"unknown unit {unit!r}; units: {', '.join(UNIT_KINDS)}")
     if limit is not None and limit < 1:
         raise QuantcalError(f"`limit` must be at least 1, got {limit}")
+    resolve_dtype(dtype, device)  # one line for a device or dtype this machine cannot use, before any build
     spec = parse_recipe(recipe)
     if spec.family == "mixed" or spec.params.get("mode", "simulated") != "simulated":
         raise QuantcalError(f"sensitivity swaps a simulated recipe's weights unit by unit; {spec.key} is not one")

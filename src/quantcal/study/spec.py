@@ -129,6 +129,17 @@ class TaskSpec(_Strict):
     num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples (default: the study's num_fewshot)")
     fewshot_file: Optional[str] = Field(None, description="local file to draw the few-shot examples from")
     fewshot_seed: int = Field(DEFAULT_FEWSHOT_SEED, description="seed of the few-shot sampler (lm-eval's 1234)")
+    trust_task_code: bool = Field(False, description="run the Python hooks (!function) of this task's include folder")
+
+
+class LmEvalGroup(_Strict):
+    """An lm-eval group a study's tasks came from (``tasks: [lm-eval:mmlu]`` expands to its members, each a task of
+    the study); the report adds the group's line, aggregated as lm-eval does. Written by quantcal when it reads the
+    study (a study saved in results.json carries it); every member must be one of the study's tasks."""
+
+    name: str = Field(pattern=r"^lm-eval:\S+$")
+    tasks: list[str] = Field(min_length=1)
+    weight_by_size: bool = True
 
 
 class BootstrapSpec(_Strict):
@@ -177,6 +188,9 @@ class StudySpec(_Strict):
     num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples before each question (a task may set "
                                        "its own; default: each task's own, 0 or its lm-eval YAML's num_fewshot)")
     apply_chat_template: bool = Field(False, description="render prompts through the tokenizer's chat template")
+    trust_task_code: bool = Field(False, description="run the Python hooks (!function) that lm-eval tasks of an "
+                                  "include folder name; without it such a task is refused, and a dry run never runs "
+                                  "them (the registry's own tasks need no consent: their code is the installed lm-eval's)")
     system_instruction: Optional[str] = Field(None, description="text before the task description (a system turn)")
     fewshot_as_multiturn: Optional[bool] = Field(None, description="chat: each few-shot example as its own exchange "
                                                  "(default: on with a chat template, as lm-eval)")
@@ -184,7 +198,7 @@ class StudySpec(_Strict):
                                    "folders or their sensitivity.json) for the report's 'where it breaks' section")
     export: Optional[ExportSpec] = Field(None, description="write variants as deployable checkpoints after the report "
                                          "(OUTPUT/checkpoints/NAME); true: every variant")
-    lm_eval_groups: list[dict[str, Any]] = Field(default_factory=list, description="filled in when the study is read: "
+    lm_eval_groups: list[LmEvalGroup] = Field(default_factory=list, description="filled in when the study is read: "
                                                  "the lm-eval groups its tasks came from (name, tasks, weight_by_size)")
 
     @field_validator("tasks", mode="before")
@@ -221,6 +235,14 @@ class StudySpec(_Strict):
         if bad:
             raise ValueError(f"unknown metric(s) {bad}; known: {', '.join(METRICS)}")
         return value
+
+    @model_validator(mode="after")
+    def _trust(self) -> "StudySpec":
+        """``trust_task_code: true`` at the top is every task's consent."""
+        if self.trust_task_code:
+            for task in self.tasks:
+                task.trust_task_code = True
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> "StudySpec":
@@ -337,7 +359,13 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
         t.fewshot_file = _resolve(t.fewshot_file, base)
         t.include = _resolve(t.include, base)
     spec.tasks, groups = _expand_lm_eval_groups(spec.tasks, origin)
-    spec.lm_eval_groups = spec.lm_eval_groups or groups
+    spec.lm_eval_groups = spec.lm_eval_groups or [LmEvalGroup(**g) for g in groups]
+    names = {t.name for t in spec.tasks}
+    for group in spec.lm_eval_groups:
+        stray = [m for m in group.tasks if m not in names]
+        if stray:
+            raise QuantcalError(f"{origin}: lm_eval_groups: group {group.name} names {stray[0]!r}, which is not a task "
+                                "of the study (quantcal fills lm_eval_groups in itself: leave it out)")
     spec.output = _resolve(spec.output, base) or spec.output
     spec.sensitivity = [_resolve(p, base) or p for p in spec.sensitivity]
     return spec
@@ -385,11 +413,45 @@ def load_study(path: str | Path) -> StudySpec:
     path = Path(path)
     if not path.is_file():
         raise QuantcalError(f"{path}: study file not found")
+    if path.stat().st_size > MAX_STUDY_BYTES:
+        raise QuantcalError(f"{path}: {path.stat().st_size:,} bytes; a study file is at most {MAX_STUDY_BYTES:,}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        depth = yaml_depth(text)
+        if depth > MAX_STUDY_DEPTH:
+            raise QuantcalError(f"{path}: nested more than {MAX_STUDY_DEPTH} levels deep; a study file nests at most "
+                                f"{MAX_STUDY_DEPTH}")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise QuantcalError(f"{path}: not UTF-8 (byte {exc.start}); save the study as UTF-8") from None
     except yaml.YAMLError as exc:
         raise QuantcalError(f"{path}: not valid YAML: {exc}") from None
+    except RecursionError:  # the depth check should stop this first; kept for any other recursive path
+        raise QuantcalError(f"{path}: nested too deeply to read") from None
     return parse_study(data, path.resolve().parent, str(path))
+
+
+#: A study is a page of YAML: limits checked before the (recursive) YAML composer runs.
+MAX_STUDY_BYTES = 1 << 20
+MAX_STUDY_DEPTH = 64
+
+
+def yaml_depth(text: str, stop: int = MAX_STUDY_DEPTH) -> int:
+    """The deepest nesting of mappings and sequences in a YAML text (counting stops past ``stop``), from the
+    scanner's tokens, which read the text in a loop, without the recursion that composing the document needs."""
+    import yaml
+
+    depth = deepest = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+                              yaml.FlowSequenceStartToken)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > stop:
+                break
+        elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
+            depth -= 1
+    return deepest
 
 
 #: Tasks of the built-in study when --data-dir points at local files in hub schema (file, default limit).

@@ -26,13 +26,14 @@ TASKS: dict[str, Task] = {
 }
 
 
-def get_task(name: str, template: str | None = None, include: str | None = None) -> Task:
+def get_task(name: str, template: str | None = None, include: str | None = None, trust_code: bool = False) -> Task:
     """Look a task up by name; ``template`` applies to the ``custom`` task only. ``lm-eval:NAME`` is a task of
-    lm-evaluation-harness's registry (with ``include``: a folder of the user's own task YAMLs)."""
+    lm-evaluation-harness's registry (with ``include``: a folder of the user's own task YAMLs, whose Python hooks
+    run only with ``trust_code``)."""
     if is_lm_eval(name):
         if template is not None:
             raise QuantcalError(f"`template` applies to the custom task only, not {name!r}")
-        return lm_eval_task(name, include)
+        return lm_eval_task(name, include, trust_code)
     if include is not None:
         raise QuantcalError(f"`lm_eval_include` applies to lm-eval:NAME tasks only, not {name!r}")
     if name == "custom":

@@ -52,6 +52,9 @@ class Task:
     loader: Callable[[int | None, PromptSetup, Any], list[Item]] | None = field(default=None, compare=False)
     #: Few-shot examples when none are asked for: 0, or what an lm-eval task's YAML declares (``num_fewshot``).
     default_fewshot: int = 0
+    #: Python files that loading the task imports (an lm-eval include folder's ``!function`` hooks): run only with
+    #: the user's consent, never while planning.
+    code: tuple[str, ...] = ()
 
     @property
     def source(self) -> str:

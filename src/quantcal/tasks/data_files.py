@@ -66,13 +66,27 @@ def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             line = _decode(raw, path, line_no)
             if not line.strip():
                 continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise QuantcalError(f"{path}:{line_no}: not valid JSON ({exc.msg}); expected one JSON object per line") from exc
+            data = parse_json(line, f"{path}:{line_no}", "; expected one JSON object per line")
             if not isinstance(data, dict):
                 raise QuantcalError(f"{path}:{line_no}: expected a JSON object, got {type(data).__name__}")
             yield line_no, data
+
+
+def parse_json(text: str, where: str, hint: str = "") -> Any:
+    """``json.loads`` whose every failure on the input is one error naming ``where`` (and the line, for a JSON
+    document): bad syntax, but also what lies past the parser's limits, an integer of more than 4,300 digits
+    (``ValueError``) or nesting deeper than the interpreter's stack (``RecursionError``)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = f":{exc.lineno}" if ":" not in where.rsplit("/", 1)[-1] else ""
+        raise QuantcalError(f"{where}{line}: not valid JSON ({exc.msg}){hint}") from None
+    except RecursionError:
+        raise QuantcalError(f"{where}: JSON nested too deeply to read{hint}") from None
+    except MemoryError:
+        raise QuantcalError(f"{where}: JSON too large to read in memory") from None
+    except ValueError as exc:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise QuantcalError(f"{where}: cannot read this JSON ({str(exc).splitlines()[0]}){hint}") from None
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
@@ -82,11 +96,10 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
 
 def _read_json(path: Path) -> list[Row]:
     try:
-        data = json.loads(_decode(path.read_bytes(), path))
+        raw = path.read_bytes()
     except OSError as exc:
         raise QuantcalError(f"{path}: cannot read ({exc.strerror})") from exc
-    except json.JSONDecodeError as exc:
-        raise QuantcalError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from exc
+    data = parse_json(_decode(raw, path), str(path))
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):

@@ -9,7 +9,11 @@ output type is refused, and so are tasks that score with their own ``process_res
 built-in ``truthfulqa_mc2``). A group (``lm-eval:mmlu``) expands to its tasks, each its own run; :func:`group_score`
 aggregates them as lm-eval does (mean weighted by size unless the group says otherwise).
 
-``include`` is a folder of the user's own task YAMLs (lm-eval's ``--include_path``).
+``include`` is a folder of the user's own task YAMLs (lm-eval's ``--include_path``). A YAML there may name Python
+functions (``!function utils.doc_to_text``, ``class: !function ...``), which lm-eval imports when it loads the task:
+quantcal loads such a task only with ``trust_code`` (``--trust-task-code``, a study's ``trust_task_code: true``), and
+never while planning or on a dry run (:func:`task_code` finds the files without importing them). The registry's own
+tasks ship with the installed lm-eval package: their code is that package's, trusted as installing it trusted it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -36,7 +41,7 @@ def is_lm_eval(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=16)
 def _task_manager(include: str | None) -> Any:
     """lm-eval's TaskManager (its index of every task YAML takes seconds to build: kept per include folder)."""
     try:
@@ -117,15 +122,77 @@ def group_score(spec: GroupSpec, scores: dict[str, tuple[float, int]]) -> float:
     return sum(a for a, _ in parts) / len(parts)
 
 
-def lm_eval_task(name: str, include: str | None = None) -> Task:
-    """A quantcal task whose items lm-eval renders (checked to exist now; loaded when scored)."""
+def lm_eval_task(name: str, include: str | None = None, trust_code: bool = False) -> Task:
+    """A quantcal task whose items lm-eval renders (checked to exist now; loaded when scored). Its ``code`` lists
+    the Python files of ``include`` that loading it would import; the loader refuses them unless ``trust_code``."""
     expansion = expand(name, include)
     bare = name[len(PREFIX):] if is_lm_eval(name) else name
     if expansion.tasks != [bare]:
         raise QuantcalError(f"lm-eval:{bare} is a group of {len(expansion.tasks)} tasks; expand it with "
                             "`expand_task_names` (evaluate and studies do)")
     return Task(name=PREFIX + bare, build=_no_rows, fields=(), summary="lm-evaluation-harness task",
-                loader=partial(load_lm_eval_items, bare, include), default_fewshot=yaml_num_fewshot(bare, include))
+                loader=partial(load_lm_eval_items, bare, include, trust_code=trust_code),
+                default_fewshot=yaml_num_fewshot(bare, include),
+                code=tuple(str(f) for f in task_code(bare, include)))
+
+
+_FUNCTION_TAG = re.compile(r"!function\s+([A-Za-z_][\w.]*)")
+
+
+def _yaml_chain(name: str, include: str | None) -> list[Path]:
+    """The task's YAML file and the files its ``include:`` keys pull in (nearest first), as lm-eval reads them."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+    _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # read, never run
+    entry = _task_manager(include).task_index[name]
+    files: list[Path] = []
+    here = Path(entry.yaml_path) if entry.yaml_path else None
+    while here is not None and here not in files and len(files) < 16:
+        files.append(here)
+        try:
+            cfg = yaml.load(here.read_text(), Loader=_Loader) or {}
+        except (OSError, ValueError, RecursionError, yaml.YAMLError):
+            break
+        parent = cfg.get("include") if isinstance(cfg, dict) else None
+        here = (Path(parent) if Path(parent).is_absolute() else here.parent / parent) if isinstance(parent, str) else None
+    return files
+
+
+def task_code(name: str, include: str | None) -> list[Path]:
+    """The Python files that lm-eval would import to load task ``name`` and that are not part of the installed lm-eval
+    package: the ``!function module.name`` tags of the task's YAML chain, resolved beside the YAML that names them as
+    lm-eval does (a YAML of the include folder may pull in a registry YAML, whose hooks are the package's own, or a
+    YAML from anywhere, whose hooks are not), and a Python task class outside the package. Empty for the registry's own
+    tasks. Nothing is imported."""
+    if include is None:
+        return []
+    import lm_eval
+
+    package = Path(lm_eval.__file__).resolve().parent
+    entry = _task_manager(include).task_index[name]
+    found: list[Path] = []
+    if entry.kind.name == "PY_TASK" and entry.yaml_path:
+        found.append(Path(entry.yaml_path))
+    for yaml_file in _yaml_chain(name, include):
+        try:
+            text = yaml_file.read_text()
+        except OSError:
+            continue
+        for dotted in _FUNCTION_TAG.findall(text):
+            module = dotted.rsplit(".", 1)[0] if "." in dotted else dotted
+            path = yaml_file.parent / (module.replace(".", "/") + ".py")
+            if path not in found:
+                found.append(path)
+    return [f for f in found if package not in f.resolve().parents]
+
+
+def code_consent_error(name: str, files: Sequence[str]) -> QuantcalError:
+    shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+    return QuantcalError(f"lm-eval:{name}: loading this task runs Python code from {shown} (its YAML names "
+                         "!function hooks); quantcal runs a task's code only with `trust_task_code` (in a study, "
+                         "trust_task_code: true) — pass it if you trust that code")
 
 
 def yaml_num_fewshot(name: str, include: str | None = None) -> int:
@@ -180,11 +247,22 @@ def _chat_template(tokenizer: Any) -> Any:
 
 
 def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup: PromptSetup,
-                       tokenizer: Any = None) -> list[Item]:
-    """The items of one lm-eval task (not a group), rendered by lm-eval under ``setup``."""
+                       tokenizer: Any = None, trust_code: bool = False) -> list[Item]:
+    """The items of one lm-eval task (not a group), rendered by lm-eval under ``setup``; a task of ``include``
+    whose YAML names Python code is refused unless ``trust_code``."""
     bare = name[len(PREFIX):] if is_lm_eval(name) else name
+    if not trust_code:
+        code = task_code(bare, include)
+        if code:
+            raise code_consent_error(bare, [str(f) for f in code])
     manager = _task_manager(include)
-    loaded = manager.load([bare])
+    try:
+        loaded = manager.load([bare])
+    except QuantcalError:
+        raise
+    except Exception as exc:  # lm-eval and datasets raise many types for a task they cannot load (no network, ...)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise QuantcalError(f"lm-eval:{bare}: lm-eval could not load the task ({type(exc).__name__}: {first})") from None
     if loaded["groups"] or len(loaded["tasks"]) != 1:
         raise QuantcalError(f"lm-eval:{bare} is a group; name one of its tasks, or let evaluate expand it")
     (task,) = loaded["tasks"].values()

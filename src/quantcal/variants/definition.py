@@ -35,7 +35,8 @@ from quantcal.variants.adapters import (adapter_base_model, adapter_dir, adapter
                                       deployed_source, load_native_adapter, training_summary)
 from quantcal.checkpoints.formats import is_packed_native
 from quantcal.checkpoints.model_export import native_checkpoint
-from quantcal.sources.models import LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source
+from quantcal.sources.models import (LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source,
+                                    weights_digest)
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.recipes.build import build_variant, variant_meta
@@ -227,7 +228,7 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
         path = native_checkpoint(weights, spec, say)  # the exported checkpoint, run by the engine's quantized modules
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
     elif spec is not None:
-        path = build_variant(weights, spec, progress=say)
+        path = build_variant(weights, spec, progress=say, full_check=True)  # weights hashed once per load
         if spec.params.get("mode") == "native":  # side branch: the library's own quantized modules, built at load
             if vllm:
                 raise QuantcalError(f"{spec.key}: mode=native builds {spec.family}'s own modules at load time, which "
@@ -243,8 +244,8 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
         from quantcal.engines.vllm import load_vllm_source
 
         engine = load_vllm_source(weights, options.dtype, options.device, options.trust_remote_code)
-        return LoadedModel(engine, load_tokenizer(weights, options.trust_remote_code), source)
+        return LoadedModel(engine, load_tokenizer(weights, options.trust_remote_code), source, weights_digest(weights))
     loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
     if activations is not None:  # the format's run-time part: its activation quantizers, on every block linear
         install_activations(loaded.model, activations)
-    return LoadedModel(loaded.model, loaded.tokenizer, source)
+    return LoadedModel(loaded.model, loaded.tokenizer, source, loaded.weights_digest)
