@@ -40,6 +40,20 @@ def gemma_checkpoint() -> Path:
     return dequantized_gguf_copy(resolve_source("gemma3-270m"))
 
 
+@pytest.fixture(scope="session")
+def gemma_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3's tokenizer converted from the bundled GGUF, its weights left alone (a third of the time of
+    :func:`gemma_checkpoint`, which dequantizes them): what the tiny random Gemma and the encoding tests need."""
+    from transformers import AutoTokenizer
+
+    from quantcal.sources.models import resolve_source
+
+    source = resolve_source("gemma3-270m")
+    folder = tmp_path_factory.mktemp("gemma-tokenizer")
+    AutoTokenizer.from_pretrained(source.location, gguf_file=source.gguf_file).save_pretrained(folder)
+    return folder
+
+
 def _save_tiny(directory: Path, model, tokenizer_dir: Path) -> Path:  # noqa: ANN001
     from transformers import AutoTokenizer
 
@@ -62,17 +76,19 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory, smol_checkpoint: Path) 
 
 
 @pytest.fixture(scope="session")
-def tiny_gemma(tmp_path_factory: pytest.TempPathFactory, gemma_checkpoint: Path) -> Path:
+def tiny_gemma(tmp_path_factory: pytest.TempPathFactory, gemma_tokenizer: Path) -> Path:
     """A 2-layer random Gemma 3 with an 8-token sliding window (contexts run past it) and Gemma's tokenizer."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(0)
-    vocab = json.loads((gemma_checkpoint / "config.json").read_text())["vocab_size"]
+    from transformers import AutoTokenizer
+
+    vocab = len(AutoTokenizer.from_pretrained(gemma_tokenizer))
     config = Gemma3TextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=1, head_dim=8, sliding_window=8,
                               layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512)
-    return _save_tiny(tmp_path_factory.mktemp("tiny-gemma"), Gemma3ForCausalLM(config).eval(), gemma_checkpoint)
+    return _save_tiny(tmp_path_factory.mktemp("tiny-gemma"), Gemma3ForCausalLM(config).eval(), gemma_tokenizer)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -81,6 +81,7 @@ def _store_p_gold(store: Path) -> dict[tuple[str, str, str], float]:
     return out
 
 
+@pytest.mark.heavy
 def test_notebook_session_on_the_bundled_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import quantcal
 
@@ -155,6 +156,7 @@ def _readme_python_block() -> str:
     return blocks[0]
 
 
+@pytest.mark.heavy
 def test_readme_from_python_block_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     exec(compile(_readme_python_block(), "README.md#from-python", "exec"), {})  # noqa: S102 - our own README

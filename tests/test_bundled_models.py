@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from quantcal.cli import app
 
 
-@pytest.mark.parametrize("model", ["smollm2-135m-instruct", "gemma3-270m"])
+@pytest.mark.parametrize("model", ["smollm2-135m-instruct", pytest.param("gemma3-270m", marks=pytest.mark.heavy)])
 def test_bundled_model_scores_offline_task(model: str, tmp_path: Path) -> None:
     out = tmp_path / "r.json"
     result = CliRunner().invoke(app, ["eval", "--model", model, "--limit", "16", "--store", str(tmp_path / "s.sqlite"),

@@ -164,6 +164,7 @@ def test_unknown_lm_eval_task(store: Path) -> None:
     assert_store_untouched(store)
 
 
+@pytest.mark.heavy
 def test_generate_until_lm_eval_task(tmp_path: Path, tiny_llama: Path, store: Path, shared_data: Path) -> None:
     lm_eval = pytest.importorskip("lm_eval")
     tasks_dir = Path(lm_eval.__file__).parent / "tasks"

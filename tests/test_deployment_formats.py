@@ -46,7 +46,7 @@ def test_a_variant_computes_what_its_format_says(tiny_llama: Path, env_cache: Pa
 
 
 @pytest.mark.parametrize("recipe", ["fp8:acts=tensor_static," + CALIB, "nvfp4:" + CALIB, "w8a8", "mxfp4"])
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", pytest.param("tiny_gemma", marks=pytest.mark.heavy)])
 def test_packed_and_shared_prefix_scoring_stay_exact_with_quantized_activations(
         fixture: str, recipe: str, env_cache: Path, request: pytest.FixtureRequest) -> None:
     """Every activation scheme is token-local, so a packed row or a shared prefix gives each choice the

@@ -88,6 +88,7 @@ def test_recorded_states_stay_under_the_memory_cap(tiny_llama: Path) -> None:
         assert "forward" not in model.model.layers[0].__dict__
 
 
+@pytest.mark.heavy
 def test_a_sensitivity_run_with_replay_stores_the_same_scores(tiny_llama: Path, shared_data: Path, tmp_path: Path,
                                                               env_cache: Path) -> None:
     from quantcal import api

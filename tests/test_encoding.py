@@ -28,8 +28,8 @@ def test_empty_context_uses_bos_or_eos(smol_checkpoint: Path) -> None:
     assert cont == tok.encode(" hello", add_special_tokens=False)
 
 
-def test_gemma_gets_bos_from_its_tokenizer_default(gemma_checkpoint: Path) -> None:
-    tok = AutoTokenizer.from_pretrained(gemma_checkpoint)
+def test_gemma_gets_bos_from_its_tokenizer_default(gemma_tokenizer: Path) -> None:
+    tok = AutoTokenizer.from_pretrained(gemma_tokenizer)
     enc = Encoder(tok, max_length=2048)
     ctx, _ = enc.encode_pair("The sky is", " blue")
     assert ctx[0] == tok.bos_token_id

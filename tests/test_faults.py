@@ -73,6 +73,7 @@ def test_two_writers_of_the_same_items_store_each_once(tmp_path: Path, tiny_llam
     assert _rows(tmp_path / "s.sqlite") == (6, 18)
 
 
+@pytest.mark.heavy
 def test_processes_on_one_job_and_on_another_job_of_one_store(tmp_path: Path, tiny_llama: Path) -> None:
     data = write_jsonl(tmp_path / "q.jsonl", questions(40))
     args = [sys.executable, "-m", "quantcal.cli", "eval", "--model", str(tiny_llama), "--task", "custom",
@@ -111,6 +112,7 @@ def test_claims_of_dead_or_expired_owners_are_taken_over_and_live_ones_are_not(t
         assert db.unfinished(run, ids) == 8 and db.unfinished(run, ids, {"i0"}) == 7
 
 
+@pytest.mark.heavy
 def test_two_processes_share_a_job_and_one_killed_still_ends_complete(tmp_path: Path, tiny_llama: Path) -> None:
     import os
     import signal
@@ -138,6 +140,7 @@ def test_two_processes_share_a_job_and_one_killed_still_ends_complete(tmp_path: 
     assert _rows(store) == (300, 900)  # every item once, the killed worker's claims taken over
 
 
+@pytest.mark.heavy
 def test_a_truncated_variant_cache_entry_is_rebuilt(tmp_path: Path, tiny_llama: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.recipes import parse_recipe
@@ -532,6 +535,7 @@ def _scores(store: Path) -> dict[tuple[str, str, int], float]:
             "SELECT r.variant, s.item_id, s.choice, s.loglik FROM scores s JOIN runs r ON r.run_id = s.run_id")}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("signame, seed", [("SIGKILL", 0), ("SIGKILL", 1), ("SIGTERM", 2)])
 def test_run_stopped_at_a_random_point_resumes_to_the_uninterrupted_result(tmp_path: Path, tiny_llama: Path,
                                                                             signame: str, seed: int) -> None:

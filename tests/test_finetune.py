@@ -141,6 +141,7 @@ def test_training_lowers_the_loss_and_resume_matches_an_uninterrupted_run(tmp_pa
     assert meta["base"]["method"] == "qlora" and meta["data"]["n_train"] + meta["data"]["n_val"] == len(examples)
 
 
+@pytest.mark.heavy
 def test_deployment_forms(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.variants.definition import VariantDef, load_variant_model, prepare
 
@@ -188,6 +189,7 @@ def test_cli_finetune_refuses_held_out_items_and_eval_scores_the_adapter(tmp_pat
     assert result["variant"].endswith("adapter-nf4") and result["results"]["custom"]["n"] == 10
 
 
+@pytest.mark.heavy
 def test_study_trains_its_adapter_holding_out_what_it_evaluates(tmp_path: Path, tiny_llama: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from quantcal.cli import app

@@ -84,6 +84,7 @@ def llama_cpp_reference(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL
     return ctypes.CDLL(str(library))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("kind", ["q4_k", "q5_k", "q6_k"])
 def test_kquants_equal_llama_cpp_byte_for_byte(kind: str, llama_cpp_reference: ctypes.CDLL) -> None:
     for seed in range(3):

@@ -25,7 +25,8 @@ def smol():  # noqa: ANN201
     return load_model(resolve_source("smollm2-135m-instruct"))
 
 
-@pytest.mark.parametrize("task", sorted(FILES))
+@pytest.mark.parametrize("task", [t if t != "boolq" else pytest.param(t, marks=pytest.mark.heavy)
+                                  for t in sorted(FILES)])
 def test_real_items_match_plain_forward(task: str, shared_data: Path, smol) -> None:  # noqa: ANN001
     items = load_items(get_task(task), shared_data / FILES[task], limit=6)
     encoder = Encoder(smol.tokenizer, model_max_length(smol.model, smol.tokenizer))

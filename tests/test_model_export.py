@@ -105,6 +105,7 @@ def test_native_integer_variant_is_its_exported_checkpoint(recipe: str, tiny_lla
     assert (native.path / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.heavy
 def test_study_exports_quantized_checkpoints_with_their_temperature(tiny_llama: Path, shared_data: Path,
                                                                    tmp_path: Path, env_cache: Path) -> None:
     from transformers import GenerationConfig

@@ -44,7 +44,7 @@ def _log_probs(model: torch.nn.Module) -> torch.Tensor:
     pytest.param("tiny_llama", "rtn:bits=3,group_size=16", marks=pytest.mark.slow),
     pytest.param("tiny_llama", "gptq:bits=4,group_size=16,nsamples=4,seqlen=32", marks=pytest.mark.slow),
     ("tiny_llama", "awq:bits=4,group_size=16,nsamples=4,seqlen=32"),
-    ("gemma_two_kv_heads", "awq:bits=4,group_size=16,nsamples=4,seqlen=32"),  # Gemma's (1 + w) norms
+    pytest.param("gemma_two_kv_heads", "awq:bits=4,group_size=16,nsamples=4,seqlen=32", marks=pytest.mark.heavy),  # Gemma's (1 + w) norms
 ])
 def test_exported_variant_computes_the_simulated_one(model_fixture: str, recipe: str, tmp_path: Path,
                                                      request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -48,11 +49,16 @@ def yaml_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Pat
     return folder
 
 
-def lm_eval_contexts(yaml_dir: Path, task: str, shots: int, limit: int, tokenizer=None, **chat) -> list[list[tuple]]:  # noqa: ANN001
-    """What lm-eval would send to a model: per document, its (context, continuation) requests."""
+@lru_cache(maxsize=2)
+def _lm_eval_manager(include: str):  # noqa: ANN202 - lm-eval's TaskManager: indexing its registry takes seconds
     from lm_eval.tasks import TaskManager
 
-    (t,) = TaskManager(include_path=str(yaml_dir)).load([task])["tasks"].values()
+    return TaskManager(include_path=include)
+
+
+def lm_eval_contexts(yaml_dir: Path, task: str, shots: int, limit: int, tokenizer=None, **chat) -> list[list[tuple]]:  # noqa: ANN001
+    """What lm-eval would send to a model: per document, its (context, continuation) requests."""
+    (t,) = _lm_eval_manager(str(yaml_dir)).load([task])["tasks"].values()
     t.set_config(key="num_fewshot", value=shots)
     t.set_fewshot_seed(seed=1234)
     if tokenizer is not None:
@@ -66,7 +72,8 @@ def lm_eval_contexts(yaml_dir: Path, task: str, shots: int, limit: int, tokenize
     return [docs[d] for d in sorted(docs)]
 
 
-@pytest.mark.parametrize("task", sorted(FILES))
+@pytest.mark.parametrize("task", [t if t == "openbookqa" else pytest.param(t, marks=pytest.mark.heavy)
+                                  for t in sorted(FILES)])
 def test_fewshot_contexts_equal_lm_evals_byte_for_byte(task: str, yaml_dir: Path, shared_data: Path) -> None:
     setup = PromptSetup(num_fewshot=5)
     ours = load_items(get_task(task), shared_data / FILES[task][0], 40, setup)
@@ -74,8 +81,10 @@ def test_fewshot_contexts_equal_lm_evals_byte_for_byte(task: str, yaml_dir: Path
     assert [it.pairs(" ") for it in ours] == [list(pairs) for pairs in theirs]
 
 
-@pytest.mark.parametrize(("shots", "multiturn", "system"), [(0, None, None), (5, None, None), (5, False, "Be brief."),
-                                                             (3, True, "Answer the question.")])
+@pytest.mark.parametrize(("shots", "multiturn", "system"), [
+    (3, True, "Answer the question."),
+    *(pytest.param(*case, marks=pytest.mark.heavy) for case in [(0, None, None), (5, None, None), (5, False, "Be brief.")]),
+])
 def test_chat_template_contexts_equal_lm_evals(shots: int, multiturn: bool | None, system: str | None, yaml_dir: Path,
                                                shared_data: Path, smol_checkpoint: Path) -> None:
     from transformers import AutoTokenizer
@@ -187,6 +196,7 @@ def test_multiple_input_task_has_a_context_per_choice(yaml_dir: Path) -> None:
         assert it.gold == int(row["answer"]) - 1
 
 
+@pytest.mark.heavy
 def test_groups_expand_to_their_tasks_and_aggregate_as_declared(yaml_dir: Path) -> None:
     from quantcal.tasks.lm_eval_tasks import expand, group_score
 
@@ -202,6 +212,7 @@ def test_groups_expand_to_their_tasks_and_aggregate_as_declared(yaml_dir: Path) 
         pytest.approx(10 / sum(10 * (i + 1) for i in range(19)))
 
 
+@pytest.mark.heavy
 def test_unknown_and_non_multiple_choice_lm_eval_tasks_are_refused(yaml_dir: Path, tmp_path: Path,
                                                                    shared_data: Path) -> None:
     with pytest.raises(QuantcalError, match="unknown lm-eval task 'local_nope'"):
@@ -225,6 +236,7 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
     lm_eval_tasks._task_manager.cache_clear()
 
 
+@pytest.mark.heavy
 def test_evaluate_runs_a_group_and_aggregates_it(yaml_dir: Path, tiny_llama: Path, tmp_path: Path) -> None:
     """Each task of a group is its own run; the group line is lm-eval's aggregate (here the plain mean)."""
     import quantcal
@@ -239,6 +251,7 @@ def test_evaluate_runs_a_group_and_aggregates_it(yaml_dir: Path, tiny_llama: Pat
     assert set(frame["task"]) == {piqa.task, obqa.task}
 
 
+@pytest.mark.heavy
 def test_lm_eval_tasks_with_their_own_scoring_are_refused(tmp_path: Path) -> None:
     targets = {"choices": ["yes", "no"], "labels": [1, 0]}
     data = write_jsonl(tmp_path / "tqa.jsonl", [{"question": f"Q{i}?", "mc1_targets": targets, "mc2_targets": targets}
@@ -248,6 +261,7 @@ def test_lm_eval_tasks_with_their_own_scoring_are_refused(tmp_path: Path) -> Non
         load_items(get_task("lm-eval:local_mc2", include=str(tmp_path)), None, 3, PromptSetup())
 
 
+@pytest.mark.heavy
 def test_a_yamls_own_num_fewshot_is_the_default(yaml_dir: Path, tiny_llama: Path, tmp_path: Path,
                                                 shared_data: Path) -> None:
     """As lm-eval without --num_fewshot: a task YAML's num_fewshot (here through an include) is used; an explicit
@@ -269,6 +283,7 @@ def test_a_yamls_own_num_fewshot_is_the_default(yaml_dir: Path, tiny_llama: Path
     assert list(explicit.tasks) == ["lm-eval:local_piqa2b"]
 
 
+@pytest.mark.heavy
 def test_a_study_reports_an_lm_eval_groups_line(yaml_dir: Path, tiny_llama: Path, tmp_path: Path) -> None:
     """A study naming a group runs its tasks and shows the group's line, aggregated as the group declares."""
     import quantcal
@@ -288,6 +303,7 @@ def test_a_study_reports_an_lm_eval_groups_line(yaml_dir: Path, tiny_llama: Path
     assert rebuilt.results["groups"] == results["groups"]  # study.json keeps the groups
 
 
+@pytest.mark.heavy
 def test_an_lm_eval_run_resumes_to_a_larger_limit_and_changed_data_is_a_new_run(tiny_llama: Path, tmp_path: Path,
                                                                                  shared_data: Path) -> None:
     """The run key holds the task's definition (lm-eval's config and documents), not the rendered items: a run over

@@ -22,6 +22,7 @@ def _scores(path: Path) -> dict[tuple[str, str, int], float]:
     return {(variant, item, choice): loglik for variant, item, choice, loglik in rows}
 
 
+@pytest.mark.heavy
 def test_ray_executor_matches_local_and_contains_failures(tmp_path: Path, tiny_llama: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))

@@ -28,6 +28,7 @@ def test_repeats_are_checked(variant: dict, words: str) -> None:
         quantcal.study_spec({"reference": "smollm2-135m-instruct", "variants": [variant], "tasks": ["arithmetic"]})
 
 
+@pytest.mark.heavy
 def test_repeated_builds_are_planned_scored_and_reported(tmp_path: Path, tiny_llama: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))

@@ -272,6 +272,7 @@ def test_exported_checkpoint_carries_the_study_temperature(tiny_llama: Path, tmp
         api.export_checkpoint(report, "nope", tmp_path / "out3")
 
 
+@pytest.mark.heavy
 def test_study_with_a_mixed_variant_reports_where_it_breaks_and_the_pareto_view(ranking: Path, tiny_llama: Path,
                                                                                 piqa: Path, tmp_path: Path,
                                                                                 env_cache: Path) -> None:

@@ -39,6 +39,7 @@ def store_rows(path: Path) -> tuple[dict, int, int]:
     return scores, n_scores, n_items
 
 
+@pytest.mark.heavy
 def test_kill_then_resume_equals_uninterrupted(tmp_path: Path, tiny_llama: Path) -> None:
     data = write_jsonl(tmp_path / "q.jsonl", questions(300))
     args = ["eval", "--model", str(tiny_llama), "--task", "custom", "--data-file", str(data), "--batch-size", "3"]
