@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 
-from quantcal.recipes import (awq_recipe, bnb, calibration, fp4, fp8, grid, gguf_types, gptq_recipe, hqq, mixed, quanto,
-                              rtn, w8a8)
-from quantcal.recipes.spec import Param, RecipeSpec, parse_spec
+from dataclasses import replace
+
+from quantcal.errors import QuantcalError
+from quantcal.recipes import (awq_recipe, bnb, calibration, fp4, fp8, grid, gguf_types, gptq_recipe, hqq, kv_cache, mixed,
+                              quanto, rtn, w8a8)
+from quantcal.recipes.spec import Param, RecipeSpec, parse_spec, split_top_level
 
 
 @dataclass(frozen=True)
@@ -67,11 +70,29 @@ FAMILIES: dict[str, Family] = {
                     "calibration-preserving mixed precision: the units a sensitivity run ranks most harmful kept at a "
                     "higher-precision recipe, within a bits-per-weight budget",
                     validate=mixed.validate, identity=mixed.identity, forbidden=mixed.forbidden_items),
+    "kv": Family(kv_cache.PARAMS, "type", kv_cache.apply, "a quantized KV cache (FP8 or INT8 keys and values, vLLM's "
+                 "kv_cache_dtype); compose with a weight recipe: awq:bits=4,group_size=64+kv:fp8",
+                 validate=kv_cache.validate, identity=calibration.identity),
 }
 
 
 def parse_recipe(text: str) -> RecipeSpec:
-    """A recipe spec, parsed and checked (every key and value, and each family's checks across parameters)."""
+    """A recipe spec, parsed and checked (every key and value, and each family's checks across parameters).
+    ``WEIGHTS+kv:FORMAT`` composes a weight recipe with a KV-cache format (applied left to right: the weights are
+    built, then served with that cache); it is one variant, with one key."""
+    parts = [p.strip() for p in split_top_level(text, "+")]
+    specs = [_parse_one(part) for part in parts]
+    if len(specs) == 1:
+        return specs[0]
+    if len(specs) != 2 or specs[0].family == "kv" or specs[1].family != "kv":
+        raise QuantcalError(f"recipe {text!r}: '+' composes one weight recipe with a KV-cache format, in that order "
+                            "(awq:bits=4,group_size=64+kv:fp8); two weight recipes do not compose")
+    return replace(specs[0], kv=specs[1])
+
+
+def _parse_one(text: str) -> RecipeSpec:
+    if not text:
+        raise QuantcalError("recipe: an empty part (a '+' with nothing on one side)")
     spec = parse_spec(text, {name: (f.params, f.positional) for name, f in FAMILIES.items()})
     check = FAMILIES[spec.family].validate
     if check is not None:
@@ -82,7 +103,9 @@ def parse_recipe(text: str) -> RecipeSpec:
 def recipe_identity(spec: RecipeSpec) -> dict[str, Any]:
     """What identifies a recipe beyond its canonical key (a file's content it names), empty for most."""
     identity = FAMILIES[spec.family].identity
-    return identity(dict(spec.params)) if identity is not None else {}
+    own = identity(dict(spec.params)) if identity is not None else {}
+    cache = recipe_identity(spec.kv) if spec.kv is not None else {}
+    return own | ({"kv": cache} if cache else {})
 
 
 __all__ = ["FAMILIES", "RecipeSpec", "parse_recipe", "recipe_identity"]

@@ -65,6 +65,7 @@ def build_variant(source: ModelSource, spec: RecipeSpec, out: Path | None = None
     is built again; a damaged ``out`` folder is refused. A cache entry is built under its lock
     (:func:`quantcal.sources.cache.entry_lock`): a process that finds another one building it waits and then loads
     what that one built."""
+    spec = spec.weights  # a KV-cache format (WEIGHTS+kv:...) is applied at load time: only the weights are built
     target = Path(out) if out else variant_dir(source, spec)
     say = progress or (lambda message: None)
     if out:

@@ -56,15 +56,23 @@ class RecipeSpec:
     family: str
     params: dict[str, Any] = field(default_factory=dict)
     unkeyed_defaults: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    #: A KV-cache format served with this weight recipe (``awq:bits=4+kv:fp8``), or None.
+    kv: "RecipeSpec | None" = None
 
     @property
     def key(self) -> str:
         """Canonical text: family and every parameter, sorted; equal specs have equal keys. Parameters added after a
         family's first release (``mode``, ``fallback``) are left out at their default, so earlier keys (and the
-        variants and study runs stored under them) stay valid."""
+        variants and study runs stored under them) stay valid. A composed recipe is its parts' keys joined by ``+``."""
         body = ",".join(f"{k}={_text(v)}" for k, v in sorted(self.params.items())
                         if not (k in self.unkeyed_defaults and self.unkeyed_defaults[k] == v))
-        return f"{self.family}:{body}" if body else self.family
+        own = f"{self.family}:{body}" if body else self.family
+        return own + ("+" + self.kv.key if self.kv is not None else "")
+
+    @property
+    def weights(self) -> "RecipeSpec":
+        """The weight part (what is built and cached), without a KV-cache format."""
+        return RecipeSpec(self.family, self.params, self.unkeyed_defaults) if self.kv is not None else self
 
     @property
     def slug(self) -> str:
@@ -81,7 +89,7 @@ class RecipeSpec:
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
-    return f"({value})" if isinstance(value, str) and "," in value else str(value)
+    return f"({value})" if isinstance(value, str) and ("," in value or "+" in value) else str(value)
 
 
 def parse_spec(text: str, schemas: dict[str, tuple[dict[str, Param], str | None]]) -> RecipeSpec:
@@ -116,9 +124,9 @@ def parse_spec(text: str, schemas: dict[str, tuple[dict[str, Param], str | None]
     return RecipeSpec(family, values, {k: p.default for k, p in params_schema.items() if not p.key_default})
 
 
-def split_top_level(text: str) -> list[str]:
-    """Split on commas outside parentheses: ``base=(rtn:bits=3,group_size=64),budget=4.5`` is two parts, so a
-    recipe can take other recipes as parameters."""
+def split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside parentheses: ``base=(rtn:bits=3,group_size=64),budget=4.5`` is two parts, so a
+    recipe can take other recipes as parameters (and ``+`` composes recipes only at the top)."""
     parts, depth, start = [], 0, 0
     for i, char in enumerate(text):
         if char == "(":
@@ -127,7 +135,7 @@ def split_top_level(text: str) -> list[str]:
             depth -= 1
             if depth < 0:
                 raise QuantcalError(f"recipe {text!r}: a ')' without its '('")
-        elif char == "," and depth == 0:
+        elif char == sep and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     if depth:

@@ -40,6 +40,7 @@ from quantcal.sources.models import (LoadedModel, ModelSource, load_model, load_
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
 from quantcal.recipes.build import build_variant, variant_meta
+from quantcal.recipes.kv_cache import install as install_kv_cache
 from quantcal.recipes.runtime import install as install_activations, scheme_of
 
 
@@ -223,6 +224,13 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
         return load_native_adapter(defn.adapter, source, options.dtype, options.device)
     weights = source if defn.adapter is None or form is None else deployed_source(source, defn.adapter, form)
     spec = defn.recipe_spec
+    cache = None  # a KV-cache format served with the weights (kv:..., or WEIGHTS+kv:...): installed once loaded
+    if spec is not None:
+        cache = spec if spec.family == "kv" else spec.kv
+        spec = None if spec.family == "kv" else spec.weights
+    if cache is not None and vllm:
+        raise QuantcalError(f"{cache.key}: quantcal runs a KV-cache format in its HF scorer only for now; with vLLM, "
+                            "serve the weights and set vLLM's own kv_cache_dtype")
     activations = None
     if spec is not None and is_packed_native(spec):
         path = native_checkpoint(weights, spec, say)  # the exported checkpoint, run by the engine's quantized modules
@@ -234,7 +242,10 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
                 raise QuantcalError(f"{spec.key}: mode=native builds {spec.family}'s own modules at load time, which "
                                     "vLLM cannot take; score the simulated variant, or an exported checkpoint "
                                     "(quantcal export-model) as the model")
-            return FAMILIES[spec.family].native(weights, dict(spec.params), options.dtype, options.device)
+            native = FAMILIES[spec.family].native(weights, dict(spec.params), options.dtype, options.device)
+            if cache is not None:
+                install_kv_cache(native.model, dict(cache.params), native.tokenizer, weights.fingerprint)
+            return native
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
         activations = scheme_of(variant_meta(path))
         if activations is not None and vllm:
@@ -248,4 +259,6 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
     loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
     if activations is not None:  # the format's run-time part: its activation quantizers, on every block linear
         install_activations(loaded.model, activations)
+    if cache is not None:  # the KV cache's rounding, inside every attention layer
+        install_kv_cache(loaded.model, dict(cache.params), loaded.tokenizer, weights.fingerprint)
     return LoadedModel(loaded.model, loaded.tokenizer, source, loaded.weights_digest)
