@@ -29,7 +29,7 @@ def _inputs(vocab: int, rows: int = 3, width: int = 14, seed: int = 0) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "position_ids": torch.arange(width)[None].expand(rows, width)}
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", pytest.param("tiny_gemma", marks=pytest.mark.heavy)])
 def test_a_replayed_pass_equals_a_full_pass_bit_for_bit(fixture: str, request: pytest.FixtureRequest) -> None:
     model = _model(request.getfixturevalue(fixture))
     calls = [_inputs(model.config.vocab_size, seed=s) for s in range(3)]

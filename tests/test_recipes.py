@@ -26,7 +26,7 @@ def test_spec_canonical_key_and_errors() -> None:
     assert parse_recipe("bnb:nf4,mode=simulated").key == "bnb:blocksize=64,double_quant=false,type=nf4"
     native = parse_recipe("bnb:nf4,mode=native")
     assert native.key == "bnb:blocksize=64,double_quant=false,mode=native,type=nf4" and native.slug == "bnb-nf4-native"
-    for bad, message in [("awk:bits=4", "known recipes: awq, bnb, fp8, gguf, gptq, hqq, mixed, mxfp4, nvfp4, quanto, rtn, w8a8"),
+    for bad, message in [("awk:bits=4", "known recipes: awq, bnb, fp8, gguf, gptq, hqq, kv, mixed, mxfp4, nvfp4, quanto, rtn, w8a8"),
                          ("quanto:qint3", "one of qint8, qint4, qint2"), ("hqq:bits=5", "one of 1, 2, 3, 4, 8"), ("rtn:bits=9", "in [2, 8]"),
                          ("rtn:group_size=0", "not 0"), ("rtn:colour=red", "valid keys: bits"),
                          ("gguf:q9_9", "one of q8_0"), ("bnb", "type is required"), ("rtn:sym=perhaps", "true, false")]:

@@ -34,7 +34,7 @@ from quantcal.metrics.bootstrap import check_resamples
 from quantcal.sources.cache import cache_root, remove_entry
 from quantcal.sources.manifest import EntryCheck, check_entries
 from quantcal.sources.models import DEFAULT_MODEL, check_device, load_tokenizer, resolve_dtype, resolve_source
-from quantcal.analysis.predictions import normalization_problem, task_summary
+from quantcal.analysis.predictions import normalization_problem, predictions, task_summary
 from quantcal.tasks.prompts import DEFAULT_FEWSHOT_SEED, PromptSetup, task_label
 from quantcal.tasks.lm_eval_tasks import (PREFIX, GroupSpec, code_consent_error, expand_task_names, group_score,
                                          is_lm_eval)
@@ -74,6 +74,13 @@ class TaskResult:
     seconds: float
     run_id: int  # 0 for a group
     members: tuple[str, ...] = ()  # a group's tasks (lm-eval groups such as lm-eval:mmlu), aggregated as lm-eval does
+    #: Accuracy and calibration of this call's items with 95% bootstrap intervals (:data:`EVAL_METRICS`; empty for
+    #: a group and for TruthfulQA MC2, whose acc is not an argmax).
+    metrics: Mapping[str, Interval] = field(default_factory=dict)
+
+
+#: What :func:`evaluate` reports per task beside lm-eval's acc and acc_norm: calibration first.
+EVAL_METRICS = ("acc", "ece", "brier", "nll")
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,8 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "variant": self.variant, "store": str(self.store),
-                "results": {name: {"n": t.n, "acc": t.acc, **({"acc_norm": t.acc_norm} if t.acc_norm is not None else {})}
+                "results": {name: {"n": t.n, "acc": t.acc, **({"acc_norm": t.acc_norm} if t.acc_norm is not None else {}),
+                                   **({"metrics": {k: v.to_json() for k, v in t.metrics.items()}} if t.metrics else {})}
                             for name, t in self.tasks.items()}}
 
 
@@ -251,8 +259,10 @@ def evaluate(
             if not scored:
                 raise QuantcalError(f"{job.label}: no item could be scored")
             summary = task_summary(scored, task.kind)
+            metrics = run_metrics(predictions(scored, "none"), EVAL_METRICS) if task.kind == "mc" else {}
             results[job.label] = TaskResult(job.label, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
-                                            outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id)
+                                            outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id,
+                                            metrics=metrics)
     for group in groups.values():
         group_setup = setups[PREFIX + group.tasks[0]]
         results[task_label(PREFIX + group.name, group_setup)] = _group_result(group, results, labels, group_setup)

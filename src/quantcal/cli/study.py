@@ -45,7 +45,7 @@ def run_command(
             d = j.definition
             how = " + ".join(x for x in (f"adapter ({d.deploy_form})" if d.adapter else "", d.recipe or "") if x)
             table.add_row(str(i), j.variant, d.model or "adapter's base", how or "—", j.label, str(j.task.limit or "all"))
-        console.print(table)
+        (out if dry_run else console).print(table)  # a dry run's plan is its output: stdout, so `> plan.txt` keeps it
         if dry_run:
             return
         quiet_transformers()

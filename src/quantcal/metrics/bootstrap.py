@@ -49,6 +49,10 @@ class Interval:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __str__(self) -> str:
+        """``0.197 [0.050, 0.253]``: the estimate and its interval, three decimals (``repr`` keeps every field)."""
+        return f"{self.estimate:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
 
 MetricArg = str | Callable[..., float]
 #: From the draws (indices, and a function giving their count matrix) to the metric on each resample.
