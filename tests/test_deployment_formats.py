@@ -8,15 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from quantcal.engines.encoding import Encoder
-from quantcal.engines.hf_scorer import iter_flat, score_items
 from quantcal.errors import QuantcalError
 from quantcal.recipes import parse_recipe
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.number_formats import fake_fp8, fake_int8, fake_mxfp4
 from quantcal.sources.models import load_model, resolve_source
 from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
-from tests.test_scoring import assert_equals_plain_forward, preamble_items, random_items
+from tests.test_scoring import assert_packed_and_shared_prefixes_exact
 
 CALIB = "nsamples=2,seqlen=32"
 
@@ -60,12 +58,7 @@ def test_packed_and_shared_prefix_scoring_stay_exact_with_quantized_activations(
     lm = load_variant_model(VariantDef(str(path), parse_recipe(recipe).key), resolve_source(str(path)),
                             LoadOptions(dtype="float32"))
     lm.model.double()
-    encoder = Encoder(lm.tokenizer, max_length=512)
-    for items, shared in ((random_items(8, seed=3), None), (preamble_items(8, seed=4), 4)):
-        encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
-        kwargs = {"min_shared_prefix": shared, "min_shared_saving": 0} if shared else {}
-        results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=16, **kwargs))}
-        assert_equals_plain_forward(lm.model, encoded, results)
+    assert_packed_and_shared_prefixes_exact(lm)
 
 
 def test_static_scales_are_recorded_and_change_the_output(tiny_llama: Path, env_cache: Path) -> None:
@@ -106,12 +99,15 @@ def test_a_block_that_does_not_divide_a_layer_is_refused(tmp_path: Path, smol_ch
         load_variant_model(VariantDef(str(path), "mxfp4"), resolve_source(str(path)))
 
 
-def test_quantized_activations_refuse_the_vllm_backend(tiny_llama: Path, env_cache: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("recipe, words", [("w8a8", "quantized activations run in quantcal's HF scorer only"),
+                                           ("kv:fp8", "kv_cache_dtype")])
+def test_run_time_formats_refuse_the_vllm_backend(tiny_llama: Path, env_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  recipe: str, words: str) -> None:
+    """Quantized activations and KV caches run in quantcal's HF scorer only, for now: vLLM says so in one line."""
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
-    with pytest.raises(QuantcalError, match="quantized activations run in quantcal's HF scorer only"):
-        load_variant_model(VariantDef(str(tiny_llama), "w8a8"), resolve_source(str(tiny_llama)),
+    with pytest.raises(QuantcalError, match=words):
+        load_variant_model(VariantDef(str(tiny_llama), recipe), resolve_source(str(tiny_llama)),
                            LoadOptions(backend="vllm"))

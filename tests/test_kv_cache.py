@@ -12,8 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 from quantcal.cli import app
-from quantcal.engines.encoding import Encoder
-from quantcal.engines.hf_scorer import iter_flat, score_items
 from quantcal.errors import QuantcalError
 from quantcal.recipes import parse_recipe
 from quantcal.recipes.kv_cache import attention_layers, install, round_to
@@ -21,7 +19,7 @@ from quantcal.recipes.number_formats import E4M3_MAX
 from quantcal.sources.models import load_model, resolve_source
 from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
 from tests.conftest import write_jsonl
-from tests.test_scoring import assert_equals_plain_forward, preamble_items, random_items
+from tests.test_scoring import assert_packed_and_shared_prefixes_exact
 
 runner = CliRunner()
 CALIB = {"calib": "self", "nsamples": 2, "seqlen": 16, "seed": 0}
@@ -80,12 +78,7 @@ def test_packed_and_shared_prefix_scoring_stay_exact_with_a_quantized_cache(tiny
     lm = load_variant_model(VariantDef(str(tiny_llama), "kv:int8,scale=0.02"), resolve_source(str(tiny_llama)),
                             LoadOptions(dtype="float32"))
     lm.model.double()  # as the activation formats' test: token-locality tested without float32 boundary cases
-    encoder = Encoder(lm.tokenizer, max_length=512)
-    for items, shared in ((random_items(8, seed=3), None), (preamble_items(8, seed=4), 4)):
-        encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
-        kwargs = {"min_shared_prefix": shared, "min_shared_saving": 0} if shared else {}
-        results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=16, **kwargs))}
-        assert_equals_plain_forward(lm.model, encoded, results)
+    assert_packed_and_shared_prefixes_exact(lm)
 
 
 def test_a_composed_recipe_is_the_weight_variant_served_with_the_cache(tiny_llama: Path, env_cache: Path) -> None:
@@ -123,14 +116,3 @@ def test_kv_variants_are_runs_of_their_own(tiny_llama: Path, env_cache: Path, tm
 def test_bad_kv_recipes_are_one_line(recipe: str, words: str) -> None:
     with pytest.raises(QuantcalError, match=words):
         parse_recipe(recipe)
-
-
-def test_a_kv_format_refuses_the_vllm_backend_for_now(tiny_llama: Path, env_cache: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
-    with pytest.raises(QuantcalError, match="kv_cache_dtype"):
-        load_variant_model(VariantDef(str(tiny_llama), "kv:fp8"), resolve_source(str(tiny_llama)),
-                           LoadOptions(backend="vllm"))

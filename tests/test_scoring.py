@@ -39,6 +39,17 @@ def assert_equals_plain_forward(model, encoded, results) -> None:  # noqa: ANN00
             assert results[e.item_index].n_tokens[j] == len(cont)
 
 
+def assert_packed_and_shared_prefixes_exact(lm) -> None:  # noqa: ANN001
+    """A model (a loaded variant with run-time quantizers, say) scored packed, and with cross-item prefix sharing,
+    equals plain forwards of each choice through the same model."""
+    encoder = Encoder(lm.tokenizer, max_length=512)
+    for items, shared in ((random_items(8, seed=3), None), (preamble_items(8, seed=4), 4)):
+        encoded = [encoder.encode_item(i, it, " ") for i, it in enumerate(items)]
+        kwargs = {"min_shared_prefix": shared, "min_shared_saving": 0} if shared else {}
+        results = {s.item_index: s for s in iter_flat(score_items(lm.model, encoded, batch_size=16, **kwargs))}
+        assert_equals_plain_forward(lm.model, encoded, results)
+
+
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
 @pytest.mark.parametrize(("batch_size", "max_tokens"), [(1, None), (7, None), (64, None), (64, 48)])
 @pytest.mark.parametrize("packed", [True, False])
