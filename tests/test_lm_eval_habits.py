@@ -57,3 +57,14 @@ def test_an_interval_prints_compactly() -> None:
     interval = Interval(0.1971427338882965, 0.05, 0.2531, 0.95, 1000)
     assert str(interval) == "0.197 [0.050, 0.253]"
     assert "0.1971427338882965" in repr(interval)  # repr keeps every field
+
+
+def test_reading_commands_leave_no_wal_or_shm_files(tiny_llama: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "q.jsonl", _questions(4))
+    store = tmp_path / "s.sqlite"
+    assert runner.invoke(app, ["eval", "--model", str(tiny_llama), "--task", "custom", "--data-file", str(data),
+                               "--store", str(store)]).exit_code == 0
+    for command in (["metrics", str(store), "--resamples", "20"], ["export", str(store), "--out", str(tmp_path / "x.jsonl")],
+                    ["compare", str(store), "--resamples", "20"]):
+        runner.invoke(app, command)
+        assert sorted(p.name for p in tmp_path.glob("s.sqlite*")) == ["s.sqlite"], command

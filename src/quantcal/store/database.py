@@ -391,9 +391,15 @@ def _writable(path: Path) -> bool:
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
-    """A read-only connection; a file we may not write is opened immutable (no -wal/-shm files are created)."""
-    uri = f"file:{path.resolve()}?mode=ro" + ("" if _writable(path) else "&immutable=1")
-    return sqlite3.connect(uri, uri=True, timeout=LOCK_TIMEOUT_S)
+    """A connection that only reads. A file we may write is opened as writers open it, with writes refused
+    (``query_only``): the last connection to close then removes the ``-wal``/``-shm`` files a WAL store reads through,
+    as a writer does (a ``mode=ro`` connection left them behind after every ``quantcal metrics``). A file we may not
+    write is opened immutable (no ``-wal``/``-shm`` files are created)."""
+    if _writable(path):
+        db = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S)
+        db.execute("PRAGMA query_only=ON")
+        return db
+    return sqlite3.connect(f"file:{path.resolve()}?mode=ro&immutable=1", uri=True, timeout=LOCK_TIMEOUT_S)
 
 
 def open_store(path: str | Path, create: bool = True, readonly: bool = False) -> Store:
