@@ -6,13 +6,18 @@ Local rows carry their origin (``file:line``) so that a malformed row can be nam
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from quantcal.errors import QuantcalError
+from quantcal.tasks.hub_access import hub_unreachable, offline_mode
 
 LOCAL_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
+#: What a user without the hub can do instead.
+LOCAL_COPY_HINT = ("give the task a local copy in the hub schema (eval: --data-file; a study's task: data_file), "
+                   "written where the hub is reachable with datasets' load_dataset(...).to_json(PATH)")
 
 
 @dataclass(frozen=True)
@@ -144,13 +149,18 @@ def read_hub_rows(path: str, config: str | None, split: str) -> list[Row]:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
         raise QuantcalError("the 'datasets' package is needed to load from the hub") from exc
+    where = f"{path}" + (f" ({config})" if config else "") + f", split {split}"
+    offline = hub_unreachable()
     try:
-        dataset = datasets.load_dataset(path, config, split=split)
+        with offline_mode() if offline else nullcontext():  # offline: the local cache only, no minutes of retries
+            dataset = datasets.load_dataset(path, config, split=split)
     except Exception as exc:
-        where = f"{path}" + (f" ({config})" if config else "") + f", split {split}"
+        if offline:
+            raise QuantcalError(f"cannot load {where}: the hub is out of reach ({offline}) and the local datasets "
+                                f"cache does not hold it; {LOCAL_COPY_HINT}") from None
         raise QuantcalError(
             f"cannot load {where} from the Hugging Face hub: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            " — offline? give the task a local copy in the hub schema (eval: --data-file; a study's task: data_file)"
+            f" — offline? {LOCAL_COPY_HINT}"
         ) from exc
     origin = f"{path}/{config or ''}/{split}"
     return [Row(dict(record), i, f"{origin}[{i}]") for i, record in enumerate(dataset)]

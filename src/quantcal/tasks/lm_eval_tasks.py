@@ -19,6 +19,7 @@ tasks ship with the installed lm-eval package: their code is that package's, tru
 from __future__ import annotations
 
 import contextlib
+from contextlib import nullcontext
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from quantcal.errors import QuantcalError
+from quantcal.tasks.hub_access import hub_unreachable, offline_mode
 from quantcal.tasks.items import Item
 from quantcal.tasks.prompts import PromptSetup, render_chat_messages, require_chat_template
 from quantcal.tasks.base import Task
@@ -256,13 +258,18 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
         if code:
             raise code_consent_error(bare, [str(f) for f in code])
     manager = _task_manager(include)
+    offline = hub_unreachable()
     try:
-        loaded = manager.load([bare])
+        with offline_mode() if offline else nullcontext():  # offline: datasets' local cache only, no retries
+            loaded = manager.load([bare])
     except QuantcalError:
         raise
     except Exception as exc:  # lm-eval and datasets raise many types for a task they cannot load (no network, ...)
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise QuantcalError(f"lm-eval:{bare}: lm-eval could not load the task ({type(exc).__name__}: {first})") from None
+        hint = (f"; the hub is out of reach ({offline}): write a task YAML that reads a local copy (dataset_path: "
+                "json, dataset_kwargs: {data_files: {test: PATH}}) and pass its folder with --lm-eval-include"
+                if offline else "")
+        raise QuantcalError(f"lm-eval:{bare}: lm-eval could not load the task ({type(exc).__name__}: {first}){hint}") from None
     if loaded["groups"] or len(loaded["tasks"]) != 1:
         raise QuantcalError(f"lm-eval:{bare} is a group; name one of its tasks, or let evaluate expand it")
     (task,) = loaded["tasks"].values()
