@@ -72,6 +72,12 @@ def test_each_kind_of_damage_is_named(cache: Path, tiny_llama: Path) -> None:
     assert manifest_problem(entry) == "tokenizer_config.json is missing"  # a folder is no file of the entry
     (entry / MANIFEST).write_text("[")
     assert "unreadable" in manifest_problem(entry)
+    copy = entry.parent / "elsewhere.json"  # the manifest itself a link to an identical copy: not followed
+    write_manifest(entry)
+    copy.write_bytes((entry / MANIFEST).read_bytes())
+    (entry / MANIFEST).unlink()
+    (entry / MANIFEST).symlink_to(copy)
+    assert manifest_problem(entry) == f"{MANIFEST} is not a regular file"
 
 
 @pytest.mark.parametrize("damage, expected", [

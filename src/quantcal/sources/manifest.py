@@ -43,7 +43,11 @@ def write_manifest(folder: Path) -> dict[str, Any]:
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The manifest, or None when the entry has none or it cannot be read as one."""
+    """The manifest, or None when the entry has none, it is not a regular file of the entry (a symbolic link is
+    not followed) or it cannot be read as one."""
+    path = folder / MANIFEST
+    if path.is_symlink() or not path.is_file():
+        return None
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError, RecursionError):
@@ -59,7 +63,10 @@ def manifest_problem(folder: Path, full: bool = False) -> str | None:
     or, for small files or with ``full``, another hash), or None when it matches."""
     manifest = read_manifest(folder)
     if manifest is None:
-        return ("no manifest (built before quantcal kept one, or not by quantcal)" if not (folder / MANIFEST).exists()
+        path = folder / MANIFEST
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            return f"{MANIFEST} is not a regular file"
+        return ("no manifest (built before quantcal kept one, or not by quantcal)" if not path.exists()
                 else f"{MANIFEST} unreadable")
     listed = {f["path"]: f for f in manifest["files"]}
     present = {p.relative_to(folder).as_posix(): p for p in _files(folder)}
