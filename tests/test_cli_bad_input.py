@@ -157,6 +157,7 @@ def test_fewshot_as_multiturn_without_a_chat_template(store: Path) -> None:
                       "--fewshot-as-multiturn needs --apply-chat-template")
 
 
+@pytest.mark.heavy
 def test_unknown_lm_eval_task(store: Path) -> None:
     pytest.importorskip("lm_eval")
     assert_user_error(run("eval", "--task", "lm-eval:no_such_task_anywhere", "--store", str(store)),

@@ -100,6 +100,7 @@ def test_lm_eval_groups_in_a_study_are_validated(tmp_path: Path) -> None:
         parse_study(base | {"lm_eval_groups": [{"name": "g", "tasks": ["arithmetic"], "extra": 1}]}, tmp_path)
 
 
+@pytest.mark.heavy
 def test_an_lm_eval_task_that_cannot_load_names_the_task(tmp_path: Path) -> None:
     pytest.importorskip("lm_eval")
     folder = tmp_path / "inc"

@@ -39,6 +39,10 @@ def assert_equals_plain_forward(model, encoded, results) -> None:  # noqa: ANN00
             assert results[e.item_index].n_tokens[j] == len(cont)
 
 
+#: Gemma's cases of the large grids run in the heavy tier (Gemma stays in the first tier through the other tests).
+GEMMA_HEAVY = pytest.param("tiny_gemma", marks=pytest.mark.heavy)
+
+
 def assert_packed_and_shared_prefixes_exact(lm) -> None:  # noqa: ANN001
     """A model (a loaded variant with run-time quantizers, say) scored packed, and with cross-item prefix sharing,
     equals plain forwards of each choice through the same model."""
@@ -50,7 +54,7 @@ def assert_packed_and_shared_prefixes_exact(lm) -> None:  # noqa: ANN001
         assert_equals_plain_forward(lm.model, encoded, results)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", GEMMA_HEAVY])
 @pytest.mark.parametrize(("batch_size", "max_tokens"), [(1, None), (7, None), (64, None), (64, 48)])
 @pytest.mark.parametrize("packed", [True, False])
 def test_scorer_matches_plain_forward(fixture: str, batch_size: int, max_tokens: int | None, packed: bool,
@@ -146,7 +150,7 @@ def preamble_items(n: int, seed: int, preambles: int = 2) -> list[Item]:
     return items
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("fixture", ["tiny_llama", GEMMA_HEAVY])
 @pytest.mark.parametrize(("batch_size", "max_tokens", "min_shared"), [(64, None, 32), (5, None, 32), (64, 40, 4)])
 def test_shared_prefix_scoring_matches_plain_forward(fixture: str, batch_size: int, max_tokens: int | None,
                                                      min_shared: int, request: pytest.FixtureRequest) -> None:
