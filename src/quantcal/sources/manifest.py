@@ -4,7 +4,7 @@ checked when it is used, so an edited, truncated or replaced file is seen before
 ``quantcal-manifest.json`` lists each regular file below the entry (the manifest itself left out) as
 ``{"path": ..., "size": ..., "sha256": ...}``. Checking it is cheap by default (every file's size and type, and the
 hashes of the files under :data:`SMALL_FILE_BYTES`: config, tokenizer, records); ``full=True`` hashes the weights too
-(the first time an entry is used in a run, and ``quantcal cache verify``).
+(each time a built variant is loaded to score, and ``quantcal cache verify``).
 
 The entry's *digest* hashes the list of the model's files and their hashes (the build record, whose timings differ
 from build to build, left out): a store run records it, so a resumed run whose variant's files hash differently

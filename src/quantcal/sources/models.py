@@ -166,7 +166,8 @@ def load_model(
     packed_load.keep_compute_dtype(model)  # an exported bitsandbytes checkpoint: the compute dtype, on every CPU
     model.to(device)
     model.eval()
-    return LoadedModel(model, tokenizer, source, weights_digest(source))
+    folder = Path(location)  # the folder loaded (a GGUF's dequantized copy): its digest, without checking it again
+    return LoadedModel(model, tokenizer, source, entry_digest(folder) if folder.is_dir() else None)
 
 
 def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
