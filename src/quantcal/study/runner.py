@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import time
 import traceback
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from quantcal.analysis.sensitivity import read_sensitivity
 from quantcal.errors import QuantcalError
+from quantcal.versions import environment_problem
 from quantcal.study.jobs import Job, JobResult, ScoringOptions, forbidden_overlap, run_job
 from quantcal.metrics.bootstrap import check_resamples
 from quantcal.finetune.base import BaseConfig
@@ -59,26 +60,42 @@ class JobOutcome:
     n_errors: int = 0
     seconds: float = 0.0
     error: Optional[str] = None
+    item_ids: list[str] = field(default_factory=list, repr=False)  # the items this job covers (its plan's)
 
     @classmethod
     def of(cls, result: JobResult, variant: str, task: str, seconds: float) -> "JobOutcome":
         """A job that ran: it failed only if no item could be scored."""
         ok = result.n_items > result.n_errors
         return cls(variant, task, ok, result.n_items, result.n_scored_now, result.n_errors, seconds,
-                   None if ok else "no item could be scored")
+                   None if ok else "no item could be scored", list(result.item_ids))
 
     @classmethod
     def failed(cls, variant: str, task: str, exc: BaseException, seconds: float = 0.0) -> "JobOutcome":
         return cls(variant, task, False, seconds=seconds, error=failure_reason(exc))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("item_ids")
+        return out
+
+
+def planned_items(outcomes: list[JobOutcome]) -> dict[str, list[str]]:
+    """Per task label, the items the plan covers (every job of a task covers the same ones; their union, in order)."""
+    items: dict[str, dict[str, None]] = {}
+    for o in outcomes:
+        if o.item_ids:
+            items.setdefault(o.task, {}).update(dict.fromkeys(o.item_ids))
+    return {task: list(ids) for task, ids in items.items()}
 
 
 def failure_reason(exc: BaseException) -> str:
     """One line for a failed job: a user error's own message, else the exception's type and message."""
     if isinstance(exc, QuantcalError):
         return str(exc)
+    if isinstance(exc, (ImportError, RuntimeError, OSError)):
+        problem = environment_problem()  # a broken install (a torch companion) shows as transformers' import error
+        if problem:
+            return problem
     return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
 

