@@ -206,3 +206,31 @@ def test_mixed_precision_example_is_valid_with_its_committed_ranking(tmp_path: P
     spec.tasks[0].skip, spec.tasks[1].skip = 800, 900
     with pytest.raises(QuantcalError, match="variant mixed-4.5 · task hellaswag: 100 of 2000 items .* were used to rank"):
         check_plan(spec)
+
+
+def test_limit_is_what_the_report_covers_and_an_earlier_larger_run_is_named(tmp_path: Path, tiny_llama: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 34 item 4: `run --limit 10` after a run of 30 items reports 10 items (not the 30 the store holds), says
+    so in the first screen, and `report --all-items` reports all 30."""
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    study = _study(tmp_path, tiny_llama)
+    out = tmp_path / "report_dir"
+    assert runner.invoke(app, ["run", str(study)]).exit_code == 0
+    small = runner.invoke(app, ["run", str(study), "--limit", "10"])
+    assert small.exit_code == 0, small.output
+    results = json.loads((out / "results.json").read_text())
+    block = results["tasks"]["custom"]["none"]
+    assert block["variants"]["reference"]["n"] == 10 and block["paired"]["w2"]["n"] == 10
+    assert {r["n"] for r in results["runs"]} == {10}
+    assert len(results["scope"]) == 1 and "20 other scored items" in results["scope"][0]
+    assert len(pd.read_parquet(out / "items.parquet")) == 2 * 10
+    page = (out / "report.html").read_text()
+    assert page.index("20 other scored items") < page.index('id="summary"')  # in the findings box, first screen
+    assert "20 other scored items" in small.output  # and on the terminal
+
+    rebuilt = runner.invoke(app, ["report", str(out / "study.sqlite")])  # the study's last plan, again
+    assert rebuilt.exit_code == 0 and json.loads((out / "results.json").read_text())["runs"][0]["n"] == 10
+    every = runner.invoke(app, ["report", str(out / "study.sqlite"), "--all-items", "-o", str(tmp_path / "all")])
+    assert every.exit_code == 0, every.output
+    whole = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert whole["tasks"]["custom"]["none"]["variants"]["reference"]["n"] == 30 and whole["scope"] == []

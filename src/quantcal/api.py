@@ -12,6 +12,7 @@ two optional callbacks: ``progress(description, total)`` returns a tqdm-like bar
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,7 +46,8 @@ from quantcal.report.collect import ReportSettings
 from quantcal.report.write import WrittenReport, write_report
 from quantcal.study.sensitivity import SensitivityResult, load_sensitivity, merge_sensitivity, run_sensitivity
 from quantcal.store.database import open_store
-from quantcal.study.runner import JobOutcome, PlannedJob, check_plan, plan, run_study as run_jobs, study_items, train_adapters
+from quantcal.study.runner import (JobOutcome, PlannedJob, check_plan, plan, planned_items, run_study as run_jobs,
+                                   study_items, train_adapters)
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study
 from quantcal.analysis.summary import align, paired_analysis, run_metrics, run_predictions
 from quantcal.tasks import get_task, load_items as task_items
@@ -460,8 +462,11 @@ def run_study(
         failures = [o.to_json() for o in outcomes if not o.ok]
         if len(failures) == len(outcomes):
             raise QuantcalError(f"every job failed; first: {failures[0]['error']}")
+        settings = report_settings(spec)
+        settings.items = planned_items(outcomes)  # the report covers this plan's items, not all the store holds
+        write_text_atomic(out_dir / PLANNED_ITEMS, json.dumps(settings.items))
         with (phase or (lambda label: nullcontext()))("writing the report"):
-            written = write_report(db, out_dir, report_settings(spec), spec.name, failures, say)
+            written = write_report(db, out_dir, settings, spec.name, failures, say)
     checkpoints, not_exported = [], {}
     if spec.export is not None:
         with (phase or (lambda label: nullcontext()))("exporting checkpoints"):
@@ -472,15 +477,17 @@ def run_study(
 
 def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output: Union[str, Path, None] = None,
            resamples: Optional[int] = None, normalization: Union[str, Sequence[str], None] = None,
-           say: Say = _silent) -> WrittenReport:
+           all_items: bool = False, say: Say = _silent) -> WrittenReport:
     """Rebuild a report from a store without scoring (a study's settings come from its ``study.json``).
 
     ``ref``: the reference variant (default: the study's, else ``reference``, else the store's first run).
     ``normalization``: the length normalization(s) of the choice scores to report (default: the study's, else
-    ``none``); the store keeps every choice's log-likelihood and length, so any of them needs no rescoring."""
+    ``none``); the store keeps every choice's log-likelihood and length, so any of them needs no rescoring.
+    ``all_items``: report every item the store holds, not only those of the study's last plan (its ``limit``)."""
     store = Path(store)
     study_file = store.parent / "study.json"
     spec = StudySpec.model_validate_json(study_file.read_text()) if study_file.is_file() else None
+    planned = _planned_items(store.parent / PLANNED_ITEMS) if spec and not all_items else {}
     norms = _normalizations(normalization)
     if resamples is not None:
         if resamples < 10:
@@ -501,8 +508,26 @@ def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output
             settings.resamples = resamples
         if norms:
             settings.normalizations = norms
+        settings.items = planned
         return write_report(db, Path(output) if output else store.parent, settings, spec.name if spec else store.stem,
                             say=say)
+
+
+#: Beside a study's store: per task, the item ids its last run planned (what its report covers).
+PLANNED_ITEMS = "planned_items.json"
+
+
+def _planned_items(path: Path) -> dict[str, list[str]]:
+    """A study's planned items (:data:`PLANNED_ITEMS`); none recorded (an older study): every stored item."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise QuantcalError(f"{path}: unreadable ({exc}); delete it, or pass --all-items") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in data.values()):
+        raise QuantcalError(f"{path}: not a map of task to item ids; delete it, or pass --all-items")
+    return data
 
 
 def _normalizations(normalization: Union[str, Sequence[str], None]) -> list[str]:

@@ -39,13 +39,18 @@ COLUMNS = ("run_id", "variant", "task", "recipe", "normalization", "position", "
 LIST_COLUMNS = ("golds", "probs", "logprobs", "logliks", "n_tokens", "n_chars", "n_bytes", "greedy", "choices")
 
 
-def item_records(store: Store, normalizations: Sequence[str] = ("none",), include_errors: bool = False) -> list[dict[str, Any]]:
+def item_records(store: Store, normalizations: Sequence[str] = ("none",), include_errors: bool = False,
+                 items: Mapping[str, Collection[str]] | None = None) -> list[dict[str, Any]]:
     """Every scored item of every current run in ``store`` (:meth:`Store.current_runs`: a run superseded by a later
     one of the same variant and task is left out), once per normalization, as plain Python records; with
-    ``include_errors`` also each item that could not be scored, with its reason."""
+    ``include_errors`` also each item that could not be scored, with its reason. ``items``: per task, only those
+    item ids (a study's plan); a task not in it keeps all its items."""
     records: list[dict[str, Any]] = []
     for run in store.current_runs():
         scored = store.scored_items(run.run_id)
+        if items and run.task in items:
+            wanted = set(items[run.task])
+            scored = [it for it in scored if it.item_id in wanted]
         errors = store.errors(run.run_id) if include_errors else []
         texts = store.item_texts([it.item_hash for it in scored]) if scored else {}
         for normalization in normalizations:

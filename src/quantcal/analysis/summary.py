@@ -6,7 +6,7 @@ The glue between the store (I/O) and the pure metrics/analysis functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from quantcal.analysis import Comparison, compare
 from quantcal.errors import QuantcalError
@@ -23,18 +23,26 @@ class Aligned:
     n_var: int
 
 
-def run_predictions(store: Store, variant: str, task: str, normalization: str = "none") -> tuple[Predictions, list[ScoredItem]]:
+def run_predictions(store: Store, variant: str, task: str, normalization: str = "none",
+                    items: Optional[Collection[str]] = None) -> tuple[Predictions, list[ScoredItem]]:
+    """A run's scored items as predictions; ``items``: only those ids (a study's plan: the store may hold more, from
+    a larger ``limit`` earlier), ``None``: every scored item."""
     run = store.find_run(variant, task)
     scored = store.scored_items(run.run_id)
+    if items is not None:
+        wanted = set(items)
+        scored = [it for it in scored if it.item_id in wanted]
     if not scored:
         raise QuantcalError(f"{store.path}: run {variant}/{task} has no scored items yet")
     return predictions(scored, normalization), scored
 
 
-def align(store: Store, ref: str, variant: str, task: str, normalization: str = "none") -> Aligned:
-    """The items both runs scored, matched by id; a content mismatch (different prompt or data) is an error."""
-    a, sa = run_predictions(store, ref, task)
-    b, sb = run_predictions(store, variant, task)
+def align(store: Store, ref: str, variant: str, task: str, normalization: str = "none",
+          items: Optional[Collection[str]] = None) -> Aligned:
+    """The items both runs scored (of ``items`` when given), matched by id; a content mismatch (different prompt or
+    data) is an error."""
+    a, sa = run_predictions(store, ref, task, items=items)
+    b, sb = run_predictions(store, variant, task, items=items)
     by_id = {it.item_id: it for it in sb}
     common = [it for it in sa if it.item_id in by_id]
     if not common:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -125,15 +126,50 @@ def phase(label: str) -> Iterator[None]:
         yield
 
 
+class LogBar:
+    """Progress for a log file or a pipe (stderr not a terminal), where a bar's carriage-return redraws pile up and
+    its last state prints twice: one line when it starts, one every ``every`` seconds, one when it ends."""
+
+    def __init__(self, description: str, total: int, unit: str, initial: int = 0, every: float = 30.0) -> None:
+        self.description, self.total, self.unit, self.every = description, total, unit, every
+        self.n = self.start_n = initial
+        self.postfix = ""
+        self.start = self.last = time.monotonic()
+        self._line(f"{self.n}/{self.total} {unit}s to do" if not initial else f"{self.n}/{self.total} {unit}s done before")
+
+    def _line(self, text: str) -> None:
+        print(f"{self.description}: {text}{self.postfix}", file=sys.stderr, flush=True)
+
+    def _rate(self) -> str:
+        seconds = max(time.monotonic() - self.start, 1e-9)
+        return f"{(self.n - self.start_n) / seconds:.1f} {self.unit}s/s, {seconds:.1f} s"
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.last >= self.every and self.n < self.total:
+            self.last = time.monotonic()
+            self._line(f"{self.n}/{self.total} {self.unit}s ({self._rate()})")
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = "".join(f", {k} {v}" for k, v in values.items())
+
+    def close(self) -> None:
+        self._line(f"{self.n}/{self.total} {self.unit}s ({self._rate()})")
+
+
 def item_bar(description: str, total: int) -> Any:
-    """A bar over a job's items (the library's ``progress`` callback)."""
+    """A bar over a job's items (the library's ``progress`` callback); plain lines when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return LogBar(description, total, "item")
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=description, unit="item", dynamic_ncols=True, file=sys.stderr)
 
 
 def step_bar(total: int, initial: int) -> Any:
-    """A bar over fine-tuning steps (the library's ``progress`` callback for training)."""
+    """A bar over fine-tuning steps (the library's ``progress`` callback for training); plain lines in logs."""
+    if not sys.stderr.isatty():
+        return LogBar("fine-tuning", total, "step", initial)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="fine-tuning", unit="step", dynamic_ncols=True, file=sys.stderr)

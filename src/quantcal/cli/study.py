@@ -20,6 +20,7 @@ def run_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Cap every task at its first N items (for a quick or CI-sized run)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (overrides the study's 'output')."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: the plan as JSON on stdout (every value whole; the table cuts long ones)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:0 ... (overrides the study's 'device')."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="auto, float32, bfloat16, float16 (overrides the study's 'dtype')."),
     executor: str = typer.Option("local", "--executor", help="local (one job after another, in this process) or ray (jobs as Ray tasks; the driver alone writes the store)."),
@@ -37,14 +38,21 @@ def run_command(
         from quantcal import api
         from quantcal.study.ray_executor import RaySettings
 
+        if as_json and not dry_run:
+            raise QuantcalError("`json` goes with `dry_run` (the plan as JSON)")
         plan = api.plan_study(study, output=output, limit=limit, data_dir=data_dir, device=device, dtype=dtype)
+        rows = [_plan_row(i, j) for i, j in enumerate(plan.jobs, 1)]
+        if as_json:
+            import json
+
+            typer.echo(json.dumps({"study": plan.spec.name, "output": str(plan.output), "jobs": rows}, indent=2))
+            return
         table = Table(title=f"plan · {plan.spec.name} · {len(plan.jobs)} jobs")
-        for column in ("#", "variant", "model", "adapter / recipe", "task", "items"):
-            table.add_column(column, overflow="fold")  # full recipes and paths, wrapped, never cut
-        for i, j in enumerate(plan.jobs, 1):
-            d = j.definition
-            how = " + ".join(x for x in (f"adapter ({d.deploy_form})" if d.adapter else "", d.recipe or "") if x)
-            table.add_row(str(i), j.variant, d.model or "adapter's base", how or "—", j.label, str(j.task.limit or "all"))
+        widths = _plan_widths(rows, (out if dry_run else console).width)
+        for column, key in PLAN_COLUMNS:  # one line per job: long values cut (whole in --dry-run --json), never wrapped
+            table.add_column(column, no_wrap=True, overflow="ellipsis")
+        for r in rows:
+            table.add_row(*(_cut(str(r[key]), widths[key]) for _, key in PLAN_COLUMNS))
         (out if dry_run else console).print(table)  # a dry run's plan is its output: stdout, so `> plan.txt` keeps it
         if dry_run:
             return
@@ -64,6 +72,33 @@ def run_command(
             raise typer.Exit(1)
 
 
+PLAN_COLUMNS = (("#", "job"), ("variant", "variant"), ("model", "model"), ("adapter / recipe", "how"), ("task", "task"),
+                ("items", "items"))
+
+
+def _plan_widths(rows: list[dict[str, Any]], width: int) -> dict[str, int]:
+    """Each plan column's width so the table fits ``width``: variant and task at most 24, the rest shared by model
+    and recipe (each at least 12)."""
+    longest = {key: max([len(column)] + [len(str(r[key])) for r in rows]) for column, key in PLAN_COLUMNS}
+    out = {key: longest[key] for key in ("job", "items")}
+    out.update({key: min(longest[key], 24) for key in ("variant", "task")})
+    room = max(width - 3 * len(PLAN_COLUMNS) - 1 - sum(out.values()), 24)  # borders and padding: 3 per column, 1
+    model = min(longest["model"], max(12, room - min(longest["how"], room // 2)))
+    out["model"], out["how"] = model, min(longest["how"], max(12, room - model))
+    return out
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def _plan_row(number: int, job: Any) -> dict[str, Any]:
+    d = job.definition
+    how = " + ".join(x for x in (f"adapter ({d.deploy_form})" if d.adapter else "", d.recipe or "") if x)
+    return {"job": number, "variant": job.variant, "model": d.model or "adapter's base", "how": how or "—",
+            "task": job.label, "items": job.task.limit or "all"}
+
+
 def _print_summary(results: dict[str, Any]) -> None:
     for task, by_norm in results["tasks"].items():
         norm, block = next(iter(by_norm.items()))
@@ -76,13 +111,19 @@ def _print_summary(results: dict[str, Any]) -> None:
             table.add_row(name, str(v["n"]), f"{m['acc']['estimate']:.4f}" if "acc" in m else "—",
                           f"{m['ece']['estimate']:.4f}" if "ece" in m else "—", _delta(p.get("acc")), _delta(p.get("ece")))
         out.print(table)
-        for flag in block["deployment"]["flags"]:
-            console.print(Text.assemble(("warning", "yellow"), ": " + flag["message"]), highlight=False)
+        for flag in block["deployment"]["flags"]:  # only changes whose intervals both exclude 0
+            if flag["both_intervals_exclude_zero"]:
+                console.print(Text.assemble(("warning", "yellow"), f": {task} ({norm}): {flag['message']}"),
+                              highlight=False)
+    for note in results.get("scope", []):
+        console.print(Text.assemble(("note", "yellow"), ": " + note), highlight=False)
     found = results.get("findings", {})
-    for b in found.get("blocks", []):
-        out.print(Text(f"{b['task']} ({b['normalization']}): " + " | ".join(b["lines"])), soft_wrap=True)
+    for b in found.get("blocks", []):  # one line per variant, wrapped to the terminal
+        out.print(Text(f"findings · {b['task']} · normalization {b['normalization']} (variant − reference, 95% interval):"))
+        for line in b["lines"]:  # wrapped to a terminal's width, whole lines in logs and pipes
+            out.print(Text(f"  - {line}"), soft_wrap=not out.is_terminal)
     for caveat in found.get("caveats", []):
-        out.print(Text("caveat: " + caveat), soft_wrap=True)
+        out.print(Text("caveat: " + caveat), soft_wrap=not out.is_terminal)
 
 
 def _duration(seconds: float) -> str:
@@ -106,11 +147,12 @@ def report_command(
         None, "--normalization",
         help="Length normalization(s) to report, comma-separated from none, tokens, chars, bytes (default: the "
              "study's, else none). The store keeps every choice's log-likelihood and length: nothing is rescored."),
+    all_items: bool = typer.Option(False, "--all-items", help="Report every item the store holds, not only those of the study's last run (its --limit)."),
 ) -> None:
     """Rebuild the report from a store without scoring anything."""
     with user_errors():
         from quantcal import api
 
         written = api.rebuild_report(store, ref=ref, output=output, resamples=resamples, normalization=normalization,
-                                     say=say)
+                                     all_items=all_items, say=say)
         console.print(f"report: {written.page}")

@@ -42,10 +42,12 @@ class ReportSettings:
     groups: dict[str, list[str]] = field(default_factory=dict)  # variants built several times: name -> builds
     sensitivity: list[str] = field(default_factory=list)  # sensitivity runs shown in "where it breaks"
     task_groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # lm-eval groups: name -> tasks, weighting
+    #: the items a study's plan covers, per task (its `limit`/`skip`); a task not here: every item the store holds
+    items: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _variant_block(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
-    preds, scored = run_predictions(store, variant, task, norm)
+    preds, scored = run_predictions(store, variant, task, norm, s.items.get(task))
     d = as_inputs(preds.probs, preds.labels)
     bins = reliability_bins(d, n_bins=s.reliability_n_bins, binning=s.reliability_binning)
     right = d.correct.astype(bool)
@@ -84,7 +86,7 @@ def smooth_reliability(confidence: np.ndarray, correct: np.ndarray, seed: int = 
 
 
 def _paired(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
-    a = align(store, s.reference, variant, task, norm)
+    a = align(store, s.reference, variant, task, norm, s.items.get(task))
     report = comparison_report(a, s.metrics, s.resamples, s.seed, s.confidence_bins, s.level)
     out = {"n": report["n"], "difference": report["paired_difference"], "analysis": report["analysis"],
            "largest_changes": largest_changes(store, a, s.reference, task)}
@@ -139,7 +141,7 @@ def method_effects(store: Store, builds: list[str], task: str, norm: str, s: Rep
     """A method built several times (calibration seeds): per-build paired differences to the reference on the items
     every build and the reference scored, their mean and spread, and the two-level interval
     (:mod:`quantcal.metrics.two_level`) for every metric that has a resampled form."""
-    aligned = [align(store, s.reference, b, task, norm) for b in builds]
+    aligned = [align(store, s.reference, b, task, norm, s.items.get(task)) for b in builds]
     common = set.intersection(*(set(a.ref.item_ids) for a in aligned))
     if not common:
         raise QuantcalError(f"{task}: the builds {', '.join(builds)} share no items with the reference")
@@ -239,10 +241,14 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
     if not runs:
         raise QuantcalError(f"{store.path}: no scored items to report on")
     tasks = list(dict.fromkeys(r.task for r in runs))
+    def n_reported(r: Any) -> int:
+        wanted = settings.items.get(r.task)
+        return r.n_items if wanted is None else len(store.done_item_ids(r.run_id) & set(wanted))
     out: dict[str, Any] = {"reference": settings.reference, "settings": settings.__dict__, "tasks": {},
-                           "runs": [{"variant": r.variant, "task": r.task, "status": r.status, "n": r.n_items, "n_errors": r.n_errors,
-                                     "seconds": r.seconds, "config": r.config} for r in runs]}
+                           "runs": [{"variant": r.variant, "task": r.task, "status": r.status, "n": n_reported(r),
+                                     "n_errors": r.n_errors, "seconds": r.seconds, "config": r.config} for r in runs]}
     out["notes"] = adapter_notes(out["runs"], settings.reference)
+    out["scope"] = scope_notes(store, runs, settings.items)
     bits = {r["variant"]: run_bits_per_weight(r["config"]) for r in out["runs"]}
     out["bits_per_weight"] = bits
     for task in tasks:
@@ -267,6 +273,20 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
     out["sensitivity"] = [sensitivity_summary(path) for path in settings.sensitivity]
     out["findings"] = findings(out)
     return out
+
+
+def scope_notes(store: Store, runs: list[Any], items: dict[str, list[str]]) -> list[str]:
+    """One line per task whose store holds more scored items than the study's plan covers (an earlier run with a
+    larger ``limit``): the report covers the plan's items only, and says so."""
+    notes = []
+    for task, wanted in items.items():
+        stored = set().union(*(store.done_item_ids(r.run_id) for r in runs if r.task == task))
+        extra = len(stored - set(wanted))
+        if extra:
+            notes.append(f"{task}: this report covers the {len(wanted)} items of this run's plan (its `limit`/`skip`); "
+                         f"the store also holds {extra} other scored items from earlier runs, left out "
+                         f"(`quantcal report STORE --all-items` reports every stored item)")
+    return notes
 
 
 def group_lines(tasks: dict[str, Any], members: list[str], weight_by_size: bool) -> dict[str, Any]:

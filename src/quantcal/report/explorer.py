@@ -9,7 +9,7 @@ the script puts text into cells with ``textContent`` only.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 from quantcal.store.database import Store
 from quantcal.analysis.summary import run_predictions
@@ -21,7 +21,7 @@ CONTEXT_CHARS = 600
 
 
 def explorer_data(store: Store, tasks: dict[str, Sequence[str]], reference: str, normalization: str,
-                  max_items: int = MAX_ITEMS) -> dict[str, Any]:
+                  max_items: int = MAX_ITEMS, items: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
     """Per task: the variants (reference first), and per item its text, gold answer and each variant's
     ``[prediction, p(gold)]``; items the reference scored, in dataset order, at most ``max_items``."""
     out: dict[str, Any] = {}
@@ -29,7 +29,7 @@ def explorer_data(store: Store, tasks: dict[str, Sequence[str]], reference: str,
         names = [reference] + [v for v in variants if v != reference] if reference in variants else list(variants)
         per_variant, base = {}, []
         for name in names:
-            preds, scored = run_predictions(store, name, task, normalization)
+            preds, scored = run_predictions(store, name, task, normalization, (items or {}).get(task))
             per_variant[name] = {it.item_id: (int(preds.pred[i]), float(preds.probs[i, preds.labels[i]]))
                                  for i, it in enumerate(scored)}
             base = base or scored  # the first (the reference's) items give the rows

@@ -34,6 +34,7 @@ td.text { white-space: normal; }
 th.sortable { cursor: pointer; } th.sortable:hover { background: #e8e8e8; }
 dl.glossary dt { font-weight: bold; } dl.glossary dd { margin: 0 0 .4rem 1rem; }
 .flag { background: #ffe3e3; border-left: 4px solid #d33; padding: .5rem .8rem; margin: .5rem 0; }
+.note { background: #fff6dc; border-left: 4px solid #b80; padding: .5rem .8rem; margin: .5rem 0; }
 .ok { background: #e8f6e8; border-left: 4px solid #393; padding: .5rem .8rem; margin: .5rem 0; }
 .muted { color: #666; font-size: .85rem; }
 .findings { background: #f7f9fc; border: 1px solid #dde3ee; padding: .2rem 1rem .6rem; }
@@ -48,6 +49,7 @@ code { background: #f4f4f4; padding: 0 .2rem; }
 {% for b in results.findings.blocks %}<p><strong>{{ b.task }}</strong> <span class="muted">(normalization {{ b.normalization }}; variant − reference, 95% interval)</span></p>
 <ul>{% for line in b.lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endfor %}
 {% if not results.findings.blocks %}<p>No variant to compare with the reference.</p>{% endif %}
+{% for c in results.scope %}<div class="note"><strong>Items:</strong> {{ c }}</div>{% endfor %}
 {% for c in results.findings.caveats %}<div class="flag"><strong>Caveat:</strong> {{ c }}</div>{% endfor %}
 </section>
 <p>Reference <code>{{ results.reference }}</code>; {{ n_variants }} variant(s) on {{ results.tasks|length }} task(s).
