@@ -4,6 +4,7 @@ coinciding quantile bins are merged; the findings block says what changed, in wh
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from quantcal.analysis import recalibrated_difference, recalibration_report, stratify
 from quantcal.metrics import paired_bootstrap
@@ -128,3 +129,147 @@ def test_a_merged_sensitivity_run_shows_what_a_mixed_recipe_protects_first() -> 
     assert sensitivity_summary(str(examples / "rtn3-linear-piqa800"))["combined"] is None
     text = "\n".join(sensitivity_markdown(merged))
     assert "Over the 2 tasks" in text and "L29.mlp (13.0%), L0.mlp (9.2%)" in text
+
+
+def test_a_saturated_reference_gets_normalization_tokens_beside_none(tmp_path) -> None:
+    """Issue 34 item 8: when the saturation caveat fires under `none`, the report adds `tokens` (from the stored
+    scores, nothing rescored), the caveat points at it, and each findings block names its normalization."""
+    import numpy as np
+
+    from quantcal.report.collect import ReportSettings, collect
+    from quantcal.store.database import open_store
+    from quantcal.tasks.items import Item
+
+    rng = np.random.default_rng(0)
+    items = [Item(f"q{i}", "q", ("x", "y"), i % 2) for i in range(40)]
+
+    def rows(shift: float) -> list:
+        out = []
+        for i, it in enumerate(items):
+            gap = rng.normal(30.0 if i % 5 else -30.0, 5.0) + shift  # 20-token answers, about 1.5 nats per token apart
+            gold, other = -40.0, -40.0 - gap
+            logliks = [gold, other] if it.gold == 0 else [other, gold]
+            out.append((i, it, logliks, [20, 20], [False, False]))
+        return out
+    with open_store(tmp_path / "s.sqlite") as db:
+        db.write_scores(db.get_or_create_run("reference", "t", "h0", {}, {}), rows(0.0))
+        db.write_scores(db.get_or_create_run("v", "t", "h1", {"recipe": "rtn:bits=4"}, {}), rows(-20.0))
+        report = collect(db, ReportSettings("reference", resamples=50, recalibration=False))
+        plain = ReportSettings("reference", resamples=50, recalibration=False, normalizations=["none", "chars"])
+        asked = collect(db, plain)
+    assert list(report["tasks"]["t"]) == ["none", "tokens"]
+    assert report["tasks"]["t"]["none"]["variants"]["reference"]["saturated_share"] > 0.25
+    assert report["tasks"]["t"]["tokens"]["variants"]["reference"]["saturated_share"] < 0.25
+    caveat = next(c for c in report["findings"]["caveats"] if "above 0.999" in c)
+    assert "compare with normalization tokens, shown beside it" in caveat
+    assert [b["normalization"] for b in report["findings"]["blocks"]] == ["none", "tokens"]
+    assert list(asked["tasks"]["t"]) == ["none", "chars", "tokens"]  # the user's choice kept, tokens added
+
+
+def test_the_findings_legend_pins_down_binning_tau_and_the_basic_bootstrap() -> None:
+    """Issue 34 item 7: the settings behind the headline numbers, read from the metric registry (a changed default
+    changes the legend)."""
+    from quantcal.metrics import get_metric
+    from quantcal.report.findings import definitions
+
+    lines = definitions(["acc", "ece", "ace", "brier", "overconfidence_rate"], 0.9)
+    text = " | ".join(lines)
+    n_bins = get_metric("ece").defaults["n_bins"]
+    assert f"ECE: top-label confidence in {n_bins} equal-width bins" in text
+    assert f"{get_metric('ace').defaults['n_ranges']} equal-mass ranges" in text
+    assert f"tau = {get_metric('overconfidence_rate').defaults['tau']}" in text
+    assert lines[-1].startswith("intervals: 90% bootstrap") and "for ece, ace the basic interval" in lines[-1]
+    assert definitions(["acc", "brier"])[-1] == "intervals: 95% bootstrap over items (percentile)"
+
+
+def test_the_size_axis_counts_the_reference_as_stored(tiny_llama) -> None:
+    """Issue 34 item 5: a GGUF reference at its blocks' own bits (SmolLM2's Q4_1: 4-bit codes plus a float16 scale
+    and minimum per 32 weights), a float checkpoint at its declared width; never the 16 of the float copy."""
+    import gguf
+
+    from quantcal.sources.models import bundled_gguf_path
+    from quantcal.sources.weight_bits import source_bits_per_weight
+
+    path = bundled_gguf_path("smollm2-135m-instruct")
+    kinds = {t.tensor_type for t in gguf.GGUFReader(path).tensors if t.name.startswith("blk.") and len(t.shape) >= 2}
+    assert kinds == {gguf.GGMLQuantizationType.Q4_1}
+    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_1]
+    assert source_bits_per_weight({"kind": "bundled", "spec": "smollm2-135m-instruct"}) == 8 * type_size / block == 5.0
+    assert source_bits_per_weight({"kind": "local", "spec": str(tiny_llama)}) == 32.0  # saved in float32
+    assert source_bits_per_weight({"kind": "gguf", "spec": "/no/such.gguf"}) is None
+
+
+def test_variant_colours_never_reuse_better_and_worse_and_curves_stay_over_their_items() -> None:
+    import matplotlib.colors as mcolors
+    import numpy as np
+
+    from quantcal.report.figures import colours, covered
+
+    names = [f"v{i}" for i in range(12)]
+    used = set(colours(names).values())
+    for semantic in ("tab:green", "tab:red", "green", "red"):
+        assert all(np.abs(np.subtract(mcolors.to_rgb(c), mcolors.to_rgb(semantic))).sum() > 0.3 for c in used)
+    assert colours(names)["v0"] == "black"
+    mesh = np.linspace(0, 1, 50)
+    curve = {"mesh": mesh.tolist(), "mu": mesh.tolist(), "lower": mesh.tolist(), "upper": mesh.tolist(), "range": [0.45, 0.9]}
+    kept = covered(curve)
+    assert kept["mesh"].min() >= 0.45 and kept["mesh"].max() <= 0.9 and len(kept["mesh"]) > 10
+    assert len(covered({**curve, "range": [0.7, 0.7]})["mesh"]) == 2  # one confidence: still a visible stub
+    assert len(covered({k: v for k, v in curve.items() if k != "range"})["mesh"]) == 50  # older results: all
+
+
+def test_paired_p_values_agree_with_their_intervals_and_bh_keeps_fewer() -> None:
+    """Issue 34 item 6: a paired difference carries the bootstrap p-value that inverts its interval (p < 0.05 when
+    the 95% interval excludes 0, up to the quantile's interpolation), and the report's Benjamini-Hochberg step over
+    many comparisons keeps no more than the unadjusted intervals, in agreement with statsmodels-free scipy."""
+    import numpy as np
+    from scipy.stats import false_discovery_control
+
+    from quantcal.metrics.bootstrap import paired_bootstrap
+    from quantcal.report.collect import adjust_for_multiple_comparisons
+
+    rng = np.random.default_rng(1)
+    n = 200
+    labels = rng.integers(0, 3, n)
+    base = rng.dirichlet([1, 1, 1], n)
+    tasks = {}
+    for t in range(4):
+        paired = {}
+        for k, shift in enumerate((0.0, 0.02, 0.3)):
+            other = np.clip(base + rng.normal(0, 0.05, base.shape) + shift * np.eye(3)[labels], 1e-4, None)
+            other /= other.sum(1, keepdims=True)
+            diffs = {m: paired_bootstrap(m, base, other, labels, 400, seed=t) for m in ("acc", "ece", "nll")}
+            for iv in diffs.values():
+                if iv.low > 0 or iv.high < 0:
+                    assert iv.p_value < 0.06
+                elif iv.low < 0 < iv.high:
+                    assert iv.p_value > 0.04
+            paired[f"v{k}"] = {"difference": {m: iv.to_json() for m, iv in diffs.items()}}
+        tasks[f"t{t}"] = {"none": {"paired": paired}}
+    summary = adjust_for_multiple_comparisons(tasks)
+    assert summary["family"] == 4 * 3 * 3
+    assert summary["significant_adjusted"] <= summary["significant_unadjusted"]
+    flat = [iv for by in tasks.values() for p in by["none"]["paired"].values() for iv in p["difference"].values()]
+    expected = false_discovery_control([iv["p_value"] for iv in flat], method="bh")
+    assert [iv["p_adjusted"] for iv in flat] == pytest.approx(list(expected))
+    assert all(iv["significant_adjusted"] == (iv["p_adjusted"] < 0.05) for iv in flat)
+    assert summary["significant_adjusted"] >= 4  # the large shift is found on every task
+
+
+def test_a_multi_task_report_leads_with_the_grid_a_table_of_contents_and_one_caveat_box() -> None:
+    from quantcal.report.html import overview_grid
+
+    def iv(e: float, lo: float, hi: float, adjusted: bool | None = None) -> dict:
+        out = {"estimate": e, "low": lo, "high": hi}
+        if adjusted is not None:
+            out["significant_adjusted"], out["p_adjusted"] = adjusted, 0.01 if adjusted else 0.2
+        return out
+    results = {"tasks": {
+        "piqa": {"none": {"paired": {"w4": {"difference": {"acc": iv(-0.05, -0.08, -0.02, True), "ece": iv(0.01, -0.01, 0.03)}}}}},
+        "boolq": {"none": {"paired": {"w4": {"difference": {"acc": iv(0.01, -0.02, 0.04), "ece": iv(-0.02, -0.03, -0.01, False)}}}}},
+    }}
+    grid = overview_grid(results)
+    assert grid["tasks"] == ["piqa", "boolq"] and [r["variant"] for r in grid["rows"]] == ["w4"]
+    piqa, boolq = grid["rows"][0]["cells"]
+    assert piqa[0] == {"text": "Δacc -5.0", "verdict": "worse", "title": "Δacc -5.0 [-8.0, -2.0]; BH-adjusted p 0.01"}
+    assert piqa[1]["verdict"] == "" and boolq[1]["text"] == "ΔECE -0.020†" and boolq[1]["verdict"] == "better"

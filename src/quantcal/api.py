@@ -524,9 +524,9 @@ def _planned_items(path: Path) -> dict[str, list[str]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise QuantcalError(f"{path}: unreadable ({exc}); delete it, or pass --all-items") from None
+        raise QuantcalError(f"{path}: unreadable ({exc}); delete it, or pass `all_items`") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) and all(isinstance(i, str) for i in v) for v in data.values()):
-        raise QuantcalError(f"{path}: not a map of task to item ids; delete it, or pass --all-items")
+        raise QuantcalError(f"{path}: not a map of task to item ids; delete it, or pass `all_items`")
     return data
 
 

@@ -122,6 +122,8 @@ def _print_summary(results: dict[str, Any]) -> None:
         out.print(Text(f"findings · {b['task']} · normalization {b['normalization']} (variant − reference, 95% interval):"))
         for line in b["lines"]:  # wrapped to a terminal's width, whole lines in logs and pipes
             out.print(Text(f"  - {line}"), soft_wrap=not out.is_terminal)
+    if found.get("multiple_comparisons"):
+        out.print(Text(found["multiple_comparisons"]), soft_wrap=not out.is_terminal)
     for caveat in found.get("caveats", []):
         out.print(Text("caveat: " + caveat), soft_wrap=not out.is_terminal)
 

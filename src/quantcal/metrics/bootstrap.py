@@ -21,7 +21,7 @@ fixed-bandwidth smECE per resample).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -41,6 +41,9 @@ class Interval:
     level: float
     n_resamples: int
     method: str = "percentile"  # or "basic": see the module doc
+    #: A paired difference's two-sided bootstrap p-value for "no difference" (None for a single metric): see
+    #: :func:`bootstrap_p_value`; what the report's multiple-comparison adjustment takes.
+    p_value: float | None = None
 
     @property
     def excludes_zero(self) -> bool:
@@ -136,11 +139,27 @@ def bootstrap(metric: MetricArg, probs: np.ndarray | Inputs, labels: np.ndarray 
 
 def paired_bootstrap(metric: MetricArg, probs_a: np.ndarray, probs_b: np.ndarray, labels: np.ndarray,
                      n_resamples: int = 1000, seed: int = 0, level: float = 0.95, **params: Any) -> Interval:
-    """``metric(b) - metric(a)`` on the same items, with an interval from resampling items jointly."""
+    """``metric(b) - metric(a)`` on the same items, with an interval from resampling items jointly and the
+    bootstrap p-value of "no difference" (:func:`bootstrap_p_value`)."""
     a, b = as_inputs(probs_a, labels), as_inputs(probs_b, labels)
     (estimate_a, sample_a), (estimate_b, sample_b) = _plan(metric, a, params), _plan(metric, b, params)
     draws = _draws(a.n, n_resamples, seed)
-    return _interval(estimate_b - estimate_a, sample_b(*draws) - sample_a(*draws), level, _method(metric))
+    estimate, samples, method = estimate_b - estimate_a, sample_b(*draws) - sample_a(*draws), _method(metric)
+    return replace(_interval(estimate, samples, level, method), p_value=bootstrap_p_value(estimate, samples, method))
+
+
+def bootstrap_p_value(estimate: float, samples: np.ndarray, method: str = "percentile") -> float:
+    """Two-sided p-value of "the difference is 0", read off the same bootstrap distribution as the interval (the
+    test that inverts it): ``p = min(1, 2 min((1 + #{d* <= 0}) / (R + 1), (1 + #{d* >= 0}) / (R + 1)))`` with
+    ``d*`` the resampled differences, or for the basic interval their reflection ``2 θ̂ - d*`` (Davison & Hinkley
+    1997, §4.4 and §5.2). The interval at level L excludes 0 about when p < 1 - L; the smallest p is
+    2 / (R + 1)."""
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return float("nan")
+    centred = 2 * estimate - finite if method == "basic" else finite
+    below, above = (1 + np.sum(centred <= 0)) / (finite.size + 1), (1 + np.sum(centred >= 0)) / (finite.size + 1)
+    return float(min(1.0, 2 * min(below, above)))
 
 
 def bootstrap_all(names: list[str] | None, probs: np.ndarray | Inputs, labels: np.ndarray | None = None,

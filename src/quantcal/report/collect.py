@@ -19,7 +19,7 @@ from quantcal.errors import QuantcalError
 from quantcal.metrics import DEFAULT_METRICS, as_inputs, get_metric, reliability_bins
 from quantcal.metrics.two_level import method_effect
 from quantcal.analysis.predictions import choice_scores
-from quantcal.report.findings import SATURATED, findings
+from quantcal.report.findings import SATURATED, findings, saturated
 from quantcal.store.database import Store
 from quantcal.analysis.summary import align, comparison_report, run_metrics, run_predictions
 
@@ -82,7 +82,9 @@ def smooth_reliability(confidence: np.ndarray, correct: np.ndarray, seed: int = 
     finally:
         np.random.set_state(state)
     take = np.linspace(0, len(diagram["mesh"]) - 1, points).round().astype(int)
-    return {key: np.asarray(diagram[key])[take].tolist() for key in ("mesh", "mu", "lower", "upper")}
+    out = {key: np.asarray(diagram[key])[take].tolist() for key in ("mesh", "mu", "lower", "upper")}
+    out["range"] = [float(np.min(confidence)), float(np.max(confidence))]  # where there are items to smooth
+    return out
 
 
 def _paired(store: Store, variant: str, task: str, norm: str, s: ReportSettings) -> dict[str, Any]:
@@ -200,16 +202,18 @@ def deployment_view(variants: dict[str, Any], paired: dict[str, Any], reference:
 
 
 def run_bits_per_weight(config: dict[str, Any]) -> float | None:
-    """Bits per weight of a run's variant over the block linears: 16 for a float model (unquantized weights
-    count as 16-bit, as every recipe's packed size does), the built variant's own count for a recipe (read from
-    the variant cache, else from a grouped recipe's parameters), None when unknown (an adapter, a variant no
-    longer in the cache whose recipe needs the model to count)."""
+    """Bits per weight of a run's variant over the block linears: a model without a recipe as it is stored (a GGUF
+    file's own blocks, Q4_1 5.0; a checkpoint's declared float width, 16 or 32: :mod:`quantcal.sources.weight_bits`),
+    the built variant's own count for a recipe (read from the variant cache, else from a grouped recipe's
+    parameters; unquantized weights count as 16-bit, as every recipe's packed size does), None when unknown (an
+    adapter, a hub model not in the local cache, a variant no longer in the cache whose recipe needs the model)."""
     from quantcal.recipes.build import cached_variant_meta, nominal_bits_per_weight
+    from quantcal.sources.weight_bits import source_bits_per_weight
 
     if config.get("adapter"):
         return None
     if not config.get("recipe"):
-        return 16.0
+        return source_bits_per_weight(config.get("model") or {})
     meta = cached_variant_meta(config.get("model") or {}, config["recipe"])
     return float(meta["bits_per_weight"]) if meta else nominal_bits_per_weight(config["recipe"])
 
@@ -244,19 +248,22 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
     def n_reported(r: Any) -> int:
         wanted = settings.items.get(r.task)
         return r.n_items if wanted is None else len(store.done_item_ids(r.run_id) & set(wanted))
-    out: dict[str, Any] = {"reference": settings.reference, "settings": settings.__dict__, "tasks": {},
+    out: dict[str, Any] = {"reference": settings.reference, "tasks": {},
+                           "settings": {k: v for k, v in settings.__dict__.items() if k != "items"},  # ids: planned_items.json
                            "runs": [{"variant": r.variant, "task": r.task, "status": r.status, "n": n_reported(r),
                                      "n_errors": r.n_errors, "seconds": r.seconds, "config": r.config} for r in runs]}
     out["notes"] = adapter_notes(out["runs"], settings.reference)
     out["scope"] = scope_notes(store, runs, settings.items)
-    bits = {r["variant"]: run_bits_per_weight(r["config"]) for r in out["runs"]}
+    first_runs = {r["variant"]: r for r in reversed(out["runs"])}  # one count per variant (a GGUF file is read)
+    bits = {v: run_bits_per_weight(r["config"]) for v, r in first_runs.items()}
     out["bits_per_weight"] = bits
     for task in tasks:
         names = list(dict.fromkeys(r.variant for r in runs if r.task == task))
         if settings.reference in names:  # reference first
             names = [settings.reference] + [n for n in names if n != settings.reference]
         out["tasks"][task] = {}
-        for norm in settings.normalizations:
+        norms = list(settings.normalizations)
+        for norm in norms:
             if say:
                 say(f"metrics · {task} · normalization {norm}")
             variants = {v: _variant_block(store, v, task, norm, settings) for v in names}
@@ -268,11 +275,33 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
             out["tasks"][task][norm]["method_effects"] = {
                 g: method_effects(store, builds, task, norm, settings)
                 for g, builds in groups.items() if len(builds) > 1 and settings.reference in variants}
+            if norm == "none" and "tokens" not in norms and saturated(variants, settings.reference):
+                norms.append("tokens")  # the saturation caveat fires: its remedy beside it, from the stored scores
     out["groups"] = {name: group_lines(out["tasks"], g["tasks"], g["weight_by_size"])
                      for name, g in settings.task_groups.items()}
     out["sensitivity"] = [sensitivity_summary(path) for path in settings.sensitivity]
+    out["multiple_comparisons"] = adjust_for_multiple_comparisons(out["tasks"], settings.level)
     out["findings"] = findings(out)
     return out
+
+
+def adjust_for_multiple_comparisons(tasks: dict[str, Any], level: float = 0.95) -> dict[str, Any]:
+    """Benjamini-Hochberg over every paired difference the report tests (each task's first normalization, every
+    variant, every metric with a p-value): each difference gets ``p_adjusted`` and ``significant_adjusted``
+    (in place), and the summary counts them. The false discovery rate is controlled at 1 - ``level``
+    (scipy.stats.false_discovery_control; Benjamini & Hochberg 1995)."""
+    from scipy.stats import false_discovery_control
+
+    tested = [iv for by_norm in tasks.values() for p in next(iter(by_norm.values()))["paired"].values()
+              for iv in p["difference"].values() if iv.get("p_value") is not None and np.isfinite(iv["p_value"])]
+    alpha = 1 - level
+    if tested:
+        adjusted = false_discovery_control([iv["p_value"] for iv in tested], method="bh")
+        for iv, q in zip(tested, adjusted):
+            iv["p_adjusted"], iv["significant_adjusted"] = float(q), bool(q < alpha)
+    unadjusted = sum(1 for iv in tested if iv["low"] > 0 or iv["high"] < 0)
+    return {"family": len(tested), "method": "Benjamini-Hochberg", "false_discovery_rate": alpha,
+            "significant_unadjusted": unadjusted, "significant_adjusted": sum(iv["significant_adjusted"] for iv in tested)}
 
 
 def scope_notes(store: Store, runs: list[Any], items: dict[str, list[str]]) -> list[str]:

@@ -43,10 +43,27 @@ def _save(fig: Any, folder: Path, key: str, title: str) -> Figure:
     return Figure(key, title, png, svg)
 
 
+#: Variant colours: matplotlib's tab10 without its green and red, which the report keeps for "better" and "worse"
+#: (and the histograms for correct and wrong answers).
+VARIANT_PALETTE = ("tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
 def colours(names: list[str]) -> dict[str, Any]:
-    """One colour per variant in every figure: black for the first (the reference), then matplotlib's tab10."""
-    palette = _pyplot().get_cmap("tab10").colors
-    return {name: ("black" if i == 0 else palette[(i - 1) % len(palette)]) for i, name in enumerate(names)}
+    """One colour per variant, the same in every figure: black for the first (the reference), then
+    :data:`VARIANT_PALETTE` in order."""
+    return {name: ("black" if i == 0 else VARIANT_PALETTE[(i - 1) % len(VARIANT_PALETTE)]) for i, name in enumerate(names)}
+
+
+def covered(curve: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A smoothed reliability curve cut to the confidences its items span (no curve drawn where there is no item)."""
+    mesh = np.asarray(curve["mesh"])
+    low, high = curve.get("range", (0.0, 1.0))
+    keep = (mesh >= low - 1e-9) & (mesh <= high + 1e-9)
+    if keep.sum() < 2:  # every item at (nearly) one confidence: the two mesh points around it
+        nearest = np.argsort(np.abs(mesh - (low + high) / 2))[:2]
+        keep = np.zeros_like(keep)
+        keep[nearest] = True
+    return {key: np.asarray(curve[key])[keep] for key in ("mesh", "mu", "lower", "upper")}
 
 
 def reliability(block: dict[str, Any], reference: str, task: str, folder: Path, key: str) -> Figure:
@@ -67,8 +84,9 @@ def reliability(block: dict[str, Any], reference: str, task: str, folder: Path, 
         hist = fig.add_subplot(cell[1], sharex=ax)
         ax.plot([0, 1], [0, 1], color="0.75", lw=1, ls="--")
         if ref_smooth and name != reference:
-            ax.plot(ref_smooth["mesh"], ref_smooth["mu"], color="0.55", lw=1.2, label=f"{reference} (smoothed)")
-        sm = v.get("smooth_reliability")
+            ref_curve = covered(ref_smooth)
+            ax.plot(ref_curve["mesh"], ref_curve["mu"], color="0.55", lw=1.2, label=f"{reference} (smoothed)")
+        sm = covered(v["smooth_reliability"]) if v.get("smooth_reliability") else None
         if sm:
             ax.fill_between(sm["mesh"], sm["lower"], sm["upper"], color=colour[name], alpha=0.15, lw=0)
             ax.plot(sm["mesh"], sm["mu"], color=colour[name], lw=1.8, label="smoothed (relplot)")
@@ -185,17 +203,16 @@ def _bottom(stack: list[float], gap: float) -> float:
 
 
 def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> Figure:
-    """Bits per weight (x) against ECE (y) per variant: filled markers before temperature scaling, hollow after
-    (joined by a line), colour = accuracy; the reference is the star. ``points``: ``name``, ``bits``, ``ece``,
-    ``ece_after`` (or None), ``acc``, ``reference`` (bool)."""
+    """Bits per weight as stored (x) against ECE (y) per variant: filled markers before temperature scaling, hollow
+    after (joined by a line), each variant in its colour of the other figures, its accuracy in its label; the
+    reference is the star. ``points``: ``name``, ``bits``, ``ece``, ``ece_after`` (or None), ``acc``,
+    ``reference`` (bool)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    accs = [p["acc"] for p in points]
-    low, high = min(accs), max(accs)
-    norm = plt.Normalize(low - 0.01, high + 0.01) if high - low < 0.01 else plt.Normalize(low, high)
-    cmap = plt.get_cmap("viridis")
+    ordered = sorted(points, key=lambda p: not p["reference"])  # the reference first: black, as elsewhere
+    palette = colours([p["name"] for p in ordered])
     for p in points:
-        colour = cmap(norm(p["acc"]))
+        colour = palette[p["name"]]
         marker = "*" if p["reference"] else "o"
         ax.scatter([p["bits"]], [p["ece"]], c=[colour], marker=marker, s=160 if p["reference"] else 50,
                    edgecolors="black", linewidths=0.6, zorder=3)
@@ -203,7 +220,7 @@ def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> F
             ax.plot([p["bits"], p["bits"]], [p["ece"], p["ece_after"]], color="grey", lw=0.8, zorder=2)
             ax.scatter([p["bits"]], [p["ece_after"]], facecolors="none", edgecolors=[colour], marker=marker,
                        s=160 if p["reference"] else 50, zorder=3)
-    # variants crowd at 3-5 bits beside a 16-bit reference: a log2 axis, and labels stacked apart at the right of
+    # variants crowd at 3-5 bits beside a 16- or 32-bit reference: a log2 axis, and labels stacked apart at the right of
     # their points (joined to them by a thin line), so equal or near bits never print one name over another
     ax.set_xscale("log", base=2)
     bits = [p["bits"] for p in points]
@@ -214,12 +231,10 @@ def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> F
     labels = sorted(points, key=lambda p: p["ece"])
     spots = spread([p["ece"] for p in labels], gap=0.06 * (y_high - y_low))
     for p, y in zip(labels, spots):
-        ax.annotate(p["name"], (p["bits"], p["ece"]), xytext=(p["bits"] * 1.12, y), fontsize=6, va="center",
+        ax.annotate(f"{p['name']} (acc {p['acc']:.2f})", (p["bits"], p["ece"]), xytext=(p["bits"] * 1.12, y), fontsize=6, va="center",
                     arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
-    ax.set_xlim(min(bits) / 1.1, max(bits) * 1.6)
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax, label="accuracy")
-    ax.set(xlabel="bits per weight (block linears, log scale)",
+    ax.set_xlim(min(bits) / 1.1, max(bits) * 2.2)
+    ax.set(xlabel="bits per weight as stored (block linears, log scale)",
            ylabel="ECE (filled: as is; hollow: after temperature scaling)")
     ax.set_title(f"{task}: size against calibration", fontsize=9)
     return _save(fig, folder, key, f"Bits per weight against ECE, {task}")

@@ -42,11 +42,17 @@ def _excludes_zero(interval: dict[str, Any] | None) -> bool:
     return bool(interval and interval.get("low") is not None and (interval["low"] > 0 or interval["high"] < 0))
 
 
+def _adjusted_note(interval: dict[str, Any]) -> str:
+    """`` (not after BH)`` for a change whose interval excludes 0 but that the multiple-comparison adjustment does
+    not keep; nothing when it is kept or was not in the adjusted family."""
+    return " (not after BH)" if interval.get("significant_adjusted") is False else ""
+
+
 def block_findings(block: dict[str, Any]) -> list[str]:
     """The sentences for one task and normalization."""
     lines, same = [], []
     for variant, paired in block["paired"].items():
-        changes = [phrase(m, iv) for m, iv in paired["difference"].items() if _excludes_zero(iv)]
+        changes = [phrase(m, iv) + _adjusted_note(iv) for m, iv in paired["difference"].items() if _excludes_zero(iv)]
         if changes:
             lines.append(f"{variant}: " + "; ".join(changes))
         else:
@@ -68,6 +74,12 @@ def block_findings(block: dict[str, Any]) -> list[str]:
     return lines
 
 
+def saturated(variants: dict[str, Any], reference: str) -> bool:
+    """Whether the reference's confidences under normalization none are saturated enough for the caveat."""
+    share = variants.get(reference, {}).get("saturated_share")
+    return share is not None and share >= SATURATED_SHARE
+
+
 def caveats(results: dict[str, Any]) -> list[str]:
     """What a reader must know before trusting the headline, from the runs and the numbers."""
     out = []
@@ -83,11 +95,14 @@ def caveats(results: dict[str, Any]) -> list[str]:
                    "questions can repeat), not a benchmark.")
     for task, by_norm in results["tasks"].items():
         block = by_norm.get("none")
-        saturated = (block or {}).get("variants", {}).get(reference, {}).get("saturated_share")
-        if saturated is not None and saturated >= SATURATED_SHARE:
-            out.append(f"{task}: {100 * saturated:.0f}% of the reference's answers have confidence above {SATURATED} "
+        if block and saturated(block["variants"], reference):
+            share = block["variants"][reference]["saturated_share"]
+            shown = [n for n in by_norm if n != "none"]
+            out.append(f"{task}: {100 * share:.0f}% of the reference's answers have confidence above {SATURATED} "
                        "under normalization none (whole-answer log-likelihoods make the softmax nearly one-hot); "
-                       "calibration numbers are dominated by them: compare with normalization tokens or chars.")
+                       "calibration numbers are dominated by them: "
+                       + (f"compare with normalization {' and '.join(shown)}, shown beside it." if shown else
+                          "compare with normalization tokens or chars."))
         for norm, b in by_norm.items():
             bound = [v for v, vb in b["variants"].items() if vb.get("recalibration", {}).get("at_bound")]
             if bound:
@@ -97,8 +112,40 @@ def caveats(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def definitions(metrics: list[str], level: float = 0.95) -> list[str]:
+    """The settings behind the headline numbers, one line each, from the metric registry's defaults: the binning and
+    bin count of ECE / ACE / SCE, tau of the overconfidence rate, and what the bootstrap intervals are (the basic
+    interval where it applies, which is why such an interval can sit off-centre around its estimate)."""
+    lines = []
+    for name in metrics:
+        d = get_metric(name).defaults
+        if name == "ece":
+            lines.append(f"ECE: top-label confidence in {d['n_bins']} {'equal-width' if d['binning'] == 'width' else 'equal-mass'} bins")
+        elif name == "ace":
+            lines.append(f"ACE: every class's probability in {d['n_ranges']} equal-mass ranges")
+        elif name == "sce":
+            lines.append(f"SCE: every class's probability in {d['n_bins']} equal-width bins")
+        elif name == "overconfidence_rate":
+            lines.append(f"overconfidence rate: share of items answered wrongly with confidence at least tau = {d['tau']}")
+    basic = [m for m in metrics if get_metric(m).interval == "basic"]
+    lines.append(f"intervals: {100 * level:g}% bootstrap over items (percentile)"
+                 + (f"; for {', '.join(basic)} the basic interval (2 x estimate minus the resampled quantiles), which "
+                    "corrects their upward bias under resampling, so it can sit off-centre around its estimate" if basic else ""))
+    return lines
+
+
 def findings(results: dict[str, Any]) -> dict[str, Any]:
-    """``{"blocks": [{task, normalization, lines}], "caveats": [...]}`` for a study's results."""
+    """``{"blocks": [{task, normalization, lines}], "caveats": [...], "definitions": [...]}`` for a study's results."""
     blocks = [{"task": task, "normalization": norm, "lines": block_findings(block)}
               for task, by_norm in results["tasks"].items() for norm, block in by_norm.items() if block["paired"]]
-    return {"blocks": blocks, "caveats": caveats(results)}
+    settings = results.get("settings") or {}
+    out = {"blocks": blocks, "caveats": caveats(results),
+           "definitions": definitions(list(settings.get("metrics", [])), settings.get("level", 0.95))}
+    mc = results.get("multiple_comparisons") or {}
+    if mc.get("family"):
+        out["multiple_comparisons"] = (
+            f"{mc['family']} paired differences are tested in this report: {mc['significant_unadjusted']} intervals "
+            f"exclude 0 unadjusted, {mc['significant_adjusted']} remain after the Benjamini-Hochberg adjustment "
+            f"(false discovery rate {mc['false_discovery_rate']:.0%}); a change marked \"not after BH\" may be one "
+            "of the chance findings so many intervals produce.")
+    return out

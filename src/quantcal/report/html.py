@@ -45,12 +45,24 @@ code { background: #f4f4f4; padding: 0 .2rem; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>
+<nav id="toc" class="muted">Contents: <a href="#findings">Findings</a>{% if overview %} · <a href="#overview">Overview</a>{% endif %} · <a href="#summary">Study</a>{% for task in tasks %} · <a href="#task-{{ loop.index }}">{{ task.name }}</a>{% endfor %}{% if results.sensitivity %} · <a href="#where-it-breaks">Where it breaks</a>{% endif %} · <a href="#glossary">Glossary</a></nav>
 <section id="findings" class="findings"><h2>Findings</h2>
+{% if overview %}<h3 id="overview">Overview: each variant against the reference, per task ({{ level }}% intervals)</h3>
+<div class="scroll"><table class="grid"><tr><th>variant</th>{% for t in overview.tasks %}<th>{{ t }}</th>{% endfor %}</tr>
+{% for row in overview.rows %}<tr><td>{{ row.variant }}</td>{% for cell in row.cells %}<td>{% for part in cell %}<span{% if part.verdict %} class="{{ part.verdict }}"{% endif %} title="{{ part.title }}">{{ part.text }}</span>{% if not loop.last %}<br>{% endif %}{% endfor %}</td>{% endfor %}</tr>{% endfor %}
+</table></div>
+<p class="muted">Each cell: Δaccuracy in points and ΔECE, variant − reference on the same items (the task's first
+normalization). <span class="better">green</span> better, <span class="worse">red</span> worse: the interval excludes
+0; uncoloured: no evidence of a difference; † the change does not survive the Benjamini-Hochberg adjustment over all
+the report's comparisons. Hover a number for its interval.</p>{% endif %}
 {% for b in results.findings.blocks %}<p><strong>{{ b.task }}</strong> <span class="muted">(normalization {{ b.normalization }}; variant − reference, 95% interval)</span></p>
 <ul>{% for line in b.lines %}<li>{{ line }}</li>{% endfor %}</ul>{% endfor %}
 {% if not results.findings.blocks %}<p>No variant to compare with the reference.</p>{% endif %}
+<p class="muted" id="definitions">{% for d in results.findings.definitions %}{{ d }}{% if not loop.last %} · {% endif %}{% endfor %}.</p>
+{% if results.findings.multiple_comparisons %}<p class="muted">{{ results.findings.multiple_comparisons }}</p>{% endif %}
 {% for c in results.scope %}<div class="note"><strong>Items:</strong> {{ c }}</div>{% endfor %}
-{% for c in results.findings.caveats %}<div class="flag"><strong>Caveat:</strong> {{ c }}</div>{% endfor %}
+{% if results.findings.caveats %}<div class="flag" id="caveats"><strong>{{ results.findings.caveats|length }} caveat(s)</strong>
+<ul>{% for c in results.findings.caveats %}<li>{{ c }}</li>{% endfor %}</ul></div>{% endif %}
 </section>
 <p>Reference <code>{{ results.reference }}</code>; {{ n_variants }} variant(s) on {{ results.tasks|length }} task(s).
 Estimates carry {{ level }}% bootstrap intervals ({{ settings.resamples }} resamples, seed {{ settings.seed }}; percentile,
@@ -199,6 +211,7 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
             items[name]["slot"] = slot
     runs = [{"variant": r["variant"], "task": r["task"], "status": r["status"], "n": r.get("n", ""),
              "what": _what(r["config"])} for r in results["runs"]]
+    overview = overview_grid(results) if len(results["tasks"]) > 1 else None
     env = Environment(autoescape=True)
     env.globals["fmt_interval"] = fmt_interval
     env.globals["arrows"] = {m: "↑" if get_metric(m).higher_is_better else "↓" for m in metrics}
@@ -207,10 +220,39 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
     return env.from_string(TEMPLATE).render(
         title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,
         level=int(round(settings["level"] * 100)), n_variants=max(0, len({r["variant"] for r in runs}) - 1),
-        tasks=tasks, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""),
+        tasks=tasks, overview=overview, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""),
         items_json=embed(items), explorer_script=EXPLORER_SCRIPT,
         sensitivity_figures=[[{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()}]
                              for f in meta.get("sensitivity_figures", [])])
+
+
+def overview_grid(results: dict[str, Any]) -> dict[str, Any]:
+    """The multi-task headline: a row per variant, a column per task, in each cell Δacc (points) and ΔECE from the
+    task's first normalization, each with its verdict (better / worse / none) and its interval as a tooltip."""
+    tasks = list(results["tasks"])
+    blocks = {t: next(iter(results["tasks"][t].values())) for t in tasks}
+    variants = list(dict.fromkeys(v for b in blocks.values() for v in b["paired"]))
+
+    def part(metric: str, label: str, interval: dict[str, Any] | None) -> dict[str, str]:
+        if not interval or interval.get("estimate") is None:
+            return {"text": f"{label} —", "verdict": "", "title": "not measured"}
+        scale, digits = (100, 1) if metric == "acc" else (1, 3)
+        v = verdict(interval, get_metric(metric).higher_is_better)
+        dagger = "†" if v != "same" and interval.get("significant_adjusted") is False else ""
+        title = (f"{label} {scale * interval['estimate']:+.{digits}f} [{scale * interval['low']:+.{digits}f}, "
+                 f"{scale * interval['high']:+.{digits}f}]" + (f"; BH-adjusted p {interval['p_adjusted']:.3g}"
+                                                                if interval.get("p_adjusted") is not None else ""))
+        return {"text": f"{label} {scale * interval['estimate']:+.{digits}f}{dagger}",
+                "verdict": "" if v == "same" else v, "title": title}
+    rows = []
+    for v in variants:
+        cells = []
+        for t in tasks:
+            diff = blocks[t]["paired"].get(v, {}).get("difference", {})
+            cells.append([part("acc", "Δacc", diff.get("acc")), part("ece", "ΔECE", diff.get("ece"))]
+                         if diff else [{"text": "—", "verdict": "", "title": "not scored on this task"}])
+        rows.append({"variant": v, "cells": cells})
+    return {"tasks": tasks, "rows": rows}
 
 
 def _diff_cells(block: dict[str, Any], metrics: list[str]) -> list[list[tuple[str, str]]]:

@@ -54,7 +54,10 @@ def markdown(results: dict[str, Any]) -> str:
         for b in found.get("blocks", []):
             out += [f"**{_md(b['task'])}** (normalization {b['normalization']}):", ""]
             out += [f"- {_md(line)}" for line in b["lines"]] + [""]
+        if found.get("multiple_comparisons"):
+            out += [_md(found["multiple_comparisons"]), ""]
         out += [f"> Caveat: {_md(c)}" for c in found.get("caveats", [])] + [""]
+        out += ["Definitions: " + "; ".join(_md(d) for d in found.get("definitions", [])) + ".", ""]
     for task, by_norm in results["tasks"].items():
         for norm, block in by_norm.items():
             out += [f"## {_md(task)} (normalization: {norm})", "", "| variant | n | " + " | ".join(metrics) + " |",
