@@ -75,7 +75,7 @@ def test_dry_run_catches_unported_recipes_and_unreachable_tasks(tmp_path: Path, 
     offline = _study(tmp_path, tiny_llama, "[piqa]")  # the suite runs with HF_DATASETS_OFFLINE=1
     result = runner.invoke(app, ["run", str(offline), "--dry-run"])
     assert result.exit_code == 2 and "task piqa: cannot load baber/piqa" in result.output
-    assert "a study's task: data_file" in result.output
+    assert "quantcal download TASK --out DIR" in result.output and "--data-dir DIR" in result.output
 
 
 def test_run_terminal_shows_phases_job_lines_and_total_time(tmp_path: Path, tiny_llama: Path,
@@ -88,7 +88,7 @@ def test_run_terminal_shows_phases_job_lines_and_total_time(tmp_path: Path, tiny
     text = result.output
     for job in ("reference · custom", "w4 · custom"):
         ready = text.index("ready in", text.index(f"] {job}"))
-        assert text.index(f"{job}:   0%") > ready  # no item bar while loading or building
+        assert text.index(f"{job}: 0/6 items to do") > ready  # no item progress while loading or building
         assert f"{job}: 6 items scored in" in text and "items/s" in text
     assert "building rtn:" in text and text.rstrip().endswith("s") and "2 job(s) in" in text
     again = runner.invoke(app, ["run", str(_study(tmp_path, tiny_llama, f"[{{name: custom, data_file: {data}}}]"))])

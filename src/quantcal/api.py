@@ -342,20 +342,23 @@ class StudyResult:
 
 def study_spec(study: StudyLike = None, *, data_dir: Union[str, Path, None] = None) -> StudySpec:
     """A study from a YAML path, a dict (relative paths from the working directory), a :class:`StudySpec`, or
-    ``None`` for the built-in study (``data_dir``: also the local benchmarks found there)."""
+    ``None`` for the built-in study. ``data_dir``: the data folder (``quantcal download`` writes one): for the
+    built-in study, the local benchmarks found there are added; in a study's data files it is what ``${data_dir}``
+    stands for (replacing the study's own ``data_dir`` key)."""
     if data_dir is not None:
-        if study is not None:
-            raise QuantcalError("`data_dir` applies to the default study only; name data files in the study's tasks")
+        if isinstance(study, StudySpec):
+            raise QuantcalError("`data_dir` applies to a study file or dict, not to a StudySpec (its paths are resolved)")
         if not Path(data_dir).is_dir():
             raise QuantcalError(f"`data_dir` {data_dir}: not a directory")
+    folder = Path(data_dir) if data_dir is not None else None
     if study is None:
-        return default_study(Path(data_dir) if data_dir is not None else None)
+        return default_study(folder)
     if isinstance(study, StudySpec):
         return study.model_copy(deep=True)
     if isinstance(study, Mapping):
-        return parse_study(dict(study), Path.cwd(), "study dict")
+        return parse_study(dict(study), Path.cwd(), "study dict", folder)
     if isinstance(study, (str, Path)):
-        return load_study(Path(study))
+        return load_study(Path(study), folder)
     raise QuantcalError(f"a study is a YAML path, a dict or a StudySpec, not {type(study).__name__}")
 
 
@@ -511,6 +514,26 @@ def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output
         settings.items = planned
         return write_report(db, Path(output) if output else store.parent, settings, spec.name if spec else store.stem,
                             say=say)
+
+
+def download(tasks: Union[str, Sequence[str]], out: Union[str, Path], *, fewshot: bool = False) -> list[Any]:
+    """Local copies of built-in tasks' hub data in hub schema, ``OUT/<task>/<split>.jsonl`` (the layout
+    ``--data-dir`` and the example studies' ``${data_dir}`` read); ``fewshot``: also the split few-shot examples
+    come from. Needs the hub (or a datasets cache that holds the data); offline it stops in seconds with one line.
+
+    Returns a :class:`~quantcal.tasks.download.DownloadedSplit` (task, split, path, rows) per file written."""
+    from quantcal.tasks.download import download as download_splits
+
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    if not names:
+        raise QuantcalError("`tasks` is empty: name the tasks to download (quantcal tasks lists them)")
+    for name in names:
+        if is_lm_eval(name):
+            raise QuantcalError(f"{name}: lm-eval tasks read the hub through lm-eval's own loader; for a local copy, "
+                                "write a task YAML with dataset_path: json and read it with `lm_eval_include`")
+    target = Path(out)
+    check_writable_dir(target)
+    return download_splits([get_task(n) for n in names], target, fewshot)
 
 
 #: Beside a study's store: per task, the item ids its last run planned (what its report covers).

@@ -10,7 +10,7 @@ import typer
 
 from quantcal.cli.analysis import compare_command, export_command, metrics_command
 from quantcal.cli.cache import cache_app
-from quantcal.cli.catalog import models_command, tasks_command
+from quantcal.cli.catalog import download_command, models_command, tasks_command
 from quantcal.cli.evaluate import eval_command
 from quantcal.cli.finetune import finetune_command
 from quantcal.cli.lm_eval import import_lm_eval_command
@@ -46,7 +46,7 @@ for _name, _command in (
     ("report", report_command), ("import-lm-eval", import_lm_eval_command), ("tasks", tasks_command),
     ("models", models_command), ("sensitivity", sensitivity_command),
     ("merge-sensitivity", merge_sensitivity_command), ("export-checkpoint", export_checkpoint_command),
-    ("export-model", export_model_command),
+    ("export-model", export_model_command), ("download", download_command),
 ):
     app.command(_name)(_command)
 app.add_typer(cache_app, name="cache")

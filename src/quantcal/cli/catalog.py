@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import typer
 from rich.table import Table
 from rich.text import Text
 
-from quantcal.cli.common import out
+from quantcal.cli.common import out, quiet_transformers, user_errors
+
+
 
 
 def tasks_command() -> None:
@@ -30,3 +35,19 @@ def models_command() -> None:
     for name, about in BUNDLED.items():
         out.print(Text.assemble((name, "bold"), ": " + about))
     out.print(f"install: {INSTALL_HINT}")
+
+
+def download_command(
+    tasks: list[str] = typer.Argument(..., help="Built-in tasks to copy (quantcal tasks lists them), e.g. piqa openbookqa hellaswag boolq."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Data folder: each task's split is written to OUT/TASK/SPLIT.jsonl, the layout --data-dir reads."),
+    fewshot: bool = typer.Option(False, "--fewshot", help="Also copy the split few-shot examples come from (e.g. train)."),
+) -> None:
+    """Copy built-in tasks' data from the Hugging Face hub into a local folder in hub schema, for --data-file,
+    --data-dir and the example studies (quantcal run examples/study_b_gptq.yaml --data-dir OUT). Needs the hub,
+    or a datasets cache that holds the data; offline it stops in seconds with one line."""
+    with user_errors():
+        from quantcal import api
+
+        quiet_transformers()
+        for split in api.download(tasks, out_dir, fewshot=fewshot):
+            out.print(f"{split.task} [{split.split}]: {split.rows} rows -> {split.path}", highlight=False)

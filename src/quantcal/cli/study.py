@@ -16,7 +16,7 @@ from quantcal.errors import QuantcalError
 
 def run_command(
     study: Optional[Path] = typer.Argument(None, help="Study YAML (schema in the README). Omit to run the built-in default study on the bundled SmolLM2."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Default study only: also run the benchmarks found here in hub schema (e.g. ../shared/data: piqa, openbookqa, hellaswag, boolq)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="A data folder in hub schema (quantcal download TASK... --out DIR writes one: DIR/TASK/SPLIT.jsonl). A study file: what ${data_dir} in its data files stands for. The default study: also run the benchmarks found there (piqa, openbookqa, hellaswag, boolq)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Cap every task at its first N items (for a quick or CI-sized run)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Report directory (overrides the study's 'output')."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),

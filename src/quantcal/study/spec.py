@@ -177,6 +177,8 @@ class StudySpec(_Strict):
     recalibration: RecalibrationSpec = Field(default_factory=RecalibrationSpec)
     confidence_bins: int = Field(5, ge=1, description="reference-confidence quantile bins for the shift analysis")
     output: str = "quantcal-report"
+    data_dir: Optional[str] = Field(None, description="the folder ${data_dir} stands for in data files (quantcal "
+                                    "download writes one; --data-dir replaces it)")
     batch_size: int = Field(64, gt=0, description="choice rows per forward pass")
     max_batch_tokens: Union[Literal["auto"], PositiveInt, None] = Field(
         "auto", description="padded token positions per forward pass: auto (2048 on CPU; on CUDA from the free "
@@ -337,7 +339,23 @@ def _local_model(spec: str, base: Path) -> str:
     return str(candidate) if not Path(spec).is_absolute() and (spec.endswith(".gguf") or candidate.exists()) else spec
 
 
-def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
+#: In a study's data file paths: the data folder (the study's ``data_dir``, or ``--data-dir``).
+DATA_DIR = "${data_dir}"
+
+
+def _data_path(path: Optional[str], base: Path, data_dir: Optional[Path], where: str) -> Optional[str]:
+    """A data file path with ``${data_dir}`` replaced by the data folder, then resolved like any other path."""
+    if path is None or DATA_DIR not in path:
+        return _resolve(path, base)
+    if data_dir is None:
+        raise QuantcalError(f"{where}: {path} is under ${{data_dir}}, a data folder: pass `data_dir` "
+                            "(`quantcal download TASK --out DIR` writes one where the hub is reachable)")
+    return str(Path(path.replace(DATA_DIR, str(data_dir))))
+
+
+def parse_study(data: Any, base: Path, origin: str = "study", data_dir: Optional[Path] = None) -> StudySpec:
+    """A study from its mapping: relative paths read from ``base``; ``${data_dir}`` in data files is ``data_dir``
+    (given, e.g. by --data-dir), else the study's own ``data_dir`` key."""
     if not isinstance(data, dict):
         raise QuantcalError(f"{origin}: a study is a mapping with reference, variants and tasks")
     try:
@@ -345,18 +363,27 @@ def parse_study(data: Any, base: Path, origin: str = "study") -> StudySpec:
     except ValidationError as exc:
         lines = [f"{'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors()]
         raise QuantcalError(f"{origin} is not a valid study:\n  " + "\n  ".join(lines)) from None
+    folder = Path(data_dir).expanduser().resolve() if data_dir is not None else \
+        (Path(_resolve(spec.data_dir, base) or "").resolve() if spec.data_dir else None)
+    if folder is not None and not folder.is_dir():
+        raise QuantcalError(f"{origin}: `data_dir` {folder}: not a directory")
+    spec.data_dir = str(folder) if folder is not None else None
     spec.reference = _local_model(spec.reference, base)
     for v in spec.variants:
         if v.model:
             v.model = _local_model(v.model, base)
         v.adapter = _resolve(v.adapter, base)
+        if v.recipe and DATA_DIR in v.recipe:  # a calibration source in the data folder: calib=task:NAME:${data_dir}/...
+            if folder is None:
+                _data_path(v.recipe, base, None, f"{origin}: variant {v.name}")  # raises: which flag to pass
+            v.recipe = v.recipe.replace(DATA_DIR, str(folder))
         if v.finetune is not None:
-            v.finetune.data_file = _resolve(v.finetune.data_file, base)
+            v.finetune.data_file = _data_path(v.finetune.data_file, base, folder, f"{origin}: variant {v.name}")
             if v.finetune.data.endswith((".jsonl", ".json")):
-                v.finetune.data = _resolve(v.finetune.data, base) or v.finetune.data
+                v.finetune.data = _data_path(v.finetune.data, base, folder, f"{origin}: variant {v.name}") or v.finetune.data
     for t in spec.tasks:
-        t.data_file = _resolve(t.data_file, base)
-        t.fewshot_file = _resolve(t.fewshot_file, base)
+        t.data_file = _data_path(t.data_file, base, folder, f"{origin}: task {t.name}")
+        t.fewshot_file = _data_path(t.fewshot_file, base, folder, f"{origin}: task {t.name}")
         t.include = _resolve(t.include, base)
     spec.tasks, groups = _expand_lm_eval_groups(spec.tasks, origin)
     spec.lm_eval_groups = spec.lm_eval_groups or [LmEvalGroup(**g) for g in groups]
@@ -406,8 +433,9 @@ def _expand_lm_eval_groups(tasks: list[TaskSpec], origin: str) -> tuple[list[Tas
     return out, found
 
 
-def load_study(path: str | Path) -> StudySpec:
-    """A study from its YAML file (relative paths inside it are read from the file's folder)."""
+def load_study(path: str | Path, data_dir: Path | None = None) -> StudySpec:
+    """A study from its YAML file (relative paths inside it are read from the file's folder; ``${data_dir}`` in its
+    data files is ``data_dir``, else the study's own ``data_dir`` key)."""
     import yaml
 
     path = Path(path)
@@ -428,7 +456,7 @@ def load_study(path: str | Path) -> StudySpec:
         raise QuantcalError(f"{path}: not valid YAML: {exc}") from None
     except RecursionError:  # the depth check should stop this first; kept for any other recursive path
         raise QuantcalError(f"{path}: nested too deeply to read") from None
-    return parse_study(data, path.resolve().parent, str(path))
+    return parse_study(data, path.resolve().parent, str(path), data_dir)
 
 
 #: A study is a page of YAML: limits checked before the (recursive) YAML composer runs.

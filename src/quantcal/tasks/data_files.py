@@ -16,8 +16,8 @@ from quantcal.tasks.hub_access import hub_unreachable, offline_mode
 
 LOCAL_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 #: What a user without the hub can do instead.
-LOCAL_COPY_HINT = ("give the task a local copy in the hub schema (eval: --data-file; a study's task: data_file), "
-                   "written where the hub is reachable with datasets' load_dataset(...).to_json(PATH)")
+LOCAL_COPY_HINT = ("give the task a local copy in the hub schema: `quantcal download TASK --out DIR` where the hub is "
+                   "reachable, then eval --data-file DIR/TASK/SPLIT.jsonl, or a study's --data-dir DIR")
 
 
 @dataclass(frozen=True)
