@@ -3,7 +3,9 @@
 Every function takes plain values (names, paths, dicts), returns a typed record, and raises
 :class:`~quantcal.errors.QuantcalError` with one readable line for anything the caller can fix. Progress goes to
 two optional callbacks: ``progress(description, total)`` returns a tqdm-like bar (``update(n)``, ``close()``) and
-``say(message)`` takes a line of news (building a variant, a failed job). Both default to silence.
+``say(message)`` takes a line of news (building a variant, a failed job). Bars default to ``"auto"`` (tqdm.auto: a
+widget in a notebook; ``progress=None`` turns them off), news to silence. Results print compactly and render as
+tables in a notebook (``_repr_html_``).
 
     >>> import quantcal
     >>> r = quantcal.evaluate("smollm2-135m-instruct", ["arithmetic"], limit=20)   # doctest: +SKIP
@@ -16,7 +18,7 @@ import json
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 from quantcal.analysis import Comparison
 from quantcal.study.deployment import ExportedCheckpoint, export_checkpoint, export_study
@@ -53,8 +55,48 @@ from quantcal.analysis.summary import align, paired_analysis, run_metrics, run_p
 from quantcal.tasks import get_task, load_items as task_items
 from quantcal.variants.definition import LoadOptions, Phase, VariantDef, prepare
 
+if TYPE_CHECKING:  # pandas is imported where a frame is built, not at import (quantcal --help stays quick)
+    import pandas as pd
+
 Progress = Callable[[str, int], Any]
+#: ``"auto"`` (the default): tqdm.auto bars (a widget in a notebook, text elsewhere) and the loading bars of
+#: transformers and the hub silenced while they show; ``None``: no bars; or a callback of your own.
+ProgressArg = Union[Progress, Literal["auto"], None]
 Say = Callable[[str], None]
+
+
+def _tqdm_bar(description: str, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="item")
+
+
+def _tqdm_steps(total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="fine-tuning", unit="step")
+
+
+@contextmanager
+def _progress_bars(progress: Any) -> Iterator[Optional[Progress]]:
+    """The item-bar callback for ``progress``; with ``"auto"`` also transformers' and the hub's own loading bars
+    off for the block (restored after), so one bar per job is what a notebook shows."""
+    if progress != "auto":
+        yield progress
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hub_off, hf_on = are_progress_bars_disabled(), hf_logging.is_progress_bar_enabled()
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    try:
+        yield _tqdm_bar
+    finally:
+        if not hub_off:
+            enable_progress_bars()
+        if hf_on:
+            hf_logging.enable_progress_bar()
 StudyLike = Union[str, Path, Mapping[str, Any], StudySpec, None]
 
 
@@ -80,6 +122,20 @@ class TaskResult:
     #: a group and for TruthfulQA MC2, whose acc is not an argmax).
     metrics: Mapping[str, Interval] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        """``TaskResult('piqa', n=300, acc 0.623 [0.567, 0.677], ece 0.071 [0.041, 0.120], ...)``."""
+        shown = [f"{k} {v}" for k, v in self.metrics.items()] or [f"acc {self.acc:.3f}"]
+        return f"TaskResult({self.task!r}, n={self.n}, " + ", ".join(shown) + ")"
+
+
+def _html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A small HTML table for a notebook (every cell escaped)."""
+    from html import escape
+
+    head = "".join(f"<th>{escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
 
 #: What :func:`evaluate` reports per task beside lm-eval's acc and acc_norm: calibration first.
 EVAL_METRICS = ("acc", "ece", "brier", "nll")
@@ -95,7 +151,7 @@ class EvalResult:
     tasks: dict[str, TaskResult]
     item_ids: dict[str, tuple[str, ...]] = field(default_factory=dict)  # each task's items in this call
 
-    def items(self, normalization: str = "none") -> Any:
+    def items(self, normalization: str = "none") -> "pd.DataFrame":
         """The per-item records of this call's items (see :func:`load_items`; the store may hold more of the same
         run, from a larger ``limit`` or another ``skip``)."""
         frame = load_items(self.store, normalization)
@@ -107,6 +163,19 @@ class EvalResult:
             wanted = {(task, item) for task, ids in self.item_ids.items() for item in ids}
             mine = mine[[(t, i) in wanted for t, i in zip(mine["task"], mine["item_id"])]]
         return mine.reset_index(drop=True)
+
+    def __repr__(self) -> str:
+        """One line per task (the item ids stay in ``item_ids``, not in the repr)."""
+        tasks = "".join(f"\n  {t!r}" for t in self.tasks.values())
+        return f"EvalResult(variant={self.variant!r}, model={self.model!r}, store={str(self.store)!r}){tasks}"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: a row per task with acc, acc_norm and each metric's interval."""
+        names = list(dict.fromkeys(m for t in self.tasks.values() for m in t.metrics))
+        rows = [[name, t.n, f"{t.acc:.4f}", f"{t.acc_norm:.4f}" if t.acc_norm is not None else "—",
+                 *(str(t.metrics[m]) if m in t.metrics else "—" for m in names)] for name, t in self.tasks.items()]
+        title = f"<p><b>{self.variant}</b> · store <code>{self.store}</code></p>"
+        return title + _html_table(["task", "n", "acc", "acc_norm", *(f"{m} [95%]" for m in names)], rows)
 
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "variant": self.variant, "store": str(self.store),
@@ -157,7 +226,7 @@ def evaluate(
     dtype: str = "auto",
     trust_remote_code: bool = False,
     backend: str = "hf",
-    progress: Optional[Progress] = None,
+    progress: ProgressArg = "auto",
     say: Say = _silent,
     phase: Optional[Phase] = None,
 ) -> EvalResult:
@@ -195,7 +264,9 @@ def evaluate(
         device, dtype, trust_remote_code: how the model is loaded.
         backend: ``hf`` (transformers, quantcal's scorer) or ``vllm`` (vLLM's prompt log-probabilities with prefix
             caching; :mod:`quantcal.engines.vllm`); a vllm run is a run of its own in the store.
-        progress, say, phase: item bars, news lines, and a context for loading/building (a spinner).
+        progress: item bars: ``"auto"`` (tqdm.auto, third-party loading bars silenced meanwhile), ``None`` (none) or
+            ``progress(description, total)`` returning a tqdm-like bar.
+        say, phase: news lines, and a context for loading/building (a spinner).
 
     Returns:
         An :class:`EvalResult`; ``result.tasks["arithmetic"].acc`` and ``result.items()`` for per-item records.
@@ -240,34 +311,35 @@ def evaluate(
     defn = VariantDef(model or (None if adapter is not None else DEFAULT_MODEL), recipe,
                       str(adapter) if adapter is not None else None, deploy)
     resolve_dtype(dtype, device)  # a device or dtype this machine cannot use: one line, before anything loads
-    variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code, backend), say, phase=phase)
-    variant_name = name or variant.default_name
-    forbidden = variant.forbidden()
-    store_path = Path(store) if store is not None else default_store(variant_name)
-    results: dict[str, TaskResult] = {}
-    labels: dict[str, str] = {}  # task name -> its name in the store (with its prompt setup)
-    item_ids: dict[str, tuple[str, ...]] = {}
-    with open_store(store_path) as db, _released(variant.holder):
-        for task in task_list:
-            job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
-                      template if task.name == "custom" else None, variant.config, dtype, setups[task.name], skip,
-                      *forbidden)
-            labels[task.name] = job.label
-            outcome = run_job(db, job, options, variant.holder, progress, say)
-            say(outcome.summary(f"{variant_name} · {job.label}"))
-            wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
-            item_ids[job.label] = tuple(outcome.item_ids)
-            scored = [s for s in db.scored_items(outcome.run_id) if s.item_id in wanted]
-            if not scored:
-                raise QuantcalError(f"{job.label}: no item could be scored")
-            summary = task_summary(scored, task.kind)
-            metrics = run_metrics(predictions(scored, "none"), EVAL_METRICS) if task.kind == "mc" else {}
-            results[job.label] = TaskResult(job.label, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
-                                            outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id,
-                                            metrics=metrics)
-    for group in groups.values():
-        group_setup = setups[PREFIX + group.tasks[0]]
-        results[task_label(PREFIX + group.name, group_setup)] = _group_result(group, results, labels, group_setup)
+    with _progress_bars(progress) as bars:
+        variant = prepare(defn, LoadOptions(dtype, device, trust_remote_code, backend), say, phase=phase)
+        variant_name = name or variant.default_name
+        forbidden = variant.forbidden()
+        store_path = Path(store) if store is not None else default_store(variant_name)
+        results: dict[str, TaskResult] = {}
+        labels: dict[str, str] = {}  # task name -> its name in the store (with its prompt setup)
+        item_ids: dict[str, tuple[str, ...]] = {}
+        with open_store(store_path) as db, _released(variant.holder):
+            for task in task_list:
+                job = Job(variant_name, variant.source, task, str(data_file) if data_file else None, limit,
+                          template if task.name == "custom" else None, variant.config, dtype, setups[task.name], skip,
+                          *forbidden)
+                labels[task.name] = job.label
+                outcome = run_job(db, job, options, variant.holder, bars, say)
+                say(outcome.summary(f"{variant_name} · {job.label}"))
+                wanted = set(outcome.item_ids)  # this call's items (a store may hold more, from a larger limit)
+                item_ids[job.label] = tuple(outcome.item_ids)
+                scored = [s for s in db.scored_items(outcome.run_id) if s.item_id in wanted]
+                if not scored:
+                    raise QuantcalError(f"{job.label}: no item could be scored")
+                summary = task_summary(scored, task.kind)
+                metrics = run_metrics(predictions(scored, "none"), EVAL_METRICS) if task.kind == "mc" else {}
+                results[job.label] = TaskResult(job.label, int(summary["n"]), summary["acc"], summary.get("acc_norm"),
+                                                outcome.n_errors, outcome.n_scored_now, outcome.seconds, outcome.run_id,
+                                                metrics=metrics)
+        for group in groups.values():
+            group_setup = setups[PREFIX + group.tasks[0]]
+            results[task_label(PREFIX + group.name, group_setup)] = _group_result(group, results, labels, group_setup)
     return EvalResult(variant_name, variant.source.spec, store_path, results, item_ids)
 
 
@@ -312,11 +384,44 @@ class StudyResult:
     def failures(self) -> list[JobOutcome]:
         return [j for j in self.jobs if not j.ok]
 
+    def __repr__(self) -> str:
+        """The study's name, where its report is, its jobs and tasks (the numbers: :meth:`metrics`, the page)."""
+        tasks = list(self.report.results.get("tasks", {}))
+        failed = f", {len(self.failures)} failed" if self.failures else ""
+        return (f"StudyResult({self.name!r}, page={str(self.page)!r}, jobs={len(self.jobs)}{failed}, "
+                f"tasks={tasks})")
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: per task (its first normalization) each variant's n, acc, ECE and the paired
+        differences to the reference, a star where the interval excludes 0; then the findings."""
+        from html import escape
+
+        def delta(iv: Optional[Mapping[str, Any]]) -> str:
+            if not iv or iv.get("estimate") is None:
+                return "—"
+            star = "*" if iv.get("low") is not None and (iv["low"] > 0 or iv["high"] < 0) else ""
+            return f"{iv['estimate']:+.4f}{star}"
+        parts = [f"<p><b>{escape(self.name)}</b> · report <code>{escape(str(self.page))}</code> · {len(self.jobs)} "
+                 f"job(s){', ' + str(len(self.failures)) + ' failed' if self.failures else ''}</p>"]
+        for task, by_norm in self.report.results.get("tasks", {}).items():
+            norm, block = next(iter(by_norm.items()))
+            rows = []
+            for name, v in block["variants"].items():
+                m, p = v["metrics"], block["paired"].get(name, {}).get("difference", {})
+                rows.append([name, v["n"], f"{m['acc']['estimate']:.4f}" if "acc" in m else "—",
+                             f"{m['ece']['estimate']:.4f}" if "ece" in m else "—", delta(p.get("acc")), delta(p.get("ece"))])
+            parts.append(f"<p>{escape(task)} · normalization {escape(norm)} (* interval excludes 0)</p>"
+                         + _html_table(["variant", "n", "acc", "ECE", "Δacc", "ΔECE"], rows))
+        lines = [line for b in self.report.results.get("findings", {}).get("blocks", []) for line in b["lines"]]
+        if lines:
+            parts.append("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in lines) + "</ul>")
+        return "".join(parts)
+
     @property
     def page(self) -> Path:
         return self.report.page
 
-    def metrics(self, normalization: Optional[str] = None) -> Any:
+    def metrics(self, normalization: Optional[str] = None) -> "pd.DataFrame":
         """The headline table as a DataFrame: one row per (task, normalization, variant, metric), with the estimate,
         its interval, and the paired difference to the reference with its interval (NaN for the reference)."""
         import pandas as pd
@@ -335,7 +440,7 @@ class StudyResult:
                                      "delta": d.get("estimate"), "delta_low": d.get("low"), "delta_high": d.get("high")})
         return pd.DataFrame(rows)
 
-    def items(self, normalization: str = "none") -> Any:
+    def items(self, normalization: str = "none") -> "pd.DataFrame":
         """Per-item records of every variant (see :func:`load_items`)."""
         return load_items(self.store, normalization)
 
@@ -412,8 +517,8 @@ def run_study(
     limit: Optional[int] = None,
     executor: str = "local",
     ray: Any = None,
-    progress: Optional[Progress] = None,
-    step_progress: Optional[Callable[[int, int], Any]] = None,
+    progress: ProgressArg = "auto",
+    step_progress: Union[Callable[[int, int], Any], Literal["auto"], None] = "auto",
     say: Say = _silent,
     phase: Optional[Phase] = None,
 ) -> StudyResult:
@@ -428,8 +533,10 @@ def run_study(
         limit: cap every task at its first N items.
         executor: ``local`` (one job after another) or ``ray`` (jobs as Ray tasks; ``ray`` takes a
             :class:`~quantcal.study.ray_executor.RaySettings`).
-        progress, step_progress, say, phase: item bars, fine-tuning step bars, news lines, a context shown while a
-            model loads or builds and while the report is written (a spinner).
+        progress, step_progress: item bars and fine-tuning step bars: ``"auto"`` (tqdm.auto, third-party loading
+            bars silenced meanwhile), ``None`` (none) or your callbacks.
+        say, phase: news lines, a context shown while a model loads or builds and while the report is written (a
+            spinner).
 
     Returns:
         A :class:`StudyResult`; ``result.metrics()`` is the headline table, ``result.page`` the HTML report.
@@ -453,14 +560,15 @@ def run_study(
     check_writable_dir(out_dir)  # before any work: a read-only or full output folder is refused now
     write_text_atomic(out_dir / "study.json", spec.model_dump_json(indent=2))
     store_path = out_dir / "study.sqlite"
-    with open_store(store_path) as db:
-        trained = train_adapters(spec, step_progress, say)
+    steps = _tqdm_steps if step_progress == "auto" else step_progress
+    with open_store(store_path) as db, _progress_bars(progress) as bars:
+        trained = train_adapters(spec, steps, say)
         if executor == "ray":
             from quantcal.study.ray_executor import RaySettings, run_study_ray  # optional dependency
 
-            outcomes = run_study_ray(spec, db, ray or RaySettings(), progress, say)
+            outcomes = run_study_ray(spec, db, ray or RaySettings(), bars, say)
         else:
-            outcomes = run_jobs(spec, db, progress, say, phase)
+            outcomes = run_jobs(spec, db, bars, say, phase)
         outcomes = [o for o in trained if not o.ok] + outcomes
         failures = [o.to_json() for o in outcomes if not o.ok]
         if len(failures) == len(outcomes):
@@ -570,7 +678,7 @@ def _store_path(store_or_report_dir: Union[str, Path]) -> Path:
     return path / "study.sqlite" if path.is_dir() else path
 
 
-def load_items(store_or_report_dir: Union[str, Path], normalization: Union[str, Sequence[str]] = "none") -> Any:
+def load_items(store_or_report_dir: Union[str, Path], normalization: Union[str, Sequence[str]] = "none") -> "pd.DataFrame":
     """One row per item x variant (x normalization) as a pandas DataFrame, sorted by run then dataset position.
 
     Columns: ``run_id, variant, task, recipe, normalization, position, item_id, item_hash, gold, golds, n_choices,
