@@ -43,7 +43,8 @@ def test_a_variant_computes_what_its_format_says(tiny_llama: Path, env_cache: Pa
         assert torch.equal(variant.model(ids).logits, reference(ids).logits)
 
 
-@pytest.mark.parametrize("recipe", ["fp8:acts=tensor_static," + CALIB, "nvfp4:" + CALIB, "w8a8", "mxfp4"])
+@pytest.mark.parametrize("recipe", ["fp8:acts=tensor_static," + CALIB, "nvfp4:" + CALIB, "w8a8", "mxfp4",
+                                    "w8a8:smoothquant=0.5," + CALIB])
 @pytest.mark.parametrize("fixture", ["tiny_llama", pytest.param("tiny_gemma", marks=pytest.mark.heavy)])
 def test_packed_and_shared_prefix_scoring_stay_exact_with_quantized_activations(
         fixture: str, recipe: str, env_cache: Path, request: pytest.FixtureRequest) -> None:
@@ -111,3 +112,75 @@ def test_run_time_formats_refuse_the_vllm_backend(tiny_llama: Path, env_cache: P
     with pytest.raises(QuantcalError, match=words):
         load_variant_model(VariantDef(str(tiny_llama), recipe), resolve_source(str(tiny_llama)),
                            LoadOptions(backend="vllm"))
+
+
+def test_smoothquant_computes_q_of_x_over_s_times_q_of_w_s(tiny_llama: Path, env_cache: Path) -> None:
+    """w8a8:smoothquant=0.5: each q/k/v and gate/up linear computes ``Q_a(x / s) Q_w(W diag(s))^T`` with
+    ``s_j = max|X_j|^a / max|W_:j|^(1-a)`` from the float model's calibration inputs (recomputed here by hand);
+    o_proj and down_proj, which read inputs of their own, are not smoothed; without the quantizers the smoothing
+    is the float model's product."""
+    from quantcal.recipes import calibration
+    from quantcal.recipes.build import build_variant, variant_meta
+    from quantcal.recipes.smoothquant import decode
+
+    recipe = parse_recipe("w8a8:smoothquant=0.5," + CALIB)
+    source = resolve_source(str(tiny_llama))
+    meta = variant_meta(build_variant(source, recipe))
+    smooth = {k: decode(v) for k, v in meta["runtime"]["activations"]["smooth"].items()}
+    float_model = load_model(source, dtype="float32").model
+    names = [n for n, _ in block_linears(float_model)]
+    assert sorted(smooth) == sorted(n for n in names if n.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
+    assert meta["smoothquant"] == {"alpha": 0.5, "smoothed_linears": len(smooth)}
+
+    ids = calibration.params_ids(float_model, load_model(source).tokenizer, dict(recipe.params), source.fingerprint)
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, n=n: inputs.__setitem__(
+        n, torch.maximum(inputs[n], args[0].abs().reshape(-1, args[0].shape[-1]).amax(0)) if n in inputs
+        else args[0].abs().reshape(-1, args[0].shape[-1]).amax(0))) for n, m in block_linears(float_model)]
+    with torch.inference_mode():
+        for start in range(0, ids.shape[0], 4):
+            float_model(ids[start:start + 4], use_cache=False)
+    for h in hooks:
+        h.remove()
+    modules = dict(block_linears(float_model))
+    layer0 = names[0].rsplit(".", 1)[0]  # model.layers.0.self_attn
+    qkv = [f"{layer0}.{k}" for k in ("q_proj", "k_proj", "v_proj")]
+    w_max = torch.stack([modules[n].weight.abs().amax(0) for n in qkv]).amax(0)
+    expected = inputs[qkv[0]].clamp_min(1e-5).pow(0.5) / w_max.pow(0.5)
+    assert torch.allclose(smooth[qkv[0]], expected, rtol=1e-6) and all(torch.equal(smooth[n], smooth[qkv[0]]) for n in qkv)
+
+    variant = load_variant_model(VariantDef(str(tiny_llama), recipe.key), source, LoadOptions(dtype="float32"))
+    for name, linear in block_linears(float_model):  # by hand: no recipe code
+        s = smooth.get(name)
+        if s is None:
+            linear.weight.data = fake_int8(linear.weight.data, -1)
+            linear.register_forward_pre_hook(lambda module, args: (fake_int8(args[0], -1),))
+        else:
+            linear.weight.data = fake_int8(linear.weight.data * s, -1)
+            linear.register_forward_pre_hook(lambda module, args, s=s: (fake_int8(args[0] / s, -1),))
+    test_ids = torch.randint(0, 1000, (2, 24))
+    with torch.inference_mode():
+        assert torch.equal(variant.model(test_ids).logits, float_model(test_ids).logits)
+
+
+def test_smoothquant_moves_an_outlier_channel_out_of_the_activation_quantizer() -> None:
+    """The point of SmoothQuant: an input channel 100x larger than the rest makes per-token INT8 activations coarse
+    for every other channel; dividing it out (alpha 0.5) lowers the W8A8 output error of the linear."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 64)
+    x[:, 3] *= 100.0
+    w = torch.randn(32, 64) * 0.05
+    exact = x @ w.T
+    plain = fake_int8(x, -1) @ fake_int8(w, -1).T
+    s = x.abs().amax(0).pow(0.5) / w.abs().amax(0).pow(0.5)
+    smoothed = fake_int8(x / s, -1) @ fake_int8(w * s, -1).T
+    assert torch.allclose((x / s) @ (w * s).T, exact, rtol=1e-4, atol=1e-4)  # the same product in float
+    error = lambda y: float((y - exact).norm() / exact.norm())  # noqa: E731
+    assert error(smoothed) < 0.5 * error(plain)
+
+
+@pytest.mark.parametrize("recipe, words", [("w8a8:acts=none,smoothquant=0.5", "needs acts=token"),
+                                           ("w8a8:smoothquant=1.5", "out of range")])
+def test_smoothquant_refusals(recipe: str, words: str) -> None:
+    with pytest.raises(QuantcalError, match=words):
+        parse_recipe(recipe)

@@ -17,7 +17,11 @@ import pytest
 from tests.conftest import SHARED_DATA
 
 ROOT = Path(__file__).resolve().parent.parent
-SKIP = ("scripts/setup.sh", "pytest", "with hub access", "/opt/lm-eval", "lm_eval_parity")
+SKIP = ("scripts/setup.sh", "pytest", "with hub access", "hub is reachable", "(hub)", "your own task YAMLs",
+        "/opt/lm-eval", "lm_eval_parity", "setup_vllm.sh", ".venv-vllm", "pip install")
+#: What a command needs that a fresh clone without the development data beside it lacks.
+NEEDS_DATA = ("../shared", "--data-dir", "--data-file", "--task piqa=", "--holdout", "task:hellaswag", "s.sqlite",
+              "runs/qlora")
 
 
 def readme_commands() -> list[str]:
@@ -37,6 +41,7 @@ def test_readme_commands_run_as_written(tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (tmp_path / "shared").symlink_to(SHARED_DATA.parent)
+    (work / "data").symlink_to(SHARED_DATA)  # what the README's `quantcal download ... --out data` writes
     (work / "my_questions.jsonl").write_text("".join(json.dumps(
         {"question": f"What is {i} + {i}?", "choices": [str(2 * i), str(2 * i + 1), str(i)], "answer": 0}) + "\n"
         for i in range(20)))
@@ -48,4 +53,25 @@ def test_readme_commands_run_as_written(tmp_path: Path) -> None:
     for command in commands:
         line = re.sub(r"^quantcal ", f"{sys.executable} -m quantcal.cli ", command)
         done = subprocess.run(line, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=1800)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+@pytest.mark.slow
+def test_readme_commands_that_need_no_data_run_in_a_fresh_clone(tmp_path: Path) -> None:
+    """Issue 34: from a fresh clone with nothing beside it (no ../shared), every README command that needs neither
+    the hub nor a data folder runs as written (the bundled models are installed packages, not files of the tree)."""
+    clone = tmp_path / "quantcal"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    assert not (tmp_path / "shared").exists()
+    (clone / "my_questions.jsonl").write_text("".join(json.dumps(
+        {"question": f"What is {i} + {i}?", "choices": [str(2 * i), str(2 * i + 1), str(i)], "answer": 0}) + "\n"
+        for i in range(20)))
+    (clone / "study.yaml").write_text("reference: smollm2-135m-instruct\nvariants:\n  - name: rtn4\n"
+                                      "    recipe: rtn:bits=4,group_size=64\ntasks: [arithmetic]\n")
+    commands = [c for c in readme_commands() if not any(d in c for d in NEEDS_DATA)]
+    assert len(commands) >= 8 and any(c.startswith("quantcal run") for c in commands)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(clone / "src")}
+    for command in commands:
+        line = re.sub(r"^quantcal ", f"{sys.executable} -m quantcal.cli ", command)
+        done = subprocess.run(line, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

@@ -14,6 +14,52 @@ from tests.test_study import SCRIPT, _study
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
+def _chrome(tmp_path: Path, size: str = "1280,2400") -> object:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'chrome-profile'}", f"--window-size={size}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_a_multi_task_report_opens_on_its_grid_and_contents(tmp_path: Path, tiny_llama: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 34 item 6: with several tasks the first screen at 1400x900 holds the table of contents and the
+    variant x task grid; every contents link leads to a heading on the page; no console errors."""
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setenv("QUANTCAL_CACHE", str(tmp_path / "cache"))
+    study = _study(tmp_path, tiny_llama)
+    study.write_text(study.read_text().replace("tasks:\n", "tasks:\n  - name: arithmetic\n    limit: 30\n"))
+    result = CliRunner().invoke(app, ["run", str(study)])
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "report_dir" / "report.html"
+    driver = _chrome(tmp_path, "1400,900")
+    try:
+        driver.get(page.as_uri())
+        toc, grid = driver.find_element(By.ID, "toc"), driver.find_element(By.CSS_SELECTOR, "table.grid")
+        assert toc.rect["y"] < 900 and grid.rect["y"] + grid.rect["height"] < 900  # both on the first screen
+        assert [th.text for th in grid.find_elements(By.TAG_NAME, "th")] == ["variant", "arithmetic", "custom"]
+        assert "Δacc" in grid.text and "ΔECE" in grid.text
+        for link in toc.find_elements(By.TAG_NAME, "a"):
+            target = link.get_attribute("href").split("#", 1)[1]
+            assert driver.find_elements(By.ID, target), target
+        caveats = driver.find_elements(By.ID, "caveats")
+        assert len(caveats) == 1  # one box, however many caveats
+        errors = [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
+        assert errors == []
+    finally:
+        driver.quit()
+
+
 @pytest.mark.heavy
 @pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_report_renders_in_chromium(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:

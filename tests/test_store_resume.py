@@ -181,3 +181,87 @@ def test_a_superseded_run_is_left_out_of_metrics_exports_and_reports(tmp_path: P
     assert [(m.variant, m.task) for m in metrics] == [("reference", "t"), ("v", "t")]
     assert metrics[1].values["acc"].estimate == pytest.approx(0.5)  # the new run: it picks y, gold of odd items
     assert [(r["variant"], r["config"].get("recipe")) for r in report["runs"]] == [("reference", None), ("v", "rtn:bits=4")]
+
+
+def test_a_failed_run_leaves_no_empty_store_but_keeps_any_other(tmp_path: Path) -> None:
+    """Issue 34 item 12: a store this call created, into which nothing was scored, is removed when the call fails
+    (with its -wal/-shm); a store that existed before, one that holds a scored item, or one another process has
+    open stays."""
+    import subprocess
+    import sys
+    import time
+
+    from quantcal.tasks.items import Item
+
+    def fail(path: Path, score: bool = False) -> None:
+        with pytest.raises(RuntimeError):
+            with open_store(path) as db:
+                run = db.get_or_create_run("v", "t", "h", {}, {})
+                if score:
+                    db.write_scores(run, [(0, Item("a", "q", ("x", "y"), 1), [-1.0, -2.0], [1, 1], [True, False])])
+                raise RuntimeError("the model failed")
+    new = tmp_path / "new" / "s.sqlite"
+    fail(new)
+    assert not new.exists() and not list(new.parent.iterdir())
+    old = tmp_path / "old.sqlite"
+    with open_store(old):
+        pass
+    fail(old)
+    assert old.exists()
+    scored = tmp_path / "scored.sqlite"
+    fail(scored, score=True)
+    assert scored.exists()
+
+    shared = tmp_path / "shared.sqlite"
+    code = ("import sys, time; from quantcal.store.database import open_store\n"
+            "db = open_store(sys.argv[1]); print('open', flush=True); time.sleep(30)")
+    other = subprocess.Popen([sys.executable, "-c", code, str(shared)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "open"
+        before = time.perf_counter()
+        with pytest.raises(RuntimeError):  # this call did not create it (the other process did): kept anyway
+            with open_store(shared):
+                raise RuntimeError("x")
+        assert shared.exists() and time.perf_counter() - before < 5
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_store_created_beside_a_process_that_has_it_open_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The creator fails while another process opened the store it just made: the removal needs an exclusive
+    lock no one else holds, so the store stays for the other process."""
+    import subprocess
+    import sys
+
+    from quantcal.store import database
+
+    path = tmp_path / "s.sqlite"
+    code = ("import sys, time; from quantcal.store.database import open_store\n"
+            "db = open_store(sys.argv[1]); print('open', flush=True); time.sleep(30)")
+    with pytest.raises(RuntimeError):
+        with open_store(path) as db:
+            assert db.holder is not None and db.holder.created
+            other = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+            assert other.stdout.readline().strip() == "open"
+            raise RuntimeError("the model failed")
+    try:
+        assert path.exists()
+        with database.open_store(path, readonly=True) as db:
+            assert db.runs() == []
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_evaluate_that_fails_leaves_no_store(tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import quantcal
+    from quantcal import api
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("scoring failed")
+    monkeypatch.setattr(api, "run_job", broken)
+    store = tmp_path / "out" / "s.sqlite"
+    with pytest.raises(RuntimeError):
+        quantcal.evaluate(str(tiny_llama), "arithmetic", limit=4, store=store, progress=None)
+    assert not store.exists()

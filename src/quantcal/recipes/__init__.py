@@ -61,7 +61,8 @@ FAMILIES: dict[str, Family] = {
                   "static or no activation quantization as options)", validate=fp8.validate,
                   identity=calibration.identity),
     "w8a8": Family(w8a8.PARAMS, None, w8a8.apply, "INT8 weights per channel and activations per token "
-                   "(compressed-tensors' W8A8)"),
+                   "(compressed-tensors' W8A8; smoothquant=ALPHA migrates activation outliers first)",
+                   validate=w8a8.validate, identity=calibration.identity),
     "nvfp4": Family(fp4.NVFP4_PARAMS, None, fp4.apply_nvfp4, "NVFP4: E2M1 in blocks of 16 with FP8 scales, weights and "
                     "activations (acts=none: W4A16)", validate=fp4.validate_nvfp4, identity=calibration.identity),
     "mxfp4": Family(fp4.MXFP4_PARAMS, None, fp4.apply_mxfp4, "MXFP4: E2M1 in blocks of 32 with E8M0 scales, weights and "

@@ -38,6 +38,8 @@ class ActivationScheme:
     per: str
     amax: dict[str, float] | None = None  # static schemes: each layer's input amax over the calibration windows
     rounding: str = "nearest"  # mxfp4: the block maximum's rounding to a power of two (number_formats.e8m0_scale)
+    #: SmoothQuant: per smoothed layer its input-channel vector ``s`` (base64 float32): the input is ``x / s``
+    smooth: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if (self.format, self.per) not in SCHEMES:
@@ -47,6 +49,14 @@ class ActivationScheme:
 
     def quantizer(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """The fake quantizer of ``layer``'s input (a tensor whose last dimension is the layer's input features)."""
+        if self.smooth and layer in self.smooth:  # SmoothQuant: the outliers divided out, then quantized
+            from quantcal.recipes.smoothquant import decode
+
+            inner, s = self._plain(layer), decode(self.smooth[layer])
+            return lambda x: inner((x.float() / s.to(x.device)).to(x.dtype))
+        return self._plain(layer)
+
+    def _plain(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
         import torch
 
         if (self.format, self.per) == ("fp8", "token"):
@@ -64,7 +74,8 @@ class ActivationScheme:
 
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "per": self.per, **({"amax": self.amax} if self.amax else {}),
-                **({"rounding": self.rounding} if self.format == "mxfp4" else {})}
+                **({"rounding": self.rounding} if self.format == "mxfp4" else {}),
+                **({"smooth": self.smooth} if self.smooth else {})}
 
 
 def fake_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -84,7 +95,8 @@ def scheme_of(record: dict[str, Any]) -> ActivationScheme | None:
     block = record.get("runtime", {}).get("activations")
     if not block:
         return None
-    return ActivationScheme(block["format"], block["per"], block.get("amax"), block.get("rounding", "nearest"))
+    return ActivationScheme(block["format"], block["per"], block.get("amax"), block.get("rounding", "nearest"),
+                            block.get("smooth"))
 
 
 def install(model: nn.Module, scheme: ActivationScheme) -> list[Any]:

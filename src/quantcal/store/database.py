@@ -149,19 +149,34 @@ def owner_alive(owner: str) -> bool:
 class Store:
     """A study's SQLite store. Open with :func:`open_store`; use as a context manager."""
 
-    def __init__(self, path: Path, connection: sqlite3.Connection, readonly: bool = False) -> None:
+    def __init__(self, path: Path, connection: sqlite3.Connection, readonly: bool = False,
+                 holder: "StoreHolder | None" = None) -> None:
         self.path = path
         self.db = connection
         self.readonly = readonly
+        self.holder = holder
 
     def close(self) -> None:
         self.db.close()
+        if self.holder is not None:
+            self.holder.release()
 
     def __enter__(self) -> "Store":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        """Close; when the block failed and this call created the store and nothing was scored into it, remove it
+        (unless another process has it open): a failed run leaves no empty store behind."""
+        empty = exc_type is not None and self.holder is not None and self.holder.created and not self._has_items()
+        self.db.close()
+        if self.holder is not None:
+            self.holder.release(remove_if_alone=empty)
+
+    def _has_items(self) -> bool:
+        try:
+            return self.db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
+        except sqlite3.Error:
+            return True  # unreadable now: keep it
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -402,6 +417,55 @@ def _connect_readonly(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path.resolve()}?mode=ro&immutable=1", uri=True, timeout=LOCK_TIMEOUT_S)
 
 
+class StoreHolder:
+    """A shared ``flock`` on the store file for as long as a process has the store open, so that the process that
+    created it can tell, on failure, whether anyone else has it open before removing it (an exclusive lock it can
+    take without waiting). A process that opens the path re-checks, under its lock, that the path still names the
+    file it locked (a store removed and re-created meanwhile is opened anew). These are ``flock`` locks, apart from
+    SQLite's own ``fcntl`` locks, which they never touch."""
+
+    def __init__(self, path: Path, readonly: bool) -> None:
+        import fcntl
+
+        self.path, self.created, self.fd = path, False, -1
+        for _ in range(100):
+            if readonly:
+                self.fd = os.open(path, os.O_RDONLY)
+            else:
+                try:
+                    self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                    self.created = True
+                except FileExistsError:
+                    self.fd = os.open(path, os.O_RDWR)
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+            try:
+                if os.stat(path).st_ino == os.fstat(self.fd).st_ino:
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)  # removed (and maybe re-created) while we opened it: again
+            self.created = False
+        raise QuantcalError(f"{path}: the store keeps being removed and re-created by another process")
+
+    def release(self, remove_if_alone: bool = False) -> None:
+        import fcntl
+
+        if self.fd < 0:
+            return
+        try:
+            if remove_if_alone:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # only when no other process holds it
+                except OSError:
+                    pass
+                else:
+                    for suffix in ("", "-wal", "-shm", "-journal"):
+                        Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def open_store(path: str | Path, create: bool = True, readonly: bool = False) -> Store:
     """Open (or create) a store; ``readonly`` for commands that only read. Refuses files that are not quantcal
     stores, and says in one line why a store cannot be opened (locked, read-only, disk full, missing)."""
@@ -415,8 +479,12 @@ def open_store(path: str | Path, create: bool = True, readonly: bool = False) ->
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise QuantcalError(describe(exc, f"create the store {path}")) from exc
-    db = None
+    db = holder = None
     try:
+        try:
+            holder = StoreHolder(path, readonly)
+        except OSError:  # no lock to be had (a read-only file or folder): SQLite says below what is wrong, if anything
+            holder = None
         db = _connect_readonly(path) if readonly else sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S)
         found = _tables(db)
         if not readonly:
@@ -435,11 +503,15 @@ def open_store(path: str | Path, create: bool = True, readonly: bool = False) ->
     except QuantcalError:
         if db is not None:
             db.close()
+        if holder is not None:
+            holder.release()
         raise
     except sqlite3.DatabaseError as exc:
         if db is not None:
             db.close()
+        if holder is not None:
+            holder.release()
         if sqlite_cause(exc) is not None:
             raise QuantcalError(describe(exc, f"open the store {path}")) from exc
         raise QuantcalError(f"{path}: not a quantcal store ({exc})") from exc
-    return Store(path, db, readonly)
+    return Store(path, db, readonly, holder)
