@@ -1,7 +1,8 @@
 """Exported (deployable) variants against the simulated ones they come from, on real items.
 
 For each recipe: ``quantcal.export_model`` writes the bundled model's variant as a compressed-tensors pack-quantized
-checkpoint (integer recipes) or in transformers' bitsandbytes serialization (``bnb``); both the simulated variant
+checkpoint (integer recipes), float-/int-quantized checkpoint (``fp8``, ``w8a8``) or in transformers' bitsandbytes
+serialization (``bnb``); both the simulated variant
 (float safetensors) and the exported checkpoint (loaded by transformers from the packed codes and scales) score the
 same items; the script reports the share of per-choice
 log-likelihoods within 1e-3, the largest gap, both accuracies, and the on-disk bits per weight of the packed layers
@@ -25,6 +26,10 @@ RECIPES = {
     "awq-w4-g64": "awq:bits=4,group_size=64,nsamples=16",
     "bnb-nf4": "bnb:nf4",
     "bnb-int8": "bnb:int8",  # LLM.int8()'s module rounds activations to float16: not the weights-only simulation
+    # weights and activations: compressed-tensors float-/int-quantized (the loader quantizes the activations)
+    "fp8": "fp8",
+    "w8a8": "w8a8",
+    "w8a8-sq": "w8a8:smoothquant=0.5,nsamples=16",
 }
 TASKS = ("piqa", "hellaswag", "openbookqa", "boolq")
 

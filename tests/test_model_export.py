@@ -65,7 +65,8 @@ def test_bnb_export_computes_the_simulated_variant(recipe: str, tiny_llama: Path
 def test_export_model_refuses_recipes_without_a_format(tiny_llama: Path, tmp_path: Path, env_cache: Path) -> None:
     from quantcal import api
 
-    for recipe in ("hqq:bits=4", "gptq:bits=4,group_size=16,desc_act=true", "quanto:qint4", "bnb:nf4,blocksize=128"):
+    for recipe in ("hqq:bits=4", "gptq:bits=4,group_size=16,desc_act=true", "quanto:qint4", "bnb:nf4,blocksize=128",
+                   "nvfp4", "fp8:weights=block128", "fp8+kv:fp8"):
         with pytest.raises(QuantcalError, match="no quantized checkpoint format"):
             api.export_model(str(tiny_llama), recipe, tmp_path / "x")
     with pytest.raises(QuantcalError, match="keeps no column order"):
@@ -172,3 +173,42 @@ def test_export_checkpoint_form_and_bad_export_blocks(tiny_llama: Path, tmp_path
         StudySpec(**base, export={"task": "boolq"})
     with pytest.raises(ValueError, match="form"):
         StudySpec(**base, export={"form": "gguf"})
+
+
+@pytest.mark.parametrize("recipe, fmt, exact", [
+    ("fp8", "float-quantized", True), ("fp8:weights=tensor,acts=none", "float-quantized", True),
+    ("fp8:acts=tensor_static,nsamples=2,seqlen=32", "float-quantized", True),
+    ("w8a8", "int-quantized", True), ("w8a8:smoothquant=0.5,nsamples=2,seqlen=32", "int-quantized", False)])
+def test_activation_formats_export_as_compressed_tensors_and_reload_as_simulated(
+        recipe: str, fmt: str, exact: bool, tiny_llama: Path, tmp_path: Path, env_cache: Path) -> None:
+    """Issue 33: fp8 and w8a8 written as compressed-tensors float-/int-quantized checkpoints (the library's own
+    compressors write the codes); transformers reloads them, quantizing activations as the config says, and
+    computes the simulated variant: exactly, or for SmoothQuant (its 1/s folded into the norms, as a deployment
+    does) up to the float rounding of x/s moving an INT8 activation code."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from quantcal import api
+    from quantcal.recipes import parse_recipe
+    from quantcal.sources.models import resolve_source
+    from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
+
+    out = tmp_path / "out"
+    exported = api.export_model(str(tiny_llama), recipe, out)
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["format"] == fmt and config["ignore"] == ["lm_head"]
+    group = config["config_groups"]["group_0"]
+    assert group["weights"]["num_bits"] == 8 and (group.get("input_activations") is None) == ("acts=none" in recipe)
+    assert 8 < exported.bits_per_weight <= 9  # one byte per weight and a float32 scale per row (32 columns here)
+    spec = parse_recipe(recipe)
+    simulated = load_variant_model(VariantDef(str(tiny_llama), spec.key), resolve_source(str(tiny_llama)),
+                                   LoadOptions(dtype="float32")).model
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        a, b = simulated(ids).logits, loaded(ids).logits
+    if exact:
+        assert torch.equal(a, b)
+    else:
+        assert 0 < float((a - b).abs().max()) < 5e-3

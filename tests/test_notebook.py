@@ -16,7 +16,7 @@ def test_evaluate_prints_compactly_renders_a_table_and_shows_one_bar_per_task(ti
                                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from transformers.utils import logging as hf_logging
 
-    assert hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()  # as in a fresh notebook (other tests in this process may have turned it off)
     result = quantcal.evaluate(str(tiny_llama), "arithmetic", limit=12, store=tmp_path / "s.sqlite")
     bars = capsys.readouterr().err
     assert "arithmetic" in bars and "12/12" in bars  # tqdm's bar, on by default

@@ -154,9 +154,13 @@ def test_example_studies_are_valid(name: str) -> None:
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study
 
-    spec = load_study(Path(__file__).resolve().parent.parent / "examples" / name)
-    if any(t.data_file for t in spec.tasks) and not all(Path(t.data_file).is_file() for t in spec.tasks if t.data_file):
+    from tests.conftest import SHARED_DATA
+
+    path = Path(__file__).resolve().parent.parent / "examples" / name
+    uses_data = "${data_dir}" in path.read_text()
+    if uses_data and not (SHARED_DATA / "piqa" / "validation.jsonl").is_file():
         pytest.skip("the shared data is not next to this checkout")
+    spec = load_study(path, SHARED_DATA if uses_data else None)
     check_plan(spec)
     assert len(plan(spec)) == (1 + sum(len(v.builds()) for v in spec.variants)) * len(spec.tasks)
 
@@ -186,10 +190,12 @@ def test_mixed_precision_example_is_valid_with_its_committed_ranking(tmp_path: P
     from quantcal.study.runner import check_plan
     from quantcal.study.spec import load_study
 
+    from tests.conftest import SHARED_DATA
+
     root = Path(__file__).resolve().parent.parent
-    spec = load_study(root / "examples" / "study_mixed_precision.yaml")
-    if not all(Path(t.data_file).is_file() for t in spec.tasks if t.data_file):
+    if not (SHARED_DATA / "piqa" / "validation.jsonl").is_file():
         pytest.skip("the shared data is not next to this checkout")
+    spec = load_study(root / "examples" / "study_mixed_precision.yaml", SHARED_DATA)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(QuantcalError, match="rtn3-linear-piqa800-hellaswag1000/sensitivity.json: file not found .*quantcal sensitivity"):
         check_plan(spec)

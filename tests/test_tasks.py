@@ -144,5 +144,5 @@ def test_hub_loading_uses_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     (item,) = load_items(get_task("piqa"))
     assert calls == [("baber/piqa", None, "validation")] and item.gold == 1
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("offline")))
-    with pytest.raises(QuantcalError, match="cannot load aps/super_glue \\(boolq\\).*--data-file; a study's task: data_file"):
+    with pytest.raises(QuantcalError, match="cannot load aps/super_glue \\(boolq\\).*quantcal download TASK --out DIR"):
         load_items(get_task("boolq"))

@@ -16,6 +16,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 COMPRESSED_TENSORS, BITSANDBYTES = "compressed-tensors", "bitsandbytes"
 #: The recipe families that keep an integer grid (:mod:`quantcal.recipes.grid_record`): compressed-tensors.
 PACKABLE = ("rtn", "gptq", "awq")
+#: Weight-and-activation formats written as compressed-tensors float-quantized / int-quantized checkpoints.
+ACTIVATION_FORMATS = ("fp8", "w8a8")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,8 @@ def deployable_format(spec: RecipeSpec) -> Optional[str]:
     params = dict(spec.params)
     if spec.family in PACKABLE:
         return None if params.get("desc_act") else COMPRESSED_TENSORS
+    if spec.family in ACTIVATION_FORMATS:  # float-quantized / int-quantized (checkpoints.activation_checkpoint)
+        return None if spec.kv is not None or params.get("weights") == "block128" else COMPRESSED_TENSORS
     if spec.family == "bnb":  # transformers' bitsandbytes loader quantizes 4-bit weights in blocks of 64 only
         return BITSANDBYTES if params["type"] == "int8" or params["blocksize"] == 64 else None
     return None
@@ -50,8 +54,9 @@ def check_exportable(spec: RecipeSpec, out: Path, dtype: str) -> str:
     fmt = deployable_format(spec)
     if fmt is None:
         raise QuantcalError(f"{spec.key}: no quantized checkpoint format for this recipe. Exportable: rtn, gptq "
-                            "(desc_act=false) and awq (compressed-tensors), bnb:nf4|fp4 (blocksize 64) and bnb:int8 "
-                            "(bitsandbytes)")
+                            "(desc_act=false) and awq (compressed-tensors pack-quantized), fp8 (weights=channel|tensor) "
+                            "and w8a8 (float-/int-quantized, without a kv part), bnb:nf4|fp4 (blocksize 64) and "
+                            "bnb:int8 (bitsandbytes); not yet nvfp4/mxfp4")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QuantcalError(f"{out}: exists and is not an empty folder; choose a new folder")
     check_dtype(dtype)

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from quantcal.errors import QuantcalError
-from quantcal.checkpoints.formats import (BITSANDBYTES, COMPRESSED_TENSORS, PACKABLE, ExportedModel, check_exportable,
+from quantcal.checkpoints.formats import (ACTIVATION_FORMATS, BITSANDBYTES, COMPRESSED_TENSORS, PACKABLE, ExportedModel,
+                                     check_exportable,
                                      deployable_format, simulated)
 from quantcal.sources.cache import remove_entry
 from quantcal.sources.manifest import manifest_problem, write_manifest
@@ -63,6 +64,10 @@ def export_variant(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str 
         from quantcal.checkpoints.bnb_checkpoint import export_bnb
 
         return export_bnb(source, dict(spec.params), variant_meta(variant), out, dtype, say)
+    if spec.family in ACTIVATION_FORMATS:
+        from quantcal.checkpoints.activation_checkpoint import export_activation_quantized
+
+        return export_activation_quantized(variant, out, dtype, say)
     from quantcal.checkpoints.packed_checkpoint import export_packed
 
     return export_packed(variant, out, dtype, say)

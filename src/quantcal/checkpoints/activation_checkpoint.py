@@ -1,0 +1,175 @@
+"""``fp8`` and ``w8a8`` variants written as compressed-tensors checkpoints: ``float-quantized`` (FP8 E4M3 weights)
+and ``int-quantized`` (INT8 weights), with the activation scheme in the config, the formats llm-compressor writes
+for ``FP8_DYNAMIC`` / ``W8A8`` and vLLM runs with its FP8 and INT8 kernels.
+
+The built variant holds each block linear's weight on its grid (in float); the exporter recovers each row's scale
+from it and hands weight and scale to compressed-tensors' own compressor (``FloatQuantizationCompressor`` /
+``IntQuantizationCompressor``), which writes the codes:
+
+- FP8, per channel or per tensor: ``s = amax / 448``. The grid's largest value is the original ``amax`` exactly
+  (``e4m3(448) = 448``), so this is the scale the build used.
+- INT8 per channel: compressed-tensors' ``s = amax / 127.5`` leaves the largest code at 127 or -128, so the row's
+  scale is ``amax / 127`` or ``amax / 128`` of the built weight, whichever makes every ``w / s`` an integer (to
+  1e-3: float rounding); the codes are then exact, the scale within a float32 rounding of the build's.
+- SmoothQuant (``w8a8:smoothquant=...``): the built weights are ``Q(W diag(s))``; ``1 / s`` is folded into the norm
+  that produces the smoothed linears' input (its weight ``w / s``, or ``(1 + w) / s - 1`` for Gemma's ``1 + w``
+  norms), checked on a random input, as llm-compressor's SmoothQuantModifier leaves a model.
+- Static FP8 activation scales (``acts=tensor_static``): ``input_scale = amax / 448`` per layer.
+
+Activations are quantized at run time by the engine that loads the checkpoint (``input_activations`` in the
+config: dynamic per token, or static per tensor). Not written: NVFP4 (its FP8 block scales are not recoverable from
+the built weights; the build would have to record them), FP8 in 128x128 blocks, and a ``kv:`` part
+(``kv_cache_scheme``): refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import torch
+
+from quantcal.checkpoints.formats import COMPRESSED_TENSORS, ExportedModel, check_dtype
+from quantcal.errors import QuantcalError
+from quantcal.recipes.number_formats import E4M3_MAX
+from quantcal.sources.cache import atomic_dir
+
+SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
+
+
+def _schemes(family: str, params: dict[str, Any]) -> tuple[Any, str]:
+    """compressed-tensors' scheme for every block linear, and the checkpoint format."""
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    kind = "float" if family == "fp8" else "int"
+    strategy = "tensor" if params.get("weights") == "tensor" else "channel"
+    weights = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy=strategy, dynamic=False)
+    acts = params.get("acts", "token")
+    inputs = None
+    if acts == "token":
+        inputs = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="token", dynamic=True)
+    elif acts == "tensor_static":
+        inputs = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="tensor", dynamic=False)
+    scheme = QuantizationScheme(targets=["Linear"], weights=weights, input_activations=inputs)
+    return scheme, "float-quantized" if kind == "float" else "int-quantized"
+
+
+def weight_scale(w: torch.Tensor, family: str, per_tensor: bool) -> torch.Tensor:
+    """The scale the build used for ``w`` (module doc), shaped ``(rows, 1)`` per channel or ``(1,)`` per tensor."""
+    w = w.float()
+    amax = w.abs().amax() if per_tensor else w.abs().amax(dim=1, keepdim=True)
+    tiny = torch.finfo(torch.float32).tiny
+    if family == "fp8":
+        return (amax / E4M3_MAX).clamp_min(tiny).reshape(-1 if per_tensor else w.shape[0], *(() if per_tensor else (1,)))
+    best = None
+    for divisor in (127.0, 128.0):
+        scale = (amax / divisor).clamp_min(tiny)
+        off = (w / scale - torch.round(w / scale)).abs().amax(dim=1, keepdim=True)
+        best = torch.where(off <= 1e-3, scale, best) if best is not None else torch.where(off <= 1e-3, scale, torch.nan)
+    if torch.isnan(best).any():
+        raise QuantcalError("an INT8 row of the built variant is not on a symmetric INT8 grid; rebuild it")
+    return best
+
+
+def _fold_smoothing(variant_dir: Path, smooth: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> int:
+    """Fold each smoothed group's ``1 / s`` into the norm that produces its input (module doc); returns the count."""
+    from transformers import AutoModelForCausalLM
+
+    from quantcal.checkpoints.packed_checkpoint import _fold_norm, _producers
+
+    model = AutoModelForCausalLM.from_pretrained(variant_dir, dtype=torch.float32).eval()
+    modules = dict(model.named_modules())
+    folded: dict[str, torch.Tensor] = {}
+    for name, producer in _producers(model, list(smooth)).items():
+        s = smooth[name]
+        if producer in folded:
+            if not torch.equal(folded[producer], s):
+                raise QuantcalError(f"{producer} feeds layers with different SmoothQuant scales; cannot fold them")
+            continue
+        key = f"{producer}.weight"
+        if isinstance(modules[producer], torch.nn.Linear) or key not in state:
+            raise QuantcalError(f"{name}: its input comes from {producer}, not a norm; cannot fold SmoothQuant's scale")
+        state[key] = _fold_norm(modules[producer], s, producer).to(state[key].dtype)
+        folded[producer] = s
+    return len(folded)
+
+
+def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, Path], dtype: str = "float32",
+                                say: Callable[[str], None] = lambda m: None) -> ExportedModel:
+    """Write the built ``fp8`` / ``w8a8`` variant in ``variant_dir`` to ``out`` (module doc)."""
+    from compressed_tensors.compressors import FloatQuantizationCompressor, IntQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+    from safetensors.torch import load_file, save_file
+
+    from quantcal.recipes import parse_recipe
+    from quantcal.recipes.smoothquant import decode
+
+    variant_dir, out = Path(variant_dir), Path(out)
+    check_dtype(dtype)
+    meta = json.loads((variant_dir / "quantcal-variant.json").read_text())
+    spec = parse_recipe(meta["recipe"])
+    params = dict(spec.params)
+    if spec.kv is not None:
+        raise QuantcalError(f"{spec.key}: the kv part is not exported yet (compressed-tensors' kv_cache_scheme); "
+                            "export the weight recipe alone")
+    if spec.family == "fp8" and params["weights"] == "block128":
+        raise QuantcalError(f"{spec.key}: FP8 in 128x128 blocks is not exported yet; use weights=channel or tensor")
+    scheme, fmt = _schemes(spec.family, params)
+    compressor = FloatQuantizationCompressor if spec.family == "fp8" else IntQuantizationCompressor
+    activations = meta.get("runtime", {}).get("activations") or {}
+    smooth = {k: decode(v) for k, v in (activations.get("smooth") or {}).items()}
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(variant_dir.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    names = _block_linear_names(variant_dir)
+    quantized: dict[str, torch.Tensor] = {}
+    on_disk_bytes = weights = 0
+    for name in names:
+        w = state.pop(f"{name}.weight")
+        scale = weight_scale(w, spec.family, params.get("weights") == "tensor")
+        entries = {"weight": w.float(), "weight_scale": scale}
+        compressed = compressor.compress(entries, scheme)
+        if params.get("acts") == "tensor_static":
+            compressed["input_scale"] = torch.tensor([activations["amax"][name] / E4M3_MAX], dtype=torch.float32)
+        for key, tensor in compressed.items():
+            quantized[f"{name}.{key}"] = tensor.contiguous()
+            on_disk_bytes += tensor.numel() * tensor.element_size()
+        weights += w.numel()
+    folded = _fold_smoothing(variant_dir, smooth, state) if smooth else 0
+    if smooth:
+        say(f"folding SmoothQuant's scales into {folded} norms")
+    target = getattr(torch, dtype)
+    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()} | quantized
+    config = json.loads((variant_dir / "config.json").read_text())
+    qconfig = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"], format=fmt,
+                                 quantization_status="compressed")
+    config["quantization_config"] = json.loads(qconfig.model_dump_json(exclude_none=True)) | {"quant_method": "compressed-tensors"}
+    config["dtype"] = dtype
+    bits = 8 * on_disk_bytes / weights
+    record = {**meta, "export": {"format": f"compressed-tensors {fmt}", "dtype": dtype, "layers": len(names),
+                                 "quantized_weights": weights, "quantized_bytes": on_disk_bytes,
+                                 "bits_per_weight_on_disk": bits, "smoothquant_folded_norms": folded}}
+    with atomic_dir(out) as scratch:
+        save_file(tensors, str(scratch / "model.safetensors"), metadata={"format": "pt"})
+        (scratch / "config.json").write_text(json.dumps(config, indent=2))
+        for f in variant_dir.iterdir():
+            if f.is_file() and f.suffix != ".safetensors" and f.name not in SKIP_FILES:
+                shutil.copy2(f, scratch / f.name)
+        (scratch / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
+    say(f"{meta['recipe']}: {len(names)} layers as compressed-tensors {fmt}, {bits:.3f} bits per weight on disk, "
+        f"written to {out}")
+    return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(names), bits, record)
+
+
+def _block_linear_names(variant_dir: Path) -> list[str]:
+    """The decoder-block linears of the variant (a meta-device model: no weights are read)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from quantcal.recipes.layers import block_linears
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(variant_dir))
+    return [name for name, _ in block_linears(model)]
