@@ -32,7 +32,7 @@ _EXPORTS = {
         "FinetuneResult", "ImportedRun", "DEFAULT_MODEL", "run_sensitivity", "load_sensitivity", "merge_sensitivity",
         "SensitivityResult",
         "export_checkpoint", "ExportedCheckpoint", "export_model", "ExportedModel", "verify_cache", "EntryCheck",
-        "download")},
+        "download", "evaluate_generation", "GenerationResult")},
     "QuantcalError": "quantcal.errors",
     "StudySpec": "quantcal.study.spec",
     "VariantDef": "quantcal.variants.definition",

@@ -343,6 +343,113 @@ def evaluate(
     return EvalResult(variant_name, variant.source.spec, store_path, results, item_ids)
 
 
+@dataclass(frozen=True)
+class GenerationResult:
+    """What :func:`evaluate_generation` generated and scored: exact match, and per confidence measure its
+    calibration metrics with 95% bootstrap intervals; the generations are in the store."""
+
+    variant: str
+    model: str
+    store: Path
+    task: str
+    n: int
+    acc: float  # exact match under the task's first filter (lm-eval's metric)
+    filter: str
+    metrics: Mapping[str, Mapping[str, Interval]]  # confidence measure -> metric -> interval
+    n_generated_now: int
+    seconds: float
+    run_id: int
+    item_ids: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        lines = [f"  {conf}: " + ", ".join(f"{m} {iv}" for m, iv in ms.items() if m in ("ece", "brier", "auroc"))
+                 for conf, ms in self.metrics.items()]
+        return (f"GenerationResult({self.task!r}, n={self.n}, exact_match {self.acc:.3f} ({self.filter}), "
+                f"variant={self.variant!r})\n" + "\n".join(lines))
+
+    def items(self) -> "pd.DataFrame":
+        """Per item: its generation, the filtered answer, correctness and every confidence."""
+        import pandas as pd
+
+        from quantcal.study.generation_jobs import scored_answers
+        from quantcal.tasks.generation_tasks import GENERATION_TASKS
+
+        with open_store(self.store, readonly=True) as db:
+            answers = scored_answers(db, self.run_id, GENERATION_TASKS[self.task], self.item_ids)
+        return pd.DataFrame(answers).assign(variant=self.variant, task=self.task)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "variant": self.variant, "store": str(self.store), "task": self.task, "n": self.n,
+                "exact_match": self.acc, "filter": self.filter,
+                "confidences": {c: {m: iv.to_json() for m, iv in ms.items()} for c, ms in self.metrics.items()}}
+
+
+def evaluate_generation(
+    model: Optional[str] = None,
+    task: str = "gsm8k",
+    *,
+    recipe: Optional[str] = None,
+    name: Optional[str] = None,
+    store: Union[str, Path, None] = None,
+    data_file: Union[str, Path, None] = None,
+    limit: Optional[int] = None,
+    skip: int = 0,
+    num_fewshot: Optional[int] = None,
+    fewshot_file: Union[str, Path, None] = None,
+    fewshot_seed: int = 1234,
+    batch_size: int = 8,
+    max_new_tokens: Optional[int] = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    resamples: int = 1000,
+    progress: ProgressArg = "auto",
+    say: Say = _silent,
+    phase: Optional[Phase] = None,
+) -> GenerationResult:
+    """Answer a free-text task (``gsm8k``, ``triviaqa``) with greedy decoding, then score the answers as lm-eval
+    does (its filters and exact match) and measure how well each confidence in an answer is calibrated
+    (``conf_seq_prob``, ``conf_mean_prob``, ``conf_answer_prob``: :mod:`quantcal.analysis.generated`).
+
+    ``num_fewshot``: examples before each question (default: the task's, lm-eval's: 5 for gsm8k), drawn from
+    ``fewshot_file``, else the task's few-shot split on the hub, else the data file minus the item.
+    ``max_new_tokens``: the generation cap (default: the task's ``max_gen_toks``, 256). Generations are stored as
+    they finish; a second call resumes."""
+    from quantcal.study.generation_jobs import (answer_metrics, generation_config, run_generation_job,
+                                                scored_answers)
+    from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
+
+    if task not in GENERATION_TASKS:
+        raise QuantcalError(f"unknown generation task {task!r}; known: {', '.join(GENERATION_TASKS)}")
+    if limit is not None:
+        require_positive(limit, "limit")
+    require_positive(batch_size, "batch_size")
+    if max_new_tokens is not None:
+        require_positive(max_new_tokens, "max_new_tokens")
+    for path in (data_file, fewshot_file):
+        if path is not None and not Path(path).is_file():
+            raise QuantcalError(f"{path}: file not found")
+    spec = GENERATION_TASKS[task]
+    items = load_generation_items(spec, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip)
+    resolve_dtype(dtype, device)
+    defn = VariantDef(model or DEFAULT_MODEL, recipe)
+    variant = prepare(defn, LoadOptions(dtype, device), say, phase=phase)
+    variant_name = name or variant.default_name
+    store_path = Path(store) if store is not None else default_store(variant_name)
+    cap = max_new_tokens or spec.max_gen_toks
+    label = task if num_fewshot is None else f"{task}[{num_fewshot}-shot]"
+    config = generation_config(variant.source, spec, items, variant.config, cap, dtype, True)
+    with _progress_bars(progress) as bars, open_store(store_path) as db, _released(variant.holder):
+        outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
+                                     batch_size, True, bars, say)
+        answers = scored_answers(db, outcome.run_id, spec, outcome.item_ids)
+    say(f"{variant_name} · {label}: {outcome.n_generated_now} generated in {outcome.seconds:.1f} s; "
+        f"{len(answers)} in the store")
+    metrics = answer_metrics(answers, resamples)
+    acc = sum(a["correct"] for a in answers) / len(answers)
+    return GenerationResult(variant_name, variant.source.spec, store_path, task, len(answers), acc, answers[0]["filter"],
+                            metrics, outcome.n_generated_now, outcome.seconds, outcome.run_id, tuple(outcome.item_ids))
+
+
 def _group_result(group: GroupSpec, results: Mapping[str, TaskResult], labels: Mapping[str, str],
                   setup: PromptSetup) -> TaskResult:
     """A group's line: its tasks' acc (and acc_norm when all have it) aggregated as lm-eval aggregates them."""

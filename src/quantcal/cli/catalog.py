@@ -22,6 +22,10 @@ def tasks_command() -> None:
         table.add_column(column)
     for t in TASKS.values():
         table.add_row(t.name, t.source, t.summary)
+    from quantcal.tasks.generation_tasks import GENERATION_TASKS
+
+    for g in GENERATION_TASKS.values():
+        table.add_row(g.name, g.source, g.summary)
     out.print(table)
     out.print("Also: lm-eval:NAME, any multiple-choice task or group of lm-evaluation-harness's registry "
               "(pip install 'quantcal[lm-eval]'; 'lm-eval ls tasks' lists them), and --num-fewshot / "

@@ -31,6 +31,32 @@ def lm_eval_model_args(text: str, model: Optional[str], dtype: str, trust_remote
     return values.get("pretrained", model), values.get("dtype", dtype), trust
 
 
+def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], name: Optional[str], store: Optional[Path],
+                     data_file: Optional[Path], limit: Optional[int], skip: int, num_fewshot: Optional[int],
+                     fewshot_file: Optional[Path], fewshot_seed: Optional[int], batch_size: int,
+                     max_gen_toks: Optional[int], device: str, dtype: str, output_json: Optional[Path]) -> None:
+    """``eval`` on a free-text task: greedy answers, lm-eval's exact match, and each confidence's calibration."""
+    from quantcal import api
+
+    result = api.evaluate_generation(model, task, recipe=recipe, name=name, store=store, data_file=data_file,
+                                     limit=limit, skip=skip, num_fewshot=num_fewshot, fewshot_file=fewshot_file,
+                                     fewshot_seed=1234 if fewshot_seed is None else fewshot_seed,
+                                     batch_size=min(batch_size, 16), max_new_tokens=max_gen_toks, device=device,
+                                     dtype=dtype, progress=item_bar, say=say, phase=phase)
+    table = Table(title=f"quantcal · {result.variant} · {task}: exact match {result.acc:.4f} ({result.filter}, "
+                        f"n={result.n}) · calibration of each confidence, 95% bootstrap intervals")
+    shown = ("mean_confidence", "ece", "brier", "nll", "auroc", "overconfidence_rate")
+    for column in ("confidence", *shown):
+        table.add_column(column, justify="left" if column == "confidence" else "right")
+    for conf, metrics in result.metrics.items():
+        table.add_row(conf.removeprefix("conf_"), *(str(metrics[m]) for m in shown))
+    out.print(table)
+    console.print(f"store: {result.store}")
+    if output_json is not None:
+        write_text_atomic(output_json, json.dumps(result.to_json(), indent=2))
+        console.print(f"results: {output_json}")
+
+
 def eval_command(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Bundled name (smollm2-135m-instruct, gemma3-270m), a .gguf file, a local HF checkpoint directory, or a hub id. Default: {DEFAULT_MODEL} (with --adapter: the adapter's base)."),
     task: str = typer.Option("arithmetic", "--task", "--tasks", "-t", help="Task name(s), comma-separated. 'quantcal tasks' lists them; 'arithmetic' is the built-in offline demo. lm-eval:NAME runs any multiple-choice task of lm-evaluation-harness's registry (pip install 'quantcal[lm-eval]'); a group such as lm-eval:mmlu runs each of its tasks and aggregates them as lm-eval does."),
@@ -59,6 +85,7 @@ def eval_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached). With --adapter: re-quantize the merged model."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter (a 'quantcal finetune' output or any peft adapter folder) on --model (default: the base it was trained on)."),
     model_args: Optional[str] = typer.Option(None, "--model_args", "--model-args", help="lm-eval's spelling: pretrained=MODEL,dtype=DTYPE,trust_remote_code=True (each the same as --model, --dtype, --trust-remote-code; other keys are refused)."),
+    max_gen_toks: Optional[int] = typer.Option(None, "--max-gen-toks", help="Free-text tasks (gsm8k, triviaqa): the most tokens generated per answer (default: the task's, 256)."),
     log_samples: bool = typer.Option(False, "--log_samples", "--log-samples", help="Accepted for lm-eval's habit: quantcal always keeps every sample (the store; quantcal export writes them)."),
     deploy: Optional[str] = typer.Option(None, "--deploy", help="How the adapter is served: nf4 (on the 4-bit base it was trained on, simulated; default), nf4-native (bitsandbytes 4-bit modules, slow on CPU), merged (into the float base; the default with --recipe)."),
 ) -> None:
@@ -79,6 +106,15 @@ def eval_command(
         template = unescape(template)
         quiet_transformers()
         from quantcal import api
+        from quantcal.tasks.generation_tasks import GENERATION_TASKS
+
+        names = [t.strip() for t in task.split(",") if t.strip()]
+        if any(n in GENERATION_TASKS for n in names):
+            if len(names) != 1:
+                raise QuantcalError("a free-text task (gsm8k, triviaqa) runs alone: give it its own `tasks`")
+            _eval_generation(names[0], model, recipe, name, store, data_file, limit, skip, num_fewshot, fewshot_file,
+                             fewshot_seed, batch_size, max_gen_toks, device, dtype, output_json)
+            return
 
         result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
                               data_file=data_file, template=template, limit=limit, skip=skip, lm_eval_include=lm_eval_include,

@@ -90,6 +90,20 @@ CREATE TABLE IF NOT EXISTS item_errors (
     message TEXT NOT NULL,
     PRIMARY KEY (run_id, item_id)
 );
+CREATE TABLE IF NOT EXISTS generations (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    item_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    item_hash TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    text TEXT NOT NULL,
+    tokens TEXT NOT NULL,
+    logprobs TEXT NOT NULL,
+    offsets TEXT NOT NULL,
+    stopped TEXT NOT NULL,
+    PRIMARY KEY (run_id, item_id)
+);
 CREATE TABLE IF NOT EXISTS claims (
     run_id INTEGER NOT NULL,
     item_id TEXT NOT NULL,
@@ -174,7 +188,8 @@ class Store:
 
     def _has_items(self) -> bool:
         try:
-            return self.db.execute("SELECT 1 FROM items LIMIT 1").fetchone() is not None
+            return any(self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+                       for table in ("items", "generations") if table in _tables(self.db))
         except sqlite3.Error:
             return True  # unreadable now: keep it
 
@@ -297,6 +312,29 @@ class Store:
         done = self.done_item_ids(run_id)
         return sum(1 for i in wanted if i not in done and i not in skip)
 
+    # generated answers ------------------------------------------------------
+    def write_generations(self, run_id: int, entries: Sequence[tuple[int, Any, Any]]) -> None:
+        """Store finished generations ``(position, GenItem, Generation)`` in one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO generations (run_id, item_id, position, item_hash, prompt, targets, text, tokens,"
+                " logprobs, offsets, stopped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, item.id, position, item.hash, item.prompt, json.dumps(list(item.targets)), gen.text,
+                  json.dumps(list(gen.tokens)), json.dumps(list(gen.logprobs)), json.dumps(list(gen.offsets)),
+                  gen.stopped) for position, item, gen in entries])
+
+    def done_generation_ids(self, run_id: int) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT item_id FROM generations WHERE run_id=?", (run_id,))}
+
+    def generations(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's stored generations in dataset order, as plain records."""
+        rows = self.db.execute(
+            "SELECT item_id, position, item_hash, prompt, targets, text, tokens, logprobs, offsets, stopped "
+            "FROM generations WHERE run_id=? ORDER BY position", (run_id,)).fetchall()
+        return [{"item_id": r[0], "position": r[1], "item_hash": r[2], "prompt": r[3], "targets": json.loads(r[4]),
+                 "text": r[5], "tokens": json.loads(r[6]), "logprobs": json.loads(r[7]), "offsets": json.loads(r[8]),
+                 "stopped": r[9]} for r in rows]
+
     # items ----------------------------------------------------------------
     def done_item_ids(self, run_id: int) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT item_id FROM items WHERE run_id=?", (run_id,))}
@@ -370,12 +408,14 @@ TABLES: dict[str, set[str]] = {
     "meta": {"key", "value"},
     "runs": {"run_id", "variant", "task", "config_hash", "config", "versions", "status", "created_at", "updated_at", "seconds"},
     "items": {"run_id", "item_id", "position", "gold", "golds", "n_choices", "item_hash", "meta"},
+    "generations": {"run_id", "item_id", "position", "item_hash", "prompt", "targets", "text", "tokens", "logprobs",
+                    "offsets", "stopped"},
     "scores": {"run_id", "item_id", "choice", "loglik", "n_tokens", "n_chars", "n_bytes", "greedy"},
     "texts": {"item_hash", "context", "choices"},
     "item_errors": {"run_id", "item_id", "message"},
     "claims": {"run_id", "item_id", "owner", "expires"},
 }
-OPTIONAL_TABLES = {"texts", "claims"}
+OPTIONAL_TABLES = {"texts", "claims", "generations"}
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:

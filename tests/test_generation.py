@@ -1,0 +1,154 @@
+"""Generated answers (issue 36, first part): lm-eval's filters and exact match (checked against lm-eval's own
+classes), the greedy generator against transformers' generate and a plain forward, the confidences, and the
+gsm8k path end to end on a tiny model: stored, resumed, scored."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantcal.errors import QuantcalError
+from quantcal.tasks.answer_filters import FilterStep, MatchOptions, apply_filters, cut_at_stop, exact_match
+from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
+from tests.conftest import write_jsonl
+
+TEXTS = [" Tom has 2 + 2 = 4 apples.\n#### 4", "#### -1,250.5 and #### 7", "no number here", "  the answer is $12.",
+         "Paris", " 3 apples, then 5, then 11", "", "#### ", " William Shakespeare\n"]
+
+
+@pytest.mark.parametrize("task, name", [("gsm8k", "strict-match"), ("gsm8k", "flexible-extract"),
+                                        ("triviaqa", "remove_whitespace")])
+def test_filters_and_exact_match_agree_with_lm_eval(task: str, name: str) -> None:
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter, WhitespaceFilter
+
+    spec = GENERATION_TASKS[task]
+    steps = spec.filters[name]
+    for text in TEXTS:
+        ours, span = apply_filters(text, steps)
+        theirs = [text]
+        for step in steps:
+            if step.function == "regex":
+                theirs = RegexFilter(step.pattern, step.group_select, step.fallback).apply([theirs], [{}])[0]
+            elif step.function == "remove_whitespace":
+                theirs = WhitespaceFilter().apply([theirs], [{}])[0]
+        assert ours == theirs[0], (text, name)
+        if span is not None:
+            assert text[span[0]:span[1]] == ours  # where the scored answer lies in the generation
+        for reference in ("#### 4", "The total is 1,250.5.\n#### -1,250.5", "12", "paris", "William Shakespeare"):
+            options = spec.match
+            kwargs = {"ignore_case": options.ignore_case, "ignore_punctuation": options.ignore_punctuation,
+                      "regexes_to_ignore": list(options.regexes_to_ignore) or None}
+            expected = exact_match_hf_evaluate([ours], [reference], **kwargs)["exact_match"] == 1.0
+            assert exact_match(ours, [reference], options) == expected, (ours, reference)
+
+
+def test_several_references_match_when_any_does_and_stop_strings_cut_as_lm_eval() -> None:
+    options = MatchOptions(ignore_case=True, ignore_punctuation=True)
+    assert exact_match("The Beatles", ["Beatles", "the beatles"], options)
+    assert not exact_match("Beatles!", ["Rolling Stones"], options)
+    assert cut_at_stop("42.\nQuestion: next", ["Question:", "\n"]) == "42."
+    assert cut_at_stop("Paris, France", ["\n", ".", ","]) == "Paris"
+    assert apply_filters("x", (FilterStep("regex", r"(\d+)"),)) == ("[invalid]", None)
+
+
+def test_confidences_from_token_log_probabilities() -> None:
+    from quantcal.analysis.generated import confidences
+
+    logprobs, offsets = [math.log(0.5), math.log(0.8), math.log(0.9)], [5, 9, 12]  # "abcde" "fghi" "jkl"
+    c = confidences(logprobs, offsets, (6, 9))
+    assert c["conf_seq_prob"] == pytest.approx(0.36) and c["conf_mean_prob"] == pytest.approx(0.36 ** (1 / 3))
+    assert c["conf_answer_prob"] == pytest.approx(0.8)  # only the token covering characters 6..9
+    assert confidences(logprobs, offsets, (4, 10))["conf_answer_prob"] == pytest.approx(0.36)
+    assert confidences(logprobs, offsets, None)["conf_answer_prob"] == 0.0
+
+
+def test_greedy_generation_equals_generate_and_a_plain_forward(tiny_llama: Path) -> None:
+    """Left-padded batches, rows leaving the batch as they stop: each row's tokens are transformers' own greedy
+    continuation of its prompt alone, and each kept token's log-probability is a plain forward's (float64)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantcal.engines.generator import generate_greedy
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval().double()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    texts = ["Question: what is 2+2?\nAnswer:", "Hi", "The quick brown fox jumps over the lazy dog. Why?", "a b c d e",
+             "Question: name a city?\nAnswer:"]
+    prompts = [tok(t)["input_ids"] for t in texts]
+    plain = []
+    with torch.inference_mode():
+        for p in prompts:
+            plain.append(model.generate(torch.tensor([p]), max_new_tokens=10, do_sample=False,
+                                        pad_token_id=tok.eos_token_id)[0, len(p):].tolist())
+    # a stop string that some continuations reach early: those rows leave their batch first
+    stop = tok.decode(plain[0][2:4])
+    generations = generate_greedy(model, tok, prompts, [stop], max_new_tokens=10, batch_size=3)
+    assert any(g.stopped == "stop" for g in generations) and any(g.stopped == "length" for g in generations)
+    for p, full, g in zip(prompts, plain, generations):
+        assert list(g.tokens) == full[:len(g.tokens)]
+        assert g.text == cut_at_stop(tok.decode(full[:10], skip_special_tokens=True), [stop]) or g.stopped == "stop"
+        with torch.inference_mode():
+            logits = model(torch.tensor([p + list(g.tokens)])).logits[0]
+        lp = torch.log_softmax(logits.float(), -1)
+        assert list(g.logprobs) == pytest.approx([float(lp[len(p) - 1 + j, t]) for j, t in enumerate(g.tokens)], abs=1e-6)
+
+
+def _gsm8k_file(path: Path, n: int = 10) -> Path:
+    return write_jsonl(path, [{"question": f"Tom has {i} apples and buys {i + 2} more. How many now?",
+                               "answer": f"{i} + {i + 2} = {2 * i + 2}\n#### {2 * i + 2}"} for i in range(n)])
+
+
+def test_gsm8k_prompts_follow_lm_eval(tmp_path: Path) -> None:
+    data = _gsm8k_file(tmp_path / "g.jsonl")
+    items = load_generation_items(GENERATION_TASKS["gsm8k"], data, limit=3, num_fewshot=2)
+    prompt = items[0].prompt
+    parts = prompt.split("\n\n")
+    assert len(parts) == 3 and parts[-1] == "Question: Tom has 0 apples and buys 2 more. How many now?\nAnswer:"
+    assert all(p.startswith("Question: ") and "\nAnswer: " in p and "#### " in p for p in parts[:2])
+    assert "Tom has 0 apples" not in "".join(parts[:2])  # the item is not its own example
+    zero = load_generation_items(GENERATION_TASKS["gsm8k"], data, limit=3, num_fewshot=0)
+    assert zero[1].prompt == "Question: Tom has 1 apples and buys 3 more. How many now?\nAnswer:"
+    assert zero[1].targets == ("1 + 3 = 4\n#### 4",)
+
+
+def test_gsm8k_end_to_end_stored_resumed_and_scored(tiny_llama: Path, tmp_path: Path) -> None:
+    import quantcal
+    from quantcal.store.database import open_store
+
+    data = _gsm8k_file(tmp_path / "g.jsonl")
+    store = tmp_path / "s.sqlite"
+    first = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=5, num_fewshot=1,
+                                         max_new_tokens=8, store=store, progress=None, resamples=50)
+    assert first.n == 5 and first.n_generated_now == 5 and set(first.metrics) == {"conf_seq_prob", "conf_mean_prob",
+                                                                                  "conf_answer_prob"}
+    assert set(first.metrics["conf_seq_prob"]) >= {"ece", "brier", "nll", "auroc", "overconfidence_rate"}
+    again = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=5, num_fewshot=1,
+                                         max_new_tokens=8, store=store, progress=None, resamples=50)
+    assert again.n_generated_now == 0 and again.acc == first.acc  # resumed from the store
+    items = first.items()
+    assert len(items) == 5 and {"generation", "filtered", "correct", "conf_answer_prob"} <= set(items.columns)
+    assert all(0 <= c <= 1 for c in items.conf_seq_prob) and all(items.conf_seq_prob <= items.conf_mean_prob + 1e-12)
+    with open_store(store, readonly=True) as db:
+        (run,) = db.runs()
+        stored = db.generations(run.run_id)
+    assert [len(r["tokens"]) for r in stored] == [len(r["logprobs"]) for r in stored] and len(stored) == 5
+    assert json.loads(json.dumps(first.to_json()))["exact_match"] == first.acc
+
+
+def test_free_text_bad_input_is_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import quantcal
+    from quantcal.cli import app
+
+    with pytest.raises(QuantcalError, match="unknown generation task"):
+        quantcal.evaluate_generation(task="nope")
+    result = CliRunner().invoke(app, ["eval", "--task", "gsm8k,piqa", "--limit", "2"])
+    assert result.exit_code == 2 and "runs alone" in result.output
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])
+    result = CliRunner().invoke(app, ["eval", "--task", "gsm8k", "--data-file", str(bad), "--limit", "2"])
+    assert result.exit_code == 2 and "not a gsm8k row" in result.output
