@@ -89,3 +89,16 @@ def test_an_example_study_without_its_data_folder_says_how_to_get_one() -> None:
     for study in (ROOT / "examples").glob("*.yaml"):
         assert "../shared" not in "\n".join(line for line in study.read_text().splitlines()
                                             if not line.lstrip().startswith("#")), study.name
+
+
+def test_download_covers_free_text_tasks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "data" / "gsm8k_format.jsonl").read_text().splitlines()[:4]]
+    seen = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, config=None, split=None, **_: seen.append((path, config, split))
+                        or datasets.Dataset.from_list(rows))
+    result = runner.invoke(app, ["download", "gsm8k", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert seen == [("openai/gsm8k", "main", "test")]
+    assert [json.loads(line) for line in (tmp_path / "d" / "gsm8k" / "test.jsonl").read_text().splitlines()] == rows

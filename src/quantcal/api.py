@@ -437,10 +437,10 @@ def evaluate_generation(
     store_path = Path(store) if store is not None else default_store(variant_name)
     cap = max_new_tokens or spec.max_gen_toks
     label = task if num_fewshot is None else f"{task}[{num_fewshot}-shot]"
-    config = generation_config(variant.source, spec, items, variant.config, cap, dtype, True)
+    config = generation_config(variant.source, spec, items, variant.config, cap, dtype, None)
     with _progress_bars(progress) as bars, open_store(store_path) as db, _released(variant.holder):
         outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
-                                     batch_size, True, bars, say)
+                                     batch_size, None, bars, say)
         answers = scored_answers(db, outcome.run_id, spec, outcome.item_ids)
     say(f"{variant_name} · {label}: {outcome.n_generated_now} generated in {outcome.seconds:.1f} s; "
         f"{len(answers)} in the store")
@@ -746,9 +746,12 @@ def download(tasks: Union[str, Sequence[str]], out: Union[str, Path], *, fewshot
         if is_lm_eval(name):
             raise QuantcalError(f"{name}: lm-eval tasks read the hub through lm-eval's own loader; for a local copy, "
                                 "write a task YAML with dataset_path: json and read it with `lm_eval_include`")
+    from quantcal.tasks.generation_tasks import GENERATION_TASKS
+
+    tasks_found = [GENERATION_TASKS[n] if n in GENERATION_TASKS else get_task(n) for n in names]  # unknown: refused
     target = Path(out)
     check_writable_dir(target)
-    return download_splits([get_task(n) for n in names], target, fewshot)
+    return download_splits(tasks_found, target, fewshot)
 
 
 #: Beside a study's store: per task, the item ids its last run planned (what its report covers).

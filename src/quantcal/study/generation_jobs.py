@@ -32,7 +32,7 @@ class GenerationJobResult:
 
 
 def generation_config(source: Any, task: GenerationTask, items: Sequence[GenItem], variant_config: dict[str, Any],
-                      max_new_tokens: int, dtype: str, add_special_tokens: bool) -> dict[str, Any]:
+                      max_new_tokens: int, dtype: str, add_special_tokens: bool | None) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps([it.hash for it in items]).encode()).hexdigest()[:16]
     return {"model": source.to_json() | {"location": None}, "task": task.name, "kind": "generate", "data": data,
             "until": list(task.until), "max_new_tokens": max_new_tokens, "decoding": "greedy", "dtype": dtype,
@@ -41,9 +41,10 @@ def generation_config(source: Any, task: GenerationTask, items: Sequence[GenItem
 
 def run_generation_job(store: Store, variant: str, label: str, config: dict[str, Any], items: Sequence[GenItem],
                        holder: Any, until: Sequence[str], max_new_tokens: int, batch_size: int,
-                       add_special_tokens: bool, progress: Callable[[str, int], Any] | None = None,
+                       add_special_tokens: bool | None, progress: Callable[[str, int], Any] | None = None,
                        say: Callable[[str], None] = lambda m: None, chunk: int = 16) -> GenerationJobResult:
     """Generate what the store lacks for ``items``, ``chunk`` items at a time, each chunk stored when done."""
+    from quantcal.engines.encoding import Encoder
     from quantcal.engines.generator import generate_greedy
 
     run_id = store.get_or_create_run(variant, label, config_hash(config), config, package_versions())
@@ -54,14 +55,14 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
         lm = holder.get()
         tokenizer = lm.tokenizer
         window = getattr(lm.model.config, "max_position_embeddings", None) or 2048
+        encoder = Encoder(tokenizer, window, add_special_tokens)
         bar = progress(f"{variant} · {label}", len(todo)) if progress else None
         try:
             for begin in range(0, len(todo), chunk):
                 part = todo[begin:begin + chunk]
-                prompts = []
-                for _, it in part:
-                    ids = tokenizer(it.prompt, add_special_tokens=add_special_tokens)["input_ids"]
-                    prompts.append(ids[-(window - max_new_tokens):])  # left truncation, as lm-eval's HF model
+                # lm-eval's tokenisation (the tokenizer's own special tokens unless the prompt starts with BOS),
+                # left-truncated to leave room for the answer, as its HF model's generate_until
+                prompts = [encoder.encode(it.prompt)[-(window - max_new_tokens):] for _, it in part]
                 generations = generate_greedy(lm.model, tokenizer, prompts, until, max_new_tokens, batch_size,
                                               progress=(lambda n: bar.update(n)) if bar else None)
                 store.write_generations(run_id, [(pos, it, gen) for (pos, it), gen in zip(part, generations)])

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from quantcal.errors import QuantcalError
 from quantcal.faults import write_text_atomic
-from quantcal.tasks.base import Task
 from quantcal.tasks.data_files import read_hub_rows
 
 
@@ -28,12 +27,12 @@ class DownloadedSplit:
     rows: int
 
 
-def relative_path(task: Task, split: str | None = None) -> str:
+def relative_path(task: Any, split: str | None = None) -> str:
     """Where a task's split lives under a data folder: ``piqa/validation.jsonl``."""
     return f"{task.name}/{split or task.split}.jsonl"
 
 
-def splits_of(task: Task, fewshot: bool) -> list[str]:
+def splits_of(task: Any, fewshot: bool) -> list[str]:
     """The evaluation split, and with ``fewshot`` the split few-shot examples come from (when it is another)."""
     if task.hub_path is None:
         raise QuantcalError(f"task {task.name} has no hub data to download (it is generated or reads your own file)")
@@ -43,7 +42,7 @@ def splits_of(task: Task, fewshot: bool) -> list[str]:
     return splits
 
 
-def download_task(task: Task, out: Path, split: str) -> DownloadedSplit:
+def download_task(task: Any, out: Path, split: str) -> DownloadedSplit:
     """One split of a task from the hub into ``out/<task>/<split>.jsonl``."""
     rows = read_hub_rows(task.hub_path or "", task.hub_config, split)
     path = out / relative_path(task, split)
@@ -52,7 +51,8 @@ def download_task(task: Task, out: Path, split: str) -> DownloadedSplit:
     return DownloadedSplit(task.name, split, path, len(rows))
 
 
-def download(tasks: Sequence[Task], out: Path, fewshot: bool = False) -> list[DownloadedSplit]:
-    """Every task's evaluation split (and few-shot split): checked first, so a bad name fails before any download."""
+def download(tasks: Sequence[Any], out: Path, fewshot: bool = False) -> list[DownloadedSplit]:
+    """Every task's (a multiple-choice :class:`~quantcal.tasks.base.Task` or a free-text
+    :class:`~quantcal.tasks.generation_tasks.GenerationTask`) evaluation split (and few-shot split): checked first, so a bad name fails before any download."""
     plan = [(task, split) for task in tasks for split in splits_of(task, fewshot)]
     return [download_task(task, out, split) for task, split in plan]
