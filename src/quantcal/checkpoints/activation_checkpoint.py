@@ -25,18 +25,15 @@ the built weights; the build would have to record them), FP8 in 128x128 blocks, 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
 
-from quantcal.checkpoints.formats import COMPRESSED_TENSORS, ExportedModel, check_dtype
+from quantcal.checkpoints.formats import COMPRESSED_TENSORS, ExportedModel, check_dtype, write_checkpoint
 from quantcal.errors import QuantcalError
 from quantcal.recipes.number_formats import E4M3_MAX
-from quantcal.sources.cache import atomic_dir
 
-SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
 
 
 def _schemes(family: str, params: dict[str, Any]) -> tuple[Any, str]:
@@ -101,7 +98,7 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     """Write the built ``fp8`` / ``w8a8`` variant in ``variant_dir`` to ``out`` (module doc)."""
     from compressed_tensors.compressors import FloatQuantizationCompressor, IntQuantizationCompressor
     from compressed_tensors.quantization import QuantizationConfig
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from quantcal.recipes import parse_recipe
     from quantcal.recipes.smoothquant import decode
@@ -151,13 +148,7 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     record = {**meta, "export": {"format": f"compressed-tensors {fmt}", "dtype": dtype, "layers": len(names),
                                  "quantized_weights": weights, "quantized_bytes": on_disk_bytes,
                                  "bits_per_weight_on_disk": bits, "smoothquant_folded_norms": folded}}
-    with atomic_dir(out) as scratch:
-        save_file(tensors, str(scratch / "model.safetensors"), metadata={"format": "pt"})
-        (scratch / "config.json").write_text(json.dumps(config, indent=2))
-        for f in variant_dir.iterdir():
-            if f.is_file() and f.suffix != ".safetensors" and f.name not in SKIP_FILES:
-                shutil.copy2(f, scratch / f.name)
-        (scratch / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
+    write_checkpoint(out, variant_dir, tensors, config, record)
     say(f"{meta['recipe']}: {len(names)} layers as compressed-tensors {fmt}, {bits:.3f} bits per weight on disk, "
         f"written to {out}")
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(names), bits, record)

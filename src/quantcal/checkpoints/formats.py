@@ -74,3 +74,27 @@ def simulated(spec: RecipeSpec) -> RecipeSpec:
     if spec.params.get("mode", "simulated") == "simulated":
         return spec
     return replace(spec, params={**spec.params, "mode": "simulated"})
+
+
+#: Files of a built variant that a checkpoint writer replaces rather than copies.
+SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
+
+
+def write_checkpoint(out: Path, variant_dir: Path, tensors: dict[str, Any], config: dict[str, Any],
+                     record: dict[str, Any]) -> None:
+    """An exported checkpoint, whole or not at all: its tensors, config, the variant's other files (tokenizer...)
+    and the record with its ``export`` block."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from quantcal.sources.cache import atomic_dir
+
+    with atomic_dir(out) as scratch:
+        save_file(tensors, str(scratch / "model.safetensors"), metadata={"format": "pt"})
+        (scratch / "config.json").write_text(json.dumps(config, indent=2))
+        for f in variant_dir.iterdir():
+            if f.is_file() and f.suffix != ".safetensors" and f.name not in SKIP_FILES:
+                shutil.copy2(f, scratch / f.name)
+        (scratch / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))

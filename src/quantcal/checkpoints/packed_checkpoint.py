@@ -27,23 +27,20 @@ passes ``dequantize=True`` and then re-dequantizes in float32 (:mod:`quantcal.so
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
 
-from quantcal.sources.cache import atomic_dir
 from quantcal.errors import QuantcalError
-from quantcal.checkpoints.formats import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype
+from quantcal.checkpoints.formats import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype, write_checkpoint
 from quantcal.sources import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.awq import fold_producer
 from quantcal.recipes.grid_record import LayerGrid
 
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPES}
-SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
 
 
 def _require_compressed_tensors() -> Any:
@@ -163,7 +160,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
                   say: Callable[[str], None] = lambda m: None) -> ExportedModel:
     """Write the built variant in ``variant_dir`` to ``out`` as a pack-quantized checkpoint (module doc).
     ``dtype`` is the dtype of the tensors that stay in float (embeddings, norms, output head)."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     pack_to_int32 = _require_compressed_tensors()
     variant_dir, out = Path(variant_dir), Path(out)
@@ -218,13 +215,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
         "quantized_weights": quantized_weights, "quantized_bytes": quantized_bytes, "bits_per_weight_on_disk": on_disk,
         "scale_dtype": "float16", "awq_folded": awq_folded,
     }}
-    with atomic_dir(out) as scratch:
-        save_file(tensors, str(scratch / "model.safetensors"), metadata={"format": "pt"})
-        (scratch / "config.json").write_text(json.dumps(config, indent=2))
-        for f in variant_dir.iterdir():
-            if f.is_file() and f.suffix != ".safetensors" and f.name not in SKIP_FILES:
-                shutil.copy2(f, scratch / f.name)
-        (scratch / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
+    write_checkpoint(out, variant_dir, tensors, config, record)
     say(f"{meta['recipe']}: {len(grids)} layers packed, {on_disk:.3f} bits per weight on disk, written to {out}")
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(grids), on_disk, record)
 

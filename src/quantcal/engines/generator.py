@@ -13,10 +13,7 @@ tokens whose text covers the kept text (a token that straddles the cut is kept).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any, Callable, Sequence
 
 
 @dataclass(frozen=True)
