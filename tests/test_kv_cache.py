@@ -116,3 +116,27 @@ def test_kv_variants_are_runs_of_their_own(tiny_llama: Path, env_cache: Path, tm
 def test_bad_kv_recipes_are_one_line(recipe: str, words: str) -> None:
     with pytest.raises(QuantcalError, match=words):
         parse_recipe(recipe)
+
+
+def test_a_model_whose_cache_cannot_be_rounded_is_refused_before_its_weights_are_built(
+        tmp_path: Path, smol_checkpoint: Path, env_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPT-2 style block (one fused c_attn, no k_proj/v_proj): `rtn:...+kv:fp8` stops in one line before the RTN
+    build runs (an AWQ or GPTQ build would take minutes first), and nothing is written to the variant cache."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from quantcal.recipes import build
+    from quantcal.sources.models import resolve_source
+    from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
+    from tests.conftest import _save_tiny
+
+    vocab = json.loads((smol_checkpoint / "config.json").read_text())["vocab_size"]
+    path = _save_tiny(tmp_path / "gpt2", GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=32, n_layer=1, n_head=2)).eval(),
+                      smol_checkpoint)
+    built = []
+    monkeypatch.setattr(build, "build_variant", lambda *a, **k: built.append(a) or (_ for _ in ()).throw(AssertionError))
+    from quantcal.variants import definition
+    monkeypatch.setattr(definition, "build_variant", lambda *a, **k: built.append(a) or (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(QuantcalError, match="GPT2LMHeadModel has no attention layers with key and value projections"):
+        load_variant_model(VariantDef(str(path), "rtn:bits=4,group_size=16+kv:fp8"), resolve_source(str(path)),
+                           LoadOptions(dtype="float32"))
+    assert built == []

@@ -157,6 +157,22 @@ def calibrate(model: nn.Module, ids: torch.Tensor, batch_size: int = 4) -> list[
     return records
 
 
+def check_architecture(config: Any) -> None:
+    """Refuse, before any weights are built or loaded, a model whose attention the cache rounding cannot wrap: one
+    built from ``config`` on the meta device (no weights) must have attention layers with key and value projections
+    and an attention function to hand the rounded keys and values to."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    layers = attention_layers(model)
+    if not layers:
+        raise QuantcalError(f"kv: {type(model).__name__} has no attention layers with key and value projections "
+                            "(k_proj, v_proj): quantcal cannot round its KV cache")
+    _inner(model, layers[0])
+
+
 def install(model: nn.Module, params: dict[str, Any], tokenizer: Any = None, fingerprint: str | None = None) -> dict[str, Any]:
     """Put the cache's rounding into ``model``'s attention; returns what was installed (format, scales) for the
     record. ``fingerprint`` names the model's cached calibration windows (``scale=calibrated``, ``calib=self``)."""
@@ -191,4 +207,4 @@ def install(model: nn.Module, params: dict[str, Any], tokenizer: Any = None, fin
                          "value_scale_max": max(float(v.max()) for _, v in scales)}}
 
 
-__all__ = ["ATTENTION", "FORMATS", "PARAMS", "install", "round_to", "validate"]
+__all__ = ["ATTENTION", "FORMATS", "PARAMS", "check_architecture", "install", "round_to", "validate"]

@@ -36,7 +36,8 @@ from quantcal.variants.adapters import (adapter_base_model, adapter_dir, adapter
                                       deployed_source, load_native_adapter, training_summary)
 from quantcal.checkpoints.formats import is_packed_native
 from quantcal.checkpoints.model_export import native_checkpoint
-from quantcal.sources.models import (LoadedModel, ModelSource, load_model, load_tokenizer, resolve_source,
+from quantcal.sources.models import (LoadedModel, ModelSource, dequantized_gguf_copy, load_model, load_tokenizer,
+                                    resolve_source,
                                     weights_digest)
 from quantcal.recipes import FAMILIES, parse_recipe, recipe_identity
 from quantcal.recipes.spec import RecipeSpec
@@ -234,6 +235,13 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
     if cache is not None and vllm:
         raise QuantcalError(f"{cache.key}: quantcal runs a KV-cache format in its HF scorer only for now; with vLLM, "
                             "serve the weights and set vLLM's own kv_cache_dtype")
+    if cache is not None and spec is not None:  # a model whose cache cannot be rounded: refused before the build
+        from transformers import AutoConfig
+
+        from quantcal.recipes.kv_cache import check_architecture
+
+        config_dir = dequantized_gguf_copy(weights) if weights.kind in ("bundled", "gguf") else weights.location
+        check_architecture(AutoConfig.from_pretrained(config_dir, trust_remote_code=options.trust_remote_code))
     activations = None
     if spec is not None and is_packed_native(spec):
         path = native_checkpoint(weights, spec, say)  # the exported checkpoint, run by the engine's quantized modules
