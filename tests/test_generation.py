@@ -152,3 +152,44 @@ def test_free_text_bad_input_is_one_line(tmp_path: Path) -> None:
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])
     result = CliRunner().invoke(app, ["eval", "--task", "gsm8k", "--data-file", str(bad), "--limit", "2"])
     assert result.exit_code == 2 and "not a gsm8k row" in result.output
+
+
+def test_p_true_and_sampled_consistency_are_measured_stored_and_reused(tiny_llama: Path, tmp_path: Path) -> None:
+    """conf_p_true from the scorer's log-likelihoods of " (A)" / " (B)" after Kadavath's prompt (recomputed here by a
+    plain forward), conf_consistency from k seeded samples (the same seeds give the same samples on a second call,
+    which measures nothing new)."""
+    import numpy as np
+
+    import quantcal
+    from quantcal.analysis.generated import P_TRUE_PROMPT, proposed_answer
+    from quantcal.engines.hf_scorer import reference_loglik
+    from quantcal.store.database import open_store
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = _gsm8k_file(tmp_path / "g.jsonl")
+    args = dict(data_file=data, limit=4, num_fewshot=0, max_new_tokens=6, store=tmp_path / "s.sqlite", progress=None,
+                resamples=50, p_true=True, samples=3, temperature=0.8)
+    result = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", **args)
+    assert {"conf_p_true", "conf_consistency"} <= set(result.metrics)
+    items = result.items()
+    assert all(0 <= p <= 1 for p in items.conf_p_true) and set(items.conf_consistency) <= {0, 1 / 3, 2 / 3, 1}
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    prompt = P_TRUE_PROMPT.format(question=_gsm8k_question(data, 0),
+                                  answer=proposed_answer(GENERATION_TASKS["gsm8k"], items.generation[0]))
+    context = tok(prompt)["input_ids"]
+    a, b = (reference_loglik(model, context, tok(prompt + c)["input_ids"][len(context):])[0] for c in (" (A)", " (B)"))
+    assert items.conf_p_true[0] == pytest.approx(1 / (1 + np.exp(b - a)), abs=1e-4)
+    with open_store(tmp_path / "s.sqlite", readonly=True) as db:
+        (run,) = db.runs()
+        first = db.generation_extras(run.run_id, "samples:k=3,t=0.8,seed=0")
+    again = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", **args)
+    assert list(again.items().conf_consistency) == list(items.conf_consistency)
+    with open_store(tmp_path / "s.sqlite", readonly=True) as db:
+        assert db.generation_extras(run.run_id, "samples:k=3,t=0.8,seed=0") == first
+    with pytest.raises(QuantcalError, match="temperature above 0"):
+        quantcal.evaluate_generation(str(tiny_llama), "gsm8k", **{**args, "temperature": 0.0})
+
+
+def _gsm8k_question(path: Path, i: int) -> str:
+    return json.loads(path.read_text().splitlines()[i])["question"]

@@ -360,6 +360,7 @@ class GenerationResult:
     seconds: float
     run_id: int
     item_ids: tuple[str, ...] = ()
+    extras: Any = None  # the ExtraMeasures asked for (P(True), samples)
 
     def __repr__(self) -> str:
         lines = [f"  {conf}: " + ", ".join(f"{m} {iv}" for m, iv in ms.items() if m in ("ece", "brier", "auroc"))
@@ -374,8 +375,11 @@ class GenerationResult:
         from quantcal.study.generation_jobs import scored_answers
         from quantcal.tasks.generation_tasks import GENERATION_TASKS
 
+        from quantcal.study.generation_jobs import ExtraMeasures
+
         with open_store(self.store, readonly=True) as db:
-            answers = scored_answers(db, self.run_id, GENERATION_TASKS[self.task], self.item_ids)
+            answers = scored_answers(db, self.run_id, GENERATION_TASKS[self.task], self.item_ids,
+                                     extras=self.extras or ExtraMeasures())
         return pd.DataFrame(answers).assign(variant=self.variant, task=self.task)
 
     def to_json(self) -> dict[str, Any]:
@@ -402,6 +406,10 @@ def evaluate_generation(
     device: str = "cpu",
     dtype: str = "auto",
     resamples: int = 1000,
+    p_true: bool = False,
+    samples: int = 0,
+    temperature: float = 1.0,
+    sample_seed: int = 0,
     progress: ProgressArg = "auto",
     say: Say = _silent,
     phase: Optional[Phase] = None,
@@ -413,9 +421,12 @@ def evaluate_generation(
     ``num_fewshot``: examples before each question (default: the task's, lm-eval's: 5 for gsm8k), drawn from
     ``fewshot_file``, else the task's few-shot split on the hub, else the data file minus the item.
     ``max_new_tokens``: the generation cap (default: the task's ``max_gen_toks``, 256). Generations are stored as
-    they finish; a second call resumes."""
-    from quantcal.study.generation_jobs import (answer_metrics, generation_config, run_generation_job,
-                                                scored_answers)
+    they finish; a second call resumes.
+    ``p_true``: also ask the model whether each answer is right (``conf_p_true``, Kadavath et al. 2022);
+    ``samples``: also draw that many answers per item at ``temperature`` (seeded by ``sample_seed`` and the item) and
+    report their agreement with the greedy answer (``conf_consistency``). Both are stored and reused."""
+    from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, generation_config, measure_extras,
+                                                run_generation_job, scored_answers)
     from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
 
     if task not in GENERATION_TASKS:
@@ -425,6 +436,11 @@ def evaluate_generation(
     require_positive(batch_size, "batch_size")
     if max_new_tokens is not None:
         require_positive(max_new_tokens, "max_new_tokens")
+    if samples < 0:
+        raise QuantcalError(f"`samples` must be 0 (off) or a number of sampled answers, got {samples}")
+    if samples and not temperature > 0:
+        raise QuantcalError(f"`samples` draws answers at a temperature above 0; `temperature` is {temperature} "
+                            "(at 0 every sample would be the greedy answer)")
     for path in (data_file, fewshot_file):
         if path is not None and not Path(path).is_file():
             raise QuantcalError(f"{path}: file not found")
@@ -441,13 +457,17 @@ def evaluate_generation(
     with _progress_bars(progress) as bars, open_store(store_path) as db, _released(variant.holder):
         outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
                                      batch_size, None, bars, say)
-        answers = scored_answers(db, outcome.run_id, spec, outcome.item_ids)
+        extras = ExtraMeasures(p_true, samples, temperature, sample_seed)
+        measure_extras(db, outcome.run_id, spec, items, variant.holder, extras, cap, batch_size,
+                       lambda lm: getattr(lm.model.config, "max_position_embeddings", None) or 2048, say)
+        answers = scored_answers(db, outcome.run_id, spec, outcome.item_ids, extras=extras)
     say(f"{variant_name} · {label}: {outcome.n_generated_now} generated in {outcome.seconds:.1f} s; "
         f"{len(answers)} in the store")
     metrics = answer_metrics(answers, resamples)
     acc = sum(a["correct"] for a in answers) / len(answers)
     return GenerationResult(variant_name, variant.source.spec, store_path, task, len(answers), acc, answers[0]["filter"],
-                            metrics, outcome.n_generated_now, outcome.seconds, outcome.run_id, tuple(outcome.item_ids))
+                            metrics, outcome.n_generated_now, outcome.seconds, outcome.run_id, tuple(outcome.item_ids),
+                            extras)
 
 
 def _group_result(group: GroupSpec, results: Mapping[str, TaskResult], labels: Mapping[str, str],

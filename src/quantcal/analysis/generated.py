@@ -9,6 +9,16 @@ exact match, :mod:`quantcal.tasks.answer_filters`) and its confidences, each one
 
 An empty generation has ``conf_seq_prob = conf_mean_prob = 1`` (no token was doubted); it is wrong unless a target
 is empty.
+
+Two more, each measured by a further pass and stored beside the generation (``generation_extras``):
+
+- ``conf_p_true`` (Kadavath et al. 2022, "Language Models (Mostly) Know What They Know", P(True)): the model is asked
+  whether its proposed answer is right (:data:`P_TRUE_PROMPT`, the answer being the filtered one, or the generation
+  when the filter found none) and ``conf_p_true = softmax(ll(" (A)"), ll(" (B)"))[0]``, the two continuations
+  scored as a multiple-choice item by quantcal's scorer;
+- ``conf_consistency`` (the sampling-based agreement of Wang et al. 2023 and LM-Polygraph's lexical similarity in its
+  simplest form): the share of ``k`` answers sampled with a temperature whose filtered answer matches the greedy one
+  under the task's exact-match rules.
 """
 
 from __future__ import annotations
@@ -20,6 +30,12 @@ from quantcal.tasks.answer_filters import apply_filters, exact_match
 from quantcal.tasks.generation_tasks import GenerationTask
 
 CONFIDENCES = ("conf_seq_prob", "conf_mean_prob", "conf_answer_prob")
+#: Measured only when asked for (a second prompt; k samples).
+EXTRA_CONFIDENCES = ("conf_p_true", "conf_consistency")
+#: Kadavath et al. 2022's self-evaluation prompt (their Figure 1 format, zero-shot).
+P_TRUE_PROMPT = ("Question: {question}\nProposed Answer: {answer}\nIs the proposed answer:\n (A) True\n (B) False\n"
+                 "The proposed answer is:")
+P_TRUE_CHOICES = ("(A)", "(B)")
 
 
 def confidences(logprobs: Sequence[float], offsets: Sequence[int], span: tuple[int, int] | None) -> dict[str, float]:
@@ -39,12 +55,42 @@ def confidences(logprobs: Sequence[float], offsets: Sequence[int], span: tuple[i
     return out
 
 
-def score_generation(task: GenerationTask, record: dict[str, Any], filter_name: str | None = None) -> dict[str, Any]:
+def proposed_answer(task: GenerationTask, text: str, filter_name: str | None = None) -> str:
+    """What P(True) asks about: the filtered answer, or the generation itself (stripped) when the filter found none."""
+    name = filter_name or next(iter(task.filters))
+    filtered, span = apply_filters(text, task.filters[name])
+    return filtered if span is not None else text.strip()[:500]
+
+
+def p_true(logliks: Sequence[float]) -> float:
+    """``softmax(ll_A, ll_B)[0]``: the probability of " (A)" (True) between the two continuations."""
+    a, b = logliks
+    top = max(a, b)
+    return math.exp(a - top) / (math.exp(a - top) + math.exp(b - top))
+
+
+def consistency(task: GenerationTask, greedy: str, samples: Sequence[str], filter_name: str | None = None) -> float:
+    """Share of ``samples`` whose filtered answer matches the greedy generation's (the task's exact-match rules)."""
+    name = filter_name or next(iter(task.filters))
+    answer = apply_filters(greedy, task.filters[name])[0]
+    agree = [exact_match(apply_filters(s, task.filters[name])[0], [answer], task.match) for s in samples]
+    return sum(agree) / len(agree) if agree else float("nan")
+
+
+def score_generation(task: GenerationTask, record: dict[str, Any], filter_name: str | None = None,
+                     extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """One stored generation as a scored record: ``filtered``, ``correct`` and the confidences, under the task's
-    first filter (or ``filter_name``)."""
+    first filter (or ``filter_name``); ``extras`` (``p_true``: the two log-likelihoods; ``samples``: sampled texts)
+    add ``conf_p_true`` and ``conf_consistency``."""
     name = filter_name or next(iter(task.filters))
     filtered, span = apply_filters(record["text"], task.filters[name])
     correct = exact_match(filtered, record["targets"], task.match)
-    return {"item_id": record["item_id"], "position": record["position"], "filter": name, "generation": record["text"],
-            "filtered": filtered, "correct": bool(correct), "n_generated_tokens": len(record["tokens"]),
-            "stopped": record["stopped"], **confidences(record["logprobs"], record["offsets"], span)}
+    out = {"item_id": record["item_id"], "position": record["position"], "filter": name, "generation": record["text"],
+           "filtered": filtered, "correct": bool(correct), "n_generated_tokens": len(record["tokens"]),
+           "stopped": record["stopped"], **confidences(record["logprobs"], record["offsets"], span)}
+    extras = extras or {}
+    if "p_true" in extras:
+        out["conf_p_true"] = p_true(extras["p_true"])
+    if "samples" in extras:
+        out["conf_consistency"] = consistency(task, record["text"], extras["samples"], name)
+    return out

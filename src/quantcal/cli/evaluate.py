@@ -34,7 +34,8 @@ def lm_eval_model_args(text: str, model: Optional[str], dtype: str, trust_remote
 def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], name: Optional[str], store: Optional[Path],
                      data_file: Optional[Path], limit: Optional[int], skip: int, num_fewshot: Optional[int],
                      fewshot_file: Optional[Path], fewshot_seed: Optional[int], batch_size: int,
-                     max_gen_toks: Optional[int], device: str, dtype: str, output_json: Optional[Path]) -> None:
+                     max_gen_toks: Optional[int], device: str, dtype: str, output_json: Optional[Path],
+                     p_true: bool = False, samples: int = 0, temperature: float = 1.0) -> None:
     """``eval`` on a free-text task: greedy answers, lm-eval's exact match, and each confidence's calibration."""
     from quantcal import api
 
@@ -42,7 +43,8 @@ def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], nam
                                      limit=limit, skip=skip, num_fewshot=num_fewshot, fewshot_file=fewshot_file,
                                      fewshot_seed=1234 if fewshot_seed is None else fewshot_seed,
                                      batch_size=min(batch_size, 16), max_new_tokens=max_gen_toks, device=device,
-                                     dtype=dtype, progress=item_bar, say=say, phase=phase)
+                                     dtype=dtype, p_true=p_true, samples=samples, temperature=temperature,
+                                     progress=item_bar, say=say, phase=phase)
     table = Table(title=f"quantcal · {result.variant} · {task}: exact match {result.acc:.4f} ({result.filter}, "
                         f"n={result.n}) · calibration of each confidence, 95% bootstrap intervals")
     shown = ("mean_confidence", "ece", "brier", "nll", "auroc", "overconfidence_rate")
@@ -85,6 +87,9 @@ def eval_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Compress the model first, e.g. rtn:bits=4,group_size=64, gptq:bits=4, gguf:q4_0, bnb:nf4 (built once, cached). With --adapter: re-quantize the merged model."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA adapter (a 'quantcal finetune' output or any peft adapter folder) on --model (default: the base it was trained on)."),
     model_args: Optional[str] = typer.Option(None, "--model_args", "--model-args", help="lm-eval's spelling: pretrained=MODEL,dtype=DTYPE,trust_remote_code=True (each the same as --model, --dtype, --trust-remote-code; other keys are refused)."),
+    p_true: bool = typer.Option(False, "--p-true", help="Free-text tasks: also ask the model whether each answer is right (conf_p_true, Kadavath et al. 2022): a second, scored prompt."),
+    samples: int = typer.Option(0, "--samples", help="Free-text tasks: also draw N answers per item at --temperature and report their agreement with the greedy answer (conf_consistency). Off by default."),
+    temperature: float = typer.Option(1.0, "--temperature", help="With --samples: the sampling temperature (above 0)."),
     max_gen_toks: Optional[int] = typer.Option(None, "--max-gen-toks", help="Free-text tasks (gsm8k, triviaqa): the most tokens generated per answer (default: the task's, 256)."),
     log_samples: bool = typer.Option(False, "--log_samples", "--log-samples", help="Accepted for lm-eval's habit: quantcal always keeps every sample (the store; quantcal export writes them)."),
     deploy: Optional[str] = typer.Option(None, "--deploy", help="How the adapter is served: nf4 (on the 4-bit base it was trained on, simulated; default), nf4-native (bitsandbytes 4-bit modules, slow on CPU), merged (into the float base; the default with --recipe)."),
@@ -113,8 +118,11 @@ def eval_command(
             if len(names) != 1:
                 raise QuantcalError("a free-text task (gsm8k, triviaqa) runs alone: give it its own `tasks`")
             _eval_generation(names[0], model, recipe, name, store, data_file, limit, skip, num_fewshot, fewshot_file,
-                             fewshot_seed, batch_size, max_gen_toks, device, dtype, output_json)
+                             fewshot_seed, batch_size, max_gen_toks, device, dtype, output_json, p_true, samples,
+                             temperature)
             return
+        if p_true or samples:
+            raise QuantcalError("`p_true` and `samples` apply to free-text tasks (gsm8k, triviaqa)")
 
         result = api.evaluate(model, task, recipe=recipe, adapter=adapter, deploy=deploy, name=name, store=store,
                               data_file=data_file, template=template, limit=limit, skip=skip, lm_eval_include=lm_eval_include,

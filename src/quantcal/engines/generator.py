@@ -46,8 +46,12 @@ def _finish(tokenizer: Any, tokens: list[int], logprobs: list[float], until: Seq
 
 def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], until: Sequence[str],
                     max_new_tokens: int = 256, batch_size: int = 8,
-                    progress: Callable[[int], Any] | None = None) -> list[Generation]:
-    """Greedy continuations of token-id ``prompts`` (module doc), in order."""
+                    progress: Callable[[int], Any] | None = None, temperature: float = 0.0,
+                    seeds: Sequence[int] | None = None) -> list[Generation]:
+    """Greedy continuations of token-id ``prompts`` (module doc), in order. With ``temperature > 0`` each token is
+    drawn from ``softmax(logits / temperature)`` instead, row ``i`` from its own ``torch.Generator`` seeded with
+    ``seeds[i]`` (so a sample does not depend on the batch it ran in); the log-probabilities kept are then the
+    model's own (temperature 1) of the drawn tokens."""
     import torch
     from transformers import DynamicCache
 
@@ -59,6 +63,12 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     eos = end_of_sequence_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    generators = {}
+    if temperature > 0:
+        if seeds is None or len(seeds) != len(prompts):
+            raise ValueError("sampling needs one seed per prompt")
+        for i, seed in enumerate(seeds):
+            generators[i] = torch.Generator(device=device).manual_seed(int(seed))
     results: dict[int, Generation] = {}
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -81,7 +91,12 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
                             **{cache_arg: cache})
                 cache = getattr(out, "cache", None) or out.past_key_values
                 logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-                best = logprobs.argmax(dim=-1)
+                if temperature > 0:
+                    tempered = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
+                    best = torch.stack([torch.multinomial(tempered[r], 1, generator=generators[chunk[alive[r]]])[0]
+                                        for r in range(len(alive))])
+                else:
+                    best = logprobs.argmax(dim=-1)
                 keep = []
                 for row, local in enumerate(alive):
                     token = int(best[row])

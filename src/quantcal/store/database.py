@@ -104,6 +104,13 @@ CREATE TABLE IF NOT EXISTS generations (
     stopped TEXT NOT NULL,
     PRIMARY KEY (run_id, item_id)
 );
+CREATE TABLE IF NOT EXISTS generation_extras (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    item_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (run_id, item_id, key)
+);
 CREATE TABLE IF NOT EXISTS claims (
     run_id INTEGER NOT NULL,
     item_id TEXT NOT NULL,
@@ -323,6 +330,19 @@ class Store:
                   json.dumps(list(gen.tokens)), json.dumps(list(gen.logprobs)), json.dumps(list(gen.offsets)),
                   gen.stopped) for position, item, gen in entries])
 
+    def write_generation_extras(self, run_id: int, key: str, values: dict[str, Any]) -> None:
+        """Per item, a further measurement of its generation under ``key`` (P(True)'s log-likelihoods, sampled
+        answers), JSON-encoded, in one transaction."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO generation_extras (run_id, item_id, key, value) VALUES (?, ?, ?, ?)",
+                           [(run_id, item_id, key, json.dumps(v)) for item_id, v in values.items()])
+
+    def generation_extras(self, run_id: int, key: str) -> dict[str, Any]:
+        if "generation_extras" not in _tables(self.db):
+            return {}
+        return {r[0]: json.loads(r[1]) for r in self.db.execute(
+            "SELECT item_id, value FROM generation_extras WHERE run_id=? AND key=?", (run_id, key))}
+
     def done_generation_ids(self, run_id: int) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT item_id FROM generations WHERE run_id=?", (run_id,))}
 
@@ -410,12 +430,13 @@ TABLES: dict[str, set[str]] = {
     "items": {"run_id", "item_id", "position", "gold", "golds", "n_choices", "item_hash", "meta"},
     "generations": {"run_id", "item_id", "position", "item_hash", "prompt", "targets", "text", "tokens", "logprobs",
                     "offsets", "stopped"},
+    "generation_extras": {"run_id", "item_id", "key", "value"},
     "scores": {"run_id", "item_id", "choice", "loglik", "n_tokens", "n_chars", "n_bytes", "greedy"},
     "texts": {"item_hash", "context", "choices"},
     "item_errors": {"run_id", "item_id", "message"},
     "claims": {"run_id", "item_id", "owner", "expires"},
 }
-OPTIONAL_TABLES = {"texts", "claims", "generations"}
+OPTIONAL_TABLES = {"texts", "claims", "generations", "generation_extras"}
 
 
 def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from quantcal.analysis.generated import CONFIDENCES, score_generation
+from quantcal.analysis.generated import CONFIDENCES, EXTRA_CONFIDENCES, score_generation
 from quantcal.errors import QuantcalError
 from quantcal.metrics import Interval
 from quantcal.store.database import Store
@@ -72,14 +72,87 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
     return GenerationJobResult(run_id, [it.id for it in items], len(todo), time.perf_counter() - start)
 
 
+@dataclass(frozen=True)
+class ExtraMeasures:
+    """The confidences that need a further pass: P(True) (a second prompt) and ``samples`` answers drawn at
+    ``temperature`` (``conf_consistency``), seeded per item."""
+
+    p_true: bool = False
+    samples: int = 0
+    temperature: float = 1.0
+    seed: int = 0
+
+    @property
+    def samples_key(self) -> str:
+        return f"samples:k={self.samples},t={self.temperature:g},seed={self.seed}"
+
+
+def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Sequence[GenItem], holder: Any,
+                   extras: ExtraMeasures, max_new_tokens: int, batch_size: int, window_tokens: Callable[[Any], int],
+                   say: Callable[[str], None] = lambda m: None) -> int:
+    """P(True) and sampled answers for the items whose generation is stored and who lack them; returns how many
+    items were measured now."""
+    from quantcal.analysis.generated import P_TRUE_CHOICES, P_TRUE_PROMPT, proposed_answer
+    from quantcal.engines.encoding import Encoder
+    from quantcal.engines.generator import generate_greedy
+    from quantcal.engines.hf_scorer import iter_flat, score_items
+    from quantcal.tasks.items import Item
+
+    texts = {r["item_id"]: r["text"] for r in store.generations(run_id)}
+    measured = 0
+    if extras.p_true:
+        have = store.generation_extras(run_id, "p_true")
+        todo = [it for it in items if it.id in texts and it.id not in have]
+        if todo:
+            lm = holder.get()
+            encoder = Encoder(lm.tokenizer, window_tokens(lm))
+            encoded = [encoder.encode_item(i, Item(it.id, P_TRUE_PROMPT.format(question=it.question,
+                                                                                answer=proposed_answer(task, texts[it.id])),
+                                                   P_TRUE_CHOICES, 0), " ") for i, it in enumerate(todo)]
+            pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+            scores = iter_flat(score_items(lm.model, encoded, batch_size=32, pad_token_id=pad))
+            store.write_generation_extras(run_id, "p_true", {todo[s.item_index].id: list(s.logliks) for s in scores})
+            say(f"P(True) measured for {len(todo)} answers")
+            measured = max(measured, len(todo))
+    if extras.samples:
+        key = extras.samples_key
+        have = store.generation_extras(run_id, key)
+        todo = [it for it in items if it.id in texts and it.id not in have]
+        if todo:
+            lm = holder.get()
+            encoder = Encoder(lm.tokenizer, window_tokens(lm))
+            prompts, seeds = [], []
+            for it in todo:
+                ids = encoder.encode(it.prompt)[-(window_tokens(lm) - max_new_tokens):]
+                for j in range(extras.samples):
+                    prompts.append(ids)
+                    seeds.append(int(hashlib.sha256(f"{extras.seed}:{it.id}:{j}".encode()).hexdigest()[:12], 16))
+            drawn = generate_greedy(lm.model, lm.tokenizer, prompts, task.until, max_new_tokens, batch_size,
+                                    temperature=extras.temperature, seeds=seeds)
+            k = extras.samples
+            store.write_generation_extras(run_id, key, {it.id: [g.text for g in drawn[n * k:(n + 1) * k]]
+                                                        for n, it in enumerate(todo)})
+            say(f"{k} samples at temperature {extras.temperature:g} drawn for {len(todo)} items")
+            measured = max(measured, len(todo))
+    return measured
+
+
 def scored_answers(store: Store, run_id: int, task: GenerationTask, item_ids: Sequence[str] | None = None,
-                   filter_name: str | None = None) -> list[dict[str, Any]]:
-    """The run's generations (of ``item_ids``, when given) scored under the task's first filter (or ``filter_name``)."""
+                   filter_name: str | None = None, extras: ExtraMeasures = ExtraMeasures()) -> list[dict[str, Any]]:
+    """The run's generations (of ``item_ids``, when given) scored under the task's first filter (or ``filter_name``),
+    with P(True) and consistency when ``extras`` asks for them (and they are stored)."""
     wanted = set(item_ids) if item_ids is not None else None
     records = [r for r in store.generations(run_id) if wanted is None or r["item_id"] in wanted]
     if not records:
         raise QuantcalError(f"{store.path}: run {run_id} holds no generations")
-    return [score_generation(task, r, filter_name) for r in records]
+    p_true = store.generation_extras(run_id, "p_true") if extras.p_true else {}
+    samples = store.generation_extras(run_id, extras.samples_key) if extras.samples else {}
+    out = []
+    for r in records:
+        more = {**({"p_true": p_true[r["item_id"]]} if r["item_id"] in p_true else {}),
+                **({"samples": samples[r["item_id"]]} if r["item_id"] in samples else {})}
+        out.append(score_generation(task, r, filter_name, more))
+    return out
 
 
 def answer_metrics(answers: Sequence[dict[str, Any]], resamples: int = 1000, seed: int = 0,
@@ -93,7 +166,8 @@ def answer_metrics(answers: Sequence[dict[str, Any]], resamples: int = 1000, see
 
     correct = np.array([a["correct"] for a in answers], dtype=np.int64)
     out: dict[str, dict[str, Interval]] = {}
-    for conf in CONFIDENCES:
+    measured = [c for c in EXTRA_CONFIDENCES if all(c in a for a in answers)]
+    for conf in (*CONFIDENCES, *measured):
         probs, labels = as_pair(np.array([a[conf] for a in answers]), correct)
         out[conf] = {name: bootstrap(fn, probs, labels, n_resamples=resamples, seed=seed, level=level)
                      for name, fn in ANSWER_METRICS.items()}
