@@ -193,3 +193,35 @@ def test_p_true_and_sampled_consistency_are_measured_stored_and_reused(tiny_llam
 
 def _gsm8k_question(path: Path, i: int) -> str:
     return json.loads(path.read_text().splitlines()[i])["question"]
+
+
+def test_a_variant_is_compared_with_the_reference_on_the_same_answers(tiny_llama: Path, tmp_path: Path) -> None:
+    """Paired differences per confidence measure (each side with its own correctness, items resampled jointly):
+    a variant compared with itself differs by exactly 0; an RTN 2-bit variant changes answers; the CLI prints it."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    import quantcal
+    from quantcal.cli import app
+    from quantcal.metrics.answer_confidence import brier, paired_answer_bootstrap
+
+    data = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "triviaqa_format.jsonl"
+    store = tmp_path / "s.sqlite"
+    common = dict(data_file=data, limit=6, max_new_tokens=6, store=store, progress=None, resamples=50)
+    quantcal.evaluate_generation(str(tiny_llama), "triviaqa", name="ref", **common)
+    quantcal.evaluate_generation(str(tiny_llama), "triviaqa", name="same", **common)
+    quantcal.evaluate_generation(str(tiny_llama), "triviaqa", name="w2", recipe="rtn:bits=2,group_size=16", **common)
+    same = quantcal.compare_generations(store, "ref", "same", "triviaqa", resamples=50)
+    assert same.n == 6 and same.changed_answers == 0
+    assert all(iv.estimate == 0 and iv.low == 0 and iv.high == 0 for ms in same.differences.values()
+               for m, iv in ms.items() if m != "auroc")
+    w2 = quantcal.compare_generations(store, "ref", "w2", "triviaqa", resamples=50)
+    assert w2.changed_answers > 0 and set(w2.differences) == {"conf_seq_prob", "conf_mean_prob", "conf_answer_prob"}
+    c_a, y_a, c_b, y_b = np.array([0.9, 0.2, 0.6]), np.array([1, 0, 1]), np.array([0.5, 0.5, 0.5]), np.array([0, 0, 1])
+    iv = paired_answer_bootstrap(brier, (c_a, y_a), (c_b, y_b), 50)
+    assert iv.estimate == pytest.approx(np.mean((c_b - y_b) ** 2) - np.mean((c_a - y_a) ** 2))
+    result = CliRunner().invoke(app, ["compare", str(store), "--ref", "ref", "--variant", "w2", "--task", "triviaqa",
+                                      "--resamples", "50"])
+    assert result.exit_code == 0 and "answers changed" in result.output and "seq_prob" in result.output, result.output
+    missing = CliRunner().invoke(app, ["compare", str(store), "--task", "triviaqa"])
+    assert missing.exit_code == 2 and "--ref" in missing.output

@@ -452,7 +452,8 @@ def evaluate_generation(
     variant_name = name or variant.default_name
     store_path = Path(store) if store is not None else default_store(variant_name)
     cap = max_new_tokens or spec.max_gen_toks
-    label = task if num_fewshot is None else f"{task}[{num_fewshot}-shot]"
+    shots = spec.default_fewshot if num_fewshot is None else num_fewshot
+    label = f"{task}[{shots}-shot]" if shots else task  # as a multiple-choice task's name in the store
     config = generation_config(variant.source, spec, items, variant.config, cap, dtype, None)
     with _progress_bars(progress) as bars, open_store(store_path) as db, _released(variant.holder):
         outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
@@ -908,6 +909,57 @@ def compare(store: Union[str, Path], ref: Optional[str] = None, variant: Optiona
         aligned = align(db, ref, variant, task, normalization)
     differences, analysis = paired_analysis(aligned, names, resamples, seed, bins)
     return PairedComparison(ref, variant, task, analysis.n, differences, analysis)
+
+
+@dataclass(frozen=True)
+class GenerationComparison:
+    """A variant's generated answers against the reference's on the same items: per confidence measure, each
+    metric's paired difference (variant - reference) with its 95% interval; changed and flipped answers."""
+
+    ref: str
+    variant: str
+    task: str
+    n: int
+    differences: Mapping[str, Mapping[str, Interval]]
+    changed_answers: int
+    right_to_wrong: int
+    wrong_to_right: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "variant": self.variant, "task": self.task, "n": self.n,
+                "changed_answers": self.changed_answers, "right_to_wrong": self.right_to_wrong,
+                "wrong_to_right": self.wrong_to_right,
+                "differences": {c: {m: iv.to_json() for m, iv in ms.items()} for c, ms in self.differences.items()}}
+
+
+def compare_generations(store: Union[str, Path], ref: str, variant: str, task: str, *, resamples: int = 1000,
+                        seed: int = 0, p_true: bool = False, samples: int = 0, temperature: float = 1.0,
+                        sample_seed: int = 0) -> GenerationComparison:
+    """Two variants' answers to a free-text task in one store (:func:`evaluate_generation` with the same ``store``
+    and different ``name``), paired on the items both answered. ``p_true``/``samples``: include those confidences
+    (as measured with the same settings)."""
+    from quantcal.study.generation_jobs import ExtraMeasures, compare_answers, scored_answers
+    from quantcal.tasks.generation_tasks import GENERATION_TASKS
+
+    check_resamples(resamples)
+    extras = ExtraMeasures(p_true, samples, temperature, sample_seed)
+    with open_store(_store_path(store), readonly=True) as db:
+        runs = {(r.variant, r.task): r for r in db.current_runs() if r.config.get("kind") == "generate"}
+        answers = []
+        for name in (ref, variant):
+            run = runs.get((name, task))
+            if run is None:  # the bare task name, when the variant answered it under one prompt setup only
+                same = [r for (v, _), r in runs.items() if v == name and r.config.get("task") == task]
+                run = same[0] if len(same) == 1 else None
+            if run is None:
+                held = sorted({f"{v} · {t}" for v, t in runs})
+                raise QuantcalError(f"no generated answers of {name} on {task} in the store; it holds "
+                                    f"{', '.join(held) or 'none'}")
+            spec = GENERATION_TASKS[run.config["task"]]
+            answers.append(scored_answers(db, run.run_id, spec, extras=extras))
+    found = compare_answers(answers[0], answers[1], resamples, seed)
+    return GenerationComparison(ref, variant, task, found["n"], found["differences"], found["changed_answers"],
+                                found["right_to_wrong"], found["wrong_to_right"])
 
 
 def _only(what: str, choices: list[str], parameter: str) -> str:

@@ -79,6 +79,28 @@ def _list_metrics() -> None:
     out.print(table)
 
 
+def _compare_generations(store: Path, ref: Optional[str], variant: Optional[str], task: str, resamples: int,
+                         output_json: Optional[Path]) -> None:
+    """``compare`` on a free-text task: each confidence measure's paired differences, flipped answers."""
+    from quantcal import api
+
+    if ref is None or variant is None:
+        raise QuantcalError("name both runs to compare on a free-text task: `ref` and `variant`")
+    c = api.compare_generations(store, ref, variant, task, resamples=resamples)
+    table = Table(title=f"{c.variant} − {c.ref} on {c.task} (n = {c.n} answers, paired, 95% interval; * excludes 0)")
+    shown = ("acc", "ece", "brier", "nll", "auroc")
+    for column in ("confidence", *shown):
+        table.add_column(column, justify="left" if column == "confidence" else "right")
+    for conf, metrics in c.differences.items():
+        table.add_row(conf.removeprefix("conf_"), *(f"{metrics[m].estimate:+.3f}{' *' if metrics[m].excludes_zero else ''}"
+                                                   f" [{metrics[m].low:+.3f}, {metrics[m].high:+.3f}]" for m in shown))
+    out.print(table)
+    out.print(f"answers changed: {c.changed_answers} of {c.n}; right → wrong {c.right_to_wrong}, wrong → right "
+              f"{c.wrong_to_right}", highlight=False)
+    if output_json is not None:
+        output_json.write_text(json.dumps(c.to_json(), indent=2))
+
+
 def compare_command(
     store: Path = typer.Argument(..., help="The SQLite store holding both runs."),
     ref: Optional[str] = typer.Option(None, "--ref", help="Reference variant name (default: the study's reference, 'reference')."),
@@ -92,7 +114,11 @@ def compare_command(
     flips, and changes by the reference's confidence (Study B)."""
     with user_errors():
         from quantcal import api
+        from quantcal.tasks.generation_tasks import GENERATION_TASKS
 
+        if task is not None and task.split("[")[0] in GENERATION_TASKS:
+            _compare_generations(store, ref, variant, task, resamples, output_json)
+            return
         c = api.compare(store, ref, variant, task, resamples=resamples, normalization=normalization)
         diff = Table(title=f"{c.variant} − {c.ref} on {c.task} (n = {c.n}, paired, 95% interval; * excludes 0)")
         for column in ("metric", "difference", "interval"):

@@ -19,10 +19,15 @@ like any metric.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
 from scipy.stats import rankdata
 
 from quantcal.metrics.binning import bin_index, bin_sums
+
+if TYPE_CHECKING:
+    from quantcal.metrics.bootstrap import Interval
 
 CLIP = 1e-12
 
@@ -83,3 +88,22 @@ def overconfidence_rate(probs: np.ndarray, labels: np.ndarray, tau: float = 0.8)
 #: The metrics a generated-answer evaluation reports, in order.
 ANSWER_METRICS = {"acc": acc, "mean_confidence": mean_confidence, "ece": ece, "brier": brier, "nll": nll,
                   "auroc": auroc, "overconfidence_rate": overconfidence_rate}
+
+
+def paired_answer_bootstrap(fn: Callable[[np.ndarray, np.ndarray], float], a: tuple[np.ndarray, np.ndarray],
+                            b: tuple[np.ndarray, np.ndarray], n_resamples: int = 1000, seed: int = 0,
+                            level: float = 0.95) -> "Interval":
+    """``fn(b) - fn(a)`` on the same items, each side with its own confidences and correctness (two models answer
+    the same questions, right or wrong on their own), with the percentile interval and p-value of resampling items
+    jointly (:mod:`quantcal.metrics.bootstrap`)."""
+    from dataclasses import replace
+
+    from quantcal.metrics.bootstrap import _interval, bootstrap_p_value, check_resamples
+
+    (pa, ya), (pb, yb) = as_pair(*a), as_pair(*b)
+    n = ya.shape[0]
+    check_resamples(n_resamples, n)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    samples = np.array([fn(pb[row], yb[row]) - fn(pa[row], ya[row]) for row in idx])
+    estimate = fn(pb, yb) - fn(pa, ya)
+    return replace(_interval(estimate, samples, level), p_value=bootstrap_p_value(estimate, samples))

@@ -172,3 +172,30 @@ def answer_metrics(answers: Sequence[dict[str, Any]], resamples: int = 1000, see
         out[conf] = {name: bootstrap(fn, probs, labels, n_resamples=resamples, seed=seed, level=level)
                      for name, fn in ANSWER_METRICS.items()}
     return out
+
+
+def compare_answers(ref: Sequence[dict[str, Any]], var: Sequence[dict[str, Any]], resamples: int = 1000,
+                    seed: int = 0, level: float = 0.95) -> dict[str, Any]:
+    """A variant's scored answers against the reference's on the items both answered (matched by id): per
+    confidence measure both carry, each metric's paired difference (variant - reference) with its interval; the
+    answers that changed, and those that flipped right -> wrong and wrong -> right."""
+    import numpy as np
+
+    from quantcal.metrics.answer_confidence import ANSWER_METRICS, paired_answer_bootstrap
+
+    by_id = {a["item_id"]: a for a in var}
+    pairs = [(a, by_id[a["item_id"]]) for a in ref if a["item_id"] in by_id]
+    if not pairs:
+        raise QuantcalError("the two runs share no answered items")
+    measures = [c for c in (*CONFIDENCES, *EXTRA_CONFIDENCES) if all(c in a and c in b for a, b in pairs)]
+    differences: dict[str, dict[str, Interval]] = {}
+    ya = np.array([a["correct"] for a, _ in pairs], dtype=np.int64)
+    yb = np.array([b["correct"] for _, b in pairs], dtype=np.int64)
+    for conf in measures:
+        ca = np.array([a[conf] for a, _ in pairs])
+        cb = np.array([b[conf] for _, b in pairs])
+        differences[conf] = {name: paired_answer_bootstrap(fn, (ca, ya), (cb, yb), resamples, seed, level)
+                             for name, fn in ANSWER_METRICS.items()}
+    return {"n": len(pairs), "differences": differences,
+            "changed_answers": sum(a["filtered"] != b["filtered"] for a, b in pairs),
+            "right_to_wrong": int(((ya == 1) & (yb == 0)).sum()), "wrong_to_right": int(((ya == 0) & (yb == 1)).sum())}
