@@ -105,7 +105,7 @@ def generation_rows(task: GenerationTask, data_file: str | Path | None) -> list[
     if data_file is not None:
         return read_local_rows(data_file)
     if task.hub_path is None:
-        raise QuantcalError(f"task {task.name} needs --data-file")
+        raise QuantcalError(f"task {task.name} needs `data_file`")
     return read_hub_rows(task.hub_path, task.hub_config, task.split)
 
 
