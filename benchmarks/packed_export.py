@@ -63,9 +63,10 @@ def main() -> None:
                "bits_per_weight_on_disk": record["export"]["bits_per_weight_on_disk"], "tasks": {}}
         for task in tasks:
             frames = {}
-            for kind, model in (("simulated", variant.path), ("packed", target)):
-                store = args.work / f"{name}-{kind}.sqlite"
-                quantcal.evaluate(str(model), task, data_file=files[task], limit=args.limit, store=store, name=kind, dtype="float32")
+            for kind, model, spec in (("simulated", args.model, recipe), ("packed", str(target), None)):
+                store = args.work / f"{name}-{kind}.sqlite"  # simulated: the recipe with its run-time part
+                quantcal.evaluate(model, task, recipe=spec, data_file=files[task], limit=args.limit, store=store,
+                                  name=kind, dtype="float32")
                 items = quantcal.load_items(store)
                 frames[kind] = items[items.task == task].sort_values("position")
             a = np.concatenate([np.asarray(x, float) for x in frames["simulated"].logliks])

@@ -184,3 +184,17 @@ def test_smoothquant_moves_an_outlier_channel_out_of_the_activation_quantizer() 
 def test_smoothquant_refusals(recipe: str, words: str) -> None:
     with pytest.raises(QuantcalError, match=words):
         parse_recipe(recipe)
+
+
+def test_a_built_variant_folder_given_as_the_model_keeps_its_activation_quantizers(tiny_llama: Path, env_cache: Path) -> None:
+    """`--model <the w8a8 variant's cache folder>` computes W8A8, as `--recipe w8a8` does (its record's run-time
+    part is part of the variant; before, such a folder scored as W8A16)."""
+    from quantcal.recipes.build import build_variant
+
+    source = resolve_source(str(tiny_llama))
+    folder = build_variant(source, parse_recipe("w8a8"))
+    by_recipe = load_variant_model(VariantDef(str(tiny_llama), "w8a8"), source, LoadOptions(dtype="float32")).model
+    by_folder = load_variant_model(VariantDef(str(folder)), resolve_source(str(folder)), LoadOptions(dtype="float32")).model
+    ids = torch.randint(0, 1000, (2, 24))
+    with torch.inference_mode():
+        assert torch.equal(by_recipe(ids).logits, by_folder(ids).logits)

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import json
 import time
 from dataclasses import dataclass
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Callable, ContextManager, Optional
 
 from quantcal.errors import QuantcalError
@@ -267,6 +269,13 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
 
         engine = load_vllm_source(weights, options.dtype, options.device, options.trust_remote_code)
         return LoadedModel(engine, load_tokenizer(weights, options.trust_remote_code), source, weights_digest(weights))
+    if activations is None and spec is None and weights.kind == "local":
+        # a built variant's folder given as the model: its record's run-time part is part of the variant (without
+        # it a w8a8 folder would compute W8A16); an exported compressed-tensors checkpoint carries its activation
+        # scheme in its config instead, and has no runtime block
+        record = Path(weights.location) / "quantcal-variant.json"
+        if record.is_file() and "quantization_config" not in json.loads((Path(weights.location) / "config.json").read_text()):
+            activations = scheme_of(json.loads(record.read_text()))
     loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
     if activations is not None:  # the format's run-time part: its activation quantizers, on every block linear
         install_activations(loaded.model, activations)
