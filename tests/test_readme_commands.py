@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SKIP = ("scripts/setup.sh", "pytest", "with hub access", "hub is reachable", "(hub)", "your own task YAMLs",
         "/opt/lm-eval", "lm_eval_parity", "setup_vllm.sh", ".venv-vllm", "pip install")
 #: What a command needs that a fresh clone without the development data beside it lacks.
-NEEDS_DATA = ("../shared", "--data-dir", "--data-file", "--task piqa=", "--holdout", "task:hellaswag", "s.sqlite",
+NEEDS_DATA = ("../shared", "--data-dir", "--task piqa=", "--holdout", "task:hellaswag", "s.sqlite",
               "runs/qlora")
 
 
