@@ -116,9 +116,9 @@ def test_run_time_formats_refuse_the_vllm_backend(tiny_llama: Path, env_cache: P
 
 def test_smoothquant_computes_q_of_x_over_s_times_q_of_w_s(tiny_llama: Path, env_cache: Path) -> None:
     """w8a8:smoothquant=0.5: each q/k/v and gate/up linear computes ``Q_a(x / s) Q_w(W diag(s))^T`` with
-    ``s_j = max|X_j|^a / max|W_:j|^(1-a)`` from the float model's calibration inputs (recomputed here by hand);
-    o_proj and down_proj, which read inputs of their own, are not smoothed; without the quantizers the smoothing
-    is the float model's product."""
+    ``s_j = max|X_j|^a / max|W_:j|^(1-a)`` from the float model's calibration inputs (recomputed here by hand), the
+    ``1 / s`` folded into the norms that produce x as a deployment does; o_proj and down_proj, which read inputs of
+    their own, are not smoothed."""
     from quantcal.recipes import calibration
     from quantcal.recipes.build import build_variant, variant_meta
     from quantcal.recipes.smoothquant import decode
@@ -152,12 +152,12 @@ def test_smoothquant_computes_q_of_x_over_s_times_q_of_w_s(tiny_llama: Path, env
     variant = load_variant_model(VariantDef(str(tiny_llama), recipe.key), source, LoadOptions(dtype="float32"))
     for name, linear in block_linears(float_model):  # by hand: no recipe code
         s = smooth.get(name)
-        if s is None:
-            linear.weight.data = fake_int8(linear.weight.data, -1)
-            linear.register_forward_pre_hook(lambda module, args: (fake_int8(args[0], -1),))
-        else:
-            linear.weight.data = fake_int8(linear.weight.data * s, -1)
-            linear.register_forward_pre_hook(lambda module, args, s=s: (fake_int8(args[0] / s, -1),))
+        linear.weight.data = fake_int8(linear.weight.data * s if s is not None else linear.weight.data, -1)
+        linear.register_forward_pre_hook(lambda module, args: (fake_int8(args[0], -1),))
+    for i, layer in enumerate(float_model.model.layers):  # 1/s folded into the norms that feed q/k/v and gate/up
+        layer.input_layernorm.weight.data = layer.input_layernorm.weight.data / smooth[f"model.layers.{i}.self_attn.q_proj"]
+        layer.post_attention_layernorm.weight.data = (layer.post_attention_layernorm.weight.data
+                                                      / smooth[f"model.layers.{i}.mlp.gate_proj"])
     test_ids = torch.randint(0, 1000, (2, 24))
     with torch.inference_mode():
         assert torch.equal(variant.model(test_ids).logits, float_model(test_ids).logits)

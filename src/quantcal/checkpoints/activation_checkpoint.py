@@ -86,7 +86,7 @@ def _fold_smoothing(variant_dir: Path, smooth: dict[str, torch.Tensor], state: d
     """Fold each smoothed group's ``1 / s`` into the norm that produces its input (module doc); returns the count."""
     from transformers import AutoModelForCausalLM
 
-    from quantcal.checkpoints.packed_checkpoint import _fold_norm, _producers
+    from quantcal.recipes.folding import fold_norm as _fold_norm, producers as _producers
 
     model = AutoModelForCausalLM.from_pretrained(variant_dir, dtype=torch.float32).eval()
     modules = dict(model.named_modules())

@@ -49,12 +49,7 @@ class ActivationScheme:
 
     def quantizer(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """The fake quantizer of ``layer``'s input (a tensor whose last dimension is the layer's input features)."""
-        if self.smooth and layer in self.smooth:  # SmoothQuant: the outliers divided out, then quantized
-            from quantcal.recipes.smoothquant import decode
-
-            inner, s = self._plain(layer), decode(self.smooth[layer])
-            return lambda x: inner((x.float() / s.to(x.device)).to(x.dtype))
-        return self._plain(layer)
+        return self._plain(layer)  # SmoothQuant's 1/s is in the producing norm (fold_smoothing), as deployed
 
     def _plain(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
         import torch
@@ -99,8 +94,37 @@ def scheme_of(record: dict[str, Any]) -> ActivationScheme | None:
                             block.get("smooth"))
 
 
+def fold_smoothing(model: nn.Module, scheme: ActivationScheme) -> int:
+    """SmoothQuant's ``1 / s`` folded into the norm that produces each smoothed group's input, as a deployment (and
+    quantcal's export) does, so the simulated variant rounds exactly what the deployed one rounds; returns the
+    number of norms changed."""
+    import torch
+
+    from quantcal.recipes.folding import fold_norm, producers
+    from quantcal.recipes.smoothquant import decode
+
+    if not scheme.smooth:
+        return 0
+    modules = dict(model.named_modules())
+    folded: dict[str, torch.Tensor] = {}
+    for name, producer in producers(model, list(scheme.smooth)).items():
+        s = decode(scheme.smooth[name])
+        if producer in folded:
+            if not torch.equal(folded[producer], s):
+                raise QuantcalError(f"{producer} feeds layers with different SmoothQuant scales")
+            continue
+        norm = modules[producer]
+        if isinstance(norm, torch.nn.Linear) or getattr(norm, "weight", None) is None:
+            raise QuantcalError(f"{name}: its input comes from {producer}, not a norm; cannot fold SmoothQuant's scale")
+        norm.weight.data = fold_norm(norm, s, producer).to(norm.weight.dtype)
+        folded[producer] = s
+    return len(folded)
+
+
 def install(model: nn.Module, scheme: ActivationScheme) -> list[Any]:
-    """Forward pre-hooks quantizing every decoder-block linear's input; returns their handles."""
+    """Forward pre-hooks quantizing every decoder-block linear's input (SmoothQuant's scales folded into their norms
+    first); returns the hooks' handles."""
+    fold_smoothing(model, scheme)
     handles = []
     for name, linear in block_linears(model):
         quantize = scheme.quantizer(name)

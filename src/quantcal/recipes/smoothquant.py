@@ -9,10 +9,12 @@ the MLP norm) share one smoothing vector over their input channels,
 with ``max|X_j|`` over the calibration tokens and ``max|W_:j|`` over the output rows of every linear in the group
 (``s_j = max|X_j|`` where the weights of channel j are all zero, as llm-compressor's SmoothQuantModifier). The
 layer then computes ``Q_a(X / s) Q_w(W diag(s))^T``: the same product in float, with the outliers of X divided out
-before its per-token quantizer. A deployment folds ``1 / s`` into the norm that produces X (llm-compressor does);
-the simulation divides at the linear's input instead (the runtime block carries ``s``), which is the same
-arithmetic and needs no knowledge of the norm's form (Gemma's ``1 + w`` included). Linears that read an input of
-their own (o_proj, down_proj) are not smoothed: their producer is not a norm the scale could fold into.
+before its per-token quantizer. ``1 / s`` is folded into the norm that produces X when the variant is loaded
+(:func:`quantcal.recipes.runtime.fold_smoothing`: ``w / s``, or ``(1 + w) / s - 1`` for Gemma's norms), as
+llm-compressor and quantcal's export leave a deployed model: dividing at the linear instead is the same arithmetic
+in exact numbers but not in float, and per-token INT8 activations amplify the difference (up to 3 nats per choice on
+SmolLM2 between the two forms). Linears that read an input of their own (o_proj, down_proj) are not smoothed: their
+producer is not a norm the scale could fold into.
 Groups are found by identity: the linears called with the very same input tensor in a forward pass.
 """
 

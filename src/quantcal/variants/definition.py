@@ -134,6 +134,11 @@ class VariantDef:
         if self.recipe_spec is not None:
             config["recipe"] = self.recipe_spec.key
             config.update(recipe_identity(self.recipe_spec))
+            weights = self.recipe_spec.weights if self.recipe_spec.family != "kv" else None
+            if weights is not None and float(dict(weights.params).get("smoothquant", 0) or 0) > 0:
+                # SmoothQuant's 1/s runs folded into the norms since 2026-12-07 (it divided at the linear before):
+                # scores of the earlier form are another run, not resumed as this one
+                config["smoothquant_form"] = "folded"
         if self.adapter is not None:
             config.update({"adapter": adapter_fingerprint(self.adapter), "deploy": self.deploy_form,
                            "adapter_training": training_summary(self.adapter)})
