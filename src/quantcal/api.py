@@ -459,8 +459,7 @@ def evaluate_generation(
         outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
                                      batch_size, None, bars, say)
         extras = ExtraMeasures(p_true, samples, temperature, sample_seed)
-        measure_extras(db, outcome.run_id, spec, items, variant.holder, extras, cap, batch_size,
-                       lambda lm: getattr(lm.model.config, "max_position_embeddings", None) or 2048, say)
+        measure_extras(db, outcome.run_id, spec, items, variant.holder, extras, cap, batch_size, say)
         answers = scored_answers(db, outcome.run_id, spec, outcome.item_ids, extras=extras)
     say(f"{variant_name} · {label}: {outcome.n_generated_now} generated in {outcome.seconds:.1f} s; "
         f"{len(answers)} in the store")

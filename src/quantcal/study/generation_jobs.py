@@ -31,6 +31,11 @@ class GenerationJobResult:
     seconds: float
 
 
+def model_window(lm: Any) -> int:
+    """The model's context window in tokens (its config's ``max_position_embeddings``; 2048 when it declares none)."""
+    return getattr(lm.model.config, "max_position_embeddings", None) or 2048
+
+
 def generation_config(source: Any, task: GenerationTask, items: Sequence[GenItem], variant_config: dict[str, Any],
                       max_new_tokens: int, dtype: str, add_special_tokens: bool | None) -> dict[str, Any]:
     data = hashlib.sha256(json.dumps([it.hash for it in items]).encode()).hexdigest()[:16]
@@ -54,7 +59,7 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
     if todo:
         lm = holder.get()
         tokenizer = lm.tokenizer
-        window = getattr(lm.model.config, "max_position_embeddings", None) or 2048
+        window = model_window(lm)
         encoder = Encoder(tokenizer, window, add_special_tokens)
         bar = progress(f"{variant} · {label}", len(todo)) if progress else None
         try:
@@ -88,7 +93,7 @@ class ExtraMeasures:
 
 
 def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Sequence[GenItem], holder: Any,
-                   extras: ExtraMeasures, max_new_tokens: int, batch_size: int, window_tokens: Callable[[Any], int],
+                   extras: ExtraMeasures, max_new_tokens: int, batch_size: int,
                    say: Callable[[str], None] = lambda m: None) -> int:
     """P(True) and sampled answers for the items whose generation is stored and who lack them; returns how many
     items were measured now."""
@@ -105,7 +110,7 @@ def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Seque
         todo = [it for it in items if it.id in texts and it.id not in have]
         if todo:
             lm = holder.get()
-            encoder = Encoder(lm.tokenizer, window_tokens(lm))
+            encoder = Encoder(lm.tokenizer, model_window(lm))
             encoded = [encoder.encode_item(i, Item(it.id, P_TRUE_PROMPT.format(question=it.question,
                                                                                 answer=proposed_answer(task, texts[it.id])),
                                                    P_TRUE_CHOICES, 0), " ") for i, it in enumerate(todo)]
@@ -120,10 +125,10 @@ def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Seque
         todo = [it for it in items if it.id in texts and it.id not in have]
         if todo:
             lm = holder.get()
-            encoder = Encoder(lm.tokenizer, window_tokens(lm))
+            encoder = Encoder(lm.tokenizer, model_window(lm))
             prompts, seeds = [], []
             for it in todo:
-                ids = encoder.encode(it.prompt)[-(window_tokens(lm) - max_new_tokens):]
+                ids = encoder.encode(it.prompt)[-(model_window(lm) - max_new_tokens):]
                 for j in range(extras.samples):
                     prompts.append(ids)
                     seeds.append(int(hashlib.sha256(f"{extras.seed}:{it.id}:{j}".encode()).hexdigest()[:12], 16))
