@@ -67,17 +67,20 @@ def test_confidences_from_token_log_probabilities() -> None:
     assert confidences(logprobs, offsets, None)["conf_answer_prob"] == 0.0
 
 
-def test_greedy_generation_equals_generate_and_a_plain_forward(tiny_llama: Path) -> None:
-    """Left-padded batches, rows leaving the batch as they stop: each row's tokens are transformers' own greedy
-    continuation of its prompt alone, and each kept token's log-probability is a plain forward's (float64)."""
+@pytest.mark.parametrize("checkpoint", ["tiny_llama", "tiny_gemma"])
+def test_greedy_generation_equals_generate_and_a_plain_forward(checkpoint: str, request: pytest.FixtureRequest) -> None:
+    """Left-padded batches, rows leaving the batch as they stop and newcomers taking their places: each row's tokens
+    are transformers' own greedy continuation of its prompt alone, and each kept token's log-probability is a plain
+    forward's (float64). Gemma 3's cache has sliding-window layers (its batches only shrink)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from quantcal.engines.generator import generate_greedy
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval().double()
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    path = request.getfixturevalue(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(path).eval().double()
+    tok = AutoTokenizer.from_pretrained(path)
     texts = ["Question: what is 2+2?\nAnswer:", "Hi", "The quick brown fox jumps over the lazy dog. Why?", "a b c d e",
-             "Question: name a city?\nAnswer:"]
+             "Question: name a city?\nAnswer:", "One two three four five six seven", "Why not?"]
     prompts = [tok(t)["input_ids"] for t in texts]
     plain = []
     with torch.inference_mode():
@@ -86,7 +89,13 @@ def test_greedy_generation_equals_generate_and_a_plain_forward(tiny_llama: Path)
                                         pad_token_id=tok.eos_token_id)[0, len(p):].tolist())
     # a stop string that some continuations reach early: those rows leave their batch first
     stop = tok.decode(plain[0][2:4])
+    prompt_passes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: prompt_passes.append(kw["input_ids"].shape)
+                                           if kw["input_ids"].shape[1] > 1 else None, with_kwargs=True)
     generations = generate_greedy(model, tok, prompts, [stop], max_new_tokens=10, batch_size=3)
+    hook.remove()
+    if checkpoint == "tiny_llama":  # places freed by finished rows were refilled one prompt pass at a time
+        assert any(shape[0] < 3 for shape in prompt_passes[:-1])  # without refills: 3, 3, 1
     assert any(g.stopped == "stop" for g in generations) and any(g.stopped == "length" for g in generations)
     for p, full, g in zip(prompts, plain, generations):
         assert list(g.tokens) == full[:len(g.tokens)]

@@ -3,11 +3,19 @@
 log-probability is kept (what the confidences of a generated answer are computed from).
 
 The prompts of a batch are left-padded; positions count from each prompt's first real token, so a padded row
-computes what it would alone (up to the float rounding of batched matmuls). Each step feeds only the new token of
-every unfinished row with the cache of what came before (transformers' ``DynamicCache``); a finished row is
-dropped from the cache (``batch_select_indices``). The text is cut at the first stop string as lm-eval cuts it
-(:func:`quantcal.tasks.answer_filters.cut_at_stop`), and the kept tokens are the shortest prefix of the generated
-tokens whose text covers the kept text (a token that straddles the cut is kept).
+computes what it would alone (up to the float rounding of batched matmuls). The prompt pass computes the logits of
+the last position only (``logits_to_keep=1``, as transformers' ``generate``); each step then feeds only the new token
+of every unfinished row with the cache of what came before (transformers' ``DynamicCache``). A finished row leaves
+the cache (``batch_select_indices``) and its place goes to the next prompt (continuous batching): the newcomer's
+prompt pass runs on its own and its cache joins the batch's, both left-padded to the longer, and the leading columns
+no row attends to any more are cut. (A cache with sliding-window layers, which keep their own record of what they
+dropped, only shrinks: its batch refills when it empties.) Prompts are taken longest first.
+
+The stop strings are looked for in the text of each row's last tokens at every step (a window of the longest stop
+string's length plus 8 tokens: the check costs the same at any length); the text is cut at the first stop string of
+the whole decoded continuation as lm-eval cuts it (:func:`quantcal.tasks.answer_filters.cut_at_stop`), and the kept
+tokens are the shortest prefix of the generated tokens whose text covers the kept text (a token that straddles the
+cut is kept).
 """
 
 from __future__ import annotations
@@ -44,6 +52,67 @@ def _finish(tokenizer: Any, tokens: list[int], logprobs: list[float], until: Seq
     return Generation(text, tuple(tokens[:keep]), tuple(logprobs[:keep]), tuple(offsets[:keep]), reason)
 
 
+def _tail_has_stop(tokenizer: Any, tokens: Sequence[int], until: Sequence[str], window: int) -> bool:
+    """Whether the text of the last ``window`` tokens holds a stop string (checked each step: decoding only the
+    tail keeps the check linear in the length; the text is cut at the first stop of the whole decode at the end)."""
+    tail = tokenizer.decode(list(tokens[-window:]), skip_special_tokens=True)
+    return any(u and u in tail for u in until)
+
+
+@dataclass
+class _Batch:
+    """The rows being generated together: their cache, attention mask (one column per cached token plus the token
+    about to be fed), the token each feeds next and its position."""
+
+    rows: list[int]  # prompt indices
+    cache: Any
+    mask: Any
+    step_ids: Any = None
+    step_pos: Any = None
+
+
+def _mergeable(cache: Any) -> bool:
+    """A cache whose layers are plain growing tensors can take rows from another and lose leading padding (a
+    sliding-window layer keeps its own bookkeeping of what it dropped: its batch only shrinks)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers)
+
+
+def _pad_left(x: Any, width: int, dim: int) -> Any:
+    import torch
+
+    missing = width - x.shape[dim]
+    if not missing:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=x.dtype, device=x.device), x], dim=dim)
+
+
+def _merge(a: _Batch, b: _Batch) -> _Batch:
+    """One batch of ``a``'s rows then ``b``'s: caches and masks left-padded to the longer."""
+    import torch
+
+    width = max(a.mask.shape[1], b.mask.shape[1])
+    for la, lb in zip(a.cache.layers, b.cache.layers):
+        la.keys = torch.cat([_pad_left(la.keys, width - 1, 2), _pad_left(lb.keys, width - 1, 2)])
+        la.values = torch.cat([_pad_left(la.values, width - 1, 2), _pad_left(lb.values, width - 1, 2)])
+    return _Batch(a.rows + b.rows, a.cache, torch.cat([_pad_left(a.mask, width, 1), _pad_left(b.mask, width, 1)]),
+                  torch.cat([a.step_ids, b.step_ids]), torch.cat([a.step_pos, b.step_pos]))
+
+
+def _trim(batch: _Batch) -> None:
+    """Drop the leading cache columns that no row attends to (padding left behind by rows that finished)."""
+    used = batch.mask[:, :-1].any(dim=0).nonzero()
+    lead = int(used[0]) if len(used) else batch.mask.shape[1] - 1
+    if lead:
+        for layer in batch.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+        batch.mask = batch.mask[:, lead:]
+
+
 def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], until: Sequence[str],
                     max_new_tokens: int = 256, batch_size: int = 8,
                     progress: Callable[[int], Any] | None = None, temperature: float = 0.0,
@@ -52,82 +121,107 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     drawn from ``softmax(logits / temperature)`` instead, row ``i`` from its own ``torch.Generator`` seeded with
     ``seeds[i]`` (so a sample does not depend on the batch it ran in); the log-probabilities kept are then the
     model's own (temperature 1) of the drawn tokens."""
+    import inspect
+
     import torch
     from transformers import DynamicCache
 
-    import inspect
-
     device = next(model.parameters()).device
+    parameters = inspect.signature(model.forward).parameters
     # transformers 5.25 names the cache argument `cache` (`past_key_values` before, deprecated since)
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache_arg = "cache" if "cache" in parameters else "past_key_values"
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
     eos = end_of_sequence_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (min(eos) if eos else 0)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    window = max((len(u) for u in until), default=0) + 8  # tokens decoded for the per-step stop check
     generators = {}
     if temperature > 0:
         if seeds is None or len(seeds) != len(prompts):
             raise ValueError("sampling needs one seed per prompt")
         for i, seed in enumerate(seeds):
             generators[i] = torch.Generator(device=device).manual_seed(int(seed))
+    tokens: dict[int, list[int]] = {}
+    logps: dict[int, list[float]] = {}
     results: dict[int, Generation] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        width = max(len(prompts[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
-            mask[row, width - len(prompts[i]):] = 1
+
+    def advance(batch: _Batch, logits: Any) -> _Batch | None:
+        """Take each row's next token from ``logits``; rows that finish leave the batch (None when none is left)."""
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        if temperature > 0:
+            tempered = torch.softmax(logits.float() / temperature, dim=-1)
+            best = torch.stack([torch.multinomial(tempered[r], 1, generator=generators[i])[0]
+                                for r, i in enumerate(batch.rows)])
+        else:
+            best = logprobs.argmax(dim=-1)
+        keep = []
+        for r, i in enumerate(batch.rows):
+            token = int(best[r])
+            reason = None
+            if token in eos:
+                reason = "eos"
+            else:
+                tokens[i].append(token)
+                logps[i].append(float(logprobs[r, token]))
+                if _tail_has_stop(tokenizer, tokens[i], until, window):
+                    reason = "stop"
+                elif len(tokens[i]) == max_new_tokens:
+                    reason = "length"
+            if reason:
+                results[i] = _finish(tokenizer, tokens[i], logps[i], until, reason)
+                if progress:
+                    progress(1)
+            else:
+                keep.append(r)
+        if not keep:
+            return None
+        if len(keep) < len(batch.rows):  # finished rows leave the batch
+            index = torch.tensor(keep, device=device)
+            batch.cache.batch_select_indices(index)
+            batch.mask, best, batch.step_pos = batch.mask[index], best[index], batch.step_pos[index]
+            batch.rows = [batch.rows[r] for r in keep]
+        batch.step_ids = best[:, None]
+        batch.step_pos = batch.step_pos + 1
+        batch.mask = torch.cat([batch.mask, torch.ones((len(keep), 1), dtype=batch.mask.dtype, device=device)], 1)
+        return batch
+
+    def prefill(rows: list[int]) -> _Batch | None:
+        width = max(len(prompts[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids[r, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
+            mask[r, width - len(prompts[i]):] = 1
+            tokens[i], logps[i] = [], []
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
-        cache = DynamicCache()
-        alive = list(range(len(chunk)))
-        tokens: list[list[int]] = [[] for _ in chunk]
-        logps: list[list[float]] = [[] for _ in chunk]
-        step_ids, step_pos = ids, positions
-        with torch.inference_mode():
-            for step in range(max_new_tokens):
-                out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
-                            **{cache_arg: cache})
-                cache = getattr(out, "cache", None) or out.past_key_values
-                logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-                if temperature > 0:
-                    tempered = torch.softmax(out.logits[:, -1].float() / temperature, dim=-1)
-                    best = torch.stack([torch.multinomial(tempered[r], 1, generator=generators[chunk[alive[r]]])[0]
-                                        for r in range(len(alive))])
-                else:
-                    best = logprobs.argmax(dim=-1)
-                keep = []
-                for row, local in enumerate(alive):
-                    token = int(best[row])
-                    tokens[local].append(token)
-                    logps[local].append(float(logprobs[row, token]))
-                    i = chunk[local]
-                    reason = None
-                    if token in eos:
-                        tokens[local].pop()
-                        logps[local].pop()
-                        reason = "eos"
-                    elif any(u and u in tokenizer.decode(tokens[local], skip_special_tokens=True) for u in until):
-                        reason = "stop"
-                    elif step + 1 == max_new_tokens:
-                        reason = "length"
-                    if reason:
-                        results[i] = _finish(tokenizer, tokens[local], logps[local], until, reason)
-                        if progress:
-                            progress(1)
-                    else:
-                        keep.append(row)
-                if not keep:
-                    break
-                if len(keep) < len(alive):  # finished rows leave the batch
-                    index = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(index)
-                    mask, best, step_pos = mask[index], best[index], step_pos[index]
-                    alive = [alive[r] for r in keep]
-                last = (step_pos[:, -1:] if step_pos.shape[1] > 1 else step_pos) + 1
-                step_ids, step_pos = best[:, None], last
-                mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{cache_arg: DynamicCache()}, **last_only)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        return advance(_Batch(rows, cache, mask, step_pos=positions[:, -1:]), out.logits[:, -1])
+
+    queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
+    batch: _Batch | None = None
+    with torch.inference_mode():
+        while queue or batch is not None:
+            free = batch_size - (len(batch.rows) if batch is not None else 0)
+            if queue and free > 0 and (batch is None or _mergeable(batch.cache)):
+                # a finished row's place goes to the next prompt (when the cache can take it)
+                fresh = prefill(queue[:free])
+                queue = queue[free:]
+                if batch is None or fresh is None:
+                    batch = batch if fresh is None else fresh
+                elif _mergeable(fresh.cache):
+                    batch = _merge(batch, fresh)
+                else:  # cannot happen with a mergeable batch of the same model; kept as a guard
+                    raise RuntimeError("generation caches of one model differ in kind")
+                continue
+            assert batch is not None
+            out = model(input_ids=batch.step_ids, attention_mask=batch.mask, position_ids=batch.step_pos,
+                        use_cache=True, **{cache_arg: batch.cache})
+            batch.cache = getattr(out, "cache", None) or out.past_key_values
+            batch = advance(batch, out.logits[:, -1])
+            if batch is not None and _mergeable(batch.cache):
+                _trim(batch)
     return [results[i] for i in range(len(prompts))]
 
 
