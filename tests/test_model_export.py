@@ -66,7 +66,7 @@ def test_export_model_refuses_recipes_without_a_format(tiny_llama: Path, tmp_pat
     from quantcal import api
 
     for recipe in ("hqq:bits=4", "gptq:bits=4,group_size=16,desc_act=true", "quanto:qint4", "bnb:nf4,blocksize=128",
-                   "nvfp4", "fp8:weights=block128", "fp8+kv:fp8"):
+                   "fp8:weights=block128", "bnb:nf4+kv:fp8"):
         with pytest.raises(QuantcalError, match="no quantized checkpoint format"):
             api.export_model(str(tiny_llama), recipe, tmp_path / "x")
     with pytest.raises(QuantcalError, match="keeps no column order"):
@@ -211,3 +211,117 @@ def test_activation_formats_export_as_compressed_tensors_and_reload_as_simulated
         assert torch.equal(a, b)
     else:
         assert 0 < float((a - b).abs().max()) < 5e-3
+
+
+def _simulated_and_reloaded(tiny_llama: Path, recipe: str, out: Path, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the simulated variant and of transformers' reload of its exported checkpoint, in ``dtype``."""
+    from transformers import AutoModelForCausalLM
+
+    from quantcal.sources.models import resolve_source
+    from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
+
+    simulated = load_variant_model(VariantDef(str(tiny_llama), recipe), resolve_source(str(tiny_llama)),
+                                   LoadOptions(dtype=dtype)).model
+    loaded = AutoModelForCausalLM.from_pretrained(out, dtype=getattr(torch, dtype)).eval()
+    ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        return simulated(ids).logits.float(), loaded(ids).logits.float()
+
+
+@pytest.mark.parametrize("recipe", ["nvfp4:nsamples=2,seqlen=32", "nvfp4:acts=none", "mxfp4",
+                                    "mxfp4:acts=none,scale_rounding=floor"])
+def test_microscaling_formats_export_as_compressed_tensors(recipe: str, tiny_llama: Path, tmp_path: Path,
+                                                           env_cache: Path) -> None:
+    """Issue 33: nvfp4 / mxfp4 written as compressed-tensors nvfp4- / mxfp4-pack-quantized checkpoints: the block
+    scales are recovered from the built weights and compressed-tensors' compressor writes the codes; the exporter
+    requires compressed-tensors' own dequantization (float32) to give the built weights back bit for bit.
+    transformers loads these only in bfloat16 on CPU (compressed-tensors unpacks FP4 codes to bfloat16) and there
+    computes the bfloat16 simulation exactly, except NVFP4's activations: compressed-tensors takes a block's maximum
+    / 6 in the activations' dtype (bfloat16) before the global scale, quantcal in float32 (as the kernels do); in
+    float32 the two activation quantizers are equal (checked on compressed-tensors' own forward_quantize)."""
+    import json
+
+    from compressed_tensors.quantization import QuantizationStatus, preset_name_to_scheme
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+
+    from quantcal import api
+    from quantcal.recipes import parse_recipe
+    from quantcal.recipes.number_formats import fake_nvfp4
+
+    out = tmp_path / "out"
+    exported = api.export_model(str(tiny_llama), recipe, out)
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    spec = parse_recipe(recipe)
+    assert config["format"] == f"{spec.family}-pack-quantized" and "kv_cache_scheme" not in config
+    group = config["config_groups"]["group_0"]
+    assert group["weights"]["num_bits"] == 4 and (group.get("input_activations") is None) == ("acts=none" in recipe)
+    assert 4 < exported.bits_per_weight < 5  # half a byte per weight and a one-byte scale per block
+    a, b = _simulated_and_reloaded(tiny_llama, spec.key, out, "bfloat16")
+    if recipe.startswith("nvfp4:nsamples"):
+        assert 0 < float((a - b).abs().max()) < 0.1
+        x = torch.randn(4, 7, 64, generator=torch.Generator().manual_seed(1)) * 3
+        module = torch.nn.Linear(64, 8)
+        module.quantization_status = QuantizationStatus.FROZEN
+        amax = x.abs().amax() * 0.8  # a static global amax below the input's own: blocks saturate as in use
+        module.input_global_scale = torch.nn.Parameter((448 * 6 / amax).reshape(1), requires_grad=False)
+        args = preset_name_to_scheme("NVFP4", ["Linear"]).input_activations
+        assert torch.equal(forward_quantize(module, x, "input", args), fake_nvfp4(x, global_amax=amax))
+    else:
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("recipe, fmt", [
+    ("kv:fp8", "dense"), ("fp8+kv:fp8", "float-quantized"),
+    ("w8a8+kv:int8,scale=calibrated,per=head,nsamples=2,seqlen=32", "int-quantized"),
+    ("rtn:bits=4,group_size=16,sym=true+kv:fp8,scale=calibrated,nsamples=2,seqlen=32", "pack-quantized")])
+def test_kv_part_exports_as_kv_cache_scheme_with_the_scorers_scales(recipe: str, fmt: str, tiny_llama: Path,
+                                                                   tmp_path: Path, env_cache: Path) -> None:
+    """Issue 33: a kv: part (or kv: alone) written as the config's kv_cache_scheme with every attention layer's
+    k_scale / v_scale: the scales quantcal's scorer uses for that variant, rounded by compressed-tensors' own
+    forward_quantize exactly as quantcal rounds the cache. The weights reload as their simulation does; this
+    transformers (5.25, attention argument `cache`) is not one compressed-tensors 0.20 hooks the cache of, so the
+    reloaded model leaves its cache in float (vLLM reads the scheme itself)."""
+    import json
+
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationStatus
+    from compressed_tensors.quantization.lifecycle.forward import forward_quantize
+    from safetensors.torch import load_file
+
+    from quantcal import api
+    from quantcal.recipes import parse_recipe
+    from quantcal.recipes.kv_cache import attention_layers, round_to
+    from quantcal.sources.models import resolve_source
+    from quantcal.variants.definition import LoadOptions, VariantDef, load_variant_model
+
+    out = tmp_path / "out"
+    exported = api.export_model(str(tiny_llama), recipe, out)
+    spec = parse_recipe(recipe)
+    kv = spec if spec.family == "kv" else spec.kv
+    assert exported.recipe == spec.key
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["format"] == fmt
+    args = QuantizationArgs(**config["kv_cache_scheme"])
+    assert args.strategy == ("attn_head" if kv.params["per"] == "head" else "tensor") and args.num_bits == 8
+    tensors = load_file(str(out / "model.safetensors"))
+    scored = load_variant_model(VariantDef(str(tiny_llama), spec.key), resolve_source(str(tiny_llama)),
+                                LoadOptions(dtype="float32")).model
+    names = {id(m): n for n, m in scored.named_modules()}
+    x = torch.randn(2, scored.config.num_key_value_heads, 5, 16, generator=torch.Generator().manual_seed(2)) * 20
+    for layer in attention_layers(scored):
+        name, cache = names[id(layer)], layer.quantcal_kv
+        for key, scale in (("k_scale", cache.key_scale), ("v_scale", cache.value_scale)):
+            written = tensors[f"{name}.{key}"]
+            assert torch.equal(written.flatten(), torch.as_tensor(scale, dtype=torch.float32).flatten())
+            module = torch.nn.Module()
+            module.quantization_status = QuantizationStatus.FROZEN
+            setattr(module, key, torch.nn.Parameter(written, requires_grad=False))
+            ours = round_to(x, kv.params["type"], torch.as_tensor(scale, dtype=torch.float32))
+            assert torch.equal(forward_quantize(module, x, key[0], args), ours)
+    weights = spec.weights.key if spec.family != "kv" else None
+    plain = load_variant_model(VariantDef(str(tiny_llama), weights), resolve_source(str(tiny_llama)),
+                               LoadOptions(dtype="float32")).model
+    a, b = _simulated_and_reloaded(tiny_llama, spec.key, out, "float32")
+    ids = torch.randint(0, 1000, (3, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(plain(ids).logits, b)  # the weights as simulated; the cache unhooked (docstring)
+    assert not torch.equal(a, b)  # the simulation rounds the cache

@@ -106,8 +106,11 @@ def _fold_smoothing(variant_dir: Path, smooth: dict[str, torch.Tensor], state: d
 
 
 def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, Path], dtype: str = "float32",
-                                say: Callable[[str], None] = lambda m: None) -> ExportedModel:
-    """Write the built ``fp8`` / ``w8a8`` variant in ``variant_dir`` to ``out`` (module doc)."""
+                                say: Callable[[str], None] = lambda m: None, kv: Any = None) -> ExportedModel:
+    """Write the built ``fp8`` / ``w8a8`` variant in ``variant_dir`` to ``out`` (module doc); ``kv`` adds a KV-cache
+    scheme (:mod:`quantcal.checkpoints.kv_checkpoint`)."""
+    from quantcal.checkpoints.kv_checkpoint import add_kv
+
     from compressed_tensors.compressors import FloatQuantizationCompressor, IntQuantizationCompressor
     from compressed_tensors.quantization import QuantizationConfig
     from safetensors.torch import load_file
@@ -120,9 +123,6 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     meta = json.loads((variant_dir / "quantcal-variant.json").read_text())
     spec = parse_recipe(meta["recipe"])
     params = dict(spec.params)
-    if spec.kv is not None:
-        raise QuantcalError(f"{spec.key}: the kv part is not exported yet (compressed-tensors' kv_cache_scheme); "
-                            "export the weight recipe alone")
     if spec.family == "fp8" and params["weights"] == "block128":
         raise QuantcalError(f"{spec.key}: FP8 in 128x128 blocks is not exported yet; use weights=channel or tensor")
     scheme, fmt = _schemes(spec.family, params)
@@ -132,7 +132,7 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     state: dict[str, torch.Tensor] = {}
     for f in sorted(variant_dir.glob("*.safetensors")):
         state.update(load_file(str(f)))
-    names = _block_linear_names(variant_dir)
+    names = block_linear_names(variant_dir)
     quantized: dict[str, torch.Tensor] = {}
     on_disk_bytes = weights = 0
     for name in names:
@@ -160,13 +160,14 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     record = {**meta, "export": {"format": f"compressed-tensors {fmt}", "dtype": dtype, "layers": len(names),
                                  "quantized_weights": weights, "quantized_bytes": on_disk_bytes,
                                  "bits_per_weight_on_disk": bits, "smoothquant_folded_norms": folded}}
+    add_kv(kv, tensors, config["quantization_config"], record["export"])
     write_checkpoint(out, variant_dir, tensors, config, record)
     say(f"{meta['recipe']}: {len(names)} layers as compressed-tensors {fmt}, {bits:.3f} bits per weight on disk, "
         f"written to {out}")
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(names), bits, record)
 
 
-def _block_linear_names(variant_dir: Path) -> list[str]:
+def block_linear_names(variant_dir: Path) -> list[str]:
     """The decoder-block linears of the variant (a meta-device model: no weights are read)."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM

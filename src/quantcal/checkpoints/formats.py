@@ -18,6 +18,8 @@ COMPRESSED_TENSORS, BITSANDBYTES = "compressed-tensors", "bitsandbytes"
 PACKABLE = ("rtn", "gptq", "awq")
 #: Weight-and-activation formats written as compressed-tensors float-quantized / int-quantized checkpoints.
 ACTIVATION_FORMATS = ("fp8", "w8a8")
+#: 4-bit microscaling formats written as compressed-tensors nvfp4- / mxfp4-pack-quantized checkpoints.
+MICROSCALING_FORMATS = ("nvfp4", "mxfp4")
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,16 @@ class ExportedModel:
 def deployable_format(spec: RecipeSpec) -> Optional[str]:
     """The quantized checkpoint format ``spec``'s variant exports to (module doc), or ``None``."""
     params = dict(spec.params)
+    if spec.family == "kv":  # the float model with a kv_cache_scheme (checkpoints.kv_checkpoint)
+        return COMPRESSED_TENSORS
     if spec.family in PACKABLE:
         return None if params.get("desc_act") else COMPRESSED_TENSORS
     if spec.family in ACTIVATION_FORMATS:  # float-quantized / int-quantized (checkpoints.activation_checkpoint)
-        return None if spec.kv is not None or params.get("weights") == "block128" else COMPRESSED_TENSORS
+        return None if params.get("weights") == "block128" else COMPRESSED_TENSORS
+    if spec.family in MICROSCALING_FORMATS:  # nvfp4- / mxfp4-pack-quantized (checkpoints.microscaling_checkpoint)
+        return COMPRESSED_TENSORS
+    if spec.kv is not None:  # a kv part is a compressed-tensors kv_cache_scheme: not beside bitsandbytes
+        return None
     if spec.family == "bnb":  # transformers' bitsandbytes loader quantizes 4-bit weights in blocks of 64 only
         return BITSANDBYTES if params["type"] == "int8" or params["blocksize"] == 64 else None
     return None
@@ -55,8 +63,9 @@ def check_exportable(spec: RecipeSpec, out: Path, dtype: str) -> str:
     if fmt is None:
         raise QuantcalError(f"{spec.key}: no quantized checkpoint format for this recipe. Exportable: rtn, gptq "
                             "(desc_act=false) and awq (compressed-tensors pack-quantized), fp8 (weights=channel|tensor) "
-                            "and w8a8 (float-/int-quantized, without a kv part), bnb:nf4|fp4 (blocksize 64) and "
-                            "bnb:int8 (bitsandbytes); not yet nvfp4/mxfp4")
+                            "and w8a8 (float-/int-quantized), nvfp4 and mxfp4 (nvfp4-/mxfp4-pack-quantized), each with a "
+                            "kv: part or kv: alone (kv_cache_scheme), bnb:nf4|fp4 (blocksize 64) and bnb:int8 "
+                            "(bitsandbytes, without a kv part)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise QuantcalError(f"{out}: exists and is not an empty folder; choose a new folder")
     check_dtype(dtype)

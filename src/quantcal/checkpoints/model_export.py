@@ -4,6 +4,11 @@
   (:mod:`quantcal.checkpoints.packed_checkpoint`), which vLLM and transformers run with their own kernels. Such a recipe with
   ``mode=native`` *is* that checkpoint: :func:`native_checkpoint` builds it once into the cache, and a study or
   ``quantcal eval`` scores it through the engine's quantized modules (vLLM's kernels with ``backend`` vllm);
+- weights and activations: ``fp8`` / ``w8a8`` as compressed-tensors ``float-quantized`` / ``int-quantized``
+  (:mod:`quantcal.checkpoints.activation_checkpoint`), ``nvfp4`` / ``mxfp4`` as ``nvfp4-pack-quantized`` /
+  ``mxfp4-pack-quantized`` (:mod:`quantcal.checkpoints.microscaling_checkpoint`);
+- a ``kv:`` part, with any compressed-tensors format above or alone (the float weights): the config's
+  ``kv_cache_scheme`` and each attention layer's scales (:mod:`quantcal.checkpoints.kv_checkpoint`);
 - bitsandbytes (``bnb:nf4|fp4|int8``): transformers' bitsandbytes serialization (:mod:`quantcal.checkpoints.bnb_checkpoint`).
 
 Every other recipe has no quantized checkpoint format here (HQQ, GGUF k-quants, quanto, mixed grids, GPTQ with
@@ -17,9 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from quantcal.errors import QuantcalError
-from quantcal.checkpoints.formats import (ACTIVATION_FORMATS, BITSANDBYTES, COMPRESSED_TENSORS, PACKABLE, ExportedModel,
-                                     check_exportable,
-                                     deployable_format, simulated)
+from quantcal.checkpoints.formats import (ACTIVATION_FORMATS, BITSANDBYTES, COMPRESSED_TENSORS, MICROSCALING_FORMATS,
+                                          PACKABLE, ExportedModel, check_exportable, deployable_format, simulated)
 from quantcal.sources.cache import remove_entry
 from quantcal.sources.manifest import manifest_problem, write_manifest
 from quantcal.sources.models import ModelSource
@@ -59,7 +63,17 @@ def export_variant(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str 
 
     out = Path(out)
     fmt = check_exportable(spec, out, dtype)
-    variant = build_variant(source, simulated(spec) if fmt == COMPRESSED_TENSORS else spec, progress=say)
+    if spec.family == "kv":
+        return _export_kv_alone(source, spec, out, dtype, say)
+    variant = build_variant(source, simulated(spec.weights) if fmt == COMPRESSED_TENSORS else spec.weights, progress=say)
+    kv = None
+    if spec.kv is not None:  # the cache's scales as the scorer fixes them for this variant
+        from quantcal.checkpoints.kv_checkpoint import kv_export
+        from quantcal.recipes.runtime import scheme_of
+
+        say(f"{spec.kv.key}: the KV cache's scales")
+        kv = kv_export(ModelSource(str(variant), "local", str(variant), None, f"variant:{variant.name}"),
+                       dict(spec.kv.params), scheme_of(variant_meta(variant)))
     if fmt == BITSANDBYTES:
         from quantcal.checkpoints.bnb_checkpoint import export_bnb
 
@@ -67,7 +81,55 @@ def export_variant(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str 
     if spec.family in ACTIVATION_FORMATS:
         from quantcal.checkpoints.activation_checkpoint import export_activation_quantized
 
-        return export_activation_quantized(variant, out, dtype, say)
+        return _named(export_activation_quantized(variant, out, dtype, say, kv), spec)
+    if spec.family in MICROSCALING_FORMATS:
+        from quantcal.checkpoints.microscaling_checkpoint import export_microscaling
+
+        return _named(export_microscaling(variant, out, dtype, say, kv), spec)
     from quantcal.checkpoints.packed_checkpoint import export_packed
 
-    return export_packed(variant, out, dtype, say)
+    return _named(export_packed(variant, out, dtype, say, kv), spec)
+
+
+def _named(exported: ExportedModel, spec: RecipeSpec) -> ExportedModel:
+    """The export under the whole recipe's key (weights and kv part), in its record too."""
+    if exported.recipe == spec.key:
+        return exported
+    import dataclasses
+
+    record = {**exported.record, "recipe": spec.key}
+    (exported.out / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
+    return dataclasses.replace(exported, recipe=spec.key, record=record)
+
+
+def _export_kv_alone(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str,
+                     say: Callable[[str], None]) -> ExportedModel:
+    """The model's own float weights with a ``kv_cache_scheme`` (``kv:`` alone)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from quantcal.checkpoints.formats import write_checkpoint
+    from quantcal.checkpoints.kv_checkpoint import add_kv, kv_export
+    from quantcal.sources.models import dequantized_gguf_copy
+
+    folder = dequantized_gguf_copy(source) if source.kind in ("bundled", "gguf") else Path(source.location)
+    if not folder.is_dir() or not list(folder.glob("*.safetensors")):
+        raise QuantcalError(f"{source.spec}: kv alone is exported from a local or bundled model with safetensors "
+                            "weights; download the model first")
+    say(f"{spec.key}: the KV cache's scales")
+    kv = kv_export(source, dict(spec.params))
+    state: dict = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    target = getattr(torch, dtype)
+    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "dense", "config_groups": {},
+                                     "quantization_status": "compressed"}
+    config["dtype"] = dtype
+    record = {"recipe": spec.key, "model": source.spec, "bits_per_weight": None,
+              "export": {"format": "compressed-tensors dense + kv_cache_scheme", "dtype": dtype, "layers": 0}}
+    add_kv(kv, tensors, config["quantization_config"], record["export"])
+    write_checkpoint(out, folder, tensors, config, record)
+    say(f"{spec.key}: float weights with the KV cache's scheme, written to {out}")
+    return ExportedModel(out, spec.key, COMPRESSED_TENSORS, 0, float("nan"), record)

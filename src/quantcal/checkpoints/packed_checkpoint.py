@@ -106,10 +106,13 @@ def _fold_awq(model_dir: Path, grids: dict[str, LayerGrid], state: dict[str, tor
 
 
 def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: str = "float32",
-                  say: Callable[[str], None] = lambda m: None) -> ExportedModel:
+                  say: Callable[[str], None] = lambda m: None, kv: Any = None) -> ExportedModel:
     """Write the built variant in ``variant_dir`` to ``out`` as a pack-quantized checkpoint (module doc).
-    ``dtype`` is the dtype of the tensors that stay in float (embeddings, norms, output head)."""
+    ``dtype`` is the dtype of the tensors that stay in float (embeddings, norms, output head); ``kv`` adds a KV-cache
+    scheme (:mod:`quantcal.checkpoints.kv_checkpoint`)."""
     from safetensors.torch import load_file
+
+    from quantcal.checkpoints.kv_checkpoint import add_kv
 
     pack_to_int32 = _require_compressed_tensors()
     variant_dir, out = Path(variant_dir), Path(out)
@@ -164,6 +167,7 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
         "quantized_weights": quantized_weights, "quantized_bytes": quantized_bytes, "bits_per_weight_on_disk": on_disk,
         "scale_dtype": "float16", "awq_folded": awq_folded,
     }}
+    add_kv(kv, tensors, config["quantization_config"], record["export"])
     write_checkpoint(out, variant_dir, tensors, config, record)
     say(f"{meta['recipe']}: {len(grids)} layers packed, {on_disk:.3f} bits per weight on disk, written to {out}")
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(grids), on_disk, record)

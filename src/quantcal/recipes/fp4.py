@@ -59,10 +59,12 @@ def apply_nvfp4(model: nn.Module, params: dict[str, Any], tokenizer: Any = None,
         scheme = ActivationScheme("nvfp4", "group", input_amax(model, ids))
         stats["calibration"] = calibration.record(params, ids)
     sizes = []
-    for _, linear in block_linears(model):
+    weight_amax = {}  # each weight's global scale is 448 * 6 / amax: kept for the export (checkpoints.microscaling)
+    for name, linear in block_linears(model):
+        weight_amax[name] = float(linear.weight.data.float().abs().amax())
         linear.weight.data = fake_nvfp4(linear.weight.data)
         sizes.append((linear.weight.numel(), 4 + 8 / 16))
-    return {"bits_per_weight": mean_bits(sizes), **stats, **activation_block(scheme)}
+    return {"bits_per_weight": mean_bits(sizes), **stats, **activation_block(scheme), "weight_amax": weight_amax}
 
 
 def apply_mxfp4(model: nn.Module, params: dict[str, Any], **_: Any) -> dict[str, Any]:

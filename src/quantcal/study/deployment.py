@@ -100,7 +100,7 @@ def checkpoint_form(defn: VariantDef, form: str) -> Optional[str]:
     if form == "quantized" and fmt is None:
         what = "an adapter's variant" if defn.adapter is not None else (recipe.key if recipe else "the reference")
         raise QuantcalError(f"{what} has no quantized checkpoint format (exportable: rtn, gptq with desc_act=false, "
-                            "awq, bnb); use `form` float")
+                            "awq, fp8, w8a8, nvfp4, mxfp4, kv, bnb); use `form` float")
     return None if form == "float" else fmt
 
 
