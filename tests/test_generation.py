@@ -234,3 +234,44 @@ def test_a_variant_is_compared_with_the_reference_on_the_same_answers(tiny_llama
     assert result.exit_code == 0 and "answers changed" in result.output and "seq_prob" in result.output, result.output
     missing = CliRunner().invoke(app, ["compare", str(store), "--task", "triviaqa"])
     assert missing.exit_code == 2 and "--ref" in missing.output
+
+
+def test_a_study_answers_free_text_tasks_and_reports_their_confidences(tiny_llama: Path, tmp_path: Path,
+                                                                       env_cache: Path) -> None:
+    """Issue 36: a study's `generation` tasks are answered by the reference and every variant (stored, resumed);
+    the report gains a "Generated answers" page (linked from report.html) with each measure's calibration, the
+    paired differences and the answers that changed; answers.parquet holds every scored answer. A study of free-text
+    tasks only has that page as its report."""
+    import pandas as pd
+
+    import quantcal
+
+    data = _gsm8k_file(tmp_path / "g.jsonl", 12)
+    study = {"name": "gen", "reference": str(tiny_llama),
+             "variants": [{"name": "rtn2", "recipe": "rtn:bits=2,group_size=16"}],
+             "tasks": [{"name": "arithmetic", "limit": 6}],
+             "generation": [{"name": "gsm8k", "data_file": str(data), "limit": 8, "num_fewshot": 1,
+                             "max_gen_toks": 8, "p_true": True}],
+             "bootstrap": {"resamples": 50}}
+    result = quantcal.run_study(study, output=tmp_path / "out", progress=None)
+    assert not result.failures
+    assert (tmp_path / "out" / "generation.html").is_file() and 'href="generation.html"' in result.page.read_text()
+    block = result.report.results["generation"]["tasks"]["gsm8k[1-shot]"]
+    assert set(block["variants"]) == {"reference", "rtn2"} and set(block["paired"]) == {"rtn2"}
+    assert "conf_p_true" in block["variants"]["rtn2"]["metrics"]
+    paired = block["paired"]["rtn2"]
+    assert paired["n"] == 8 and set(paired["differences"]["conf_seq_prob"]) >= {"acc", "ece", "auroc"}
+    answers = pd.read_parquet(tmp_path / "out" / "answers.parquet")
+    assert len(answers) == 16 and {"variant", "task", "generation", "filtered", "correct", "conf_p_true"} <= set(answers.columns)
+    page = (tmp_path / "out" / "generation.html").read_text()
+    assert "gsm8k[1-shot]" in page and "rtn2 vs reference" in page
+    again = quantcal.run_study(study, output=tmp_path / "out", progress=None)
+    generated = [j for j in again.jobs if j.task == "gsm8k[1-shot]"]
+    assert len(generated) == 2 and all(j.ok and j.n_scored_now == 0 for j in generated)  # resumed
+    alone = quantcal.run_study({**study, "tasks": []}, output=tmp_path / "alone", progress=None)
+    assert alone.page.name == "report.html" and "generated answers" in alone.page.read_text()
+    with pytest.raises(QuantcalError, match="at least one task"):
+        quantcal.run_study({**study, "tasks": [], "generation": []}, output=tmp_path / "none", progress=None)
+    with pytest.raises(QuantcalError, match="generation task gsm8k"):
+        quantcal.run_study({**study, "generation": [{"name": "gsm8k", "data_file": str(tmp_path / "missing.jsonl")}]},
+                           output=tmp_path / "bad", progress=None)

@@ -47,7 +47,7 @@ from quantcal.recipes.build import build_variant, variant_meta
 from quantcal.report.collect import ReportSettings
 from quantcal.report.write import WrittenReport, write_report
 from quantcal.study.sensitivity import SensitivityResult, load_sensitivity, merge_sensitivity, run_sensitivity
-from quantcal.store.database import open_store
+from quantcal.store.database import Store, open_store
 from quantcal.study.runner import (JobOutcome, PlannedJob, check_plan, plan, planned_items, run_study as run_jobs,
                                    study_items, train_adapters)
 from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study
@@ -695,22 +695,50 @@ def run_study(
 
             outcomes = run_study_ray(spec, db, ray or RaySettings(), bars, say)
         else:
-            outcomes = run_jobs(spec, db, bars, say, phase)
+            outcomes = run_jobs(spec, db, bars, say, phase) if spec.tasks else []
+        answered: list[Any] = []
+        if spec.generation:  # free-text tasks: answered by every model after the multiple-choice jobs
+            from quantcal.study.generation_study import run_generation_tasks
+
+            generated, answered = run_generation_tasks(spec, db, bars, say, phase)
+            outcomes += generated
         outcomes = [o for o in trained if not o.ok] + outcomes
         failures = [o.to_json() for o in outcomes if not o.ok]
         if len(failures) == len(outcomes):
             raise QuantcalError(f"every job failed; first: {failures[0]['error']}")
-        settings = report_settings(spec)
-        settings.items = planned_items(outcomes)  # the report covers this plan's items, not all the store holds
-        write_text_atomic(out_dir / PLANNED_ITEMS, json.dumps(settings.items))
         with (phase or (lambda label: nullcontext()))("writing the report"):
-            written = write_report(db, out_dir, settings, spec.name, failures, say)
+            written = _write_study_report(db, out_dir, spec, outcomes, answered, failures, say)
     checkpoints, not_exported = [], {}
     if spec.export is not None:
         with (phase or (lambda label: nullcontext()))("exporting checkpoints"):
             checkpoints, not_exported = export_study(out_dir, spec, say)
     outcomes += [JobOutcome(name, "export", False, error=why) for name, why in not_exported.items()]
     return StudyResult(spec.name, out_dir, store_path, outcomes, written, checkpoints)
+
+
+def _write_study_report(db: Store, out_dir: Path, spec: StudySpec, outcomes: list[JobOutcome], answered: list[Any],
+                        failures: list[dict[str, Any]], say: Say) -> WrittenReport:
+    """The study's report: the multiple-choice report (report.html) when it has such tasks, and the "Generated
+    answers" page (generation.html, or report.html when it is the study's only page) when it has free-text ones."""
+    written = None
+    mc_outcomes = [o for o in outcomes if o.task in {j.label for j in plan(spec)}]
+    if spec.tasks:
+        settings = report_settings(spec)
+        settings.items = planned_items(mc_outcomes)  # the report covers this plan's items, not all the store holds
+        write_text_atomic(out_dir / PLANNED_ITEMS, json.dumps(settings.items))
+        links = [("Generated answers", "generation.html")] if answered else []
+        written = write_report(db, out_dir, settings, spec.name, failures, say, links=links)
+    if not answered:
+        assert written is not None
+        return written
+    from quantcal.report.generation_page import write_generation_page
+    from quantcal.study.generation_study import generation_results
+
+    results, rows = generation_results(db, answered, spec)
+    files = write_generation_page(out_dir, results, rows, spec.name, "generation.html" if spec.tasks else "report.html")
+    if written is None:
+        return WrittenReport(files[0], {"tasks": {}, "generation": results}, files)
+    return WrittenReport(written.page, {**written.results, "generation": results}, written.files + files)
 
 
 def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output: Union[str, Path, None] = None,

@@ -41,13 +41,15 @@ def run_command(
         if as_json and not dry_run:
             raise QuantcalError("`json` goes with `dry_run` (the plan as JSON)")
         plan = api.plan_study(study, output=output, limit=limit, data_dir=data_dir, device=device, dtype=dtype)
-        rows = [_plan_row(i, j) for i, j in enumerate(plan.jobs, 1)]
+        from quantcal.study.generation_study import plan_generation
+
+        rows = [_plan_row(i, j) for i, j in enumerate([*plan.jobs, *plan_generation(plan.spec)], 1)]
         if as_json:
             import json
 
             typer.echo(json.dumps({"study": plan.spec.name, "output": str(plan.output), "jobs": rows}, indent=2))
             return
-        table = Table(title=f"plan · {plan.spec.name} · {len(plan.jobs)} jobs")
+        table = Table(title=f"plan · {plan.spec.name} · {len(rows)} jobs")
         widths = _plan_widths(rows, (out if dry_run else console).width)
         for column, key in PLAN_COLUMNS:  # one line per job: long values cut (whole in --dry-run --json), never wrapped
             table.add_column(column, no_wrap=True, overflow="ellipsis")
@@ -95,8 +97,9 @@ def _cut(text: str, width: int) -> str:
 def _plan_row(number: int, job: Any) -> dict[str, Any]:
     d = job.definition
     how = " + ".join(x for x in (f"adapter ({d.deploy_form})" if d.adapter else "", d.recipe or "") if x)
+    free_text = " (free text)" if getattr(job.task, "max_gen_toks", False) is not False else ""
     return {"job": number, "variant": job.variant, "model": d.model or "adapter's base", "how": how or "—",
-            "task": job.label, "items": job.task.limit or "all"}
+            "task": job.label + free_text, "items": job.task.limit or "all"}
 
 
 def _print_summary(results: dict[str, Any]) -> None:

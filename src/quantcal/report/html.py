@@ -45,7 +45,7 @@ code { background: #f4f4f4; padding: 0 .2rem; }
 </style></head>
 <body>
 <h1>{{ title }}</h1>
-<nav id="toc" class="muted">Contents: <a href="#findings">Findings</a>{% if overview %} · <a href="#overview">Overview</a>{% endif %} · <a href="#summary">Study</a>{% for task in tasks %} · <a href="#task-{{ loop.index }}">{{ task.name }}</a>{% endfor %}{% if results.sensitivity %} · <a href="#where-it-breaks">Where it breaks</a>{% endif %} · <a href="#glossary">Glossary</a></nav>
+<nav id="toc" class="muted">Contents: <a href="#findings">Findings</a>{% if overview %} · <a href="#overview">Overview</a>{% endif %} · <a href="#summary">Study</a>{% for task in tasks %} · <a href="#task-{{ loop.index }}">{{ task.name }}</a>{% endfor %}{% if results.sensitivity %} · <a href="#where-it-breaks">Where it breaks</a>{% endif %} · <a href="#glossary">Glossary</a>{% for label, href in links %} · <a href="{{ href }}">{{ label }}</a>{% endfor %}</nav>
 <section id="findings" class="findings"><h2>Findings</h2>
 {% if overview %}<h3 id="overview">Overview: each variant against the reference, per task ({{ level }}% intervals)</h3>
 <div class="scroll"><table class="grid"><tr><th>variant</th>{% for t in overview.tasks %}<th>{{ t }}</th>{% endfor %}</tr>
@@ -221,7 +221,7 @@ def render(results: dict[str, Any], figures: dict[str, list[Figure]], meta: dict
         title=meta.get("title", "quantcal study"), results={**results, "runs": runs}, settings=settings, metrics=metrics,
         level=int(round(settings["level"] * 100)), n_variants=max(0, len({r["variant"] for r in runs}) - 1),
         tasks=tasks, overview=overview, failures=meta.get("failures", []), environment=meta.get("environment", {}), written=meta.get("written", ""),
-        items_json=embed(items), explorer_script=EXPLORER_SCRIPT,
+        items_json=embed(items), explorer_script=EXPLORER_SCRIPT, links=meta.get("links", []),
         sensitivity_figures=[[{"title": f.title, "data": base64.b64encode(f.png.read_bytes()).decode()}]
                              for f in meta.get("sensitivity_figures", [])])
 

@@ -50,15 +50,18 @@ class WrittenReport:
 
 
 def write_report(store: Store, out_dir: Path, settings: ReportSettings, title: str = "quantcal study",
-                 failures: Sequence[dict[str, Any]] = (), say: Callable[[str], None] | None = None) -> WrittenReport:
+                 failures: Sequence[dict[str, Any]] = (), say: Callable[[str], None] | None = None,
+                 links: Sequence[tuple[str, str]] = ()) -> WrittenReport:
     """Compute every number from ``store`` and write the report's files into ``out_dir`` (each file whole or not at
-    all: a full disk or a read-only folder ends in one user error, and the store is untouched)."""
+    all: a full disk or a read-only folder ends in one user error, and the store is untouched). ``links``: (label,
+    page) of the study's other pages, listed in the contents."""
     with writing(out_dir, "write the report to"):
-        return _write_report(store, Path(out_dir), settings, title, failures, say)
+        return _write_report(store, Path(out_dir), settings, title, failures, say, links)
 
 
 def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: str,
-                  failures: Sequence[dict[str, Any]], say: Callable[[str], None] | None) -> WrittenReport:
+                  failures: Sequence[dict[str, Any]], say: Callable[[str], None] | None,
+                  links: Sequence[tuple[str, str]] = ()) -> WrittenReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = collect(store, settings, say)
     environment = package_versions(("quantcal", "torch", "transformers", "numpy", "scipy", "relplot"))
@@ -88,7 +91,8 @@ def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: 
     items = explorer_data(store, {task: list(next(iter(by_norm.values()))["variants"]) for task, by_norm in results["tasks"].items()},
                           settings.reference, settings.normalizations[0], items=settings.items)
     page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment,
-                                     "written": written, "items": items, "sensitivity_figures": sensitivity_figures})
+                                     "written": written, "items": items, "sensitivity_figures": sensitivity_figures,
+                                     "links": list(links)})
     target = out_dir / "report.html"
     write_text_atomic(target, page)
     files = [target] + [out_dir / n for n in ("results.json", "tables.md", "tables.tex", "items.parquet")]

@@ -133,18 +133,31 @@ def check_plan(spec: StudySpec) -> None:
             check_resamples(spec.bootstrap.resamples, n_items)
         except QuantcalError as exc:
             raise QuantcalError(f"task {t.name}: {exc}") from None
+    for g in spec.generation:  # free-text tasks: their items (and few-shot pools) load now, or the study stops
+        from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
+
+        for what, path in (("data file", g.data_file), ("few-shot file", g.fewshot_file)):
+            if path and not Path(path).is_file():
+                raise QuantcalError(f"generation task {g.name}: {what} {path} not found")
+        try:
+            n_items = len(load_generation_items(GENERATION_TASKS[g.name], g.data_file, g.limit, g.num_fewshot,
+                                                g.fewshot_file, g.fewshot_seed, g.skip))
+            check_resamples(spec.bootstrap.resamples, n_items)
+        except QuantcalError as exc:
+            raise QuantcalError(f"generation task {g.name}: {exc}") from None
     models = {spec.reference}
-    first_jobs = {j.variant: j for j in reversed(plan(spec))}
     for v in spec.variants:
         try:
-            job = first_jobs[v.builds()[0][0]]
-            job.definition.check(adapter_exists=v.finetune is None)  # a finetune block's adapter comes later
+            definition = spec.definition(v, v.builds()[0][1])  # the first build's
+            definition.check(adapter_exists=v.finetune is None)  # a finetune block's adapter comes later
             if v.finetune is not None:
                 _check_training_source(v.finetune.data, v.finetune.data_file)
-            models.add(job.definition.model or job.definition.base_spec())
+            models.add(definition.model or definition.base_spec())
         except QuantcalError as exc:
             raise QuantcalError(f"variant {v.name}: {exc}") from None
-    _check_forbidden(spec, [first_jobs[v.builds()[0][0]] for v in spec.variants])
+    first_jobs = {j.variant: j for j in reversed(plan(spec))}
+    if spec.tasks:
+        _check_forbidden(spec, [first_jobs[v.builds()[0][0]] for v in spec.variants])
     for path in spec.sensitivity:  # shown in the report: missing now would fail after all the scoring
         try:
             read_sensitivity(path)

@@ -132,6 +132,25 @@ class TaskSpec(_Strict):
     trust_task_code: bool = Field(False, description="run the Python hooks (!function) of this task's include folder")
 
 
+class GenerationTaskSpec(_Strict):
+    """A task answered in free text (:mod:`quantcal.tasks.generation_tasks`): every variant and the reference answer
+    its items greedily; the report's "Generated answers" page compares the confidences of their answers."""
+
+    name: Literal["gsm8k", "triviaqa"]
+    data_file: Optional[str] = Field(None, description="local copy in hub schema (.jsonl)")
+    limit: Optional[int] = Field(None, gt=0, description="first N items only (after `skip`)")
+    skip: int = Field(0, ge=0)
+    num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples (default: the task's, lm-eval's)")
+    fewshot_file: Optional[str] = Field(None, description="local file to draw the few-shot examples from")
+    fewshot_seed: int = Field(DEFAULT_FEWSHOT_SEED)
+    max_gen_toks: Optional[int] = Field(None, gt=0, description="generation cap (default: the task's, 256)")
+    batch_size: int = Field(8, gt=0, description="sequences generated together")
+    p_true: bool = Field(False, description="also ask the model whether each answer is right (conf_p_true)")
+    samples: int = Field(0, ge=0, description="answers sampled per item for conf_consistency (0: off)")
+    temperature: float = Field(1.0, gt=0, description="temperature of the sampled answers")
+    sample_seed: int = 0
+
+
 class LmEvalGroup(_Strict):
     """An lm-eval group a study's tasks came from (``tasks: [lm-eval:mmlu]`` expands to its members, each a task of
     the study); the report adds the group's line, aggregated as lm-eval does. Written by quantcal when it reads the
@@ -170,7 +189,9 @@ class StudySpec(_Strict):
     name: str = "study"
     reference: str = Field(description="bundled name, .gguf file, checkpoint directory or hub id")
     variants: list[VariantSpec] = Field(min_length=1)
-    tasks: list[TaskSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(default_factory=list, description="multiple-choice tasks")
+    generation: list[GenerationTaskSpec] = Field(default_factory=list, description="tasks answered in free text "
+                                                 "(gsm8k, triviaqa): the report's 'Generated answers' page")
     normalization: Union[str, list[str]] = Field("none", description="length normalization(s): none, tokens, chars, bytes")
     metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
@@ -247,6 +268,16 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _some_task(self) -> "StudySpec":
+        if not self.tasks and not self.generation:
+            raise ValueError("a study needs at least one task: `tasks` (multiple choice) or `generation` (free text)")
+        names = [t.name for t in self.generation]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"each generation task once: {twice}")
+        return self
+
+    @model_validator(mode="after")
     def _unique(self) -> "StudySpec":
         names = [v.name for v in self.variants]
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -296,7 +327,7 @@ class StudySpec(_Strict):
 
     def cap_items(self, limit: int) -> None:
         """Cap every task at its first ``limit`` items (a task's own smaller limit stays)."""
-        for t in self.tasks:
+        for t in [*self.tasks, *self.generation]:
             t.limit = min(t.limit, limit) if t.limit else limit
 
     def definition(self, variant: VariantSpec, recipe: Optional[str] = None) -> VariantDef:
@@ -385,6 +416,9 @@ def parse_study(data: Any, base: Path, origin: str = "study", data_dir: Optional
         t.data_file = _data_path(t.data_file, base, folder, f"{origin}: task {t.name}")
         t.fewshot_file = _data_path(t.fewshot_file, base, folder, f"{origin}: task {t.name}")
         t.include = _resolve(t.include, base)
+    for g in spec.generation:
+        g.data_file = _data_path(g.data_file, base, folder, f"{origin}: generation task {g.name}")
+        g.fewshot_file = _data_path(g.fewshot_file, base, folder, f"{origin}: generation task {g.name}")
     spec.tasks, groups = _expand_lm_eval_groups(spec.tasks, origin)
     spec.lm_eval_groups = spec.lm_eval_groups or [LmEvalGroup(**g) for g in groups]
     names = {t.name for t in spec.tasks}

@@ -1,0 +1,137 @@
+"""The report's "Generated answers" page: a study's free-text tasks (:mod:`quantcal.study.generation_study`).
+
+Per task: each model's exact-match accuracy and, per confidence measure, its calibration (ECE, Brier, AUROC,
+overconfidence) with bootstrap intervals; each variant against the reference on the same items (paired
+differences with intervals, changed answers, right -> wrong and wrong -> right flips); which measure is best
+calibrated for each model and which measures a variant damages (the interval of ΔECE above 0); and the answers that
+changed. Written as ``generation.html``, ``generation.json`` (every number) and ``answers.parquet`` (every scored
+answer: generation, filtered answer, correctness, ``conf_*``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from jinja2 import Environment
+
+from quantcal.faults import write_text_atomic
+from quantcal.report.write import _finite
+
+#: The columns of a confidence measure's row, in order: (metric, label, scale, digits).
+COLUMNS = (("ece", "ECE", 1, 3), ("brier", "Brier", 1, 3), ("auroc", "AUROC", 1, 3),
+           ("overconfidence_rate", "overconf.", 100, 1), ("mean_confidence", "mean conf.", 1, 3))
+MEASURES = {"conf_seq_prob": "sequence probability", "conf_mean_prob": "mean token probability",
+            "conf_answer_prob": "answer-span probability", "conf_p_true": "P(True)",
+            "conf_consistency": "sample consistency"}
+
+TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>{{ title }}: generated answers</title>
+<style>
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 1rem auto; padding: 0 1rem; color: #222; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .9rem; }
+th, td { border: 1px solid #ddd; padding: .2rem .5rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.worse { color: #a33; font-weight: 600; } .better { color: #1a5fb4; font-weight: 600; }
+.muted { color: #666; font-size: .9rem; } .scroll { overflow-x: auto; }
+td.text { text-align: left; max-width: 28rem; white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: .8rem; }
+</style></head><body>
+<h1>{{ title }}: generated answers</h1>
+<p class="muted">Greedy answers to free-text tasks, scored as lm-eval scores them (its filters and exact match).
+Confidence measures: {% for k, v in measures.items() %}<code>{{ k }}</code> ({{ v }}){% if not loop.last %}, {% endif %}{% endfor %}.
+Intervals: {{ level }}% bootstrap over items; a paired difference is variant − reference on the same items,
+<span class="worse">worse</span> or <span class="better">better</span> when its interval excludes 0.
+ECE here is binary: the confidence that the answer is right against whether it is (15 equal-width bins).</p>
+{% for t in tasks %}
+<h2 id="task-{{ loop.index }}">{{ t.label }} <span class="muted">(filter {{ t.filter }}, {{ t.n }} items)</span></h2>
+<ul>{% for line in t.findings %}<li>{{ line }}</li>{% endfor %}</ul>
+<div class="scroll"><table><tr><th>model</th><th>measure</th><th>accuracy</th>{% for c in columns %}<th>{{ c[1] }}</th>{% endfor %}</tr>
+{% for row in t.rows %}<tr><td>{{ row.model }}</td><td>{{ row.measure }}</td><td>{{ row.acc }}</td>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
+</table></div>
+{% if t.paired %}<h3>Each variant against the reference</h3>
+<div class="scroll"><table><tr><th>variant</th><th>measure</th><th>Δaccuracy (pts)</th>{% for c in columns[:4] %}<th>Δ{{ c[1] }}</th>{% endfor %}<th>changed answers</th><th>right→wrong</th><th>wrong→right</th></tr>
+{% for row in t.paired %}<tr><td>{{ row.variant }}</td><td>{{ row.measure }}</td>{% for cell in row.cells %}<td{% if cell[1] %} class="{{ cell[1] }}"{% endif %}>{{ cell[0] }}</td>{% endfor %}<td>{{ row.changed }}</td><td>{{ row.r2w }}</td><td>{{ row.w2r }}</td></tr>{% endfor %}
+</table></div>{% endif %}
+{% if t.changes %}<h3>Answers that changed (first {{ t.changes|length }})</h3>
+<div class="scroll"><table><tr><th>item</th><th>variant</th><th>reference answer</th><th>variant answer</th><th>reference generation</th><th>variant generation</th></tr>
+{% for c in t.changes %}<tr><td>{{ c.item }}</td><td>{{ c.variant }}</td><td>{{ c.ref }} {{ "✓" if c.ref_ok else "✗" }}</td><td>{{ c.var }} {{ "✓" if c.var_ok else "✗" }}</td><td class="text">{{ c.ref_text }}</td><td class="text">{{ c.var_text }}</td></tr>{% endfor %}
+</table></div>{% endif %}
+{% endfor %}
+<p class="muted">Every number: generation.json; every answer: answers.parquet.</p>
+</body></html>"""
+
+
+def _interval(i: dict[str, Any] | None, scale: float, digits: int, signed: bool = False) -> str:
+    if not i or i.get("estimate") is None or not math.isfinite(i["estimate"]):
+        return "—"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    return f"{f.format(scale * i['estimate'])} [{f.format(scale * i['low'])}, {f.format(scale * i['high'])}]"
+
+
+def _verdict(i: dict[str, Any], higher_is_better: bool) -> str:
+    if not i or i.get("low") is None or (i["low"] <= 0 <= i["high"]):
+        return ""
+    up = i["low"] > 0
+    return "better" if up == higher_is_better else "worse"
+
+
+HIGHER_IS_BETTER = {"acc": True, "ece": False, "brier": False, "auroc": True, "overconfidence_rate": False}
+
+
+def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: int = 20) -> list[dict[str, Any]]:
+    """What the page shows per task (module doc), from :func:`quantcal.study.generation_study.generation_results`."""
+    reference = results["reference"]
+    out = []
+    for label, block in results["tasks"].items():
+        table, findings = [], []
+        for model, v in block["variants"].items():
+            best = min(v["metrics"], key=lambda c: v["metrics"][c]["ece"]["estimate"])
+            findings.append(f"{model}: accuracy {100 * v['acc']:.1f}%; best calibrated measure {best} "
+                            f"(ECE {v['metrics'][best]['ece']['estimate']:.3f})")
+            for conf, metrics in v["metrics"].items():
+                table.append({"model": model, "measure": conf, "acc": _interval(metrics["acc"], 100, 1),
+                              "cells": [_interval(metrics.get(m), s, d) for m, _, s, d in COLUMNS]})
+        paired = []
+        for variant, found in block["paired"].items():
+            damaged = [c for c, d in found["differences"].items() if _verdict(d["ece"], False) == "worse"]
+            findings.append(f"{variant} vs {reference}: {found['changed_answers']} of {found['n']} answers changed "
+                            f"({found['right_to_wrong']} right → wrong, {found['wrong_to_right']} wrong → right); "
+                            + (f"ECE worse beyond noise for {', '.join(damaged)}" if damaged
+                               else "no confidence measure's ECE changed beyond noise"))
+            for conf, diff in found["differences"].items():
+                cells = [(_interval(diff["acc"], 100, 1, True), _verdict(diff["acc"], True))]
+                cells += [(_interval(diff.get(m), s, d, True), _verdict(diff.get(m), HIGHER_IS_BETTER[m]))
+                          for m, _, s, d in COLUMNS[:4]]
+                paired.append({"variant": variant, "measure": conf, "cells": cells, "changed": found["changed_answers"],
+                               "r2w": found["right_to_wrong"], "w2r": found["wrong_to_right"]})
+        by_item = {(r["variant"], r["item_id"]): r for r in rows if r["task"] == label}
+        changed = []
+        for (model, item), r in by_item.items():
+            ref = by_item.get((reference, item))
+            if model != reference and ref is not None and r["filtered"] != ref["filtered"] and len(changed) < changes:
+                changed.append({"item": item, "variant": model, "ref": ref["filtered"], "ref_ok": ref["correct"],
+                                "var": r["filtered"], "var_ok": r["correct"], "ref_text": ref["generation"][:400],
+                                "var_text": r["generation"][:400]})
+        n = next(iter(block["variants"].values()))["n"] if block["variants"] else 0
+        out.append({"label": label, "filter": block.get("filter", ""), "n": n, "rows": table, "paired": paired,
+                    "findings": findings, "changes": changed})
+    return out
+
+
+def write_generation_page(out_dir: Path, results: dict[str, Any], rows: Sequence[dict[str, Any]],
+                          title: str, name: str = "generation.html") -> list[Path]:
+    """Write the page, its JSON and the answers' table into ``out_dir``; returns the files."""
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = Environment(autoescape=True).from_string(TEMPLATE).render(
+        title=title, tasks=page_data(results, rows), columns=COLUMNS, measures=MEASURES,
+        level=int(round(results["level"] * 100)))
+    page, data, table = out_dir / name, out_dir / "generation.json", out_dir / "answers.parquet"
+    write_text_atomic(page, html)
+    write_text_atomic(data, json.dumps(_finite(results), indent=2))
+    frame = pd.DataFrame(list(rows))
+    scratch = table.with_suffix(".parquet.tmp")
+    frame.to_parquet(scratch, index=False)
+    scratch.replace(table)
+    return [page, data, table]

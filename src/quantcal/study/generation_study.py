@@ -1,0 +1,129 @@
+"""A study's free-text tasks (its ``generation`` list): the reference and every variant answer each task's items
+greedily (:func:`quantcal.study.generation_jobs.run_generation_job`: stored as they finish, resumed), with P(True)
+and sampled answers when the task asks; then every answer is scored (lm-eval's filters and exact match), each
+confidence measure's calibration gets its bootstrap interval, and each variant is paired with the reference on the
+same items (differences with intervals, changed answers, right -> wrong flips). The numbers go to the report's
+"Generated answers" page (:mod:`quantcal.report.generation_page`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from quantcal.store.database import Store
+from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, compare_answers, generation_config,
+                                            measure_extras, run_generation_job, scored_answers)
+from quantcal.study.runner import JobOutcome, load_options
+from quantcal.study.spec import REFERENCE_NAME, GenerationTaskSpec, StudySpec
+from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
+from quantcal.variants.definition import Phase, VariantDef, prepare
+
+
+@dataclass(frozen=True)
+class AnsweredRun:
+    """One (variant, free-text task) job's stored run and what scores it."""
+
+    variant: str
+    label: str  # the task's name in the store (with its shot count)
+    task: str
+    run_id: int
+    item_ids: tuple[str, ...]
+    extras: ExtraMeasures
+
+
+@dataclass(frozen=True)
+class PlannedGeneration:
+    """One (model, free-text task) job of a study's plan."""
+
+    variant: str
+    definition: VariantDef
+    task: GenerationTaskSpec
+
+    @property
+    def label(self) -> str:
+        return task_label(self.task)
+
+
+def plan_generation(spec: StudySpec) -> list[PlannedGeneration]:
+    """The study's free-text jobs: the reference's, then each variant build's, each over every free-text task."""
+    models = [(REFERENCE_NAME, VariantDef(spec.reference))]
+    models += [(name, spec.definition(v, recipe)) for v in spec.variants for name, recipe in v.builds()]
+    return [PlannedGeneration(name, definition, g) for name, definition in models for g in spec.generation]
+
+
+def task_label(g: GenerationTaskSpec) -> str:
+    """A free-text task's name in the store: ``gsm8k[5-shot]`` (as :func:`quantcal.api.evaluate_generation`)."""
+    task = GENERATION_TASKS[g.name]
+    shots = task.default_fewshot if g.num_fewshot is None else g.num_fewshot
+    return f"{g.name}[{shots}-shot]" if shots else g.name
+
+
+def run_generation_tasks(spec: StudySpec, store: Store, progress: Callable[[str, int], Any] | None = None,
+                         say: Callable[[str], None] = lambda m: None,
+                         phase: Phase | None = None) -> tuple[list[JobOutcome], list[AnsweredRun]]:
+    """Every (model, free-text task) job of the study, reference first; a failed job is recorded and the others go
+    on (as :func:`quantcal.study.runner.run_study`)."""
+    from quantcal.study.runner import failure_reason
+
+    items = {g.name: load_generation_items(GENERATION_TASKS[g.name], g.data_file, g.limit, g.num_fewshot,
+                                           g.fewshot_file, g.fewshot_seed, g.skip) for g in spec.generation}
+    outcomes: list[JobOutcome] = []
+    runs: list[AnsweredRun] = []
+    jobs = plan_generation(spec)
+    for name in dict.fromkeys(j.variant for j in jobs):  # one model loaded at a time
+        prepared = None
+        for job in (j for j in jobs if j.variant == name):
+            g, label, task = job.task, job.label, GENERATION_TASKS[job.task.name]
+            say(f"{name} · {label} (free text)")
+            start = time.perf_counter()
+            try:
+                prepared = prepared or prepare(job.definition, load_options(spec), say, phase=phase)
+                cap = g.max_gen_toks or task.max_gen_toks
+                config = generation_config(prepared.source, task, items[g.name], prepared.config, cap, spec.dtype, None)
+                result = run_generation_job(store, name, label, config, items[g.name], prepared.holder, task.until, cap,
+                                            g.batch_size, None, progress, say)
+                extras = ExtraMeasures(g.p_true, g.samples, g.temperature, g.sample_seed)
+                measure_extras(store, result.run_id, task, items[g.name], prepared.holder, extras, cap, g.batch_size, say)
+                runs.append(AnsweredRun(name, label, g.name, result.run_id, tuple(result.item_ids), extras))
+                outcomes.append(JobOutcome(name, label, True, len(result.item_ids), result.n_generated_now, 0,
+                                           time.perf_counter() - start, item_ids=list(result.item_ids)))
+                say(f"  {name} · {label}: {result.n_generated_now} answers generated in {result.seconds:.1f} s")
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed job must not stop the study; the reason is kept
+                outcomes.append(JobOutcome.failed(name, label, exc, time.perf_counter() - start))
+                say(f"  failed: {failure_reason(exc)}")
+        if prepared is not None:
+            prepared.holder.release()
+    return outcomes, runs
+
+
+def generation_results(store: Store, runs: list[AnsweredRun], spec: StudySpec) -> tuple[dict[str, Any], list[dict]]:
+    """Per task label: each model's accuracy and every confidence measure's metrics with intervals, and each
+    variant's paired differences from the reference; and every scored answer (a row per model and item)."""
+    b = spec.bootstrap
+    tasks: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for label in dict.fromkeys(r.label for r in runs):
+        block: dict[str, Any] = {"variants": {}, "paired": {}}
+        answers = {}
+        for run in (r for r in runs if r.label == label):
+            task = GENERATION_TASKS[run.task]
+            scored = scored_answers(store, run.run_id, task, run.item_ids, extras=run.extras)
+            answers[run.variant] = scored
+            metrics = answer_metrics(scored, b.resamples, b.seed, b.level)
+            block["task"], block["filter"] = run.task, scored[0]["filter"]
+            block["variants"][run.variant] = {
+                "n": len(scored), "acc": sum(a["correct"] for a in scored) / len(scored),
+                "metrics": {c: {m: asdict(i) for m, i in by.items()} for c, by in metrics.items()}}
+            rows += [{"variant": run.variant, "task": label, **a} for a in scored]
+        reference = answers.get(REFERENCE_NAME)
+        for name, scored in answers.items():
+            if name == REFERENCE_NAME or reference is None:
+                continue
+            found = compare_answers(reference, scored, b.resamples, b.seed, b.level)
+            found["differences"] = {c: {m: asdict(i) for m, i in by.items()} for c, by in found["differences"].items()}
+            block["paired"][name] = found
+        tasks[label] = block
+    return {"tasks": tasks, "reference": REFERENCE_NAME, "level": b.level}, rows
