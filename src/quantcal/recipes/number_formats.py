@@ -61,18 +61,19 @@ def cast_e4m3(x: torch.Tensor) -> torch.Tensor:
 
 
 def cast_e2m1(x: torch.Tensor) -> torch.Tensor:
-    """``x`` rounded to FP4 E2M1 (saturating at ±6, ties to even), in ``x``'s dtype."""
+    """``x`` rounded to FP4 E2M1 (saturating at ±6, ties to even), in ``x``'s dtype.
+
+    E2M1's magnitudes are evenly spaced within each binade: by 0.5 below 2, by 1 in [2, 4), by 2 in [4, 6]. Within
+    a binade the code is ``m / step`` plus a constant, so rounding ``m / step`` half to even (``torch.round``) is
+    rounding to the nearest value with a tie to the even code (checked against the value table, every tie included).
+    Division by a power of two is exact, so this is the cast, in a few elementwise passes."""
     import torch
 
-    magnitude = x.float().abs().clamp(max=E2M1_MAX)
-    values = torch.tensor(E2M1_VALUES, dtype=torch.float32, device=x.device)
-    midpoints = (values[1:] + values[:-1]) / 2
-    # index of the nearest value; at a midpoint, bucketize's side decides, so pick per tie the even neighbour
-    lower = torch.bucketize(magnitude, midpoints, right=False)  # a tie goes to the lower neighbour
-    upper = torch.bucketize(magnitude, midpoints, right=True)  # a tie goes to the upper neighbour
-    # E2M1 codes 0..7 in value order; a code is "even" when its mantissa bit (the code's last bit) is 0
-    index = torch.where(lower == upper, lower, torch.where(lower % 2 == 0, lower, upper))
-    return (values[index] * torch.sign(x.float())).to(x.dtype)
+    xf = x.float()
+    magnitude = xf.abs().clamp(max=E2M1_MAX)
+    step = torch.where(magnitude < 2.0, 0.5, 1.0)
+    step = torch.where(magnitude >= 4.0, 2.0, step)
+    return torch.copysign(torch.round(magnitude / step) * step, xf).to(x.dtype)
 
 
 MX_ROUNDINGS = ("nearest", "floor")

@@ -121,16 +121,33 @@ def fold_smoothing(model: nn.Module, scheme: ActivationScheme) -> int:
     return len(folded)
 
 
+class _LastInput:
+    """The input a hook quantized last, under which quantizer, and the result: linears that read one tensor (q, k
+    and v; gate and up) with the same quantizer quantize it once. It holds the tensor itself, so ``is`` cannot match
+    a new tensor at a reused address."""
+
+    def __init__(self) -> None:
+        self.x: Any = None
+        self.key: Any = None
+        self.out: Any = None
+
+
 def install(model: nn.Module, scheme: ActivationScheme) -> list[Any]:
     """Forward pre-hooks quantizing every decoder-block linear's input (SmoothQuant's scales folded into their norms
-    first); returns the hooks' handles."""
+    first); returns the hooks' handles. An input read by several linears whose quantizers are the same (dynamic
+    schemes; static ones with equal calibrated scales, as a shared input's are) is quantized once."""
     fold_smoothing(model, scheme)
     handles = []
+    last = _LastInput()
     for name, linear in block_linears(model):
         quantize = scheme.quantizer(name)
+        key = (scheme.format, scheme.per, scheme.rounding, scheme.amax[name] if scheme.amax else None)
 
-        def hook(module: nn.Module, args: tuple, quantize: Callable = quantize) -> tuple:
-            return (quantize(args[0]), *args[1:])
+        def hook(module: nn.Module, args: tuple, quantize: Callable = quantize, key: tuple = key) -> tuple:
+            x = args[0]
+            if x is not last.x or key != last.key:
+                last.x, last.key, last.out = x, key, quantize(x)
+            return (last.out, *args[1:])
 
         handles.append(linear.register_forward_pre_hook(hook))
     return handles
