@@ -198,3 +198,24 @@ def test_a_built_variant_folder_given_as_the_model_keeps_its_activation_quantize
     ids = torch.randint(0, 1000, (2, 24))
     with torch.inference_mode():
         assert torch.equal(by_recipe(ids).logits, by_folder(ids).logits)
+
+
+def test_nvfp4_fused_linears_share_one_global_scale(tiny_llama: Path, env_cache: Path) -> None:
+    """vLLM runs q/k/v and gate/up as one GEMM each, so NVFP4 gives each group one global scale (its largest weight
+    magnitude), as llmcompressor writes it; o_proj and down_proj keep their own. Every block of 16 is then on that
+    scale's grid (checked by hand against fake_nvfp4 with the group's amax)."""
+    from quantcal.recipes.build import build_variant, variant_meta
+    from quantcal.recipes.number_formats import fake_nvfp4
+
+    source = resolve_source(str(tiny_llama))
+    built = build_variant(source, parse_recipe("nvfp4:acts=none"))
+    amax = variant_meta(built)["weight_amax"]
+    original = dict(block_linears(load_model(source, "float32").model))
+    variant = dict(block_linears(load_model(resolve_source(str(built)), "float32").model))
+    for group in (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("o_proj",), ("down_proj",)):
+        for block in {n.rsplit(".", 1)[0] for n in original if n.endswith(group[0])}:
+            names = [f"{block}.{g}" for g in group]
+            top = max(float(original[n].weight.abs().amax()) for n in names)
+            assert all(amax[n] == top for n in names)
+            for n in names:
+                assert torch.equal(variant[n].weight, fake_nvfp4(original[n].weight, global_amax=torch.tensor(top)))

@@ -64,7 +64,7 @@ FAMILIES: dict[str, Family] = {
                    "(compressed-tensors' W8A8; smoothquant=ALPHA migrates activation outliers first)",
                    validate=w8a8.validate, identity=calibration.identity),
     "nvfp4": Family(fp4.NVFP4_PARAMS, None, fp4.apply_nvfp4, "NVFP4: E2M1 in blocks of 16 with FP8 scales, weights and "
-                    "activations (acts=none: W4A16)", validate=fp4.validate_nvfp4, identity=calibration.identity),
+                    "activations (acts=none: W4A16)", validate=fp4.validate_nvfp4, identity=fp4.identity),
     "mxfp4": Family(fp4.MXFP4_PARAMS, None, fp4.apply_mxfp4, "MXFP4: E2M1 in blocks of 32 with E8M0 scales, weights and "
                     "activations (acts=none: W4A16)"),
     "mixed": Family(mixed.PARAMS, None, mixed.apply,
