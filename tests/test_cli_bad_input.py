@@ -177,7 +177,7 @@ def test_generate_until_lm_eval_task(tmp_path: Path, tiny_llama: Path, store: Pa
         "doc_to_target: '{{answerKey}}'\n")
     result = run("eval", "--model", str(tiny_llama), "--task", "lm-eval:local_gen", "--lm-eval-include", str(tmp_path),
                  "--limit", "3", "--store", str(store))
-    assert_user_error(result, "lm-eval:local_gen is a generate_until task")
+    assert_user_error(result, "lm-eval:local_gen is scored by acc")  # answered in free text: exact_match only
     assert_store_untouched(store)
 
 

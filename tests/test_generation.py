@@ -275,3 +275,59 @@ def test_a_study_answers_free_text_tasks_and_reports_their_confidences(tiny_llam
     with pytest.raises(QuantcalError, match="generation task gsm8k"):
         quantcal.run_study({**study, "generation": [{"name": "gsm8k", "data_file": str(tmp_path / "missing.jsonl")}]},
                            output=tmp_path / "bad", progress=None)
+
+
+def _lm_eval_gsm8k(folder: Path, data: Path, extra: str = "") -> Path:
+    """A task YAML over lm-eval's own gsm8k.yaml reading ``data`` (few-shot examples from the same file, the item
+    left out, as quantcal's built-in task does with a data file)."""
+    lm_eval = pytest.importorskip("lm_eval")
+    folder.mkdir(parents=True, exist_ok=True)
+    base = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
+    (folder / "gsm8k_local.yaml").write_text(
+        f"include: {base}\ntask: gsm8k_local\ndataset_path: json\ndataset_name: null\n"
+        f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\ntraining_split: null\n"
+        f"fewshot_split: test\ntest_split: test\n{extra}")
+    return folder
+
+
+def test_lm_eval_generate_until_tasks_are_answered_as_the_built_in_task(tiny_llama: Path, tmp_path: Path) -> None:
+    """Issue 36: `lm-eval:NAME` of a generate_until task: lm-eval renders the prompts, its config gives until,
+    filters and exact-match options; on the same file the answers, filtered answers and correctness equal the
+    built-in gsm8k's. A loglikelihood_rolling task, a metric other than exact_match and a filter quantcal does not
+    apply are refused in one line."""
+    import quantcal
+    from quantcal.tasks.free_text import is_free_text, load_free_text
+
+    data = _gsm8k_file(tmp_path / "g.jsonl", 8)
+    include = _lm_eval_gsm8k(tmp_path / "yaml", data)
+    assert is_free_text("lm-eval:gsm8k_local", str(include)) and is_free_text("gsm8k")
+    assert not is_free_text("piqa") and not is_free_text("lm-eval:gsm8k_local_nope", str(include))
+    task, items, label = load_free_text("lm-eval:gsm8k_local", limit=4, num_fewshot=1, include=str(include))
+    built_in = load_generation_items(GENERATION_TASKS["gsm8k"], data, 4, 1)
+    assert label == "lm-eval:gsm8k_local[1-shot]" and [it.prompt for it in items] == [it.prompt for it in built_in]
+    assert task.until == GENERATION_TASKS["gsm8k"].until and task.filters == GENERATION_TASKS["gsm8k"].filters
+    assert task.match == GENERATION_TASKS["gsm8k"].match
+    store = tmp_path / "s.sqlite"
+    ours = quantcal.evaluate_generation(str(tiny_llama), "lm-eval:gsm8k_local", lm_eval_include=include, limit=4,
+                                        num_fewshot=1, max_new_tokens=8, store=store, name="lm", progress=None,
+                                        resamples=20)
+    plain = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=4, num_fewshot=1,
+                                         max_new_tokens=8, store=store, name="builtin", progress=None, resamples=20)
+    a, b = ours.items(), plain.items()
+    assert list(a.generation) == list(b.generation) and list(a.correct) == list(b.correct)
+    assert list(a.filtered) == list(b.filtered)
+    compared = quantcal.compare_generations(store, "lm", "lm", "lm-eval:gsm8k_local[1-shot]", resamples=20)
+    assert compared.n == 4  # scored again from the run's recorded definition, without lm-eval's task
+    rolling = _lm_eval_gsm8k(tmp_path / "rolling", data, "output_type: loglikelihood_rolling\n")
+    (rolling / "gsm8k_local.yaml").rename(rolling / "gsm8k_roll.yaml")
+    text = (rolling / "gsm8k_roll.yaml").read_text().replace("task: gsm8k_local", "task: gsm8k_roll")
+    (rolling / "gsm8k_roll.yaml").write_text(text)
+    with pytest.raises(QuantcalError, match="loglikelihood_rolling task"):
+        load_free_text("lm-eval:gsm8k_roll", limit=2, include=str(rolling))
+    other = _lm_eval_gsm8k(tmp_path / "bleu", data, "metric_list: [{metric: bleu}]\n")
+    with pytest.raises(QuantcalError, match="scored by bleu"):
+        load_free_text("lm-eval:gsm8k_local", limit=2, include=str(other))
+    vote = _lm_eval_gsm8k(tmp_path / "vote", data,
+                          "filter_list: [{name: maj, filter: [{function: majority_vote}, {function: take_first}]}]\n")
+    with pytest.raises(QuantcalError, match="uses 'majority_vote'"):
+        load_free_text("lm-eval:gsm8k_local", limit=2, include=str(vote))

@@ -220,7 +220,7 @@ def test_unknown_and_non_multiple_choice_lm_eval_tasks_are_refused(yaml_dir: Pat
     local_yaml(tmp_path, "local_gen", "openbookqa/openbookqa.yaml", shared_data / "openbookqa/test.jsonl",
                extra={"output_type": "generate_until", "doc_to_target": "{{answerKey}}"})
     task = get_task("lm-eval:local_gen", include=str(tmp_path))
-    with pytest.raises(QuantcalError, match="generate_until task; quantcal scores multiple_choice tasks only"):
+    with pytest.raises(QuantcalError, match="generate_until task; this path scores multiple_choice tasks"):
         load_items(task, None, 5, PromptSetup())
 
 

@@ -372,13 +372,12 @@ class GenerationResult:
         """Per item: its generation, the filtered answer, correctness and every confidence."""
         import pandas as pd
 
-        from quantcal.study.generation_jobs import scored_answers
-        from quantcal.tasks.generation_tasks import GENERATION_TASKS
-
-        from quantcal.study.generation_jobs import ExtraMeasures
+        from quantcal.study.generation_jobs import ExtraMeasures, scored_answers
+        from quantcal.tasks.free_text import scoring_task
 
         with open_store(self.store, readonly=True) as db:
-            answers = scored_answers(db, self.run_id, GENERATION_TASKS[self.task], self.item_ids,
+            run = next(r for r in db.runs() if r.run_id == self.run_id)
+            answers = scored_answers(db, self.run_id, scoring_task(run.config), self.item_ids,
                                      extras=self.extras or ExtraMeasures())
         return pd.DataFrame(answers).assign(variant=self.variant, task=self.task)
 
@@ -410,6 +409,9 @@ def evaluate_generation(
     samples: int = 0,
     temperature: float = 1.0,
     sample_seed: int = 0,
+    lm_eval_include: Union[str, Path, None] = None,
+    trust_task_code: bool = False,
+    apply_chat_template: bool = False,
     progress: ProgressArg = "auto",
     say: Say = _silent,
     phase: Optional[Phase] = None,
@@ -424,13 +426,16 @@ def evaluate_generation(
     they finish; a second call resumes.
     ``p_true``: also ask the model whether each answer is right (``conf_p_true``, Kadavath et al. 2022);
     ``samples``: also draw that many answers per item at ``temperature`` (seeded by ``sample_seed`` and the item) and
-    report their agreement with the greedy answer (``conf_consistency``). Both are stored and reused."""
+    report their agreement with the greedy answer (``conf_consistency``). Both are stored and reused.
+
+    ``task`` may also be an lm-eval ``generate_until`` task (``lm-eval:gsm8k``, or one of ``lm_eval_include``'s
+    YAMLs; Python hooks there run only with ``trust_task_code``): lm-eval renders its prompts (few-shot,
+    ``apply_chat_template``) and its config gives the stop strings, filters and exact-match options
+    (:mod:`quantcal.tasks.lm_eval_generation`)."""
     from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, generation_config, measure_extras,
                                                 run_generation_job, scored_answers)
-    from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
+    from quantcal.tasks.free_text import load_free_text
 
-    if task not in GENERATION_TASKS:
-        raise QuantcalError(f"unknown generation task {task!r}; known: {', '.join(GENERATION_TASKS)}")
     if limit is not None:
         require_positive(limit, "limit")
     require_positive(batch_size, "batch_size")
@@ -444,16 +449,16 @@ def evaluate_generation(
     for path in (data_file, fewshot_file):
         if path is not None and not Path(path).is_file():
             raise QuantcalError(f"{path}: file not found")
-    spec = GENERATION_TASKS[task]
-    items = load_generation_items(spec, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip)
+    tokenizer = load_tokenizer(resolve_source(model or DEFAULT_MODEL)) if apply_chat_template else None
+    spec, items, label = load_free_text(task, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip,
+                                        str(lm_eval_include) if lm_eval_include is not None else None,
+                                        trust_task_code, tokenizer, apply_chat_template, say)
     resolve_dtype(dtype, device)
     defn = VariantDef(model or DEFAULT_MODEL, recipe)
     variant = prepare(defn, LoadOptions(dtype, device), say, phase=phase)
     variant_name = name or variant.default_name
     store_path = Path(store) if store is not None else default_store(variant_name)
     cap = max_new_tokens or spec.max_gen_toks
-    shots = spec.default_fewshot if num_fewshot is None else num_fewshot
-    label = f"{task}[{shots}-shot]" if shots else task  # as a multiple-choice task's name in the store
     config = generation_config(variant.source, spec, items, variant.config, cap, dtype, None)
     with _progress_bars(progress) as bars, open_store(store_path) as db, _released(variant.holder):
         outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
@@ -966,7 +971,7 @@ def compare_generations(store: Union[str, Path], ref: str, variant: str, task: s
     and different ``name``), paired on the items both answered. ``p_true``/``samples``: include those confidences
     (as measured with the same settings)."""
     from quantcal.study.generation_jobs import ExtraMeasures, compare_answers, scored_answers
-    from quantcal.tasks.generation_tasks import GENERATION_TASKS
+    from quantcal.tasks.free_text import scoring_task
 
     check_resamples(resamples)
     extras = ExtraMeasures(p_true, samples, temperature, sample_seed)
@@ -982,8 +987,7 @@ def compare_generations(store: Union[str, Path], ref: str, variant: str, task: s
                 held = sorted({f"{v} · {t}" for v, t in runs})
                 raise QuantcalError(f"no generated answers of {name} on {task} in the store; it holds "
                                     f"{', '.join(held) or 'none'}")
-            spec = GENERATION_TASKS[run.config["task"]]
-            answers.append(scored_answers(db, run.run_id, spec, extras=extras))
+            answers.append(scored_answers(db, run.run_id, scoring_task(run.config), extras=extras))
     found = compare_answers(answers[0], answers[1], resamples, seed)
     return GenerationComparison(ref, variant, task, found["n"], found["differences"], found["changed_answers"],
                                 found["right_to_wrong"], found["wrong_to_right"])

@@ -35,7 +35,8 @@ def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], nam
                      data_file: Optional[Path], limit: Optional[int], skip: int, num_fewshot: Optional[int],
                      fewshot_file: Optional[Path], fewshot_seed: Optional[int], batch_size: int,
                      max_gen_toks: Optional[int], device: str, dtype: str, output_json: Optional[Path],
-                     p_true: bool = False, samples: int = 0, temperature: float = 1.0) -> None:
+                     p_true: bool = False, samples: int = 0, temperature: float = 1.0, include: Optional[str] = None,
+                     trust_task_code: bool = False, apply_chat_template: bool = False) -> None:
     """``eval`` on a free-text task: greedy answers, lm-eval's exact match, and each confidence's calibration."""
     from quantcal import api
 
@@ -44,7 +45,8 @@ def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], nam
                                      fewshot_seed=1234 if fewshot_seed is None else fewshot_seed,
                                      batch_size=min(batch_size, 16), max_new_tokens=max_gen_toks, device=device,
                                      dtype=dtype, p_true=p_true, samples=samples, temperature=temperature,
-                                     progress=item_bar, say=say, phase=phase)
+                                     lm_eval_include=include, trust_task_code=trust_task_code,
+                                     apply_chat_template=apply_chat_template, progress=item_bar, say=say, phase=phase)
     table = Table(title=f"quantcal · {result.variant} · {task}: exact match {result.acc:.4f} ({result.filter}, "
                         f"n={result.n}) · calibration of each confidence, 95% bootstrap intervals")
     shown = ("mean_confidence", "ece", "brier", "nll", "auroc", "overconfidence_rate")
@@ -111,15 +113,17 @@ def eval_command(
         template = unescape(template)
         quiet_transformers()
         from quantcal import api
-        from quantcal.tasks.generation_tasks import GENERATION_TASKS
+        from quantcal.tasks.free_text import is_free_text
 
         names = [t.strip() for t in task.split(",") if t.strip()]
-        if any(n in GENERATION_TASKS for n in names):
+        include = str(lm_eval_include) if lm_eval_include is not None else None
+        if any(is_free_text(n, include) for n in names):
             if len(names) != 1:
-                raise QuantcalError("a free-text task (gsm8k, triviaqa) runs alone: give it its own `tasks`")
+                raise QuantcalError("a free-text task (gsm8k, triviaqa, an lm-eval generate_until task) runs alone: "
+                                    "give it its own `tasks`")
             _eval_generation(names[0], model, recipe, name, store, data_file, limit, skip, num_fewshot, fewshot_file,
                              fewshot_seed, batch_size, max_gen_toks, device, dtype, output_json, p_true, samples,
-                             temperature)
+                             temperature, include, trust_task_code, apply_chat_template)
             return
         if p_true or samples:
             raise QuantcalError("`p_true` and `samples` apply to free-text tasks (gsm8k, triviaqa)")

@@ -38,10 +38,13 @@ def model_window(lm: Any) -> int:
 
 def generation_config(source: Any, task: GenerationTask, items: Sequence[GenItem], variant_config: dict[str, Any],
                       max_new_tokens: int, dtype: str, add_special_tokens: bool | None) -> dict[str, Any]:
+    from quantcal.tasks.free_text import scoring_record
+
     data = hashlib.sha256(json.dumps([it.hash for it in items]).encode()).hexdigest()[:16]
     return {"model": source.to_json() | {"location": None}, "task": task.name, "kind": "generate", "data": data,
             "until": list(task.until), "max_new_tokens": max_new_tokens, "decoding": "greedy", "dtype": dtype,
-            "add_special_tokens": add_special_tokens, "generator_version": GENERATOR_VERSION, **variant_config}
+            "add_special_tokens": add_special_tokens, "generator_version": GENERATOR_VERSION, **scoring_record(task),
+            **variant_config}
 
 
 def run_generation_job(store: Store, variant: str, label: str, config: dict[str, Any], items: Sequence[GenItem],

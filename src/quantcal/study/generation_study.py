@@ -16,7 +16,8 @@ from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, compa
                                             measure_extras, run_generation_job, scored_answers)
 from quantcal.study.runner import JobOutcome, load_options
 from quantcal.study.spec import REFERENCE_NAME, GenerationTaskSpec, StudySpec
-from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
+from quantcal.tasks.free_text import default_shots, load_free_text
+from quantcal.tasks.generation_tasks import GenerationTask
 from quantcal.variants.definition import Phase, VariantDef, prepare
 
 
@@ -26,7 +27,7 @@ class AnsweredRun:
 
     variant: str
     label: str  # the task's name in the store (with its shot count)
-    task: str
+    task: GenerationTask
     run_id: int
     item_ids: tuple[str, ...]
     extras: ExtraMeasures
@@ -54,8 +55,7 @@ def plan_generation(spec: StudySpec) -> list[PlannedGeneration]:
 
 def task_label(g: GenerationTaskSpec) -> str:
     """A free-text task's name in the store: ``gsm8k[5-shot]`` (as :func:`quantcal.api.evaluate_generation`)."""
-    task = GENERATION_TASKS[g.name]
-    shots = task.default_fewshot if g.num_fewshot is None else g.num_fewshot
+    shots = default_shots(g.name, g.include) if g.num_fewshot is None else g.num_fewshot
     return f"{g.name}[{shots}-shot]" if shots else g.name
 
 
@@ -66,15 +66,16 @@ def run_generation_tasks(spec: StudySpec, store: Store, progress: Callable[[str,
     on (as :func:`quantcal.study.runner.run_study`)."""
     from quantcal.study.runner import failure_reason
 
-    items = {g.name: load_generation_items(GENERATION_TASKS[g.name], g.data_file, g.limit, g.num_fewshot,
-                                           g.fewshot_file, g.fewshot_seed, g.skip) for g in spec.generation}
+    loaded = {g.name: load_free_text(g.name, g.data_file, g.limit, g.num_fewshot, g.fewshot_file, g.fewshot_seed,
+                                     g.skip, g.include, g.trust_task_code, say=say) for g in spec.generation}
+    items = {name: found[1] for name, found in loaded.items()}
     outcomes: list[JobOutcome] = []
     runs: list[AnsweredRun] = []
     jobs = plan_generation(spec)
     for name in dict.fromkeys(j.variant for j in jobs):  # one model loaded at a time
         prepared = None
         for job in (j for j in jobs if j.variant == name):
-            g, label, task = job.task, job.label, GENERATION_TASKS[job.task.name]
+            g, label, task = job.task, job.label, loaded[job.task.name][0]
             say(f"{name} · {label} (free text)")
             start = time.perf_counter()
             try:
@@ -85,7 +86,7 @@ def run_generation_tasks(spec: StudySpec, store: Store, progress: Callable[[str,
                                             g.batch_size, None, progress, say)
                 extras = ExtraMeasures(g.p_true, g.samples, g.temperature, g.sample_seed)
                 measure_extras(store, result.run_id, task, items[g.name], prepared.holder, extras, cap, g.batch_size, say)
-                runs.append(AnsweredRun(name, label, g.name, result.run_id, tuple(result.item_ids), extras))
+                runs.append(AnsweredRun(name, label, task, result.run_id, tuple(result.item_ids), extras))
                 outcomes.append(JobOutcome(name, label, True, len(result.item_ids), result.n_generated_now, 0,
                                            time.perf_counter() - start, item_ids=list(result.item_ids)))
                 say(f"  {name} · {label}: {result.n_generated_now} answers generated in {result.seconds:.1f} s")
@@ -109,11 +110,10 @@ def generation_results(store: Store, runs: list[AnsweredRun], spec: StudySpec) -
         block: dict[str, Any] = {"variants": {}, "paired": {}}
         answers = {}
         for run in (r for r in runs if r.label == label):
-            task = GENERATION_TASKS[run.task]
-            scored = scored_answers(store, run.run_id, task, run.item_ids, extras=run.extras)
+            scored = scored_answers(store, run.run_id, run.task, run.item_ids, extras=run.extras)
             answers[run.variant] = scored
             metrics = answer_metrics(scored, b.resamples, b.seed, b.level)
-            block["task"], block["filter"] = run.task, scored[0]["filter"]
+            block["task"], block["filter"] = run.task.name, scored[0]["filter"]
             block["variants"][run.variant] = {
                 "n": len(scored), "acc": sum(a["correct"] for a in scored) / len(scored),
                 "metrics": {c: {m: asdict(i) for m, i in by.items()} for c, by in metrics.items()}}

@@ -134,14 +134,20 @@ def check_plan(spec: StudySpec) -> None:
         except QuantcalError as exc:
             raise QuantcalError(f"task {t.name}: {exc}") from None
     for g in spec.generation:  # free-text tasks: their items (and few-shot pools) load now, or the study stops
-        from quantcal.tasks.generation_tasks import GENERATION_TASKS, load_generation_items
+        from quantcal.tasks.free_text import load_free_text
 
         for what, path in (("data file", g.data_file), ("few-shot file", g.fewshot_file)):
             if path and not Path(path).is_file():
                 raise QuantcalError(f"generation task {g.name}: {what} {path} not found")
         try:
-            n_items = len(load_generation_items(GENERATION_TASKS[g.name], g.data_file, g.limit, g.num_fewshot,
-                                                g.fewshot_file, g.fewshot_seed, g.skip))
+            if g.name.startswith("lm-eval:") and not g.trust_task_code:
+                from quantcal.tasks.lm_eval_tasks import task_code
+
+                code = task_code(g.name.removeprefix("lm-eval:"), g.include)
+                if code:  # never run while planning
+                    raise code_consent_error(g.name.removeprefix("lm-eval:"), [str(f) for f in code])
+            n_items = len(load_free_text(g.name, g.data_file, g.limit, g.num_fewshot, g.fewshot_file, g.fewshot_seed,
+                                         g.skip, g.include, g.trust_task_code)[1])
             check_resamples(spec.bootstrap.resamples, n_items)
         except QuantcalError as exc:
             raise QuantcalError(f"generation task {g.name}: {exc}") from None

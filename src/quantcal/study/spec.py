@@ -136,8 +136,10 @@ class GenerationTaskSpec(_Strict):
     """A task answered in free text (:mod:`quantcal.tasks.generation_tasks`): every variant and the reference answer
     its items greedily; the report's "Generated answers" page compares the confidences of their answers."""
 
-    name: Literal["gsm8k", "triviaqa"]
-    data_file: Optional[str] = Field(None, description="local copy in hub schema (.jsonl)")
+    name: str = Field(description="gsm8k, triviaqa, or an lm-eval generate_until task (lm-eval:NAME)")
+    data_file: Optional[str] = Field(None, description="local copy in hub schema (.jsonl; built-in tasks)")
+    include: Optional[str] = Field(None, description="folder of your own lm-eval task YAMLs (lm-eval:NAME tasks)")
+    trust_task_code: bool = Field(False, description="run the Python hooks (!function) of this task's include folder")
     limit: Optional[int] = Field(None, gt=0, description="first N items only (after `skip`)")
     skip: int = Field(0, ge=0)
     num_fewshot: Optional[int] = Field(None, ge=0, description="few-shot examples (default: the task's, lm-eval's)")
@@ -149,6 +151,15 @@ class GenerationTaskSpec(_Strict):
     samples: int = Field(0, ge=0, description="answers sampled per item for conf_consistency (0: off)")
     temperature: float = Field(1.0, gt=0, description="temperature of the sampled answers")
     sample_seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        from quantcal.tasks.generation_tasks import GENERATION_TASKS
+
+        if value not in GENERATION_TASKS and not value.startswith("lm-eval:"):
+            raise ValueError(f"generation task {value!r}: one of {', '.join(GENERATION_TASKS)} or lm-eval:NAME")
+        return value
 
 
 class LmEvalGroup(_Strict):
@@ -417,6 +428,8 @@ def parse_study(data: Any, base: Path, origin: str = "study", data_dir: Optional
         t.fewshot_file = _data_path(t.fewshot_file, base, folder, f"{origin}: task {t.name}")
         t.include = _resolve(t.include, base)
     for g in spec.generation:
+        g.include = _resolve(g.include, base)
+        g.trust_task_code = g.trust_task_code or spec.trust_task_code
         g.data_file = _data_path(g.data_file, base, folder, f"{origin}: generation task {g.name}")
         g.fewshot_file = _data_path(g.fewshot_file, base, folder, f"{origin}: generation task {g.name}")
     spec.tasks, groups = _expand_lm_eval_groups(spec.tasks, origin)

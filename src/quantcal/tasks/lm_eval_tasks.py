@@ -200,6 +200,22 @@ def code_consent_error(name: str, files: Sequence[str]) -> QuantcalError:
 def yaml_num_fewshot(name: str, include: str | None = None) -> int:
     """The ``num_fewshot`` a task's YAML declares (following its ``include`` chain), else 0: what lm-eval uses when
     ``--num_fewshot`` is not given."""
+    value = yaml_key(name, include, "num_fewshot")
+    return int(value) if value is not None else 0
+
+
+def yaml_output_type(name: str, include: str | None = None) -> str | None:
+    """A task's ``output_type`` as its YAML chain declares it (lm-eval's default: ``generate_until``); None for a
+    name that is not one task of the registry (a group, a tag, unknown)."""
+    entry = _task_manager(include).task_index.get(name)
+    if entry is None or getattr(entry.kind, "name", "") != "TASK":
+        return None
+    return str(yaml_key(name, include, "output_type") or "generate_until")
+
+
+def yaml_key(name: str, include: str | None, key: str) -> Any:
+    """``key`` as a task's YAML declares it, following its ``include`` chain (nearest first), else None; the YAML
+    is read, never its Python hooks."""
     import yaml
 
     class _Loader(yaml.SafeLoader):
@@ -208,17 +224,17 @@ def yaml_num_fewshot(name: str, include: str | None = None) -> int:
     entry = _task_manager(include).task_index[name]
     cfg, here = dict(entry.cfg or {}), Path(entry.yaml_path) if entry.yaml_path else None
     for _ in range(16):  # an include chain, nearest first
-        if cfg.get("num_fewshot") is not None:
-            return int(cfg["num_fewshot"])
+        if cfg.get(key) is not None:
+            return cfg[key]
         parent = cfg.get("include")
         if not parent or here is None:
-            return 0
+            return None
         path = Path(parent) if Path(parent).is_absolute() else here.parent / parent
         try:
             cfg, here = yaml.load(path.read_text(), Loader=_Loader) or {}, path
         except (OSError, yaml.YAMLError):
-            return 0
-    return 0
+            return None
+    return None
 
 
 def _no_rows(row: dict[str, Any]) -> Any:
@@ -253,6 +269,33 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
     """The items of one lm-eval task (not a group), rendered by lm-eval under ``setup``; a task of ``include``
     whose YAML names Python code is refused unless ``trust_code``."""
     bare = name[len(PREFIX):] if is_lm_eval(name) else name
+    task = loaded_task(bare, include, trust_code)
+    if task.OUTPUT_TYPE != "multiple_choice":
+        raise QuantcalError(f"lm-eval:{bare} is a {task.OUTPUT_TYPE} task; this path scores multiple_choice tasks "
+                            "(generate_until tasks are answered in free text: evaluate_generation)")
+    if callable(getattr(task.config, "process_results", None)):
+        hint = "; the built-in truthfulqa_mc2 computes MC2's score" if "mc2" in bare else ""
+        raise QuantcalError(f"lm-eval:{bare} computes its score with its own process_results, which quantcal does not "
+                            f"reproduce (it scores the gold choice's probability){hint}")
+    if setup.apply_chat_template:
+        require_chat_template(tokenizer)
+    definition = definition_hash(task)
+    build_requests(task, bare, limit, setup, tokenizer)
+    by_doc: dict[int, list[Any]] = {}
+    for instance in task.instances:
+        by_doc.setdefault(instance.doc_id, []).append(instance)
+    items = []
+    for doc_id in sorted(by_doc):
+        requests = sorted(by_doc[doc_id], key=lambda r: r.idx)
+        items.append(_item(task, bare, doc_id, requests, definition))
+    if not items:
+        raise QuantcalError(f"lm-eval:{bare}: no items")
+    return items
+
+
+def loaded_task(bare: str, include: str | None, trust_code: bool = False) -> Any:
+    """lm-eval's task object for one task (not a group), loaded as lm-eval loads it (offline: the local cache only);
+    a task of ``include`` whose YAML names Python code is refused unless ``trust_code``."""
     if not trust_code:
         code = task_code(bare, include)
         if code:
@@ -273,15 +316,11 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
     if loaded["groups"] or len(loaded["tasks"]) != 1:
         raise QuantcalError(f"lm-eval:{bare} is a group; name one of its tasks, or let evaluate expand it")
     (task,) = loaded["tasks"].values()
-    if task.OUTPUT_TYPE != "multiple_choice":
-        raise QuantcalError(f"lm-eval:{bare} is a {task.OUTPUT_TYPE} task; quantcal scores multiple_choice tasks only")
-    if callable(getattr(task.config, "process_results", None)):
-        hint = "; the built-in truthfulqa_mc2 computes MC2's score" if "mc2" in bare else ""
-        raise QuantcalError(f"lm-eval:{bare} computes its score with its own process_results, which quantcal does not "
-                            f"reproduce (it scores the gold choice's probability){hint}")
-    if setup.apply_chat_template:
-        require_chat_template(tokenizer)
-    definition = definition_hash(task)
+    return task
+
+
+def build_requests(task: Any, bare: str, limit: int | None, setup: PromptSetup, tokenizer: Any = None) -> None:
+    """lm-eval renders the task's requests (prompts with their few-shot examples) under ``setup``."""
     task.set_config(key="num_fewshot", value=setup.num_fewshot)
     task.set_fewshot_seed(seed=setup.fewshot_seed)
     try:
@@ -292,16 +331,6 @@ def load_lm_eval_items(name: str, include: str | None, limit: int | None, setup:
                                     chat_template=_chat_template(tokenizer) if setup.apply_chat_template else None)
     except (AssertionError, ValueError) as exc:  # e.g. more few-shot examples asked than the pool holds
         raise QuantcalError(f"lm-eval:{bare}: {exc}") from None
-    by_doc: dict[int, list[Any]] = {}
-    for instance in task.instances:
-        by_doc.setdefault(instance.doc_id, []).append(instance)
-    items = []
-    for doc_id in sorted(by_doc):
-        requests = sorted(by_doc[doc_id], key=lambda r: r.idx)
-        items.append(_item(task, bare, doc_id, requests, definition))
-    if not items:
-        raise QuantcalError(f"lm-eval:{bare}: no items")
-    return items
 
 
 def definition_hash(task: Any) -> str:
