@@ -45,7 +45,8 @@ def main() -> None:
     for recipe in recipes:
         models[recipe] = load_variant_model(VariantDef(args.model, recipe), source)
     items = load_items(get_task(args.task), args.data_file, args.limit)
-    encoded = [Encoder(models["reference"].tokenizer).encode_item(i, it, " ") for i, it in enumerate(items)]
+    window = getattr(models["reference"].model.config, "max_position_embeddings", None) or 2048
+    encoded = [Encoder(models["reference"].tokenizer, window).encode_item(i, it, " ") for i, it in enumerate(items)]
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, lm in models.items():

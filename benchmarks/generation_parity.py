@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from peak_memory import peak_mb  # benchmarks/peak_memory.py
+
 HERE = Path(__file__).resolve().parent
 FILES = {"gsm8k": HERE / "data" / "gsm8k_format.jsonl", "triviaqa": HERE / "data" / "triviaqa_format.jsonl"}
+
 
 
 def task_yaml(task: str, data: Path) -> str:
@@ -101,7 +103,7 @@ def main() -> None:
               f"{r['same_exact_match_per_item']:.1%} (quantcal {r['exact_match_quantcal']:.3f}, lm-eval "
               f"{r['exact_match_lm_eval']:.3f}); items/s quantcal {r['quantcal_items_per_s']:.2f} vs lm-eval "
               f"{r['lm_eval_items_per_s']:.2f} (x{r['speed_ratio']:.2f})")
-    report["peak_rss_mb_quantcal"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["peak_rss_mb_quantcal"] = peak_mb()
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / f"generation_parity_{args.model}.json"
     target.write_text(json.dumps(report, indent=2))

@@ -10,9 +10,11 @@ item's raw generation and its exact match per filter.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
+
+from peak_memory import peak_mb  # benchmarks/peak_memory.py
+
 
 
 def main() -> None:
@@ -47,7 +49,7 @@ def main() -> None:
                         for f in sorted({s["filter"] for s in res["samples"][spec["task"]]})},
         "filtered": {f: [s["filtered_resps"][0] for s in samples if s["filter"] == f]
                      for f in sorted({s["filter"] for s in res["samples"][spec["task"]]})},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_mb(),
         "versions": {"lm_eval": getattr(lm_eval, "__version__", "?")},
     }, open(sys.argv[2], "w"))
 

@@ -48,8 +48,11 @@ class ActivationScheme:
             raise QuantcalError(f"activation quantization {self.format}/{self.per} needs calibrated scales")
 
     def quantizer(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The fake quantizer of ``layer``'s input (a tensor whose last dimension is the layer's input features)."""
-        return self._plain(layer)  # SmoothQuant's 1/s is in the producing norm (fold_smoothing), as deployed
+        """The fake quantizer of ``layer``'s input (a tensor whose last dimension is the layer's input features).
+        Every scheme here quantizes each token's row on its own (per-token or per-block scales; static scales are
+        fixed), so a large input is quantized a few hundred rows at a time (:func:`by_rows`): the same numbers."""
+        plain = self._plain(layer)  # SmoothQuant's 1/s is in the producing norm (fold_smoothing), as deployed
+        return lambda x: by_rows(plain, x)
 
     def _plain(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
         import torch
@@ -71,6 +74,21 @@ class ActivationScheme:
         return {"format": self.format, "per": self.per, **({"amax": self.amax} if self.amax else {}),
                 **({"rounding": self.rounding} if self.format == "mxfp4" else {}),
                 **({"smooth": self.smooth} if self.smooth else {})}
+
+
+#: Rows (tokens) quantized together by :func:`by_rows`.
+ROWS = 256
+
+
+def by_rows(quantize: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, rows: int = ROWS) -> torch.Tensor:
+    """``quantize`` applied to ``rows`` rows of ``x`` at a time (``x`` seen as a matrix of its last dimension), so
+    the temporaries of its elementwise passes stay small."""
+    import torch
+
+    flat = x.reshape(-1, x.shape[-1])
+    if flat.shape[0] <= rows:
+        return quantize(x)
+    return torch.cat([quantize(part) for part in flat.split(rows)]).reshape(x.shape)
 
 
 def fake_fp8_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
