@@ -110,3 +110,21 @@ def test_the_documented_vllm_install_builds_an_environment_that_scores_like_hf(t
     print(f"piqa 40 items: {np.mean(gap <= 1e-3):.1%} of {gap.size} choices within 1e-3, max {gap.max():.2e}")
     assert len(frames["vllm"]) == 40 and np.mean(gap <= 1e-3) >= 0.99
     assert frames["hf"].correct.mean() == frames["vllm"].correct.mean()
+    # generated answers (issue 36): vLLM generates and scores P(True); cut and scored as the HF generator's answers
+    from quantcal.store.database import open_store
+
+    texts = {}
+    for backend in ("hf", "vllm"):
+        store = tmp_path / f"gen-{backend}.sqlite"
+        run = subprocess.run([str(env_dir / "bin" / "quantcal"), "eval", "--backend", backend, "--task", "triviaqa",
+                              "--data-file", str(ROOT / "benchmarks" / "data" / "triviaqa_format.jsonl"), "--limit",
+                              "20", "--dtype", "float32", "--p-true", "--store", str(store)],
+                             capture_output=True, text=True, timeout=1800)
+        assert run.returncode == 0, run.stderr[-2000:]
+        with open_store(store, readonly=True) as db:
+            (stored,) = db.runs()
+            texts[backend] = {r["item_id"]: r["text"] for r in db.generations(stored.run_id)}
+            assert len(db.generation_extras(stored.run_id, "p_true")) == 20
+    same = np.mean([texts["hf"][k] == texts["vllm"][k] for k in texts["hf"]])
+    print(f"triviaqa 20 items: {same:.0%} identical generations hf / vllm")
+    assert len(texts["vllm"]) == 20 and same >= 0.95

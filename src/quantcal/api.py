@@ -412,6 +412,7 @@ def evaluate_generation(
     lm_eval_include: Union[str, Path, None] = None,
     trust_task_code: bool = False,
     apply_chat_template: bool = False,
+    backend: str = "hf",
     progress: ProgressArg = "auto",
     say: Say = _silent,
     phase: Optional[Phase] = None,
@@ -431,7 +432,10 @@ def evaluate_generation(
     ``task`` may also be an lm-eval ``generate_until`` task (``lm-eval:gsm8k``, or one of ``lm_eval_include``'s
     YAMLs; Python hooks there run only with ``trust_task_code``): lm-eval renders its prompts (few-shot,
     ``apply_chat_template``) and its config gives the stop strings, filters and exact-match options
-    (:mod:`quantcal.tasks.lm_eval_generation`)."""
+    (:mod:`quantcal.tasks.lm_eval_generation`).
+
+    ``backend`` ``vllm``: vLLM generates (greedy; its own seeded sampling for ``samples``) and scores the P(True)
+    prompts; answers are cut and scored exactly as the HF generator's; runs of each backend are separate runs."""
     from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, generation_config, measure_extras,
                                                 run_generation_job, scored_answers)
     from quantcal.tasks.free_text import load_free_text
@@ -455,7 +459,9 @@ def evaluate_generation(
                                         trust_task_code, tokenizer, apply_chat_template, say)
     resolve_dtype(dtype, device)
     defn = VariantDef(model or DEFAULT_MODEL, recipe)
-    variant = prepare(defn, LoadOptions(dtype, device), say, phase=phase)
+    if backend not in ("hf", "vllm"):
+        raise QuantcalError(f"`backend` must be hf or vllm, got {backend!r}")
+    variant = prepare(defn, LoadOptions(dtype, device, backend=backend), say, phase=phase)
     variant_name = name or variant.default_name
     store_path = Path(store) if store is not None else default_store(variant_name)
     cap = max_new_tokens or spec.max_gen_toks

@@ -36,7 +36,7 @@ def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], nam
                      fewshot_file: Optional[Path], fewshot_seed: Optional[int], batch_size: int,
                      max_gen_toks: Optional[int], device: str, dtype: str, output_json: Optional[Path],
                      p_true: bool = False, samples: int = 0, temperature: float = 1.0, include: Optional[str] = None,
-                     trust_task_code: bool = False, apply_chat_template: bool = False) -> None:
+                     trust_task_code: bool = False, apply_chat_template: bool = False, backend: str = "hf") -> None:
     """``eval`` on a free-text task: greedy answers, lm-eval's exact match, and each confidence's calibration."""
     from quantcal import api
 
@@ -46,7 +46,8 @@ def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], nam
                                      batch_size=min(batch_size, 16), max_new_tokens=max_gen_toks, device=device,
                                      dtype=dtype, p_true=p_true, samples=samples, temperature=temperature,
                                      lm_eval_include=include, trust_task_code=trust_task_code,
-                                     apply_chat_template=apply_chat_template, progress=item_bar, say=say, phase=phase)
+                                     apply_chat_template=apply_chat_template, backend=backend, progress=item_bar,
+                                     say=say, phase=phase)
     table = Table(title=f"quantcal · {result.variant} · {task}: exact match {result.acc:.4f} ({result.filter}, "
                         f"n={result.n}) · calibration of each confidence, 95% bootstrap intervals")
     shown = ("mean_confidence", "ece", "brier", "nll", "auroc", "overconfidence_rate")
@@ -123,7 +124,7 @@ def eval_command(
                                     "give it its own `tasks`")
             _eval_generation(names[0], model, recipe, name, store, data_file, limit, skip, num_fewshot, fewshot_file,
                              fewshot_seed, batch_size, max_gen_toks, device, dtype, output_json, p_true, samples,
-                             temperature, include, trust_task_code, apply_chat_template)
+                             temperature, include, trust_task_code, apply_chat_template, backend)
             return
         if p_true or samples:
             raise QuantcalError("`p_true` and `samples` apply to free-text tasks (gsm8k, triviaqa)")

@@ -38,7 +38,9 @@ def token_end_offsets(tokenizer: Any, tokens: Sequence[int]) -> list[int]:
     return [len(tokenizer.decode(list(tokens[: i + 1]), skip_special_tokens=True)) for i in range(len(tokens))]
 
 
-def _finish(tokenizer: Any, tokens: list[int], logprobs: list[float], until: Sequence[str], reason: str) -> Generation:
+def finish(tokenizer: Any, tokens: list[int], logprobs: list[float], until: Sequence[str], reason: str) -> Generation:
+    """A continuation as kept: its text cut at the first stop string, the tokens that cover it and their
+    log-probabilities (module doc)."""
     from quantcal.tasks.answer_filters import cut_at_stop
 
     full = tokenizer.decode(tokens, skip_special_tokens=True)
@@ -167,7 +169,7 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
                 elif len(tokens[i]) == max_new_tokens:
                     reason = "length"
             if reason:
-                results[i] = _finish(tokenizer, tokens[i], logps[i], until, reason)
+                results[i] = finish(tokenizer, tokens[i], logps[i], until, reason)
                 if progress:
                     progress(1)
             else:
@@ -230,3 +232,18 @@ def end_of_sequence_ids(model: Any, tokenizer: Any) -> set[int]:
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids = [configured] if isinstance(configured, int) else list(configured or [])
     return {t for t in [*ids, tokenizer.eos_token_id] if isinstance(t, int)}
+
+
+def generate_with_engine(engine: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], until: Sequence[str],
+                         max_new_tokens: int, progress: Callable[[int], Any] | None = None, temperature: float = 0.0,
+                         seeds: Sequence[int] | None = None) -> list[Generation]:
+    """:func:`generate_greedy`'s answers from an engine with its own ``generate`` (vLLM: ``--backend vllm``), cut
+    and kept exactly as the HF generator's (:func:`finish`)."""
+    out = []
+    for tokens, logprobs in engine.generate(prompts, until, max_new_tokens, temperature, seeds):
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        reason = "stop" if any(u and u in text for u in until) else ("length" if len(tokens) >= max_new_tokens else "eos")
+        out.append(finish(tokenizer, tokens, logprobs, until, reason))
+        if progress:
+            progress(1)
+    return out

@@ -80,6 +80,37 @@ class VLLMModel:
             yield done
 
 
+    def generate(self, prompts: Sequence[Sequence[int]], until: Sequence[str], max_new_tokens: int,
+                 temperature: float = 0.0, seeds: Sequence[int] | None = None) -> list[tuple[list[int], list[float]]]:
+        """Each prompt's continuation by the engine: greedy (``temperature`` 0) or sampled with each prompt's own
+        seed, stopping at a stop string, the end of sequence or ``max_new_tokens``; the generated token ids (the
+        end-of-sequence token left out) and each one's log-probability under the model (``logprobs=0``: the
+        sampled token's own, from the raw logits). The caller cuts the text at the first stop string as the HF
+        generator does (:func:`quantcal.engines.generator.finish`), so both engines' answers are cut alike."""
+        from vllm import SamplingParams, TokensPrompt
+
+        requests = []
+        for i, _ in enumerate(prompts):
+            requests.append(SamplingParams(max_tokens=max_new_tokens, temperature=temperature, logprobs=0,
+                                           stop=[u for u in until if u] or None, include_stop_str_in_output=True,
+                                           seed=None if seeds is None else int(seeds[i]) % (2 ** 31)))
+        try:
+            outputs = self.engine.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], requests,
+                                           use_tqdm=False)
+        except Exception as err:
+            lines = [line for line in str(err).strip().splitlines() if line.strip()]
+            raise QuantcalError(f"vLLM cannot run {self.location}: {lines[-1] if lines else type(err).__name__}") from err
+        results = []
+        for output in outputs:
+            completion = output.outputs[0]
+            tokens = [int(t) for t in completion.token_ids]
+            logprobs = [float(entry[t].logprob) for t, entry in zip(tokens, completion.logprobs or [])]
+            if tokens and completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str):
+                tokens, logprobs = tokens[:-1], logprobs[:-1]  # the end-of-sequence token is not part of the answer
+            results.append((tokens, logprobs))
+        return results
+
+
 def choice_loglik(prompt_logprobs: Sequence[Any], tokens: Sequence[int], context_length: int) -> tuple[float, bool]:
     """Sum of the log-probabilities of ``tokens[context_length:]`` and whether each was the engine's top token.
     ``prompt_logprobs[i]`` maps token ids to ``Logprob(logprob, rank, ...)`` for position ``i`` (``None`` at 0)."""

@@ -23,6 +23,13 @@ from quantcal.versions import package_versions
 GENERATOR_VERSION = 1
 
 
+def is_engine(model: Any) -> bool:
+    """Whether the loaded model is an engine with its own generation and scoring (vLLM), not a transformers model."""
+    from quantcal.engines.vllm import VLLMModel
+
+    return isinstance(model, VLLMModel)
+
+
 @dataclass(frozen=True)
 class GenerationJobResult:
     run_id: int
@@ -53,7 +60,7 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
                        say: Callable[[str], None] = lambda m: None, chunk: int = 16) -> GenerationJobResult:
     """Generate what the store lacks for ``items``, ``chunk`` items at a time, each chunk stored when done."""
     from quantcal.engines.encoding import Encoder
-    from quantcal.engines.generator import generate_greedy
+    from quantcal.engines.generator import generate_greedy, generate_with_engine
 
     run_id = store.get_or_create_run(variant, label, config_hash(config), config, package_versions())
     done = store.done_generation_ids(run_id)
@@ -71,8 +78,11 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
                 # lm-eval's tokenisation (the tokenizer's own special tokens unless the prompt starts with BOS),
                 # left-truncated to leave room for the answer, as its HF model's generate_until
                 prompts = [encoder.encode(it.prompt)[-(window - max_new_tokens):] for _, it in part]
-                generations = generate_greedy(lm.model, tokenizer, prompts, until, max_new_tokens, batch_size,
-                                              progress=(lambda n: bar.update(n)) if bar else None)
+                update = (lambda n: bar.update(n)) if bar else None
+                generations = (generate_with_engine(lm.model, tokenizer, prompts, until, max_new_tokens, update)
+                               if is_engine(lm.model) else
+                               generate_greedy(lm.model, tokenizer, prompts, until, max_new_tokens, batch_size,
+                                               progress=update))
                 store.write_generations(run_id, [(pos, it, gen) for (pos, it), gen in zip(part, generations)])
         finally:
             if bar is not None:
@@ -102,7 +112,7 @@ def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Seque
     items were measured now."""
     from quantcal.analysis.generated import P_TRUE_CHOICES, P_TRUE_PROMPT, proposed_answer
     from quantcal.engines.encoding import Encoder
-    from quantcal.engines.generator import generate_greedy
+    from quantcal.engines.generator import generate_greedy, generate_with_engine
     from quantcal.engines.hf_scorer import iter_flat, score_items
     from quantcal.tasks.items import Item
 
@@ -118,7 +128,8 @@ def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Seque
                                                                                 answer=proposed_answer(task, texts[it.id])),
                                                    P_TRUE_CHOICES, 0), " ") for i, it in enumerate(todo)]
             pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-            scores = iter_flat(score_items(lm.model, encoded, batch_size=32, pad_token_id=pad))
+            scores = iter_flat(lm.model.score(encoded) if is_engine(lm.model) else
+                               score_items(lm.model, encoded, batch_size=32, pad_token_id=pad))
             store.write_generation_extras(run_id, "p_true", {todo[s.item_index].id: list(s.logliks) for s in scores})
             say(f"P(True) measured for {len(todo)} answers")
             measured = max(measured, len(todo))
@@ -135,8 +146,10 @@ def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Seque
                 for j in range(extras.samples):
                     prompts.append(ids)
                     seeds.append(int(hashlib.sha256(f"{extras.seed}:{it.id}:{j}".encode()).hexdigest()[:12], 16))
-            drawn = generate_greedy(lm.model, lm.tokenizer, prompts, task.until, max_new_tokens, batch_size,
-                                    temperature=extras.temperature, seeds=seeds)
+            drawn = (generate_with_engine(lm.model, lm.tokenizer, prompts, task.until, max_new_tokens,
+                                          temperature=extras.temperature, seeds=seeds) if is_engine(lm.model) else
+                     generate_greedy(lm.model, lm.tokenizer, prompts, task.until, max_new_tokens, batch_size,
+                                     temperature=extras.temperature, seeds=seeds))
             k = extras.samples
             store.write_generation_extras(run_id, key, {it.id: [g.text for g in drawn[n * k:(n + 1) * k]]
                                                         for n, it in enumerate(todo)})
