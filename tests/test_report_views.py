@@ -273,3 +273,25 @@ def test_a_multi_task_report_leads_with_the_grid_a_table_of_contents_and_one_cav
     piqa, boolq = grid["rows"][0]["cells"]
     assert piqa[0] == {"text": "Δacc -5.0", "verdict": "worse", "title": "Δacc -5.0 [-8.0, -2.0]; BH-adjusted p 0.01"}
     assert piqa[1]["verdict"] == "" and boolq[1]["text"] == "ΔECE -0.020†" and boolq[1]["verdict"] == "better"
+
+
+def test_the_size_axis_notes_run_time_formats_that_weight_bits_do_not_count(tmp_path: Path) -> None:
+    """Issue 33: an FP8-KV variant is not "16 bits": the Pareto view labels each variant with what it quantizes at
+    run time besides its weights (activations, KV cache); a kv: variant alone has the model's own weight bits."""
+    from quantcal.report.collect import run_bits_per_weight, run_time_formats
+    from quantcal.report.figures import pareto
+
+    assert run_time_formats({"recipe": "fp8"}) == "A FP8"
+    assert run_time_formats({"recipe": "w8a8:smoothquant=0.5"}) == "A INT8"
+    assert run_time_formats({"recipe": "nvfp4:acts=none"}) is None and run_time_formats({"recipe": "mxfp4"}) == "A MXFP4"
+    assert run_time_formats({"recipe": "kv:fp8"}) == "KV FP8"
+    assert run_time_formats({"recipe": "awq:bits=4,group_size=64+kv:int8,scale=calibrated"}) == "KV INT8"
+    assert run_time_formats({"recipe": "rtn:bits=4"}) is None and run_time_formats({}) is None
+    model = {"spec": "x", "kind": "local", "location": str(tmp_path), "dtype": "float32"}
+    (tmp_path / "config.json").write_text('{"torch_dtype": "float32"}')
+    assert run_bits_per_weight({"model": model, "recipe": "kv:fp8"}) == run_bits_per_weight({"model": model})
+    points = [{"name": "reference", "bits": 16, "ece": 0.1, "ece_after": 0.05, "acc": 0.6, "reference": True},
+              {"name": "kv-fp8", "bits": 16, "ece": 0.12, "ece_after": None, "acc": 0.6, "reference": False,
+               "formats": "KV FP8"}]
+    figure = pareto(points, "piqa", tmp_path / "figs", "p")
+    assert "KV FP8" in figure.svg.read_text()

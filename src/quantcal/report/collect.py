@@ -212,10 +212,37 @@ def run_bits_per_weight(config: dict[str, Any]) -> float | None:
 
     if config.get("adapter"):
         return None
-    if not config.get("recipe"):
+    recipe = config.get("recipe")
+    if recipe and recipe.startswith("kv:"):  # a KV-cache format alone: the weights are the model's own
+        recipe = None
+    if not recipe:
         return source_bits_per_weight(config.get("model") or {})
-    meta = cached_variant_meta(config.get("model") or {}, config["recipe"])
-    return float(meta["bits_per_weight"]) if meta else nominal_bits_per_weight(config["recipe"])
+    meta = cached_variant_meta(config.get("model") or {}, recipe.split("+kv:")[0])
+    return float(meta["bits_per_weight"]) if meta else nominal_bits_per_weight(recipe.split("+kv:")[0])
+
+
+def run_time_formats(config: dict[str, Any]) -> str | None:
+    """What a variant quantizes at run time besides its weights, in a few characters: its activations (``A FP8``,
+    ``A INT8``, ``A NVFP4``, ``A MXFP4``) and its KV cache (``KV FP8``); None when only weights are (the bits per
+    weight say all). A size axis of weight bits alone would show an FP8-KV variant as the 16-bit model."""
+    from quantcal.errors import QuantcalError
+    from quantcal.recipes import parse_recipe
+
+    recipe = config.get("recipe")
+    if not recipe:
+        return None
+    try:
+        spec = parse_recipe(recipe)
+    except QuantcalError:
+        return None
+    parts = []
+    acts = spec.params.get("acts")
+    if spec.family in ("fp8", "w8a8", "nvfp4", "mxfp4") and acts not in (None, "none"):
+        parts.append("A " + {"fp8": "FP8", "w8a8": "INT8"}.get(spec.family, spec.family.upper()))
+    kv = spec if spec.family == "kv" else spec.kv
+    if kv is not None:
+        parts.append(f"KV {str(kv.params['type']).upper()}")
+    return " · ".join(parts) or None
 
 
 def adapter_notes(runs: list[dict[str, Any]], reference: str) -> list[str]:
@@ -257,6 +284,7 @@ def collect(store: Store, settings: ReportSettings, say: Any = None) -> dict[str
     first_runs = {r["variant"]: r for r in reversed(out["runs"])}  # one count per variant (a GGUF file is read)
     bits = {v: run_bits_per_weight(r["config"]) for v, r in first_runs.items()}
     out["bits_per_weight"] = bits
+    out["run_time_formats"] = {v: f for v, r in first_runs.items() if (f := run_time_formats(r["config"]))}
     for task in tasks:
         names = list(dict.fromkeys(r.variant for r in runs if r.task == task))
         if settings.reference in names:  # reference first

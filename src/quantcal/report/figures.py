@@ -205,8 +205,9 @@ def _bottom(stack: list[float], gap: float) -> float:
 def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> Figure:
     """Bits per weight as stored (x) against ECE (y) per variant: filled markers before temperature scaling, hollow
     after (joined by a line), each variant in its colour of the other figures, its accuracy in its label; the
-    reference is the star. ``points``: ``name``, ``bits``, ``ece``, ``ece_after`` (or None), ``acc``,
-    ``reference`` (bool)."""
+    reference is the star; a variant that also quantizes activations or its KV cache at run time says so in its label
+    (``formats``: the weight bits do not count them). ``points``: ``name``, ``bits``, ``ece``, ``ece_after`` (or None),
+    ``acc``, ``reference`` (bool), ``formats`` (or None)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ordered = sorted(points, key=lambda p: not p["reference"])  # the reference first: black, as elsewhere
@@ -231,10 +232,11 @@ def pareto(points: list[dict[str, Any]], task: str, folder: Path, key: str) -> F
     labels = sorted(points, key=lambda p: p["ece"])
     spots = spread([p["ece"] for p in labels], gap=0.06 * (y_high - y_low))
     for p, y in zip(labels, spots):
-        ax.annotate(f"{p['name']} (acc {p['acc']:.2f})", (p["bits"], p["ece"]), xytext=(p["bits"] * 1.12, y), fontsize=6, va="center",
+        extra = f", {p['formats']}" if p.get("formats") else ""  # run-time formats the weight bits do not count
+        ax.annotate(f"{p['name']} (acc {p['acc']:.2f}{extra})", (p["bits"], p["ece"]), xytext=(p["bits"] * 1.12, y), fontsize=6, va="center",
                     arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.5})
     ax.set_xlim(min(bits) / 1.1, max(bits) * 2.2)
-    ax.set(xlabel="bits per weight as stored (block linears, log scale)",
+    ax.set(xlabel="bits per weight as stored (block linears, log scale; run-time formats in the labels)",
            ylabel="ECE (filled: as is; hollow: after temperature scaling)")
     ax.set_title(f"{task}: size against calibration", fontsize=9)
     return _save(fig, folder, key, f"Bits per weight against ECE, {task}")

@@ -31,12 +31,15 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def pareto_points(block: dict[str, Any], reference: str) -> list[dict[str, Any]]:
+def pareto_points(block: dict[str, Any], reference: str,
+                  formats: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The Pareto view's points: every variant whose bits per weight are known, with ECE before and after its
-    temperature and its accuracy (from the deployment view's recalibrated ranking)."""
+    temperature, its accuracy (from the deployment view's recalibrated ranking) and what it quantizes at run time
+    besides its weights (``formats``: activations, KV cache)."""
+    formats = formats or {}
     return [{"name": r["variant"], "bits": r["bits_per_weight"], "ece": r["ece_before"],
              "ece_after": None if r["at_bound"] else r["ece_after"], "acc": r["acc"] if r["acc"] is not None else 0.0,
-             "reference": r["variant"] == reference}
+             "reference": r["variant"] == reference, "formats": formats.get(r["variant"])}
             for r in block["deployment"].get("recalibrated", []) if r["bits_per_weight"] is not None]
 
 
@@ -74,7 +77,7 @@ def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: 
             say(f"figures · {task}")
         figures[task] = task_figures(next(iter(by_norm.values())), settings.reference, task, out_dir / "figures")
     for task, by_norm in results["tasks"].items():
-        points = pareto_points(next(iter(by_norm.values())), settings.reference)
+        points = pareto_points(next(iter(by_norm.values())), settings.reference, results.get("run_time_formats"))
         if len(points) > 1:
             safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in task)
             figures[task].append(pareto(points, task, out_dir / "figures", f"{safe}_pareto"))
