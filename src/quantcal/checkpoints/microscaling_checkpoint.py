@@ -119,7 +119,7 @@ def export_microscaling(variant_dir: Union[str, Path], out: Union[str, Path], dt
             entries["input_global_scale"] = (E4M3_MAX * E2M1_MAX / torch.tensor([activations["amax"][name]],
                                                                                 dtype=torch.float32))
         compressed = compressor.compress(entries, scheme)
-        back = _decompressed(compressor, compressed, scheme)
+        back = decompressed_weight(compressor, compressed, scheme)
         if not torch.equal(back, w):
             raise QuantcalError(f"{name}: compressed-tensors does not give the built weights back from the recovered "
                                 f"scales (max gap {float((back.float() - w).abs().max()):.3g}); rebuild the variant")
@@ -145,7 +145,7 @@ def export_microscaling(variant_dir: Union[str, Path], out: Union[str, Path], dt
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(names), bits, record)
 
 
-def _decompressed(compressor: Any, compressed: dict[str, torch.Tensor], scheme: Any) -> torch.Tensor:
+def decompressed_weight(compressor: Any, compressed: dict[str, torch.Tensor], scheme: Any) -> torch.Tensor:
     """The weight compressed-tensors reads back from what it wrote, in float32 (its own ``decompress`` unpacks the
     codes to bfloat16 and dequantizes in bfloat16: a rounding of its CPU path that vLLM's FP4 kernels do not make)."""
     from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
