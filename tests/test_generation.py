@@ -138,13 +138,19 @@ def test_gsm8k_end_to_end_stored_resumed_and_scored(tiny_llama: Path, tmp_path: 
     again = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=5, num_fewshot=1,
                                          max_new_tokens=8, store=store, progress=None, resamples=50)
     assert again.n_generated_now == 0 and again.acc == first.acc  # resumed from the store
+    more = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=7, num_fewshot=1,
+                                        max_new_tokens=8, store=store, progress=None, resamples=50)
+    assert more.n == 7 and more.n_generated_now == 2  # another limit resumes: only the new items are answered
+    other = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=5, num_fewshot=1,
+                                         fewshot_seed=99, max_new_tokens=8, store=store, progress=None, resamples=50)
+    assert 0 < other.n_generated_now <= 5  # other few-shot examples: those prompts are answered again
     items = first.items()
     assert len(items) == 5 and {"generation", "filtered", "correct", "conf_answer_prob"} <= set(items.columns)
     assert all(0 <= c <= 1 for c in items.conf_seq_prob) and all(items.conf_seq_prob <= items.conf_mean_prob + 1e-12)
     with open_store(store, readonly=True) as db:
         (run,) = db.runs()
         stored = db.generations(run.run_id)
-    assert [len(r["tokens"]) for r in stored] == [len(r["logprobs"]) for r in stored] and len(stored) == 5
+    assert [len(r["tokens"]) for r in stored] == [len(r["logprobs"]) for r in stored] and len(stored) == 7
     assert json.loads(json.dumps(first.to_json()))["exact_match"] == first.acc
 
 

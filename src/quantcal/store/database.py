@@ -346,6 +346,17 @@ class Store:
     def done_generation_ids(self, run_id: int) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT item_id FROM generations WHERE run_id=?", (run_id,))}
 
+    def generation_hashes(self, run_id: int) -> dict[str, str]:
+        """Each stored generation's item id and the hash of the prompt and targets it answered."""
+        return {r[0]: r[1] for r in self.db.execute("SELECT item_id, item_hash FROM generations WHERE run_id=?",
+                                                    (run_id,))}
+
+    def forget_generations(self, run_id: int, item_ids: Sequence[str]) -> None:
+        """Drop the stored generations (and their further measurements) of ``item_ids``: their prompts changed."""
+        with self.transaction() as db:
+            for table in ("generations", "generation_extras"):
+                db.executemany(f"DELETE FROM {table} WHERE run_id=? AND item_id=?", [(run_id, i) for i in item_ids])
+
     def generations(self, run_id: int) -> list[dict[str, Any]]:
         """A run's stored generations in dataset order, as plain records."""
         rows = self.db.execute(

@@ -6,7 +6,6 @@ per item (:mod:`quantcal.analysis.generated`), and each confidence's calibration
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -47,8 +46,7 @@ def generation_config(source: Any, task: GenerationTask, items: Sequence[GenItem
                       max_new_tokens: int, dtype: str, add_special_tokens: bool | None) -> dict[str, Any]:
     from quantcal.tasks.free_text import scoring_record
 
-    data = hashlib.sha256(json.dumps([it.hash for it in items]).encode()).hexdigest()[:16]
-    return {"model": source.to_json() | {"location": None}, "task": task.name, "kind": "generate", "data": data,
+    return {"model": source.to_json() | {"location": None}, "task": task.name, "kind": "generate",
             "until": list(task.until), "max_new_tokens": max_new_tokens, "decoding": "greedy", "dtype": dtype,
             "add_special_tokens": add_special_tokens, "generator_version": GENERATOR_VERSION, **scoring_record(task),
             **variant_config}
@@ -63,8 +61,14 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
     from quantcal.engines.generator import generate_greedy, generate_with_engine
 
     run_id = store.get_or_create_run(variant, label, config_hash(config), config, package_versions())
-    done = store.done_generation_ids(run_id)
-    todo = [(pos, it) for pos, it in enumerate(items) if it.id not in done]
+    # a run is the model, task and decoding; its answers are kept per item with the hash of the prompt they
+    # answered, so another `limit` resumes (the items in common are reused) and a changed prompt is answered again
+    done = store.generation_hashes(run_id)
+    stale = [it.id for it in items if it.id in done and done[it.id] != it.hash]
+    if stale:
+        say(f"{len(stale)} stored answers were to other prompts (another few-shot setting): answering again")
+        store.forget_generations(run_id, stale)
+    todo = [(pos, it) for pos, it in enumerate(items) if done.get(it.id) != it.hash]
     start = time.perf_counter()
     if todo:
         lm = holder.get()
