@@ -162,6 +162,8 @@ def test_free_text_bad_input_is_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(QuantcalError, match="unknown generation task"):
         quantcal.evaluate_generation(task="nope")
+    with pytest.raises(QuantcalError, match="unknown lm-eval task"):
+        quantcal.evaluate_generation(task="lm-eval:no_such_task_here")
     result = CliRunner().invoke(app, ["eval", "--task", "gsm8k,piqa", "--limit", "2"])
     assert result.exit_code == 2 and "runs alone" in result.output
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x"}])

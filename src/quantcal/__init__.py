@@ -32,7 +32,7 @@ _EXPORTS = {
         "FinetuneResult", "ImportedRun", "DEFAULT_MODEL", "run_sensitivity", "load_sensitivity", "merge_sensitivity",
         "SensitivityResult",
         "export_checkpoint", "ExportedCheckpoint", "export_model", "ExportedModel", "verify_cache", "EntryCheck",
-        "download", "evaluate_generation", "GenerationResult", "compare_generations", "GenerationComparison")},
+        "download", "evaluate_generation", "GenerationResult", "compare_generations", "GenerationComparison", "holds_generations")},
     "QuantcalError": "quantcal.errors",
     "StudySpec": "quantcal.study.spec",
     "VariantDef": "quantcal.variants.definition",

@@ -970,6 +970,16 @@ class GenerationComparison:
                 "differences": {c: {m: iv.to_json() for m, iv in ms.items()} for c, ms in self.differences.items()}}
 
 
+def holds_generations(store: Union[str, Path], task: str) -> bool:
+    """Whether ``store`` holds generated answers under ``task`` (a free-text task's label, e.g. an lm-eval
+    generate_until task's); False for a store that does not exist yet."""
+    path = _store_path(store)
+    if not path.is_file():
+        return False
+    with open_store(path, readonly=True) as db:
+        return any(r.task == task and r.config.get("kind") == "generate" for r in db.current_runs())
+
+
 def compare_generations(store: Union[str, Path], ref: str, variant: str, task: str, *, resamples: int = 1000,
                         seed: int = 0, p_true: bool = False, samples: int = 0, temperature: float = 1.0,
                         sample_seed: int = 0) -> GenerationComparison:

@@ -116,7 +116,7 @@ def compare_command(
         from quantcal import api
         from quantcal.tasks.generation_tasks import GENERATION_TASKS
 
-        if task is not None and (task.split("[")[0] in GENERATION_TASKS or _stored_free_text(store, task)):
+        if task is not None and (task.split("[")[0] in GENERATION_TASKS or api.holds_generations(store, task)):
             _compare_generations(store, ref, variant, task, resamples, output_json)
             return
         c = api.compare(store, ref, variant, task, resamples=resamples, normalization=normalization)
@@ -146,13 +146,3 @@ def compare_command(
         out.print(f"Spearman(reference confidence, |Δp(gold)|) = {rho['rho']:.3f} (p = {rho['pvalue']:.3g})", highlight=False)
         if output_json is not None:
             output_json.write_text(json.dumps(c.to_json(), indent=2))
-
-
-def _stored_free_text(store: Path, task: str) -> bool:
-    """Whether the store holds generated answers under ``task`` (an lm-eval generate_until task's label)."""
-    from quantcal.store.database import open_store
-
-    if not Path(store).is_file():
-        return False
-    with open_store(Path(store), readonly=True) as db:
-        return any(r.task == task and r.config.get("kind") == "generate" for r in db.current_runs())

@@ -41,6 +41,9 @@ def load_free_text(name: str, data_file: str | Path | None = None, limit: int | 
                    skip: int = 0, include: str | None = None, trust_code: bool = False, tokenizer: Any = None,
                    apply_chat_template: bool = False, say: Any = lambda m: None) -> tuple[GenerationTask, list[GenItem], str]:
     """The task, its items and its name in the store (``gsm8k[5-shot]``)."""
+    if name not in GENERATION_TASKS and not name.startswith(PREFIX):
+        raise QuantcalError(f"unknown generation task {name!r}; known: {', '.join(GENERATION_TASKS)} and lm-eval's "
+                            "generate_until tasks (lm-eval:NAME)")
     shots = default_shots(name, include) if num_fewshot is None else num_fewshot
     label = f"{name}[{shots}-shot]" if shots else name
     if name in GENERATION_TASKS:
@@ -49,9 +52,6 @@ def load_free_text(name: str, data_file: str | Path | None = None, limit: int | 
                                 f"lm-eval:{name} (lm-eval renders its chat prompts)")
         task = GENERATION_TASKS[name]
         return task, load_generation_items(task, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip), label
-    if not name.startswith(PREFIX):
-        raise QuantcalError(f"unknown generation task {name!r}; known: {', '.join(GENERATION_TASKS)} and lm-eval's "
-                            "generate_until tasks (lm-eval:NAME)")
     for what, value in (("data_file", data_file), ("fewshot_file", fewshot_file)):
         if value is not None:
             raise QuantcalError(f"{name}: `{what}` is for built-in tasks; an lm-eval task reads the files its YAML "

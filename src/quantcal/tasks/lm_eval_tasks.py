@@ -221,7 +221,9 @@ def yaml_key(name: str, include: str | None, key: str) -> Any:
     class _Loader(yaml.SafeLoader):
         pass
     _Loader.add_multi_constructor("!", lambda loader, suffix, node: None)  # !function hooks: not needed here
-    entry = _task_manager(include).task_index[name]
+    entry = _task_manager(include).task_index.get(name)
+    if entry is None:
+        raise QuantcalError(f"unknown lm-eval task {name!r}; 'lm-eval ls tasks' lists them")
     cfg, here = dict(entry.cfg or {}), Path(entry.yaml_path) if entry.yaml_path else None
     for _ in range(16):  # an include chain, nearest first
         if cfg.get(key) is not None:
