@@ -100,17 +100,46 @@ def test_a_block_that_does_not_divide_a_layer_is_refused(tmp_path: Path, smol_ch
         load_variant_model(VariantDef(str(path), "mxfp4"), resolve_source(str(path)))
 
 
-@pytest.mark.parametrize("recipe, words", [("w8a8", "quantized activations run in quantcal's HF scorer only"),
-                                           ("kv:fp8", "kv_cache_dtype")])
-def test_run_time_formats_refuse_the_vllm_backend(tiny_llama: Path, env_cache: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  recipe: str, words: str) -> None:
-    """Quantized activations and KV caches run in quantcal's HF scorer only, for now: vLLM says so in one line."""
+@pytest.mark.parametrize("recipe, scheme, kv_dtype", [("w8a8", "int-quantized", "auto"),
+                                                     ("kv:fp8", "dense", "fp8"),
+                                                     ("fp8+kv:fp8,scale=calibrated,nsamples=2,seqlen=32",
+                                                      "float-quantized", "fp8")])
+def test_vllm_serves_a_run_time_format_from_its_exported_checkpoint(tiny_llama: Path, env_cache: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch, recipe: str,
+                                                                     scheme: str, kv_dtype: str) -> None:
+    """With ``backend`` vllm, quantized activations and KV caches run on vLLM's own kernels: the variant's
+    compressed-tensors checkpoint (exported once into the cache, the KV cache's scales in it) is what vLLM loads,
+    with ``kv_cache_dtype=fp8`` for a kv: part; a second load finds the same checkpoint. vLLM itself is replaced by
+    a recorder here (the real engine runs in the slow tier and the GPU suite)."""
+    import importlib.util
+    import json
+
+    from quantcal.engines import vllm as vllm_engine
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    calls: list[dict] = []
+
+    class FakeLLM:
+        def __init__(self, **kwargs) -> None:  # noqa: ANN003
+            calls.append(kwargs)
+
+    monkeypatch.setattr(vllm_engine, "require_vllm", lambda: type("vllm", (), {"LLM": FakeLLM}))
+    for _ in range(2):
+        load_variant_model(VariantDef(str(tiny_llama), recipe), resolve_source(str(tiny_llama)), LoadOptions(backend="vllm"))
+    assert len(calls) == 2 and calls[0]["model"] == calls[1]["model"] and calls[0]["model"].endswith("-served")
+    assert calls[0].get("kv_cache_dtype", "auto") == kv_dtype
+    config = json.loads((Path(calls[0]["model"]) / "config.json").read_text())["quantization_config"]
+    assert config["format"] == scheme and ("kv_cache_scheme" in config) == (kv_dtype == "fp8")
+
+
+def test_vllm_has_no_int8_kv_cache(tiny_llama: Path, env_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
-    with pytest.raises(QuantcalError, match=words):
-        load_variant_model(VariantDef(str(tiny_llama), recipe), resolve_source(str(tiny_llama)),
+    with pytest.raises(QuantcalError, match="vLLM's KV cache has no INT8 format"):
+        load_variant_model(VariantDef(str(tiny_llama), "kv:int8"), resolve_source(str(tiny_llama)),
                            LoadOptions(backend="vllm"))
 
 

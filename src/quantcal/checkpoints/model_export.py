@@ -54,6 +54,26 @@ def native_checkpoint(source: ModelSource, spec: RecipeSpec, say: Callable[[str]
     return target
 
 
+def served_checkpoint(source: ModelSource, spec: RecipeSpec, say: Callable[[str], None] = lambda m: None) -> Path:
+    """The cached compressed-tensors checkpoint a serving engine loads for a run-time format (``fp8``, ``w8a8``,
+    ``nvfp4``, ``mxfp4``, any of them or an integer grid with a ``kv:`` part, or ``kv:`` alone): :func:`export_variant`
+    written once into the cache beside the simulated variant (``<variant>-served``), float32 tensors beside the
+    quantized ones, so vLLM runs the format with its own kernels and KV cache scales."""
+    from quantcal.recipes.build import variant_dir
+
+    target = variant_dir(source, spec)
+    target = target.with_name(target.name + "-served")
+    if target.is_symlink() or (target / "quantcal-variant.json").is_file():
+        problem = "it is a symbolic link" if target.is_symlink() else manifest_problem(target)
+        if problem is None:
+            return target
+        say(f"the cached checkpoint {target.name} is damaged ({problem}); writing it again")
+    remove_entry(target)  # an incomplete or damaged entry: written again
+    export_variant(source, spec, target, "float32", say)
+    write_manifest(target)
+    return target
+
+
 def export_variant(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str = "float32",
                    say: Callable[[str], None] = lambda m: None) -> ExportedModel:
     """Build (or find in the cache) ``spec``'s variant of ``source`` and write it to ``out`` in its deployable format;

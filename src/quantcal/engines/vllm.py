@@ -123,21 +123,26 @@ def choice_loglik(prompt_logprobs: Sequence[Any], tokens: Sequence[int], context
 
 
 def load_vllm_source(source: ModelSource, dtype: str = "auto", device: str = "auto",
-                     trust_remote_code: bool = False) -> VLLMModel:
+                     trust_remote_code: bool = False, kv_cache_dtype: str = "auto") -> VLLMModel:
     """A vLLM engine on ``source`` (a bundled or GGUF model through its dequantized safetensors copy) with prefix
     caching on; one line on failure."""
     location = str(dequantized_gguf_copy(source)) if source.kind in ("bundled", "gguf") else source.location
-    return load_vllm(location, resolve_dtype(dtype, device), device == "cpu", trust_remote_code)
+    return load_vllm(location, resolve_dtype(dtype, device), device == "cpu", trust_remote_code, kv_cache_dtype)
 
 
-def load_vllm(location: str, dtype: Any, cpu: bool, trust_remote_code: bool = False) -> VLLMModel:
+def load_vllm(location: str, dtype: Any, cpu: bool, trust_remote_code: bool = False,
+              kv_cache_dtype: str = "auto") -> VLLMModel:
     """A vLLM engine on the checkpoint at ``location`` (``dtype`` a torch dtype), prefix caching on. On a CPU the
     engine runs eagerly (compiling costs more than it saves for an evaluation) and reserves
-    :data:`CPU_MEMORY_SHARE` of the memory for its key/value cache (vLLM's default, 0.92, is meant for a GPU)."""
+    :data:`CPU_MEMORY_SHARE` of the memory for its key/value cache (vLLM's default, 0.92, is meant for a GPU).
+    ``kv_cache_dtype``: vLLM's own (``fp8`` stores keys and values in E4M3 with the checkpoint's ``k_scale`` /
+    ``v_scale``, 1.0 where it has none)."""
     vllm = require_vllm()
     from transformers import AutoConfig
 
     extra: dict[str, Any] = {"enforce_eager": True, "gpu_memory_utilization": CPU_MEMORY_SHARE} if cpu else {}
+    if kv_cache_dtype != "auto":
+        extra["kv_cache_dtype"] = kv_cache_dtype
     try:
         engine = vllm.LLM(model=location, tokenizer=location, dtype=str(dtype).removeprefix("torch."),
                           enable_prefix_caching=True, trust_remote_code=trust_remote_code, seed=0, **extra)

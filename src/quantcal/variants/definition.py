@@ -36,8 +36,8 @@ from quantcal.errors import QuantcalError
 from quantcal.versions import vllm_build_problem
 from quantcal.variants.adapters import (adapter_base_model, adapter_dir, adapter_fingerprint, check_form,
                                       deployed_source, load_native_adapter, training_summary)
-from quantcal.checkpoints.formats import is_packed_native
-from quantcal.checkpoints.model_export import native_checkpoint
+from quantcal.checkpoints.formats import ACTIVATION_FORMATS, MICROSCALING_FORMATS, is_packed_native
+from quantcal.checkpoints.model_export import native_checkpoint, served_checkpoint
 from quantcal.sources.models import (LoadedModel, ModelSource, dequantized_gguf_copy, load_model, load_tokenizer,
                                     resolve_source,
                                     weights_digest)
@@ -222,6 +222,29 @@ def prepare(defn: VariantDef, options: LoadOptions = LoadOptions(), say: Callabl
     return PreparedVariant(defn, source, config, holder)
 
 
+#: Recipe families whose format runs at inference time (activations): vLLM serves their exported checkpoints.
+RUN_TIME_FORMATS = ACTIVATION_FORMATS + MICROSCALING_FORMATS
+
+
+def _served_by_vllm(defn: VariantDef, cache: Optional[RecipeSpec], weights: ModelSource, source: ModelSource,
+                    options: LoadOptions, say: Callable[[str], None]) -> LoadedModel:
+    """A run-time format on vLLM's own kernels: the variant's compressed-tensors checkpoint (weights, activation
+    scheme, the KV cache's scales), exported once into the cache, loaded with ``kv_cache_dtype=fp8`` for a ``kv:``
+    part (vLLM's KV cache is FP8 or unquantized)."""
+    from quantcal.engines.vllm import load_vllm_source
+
+    spec = defn.recipe_spec
+    assert spec is not None
+    if cache is not None and cache.params.get("type") != "fp8":
+        raise QuantcalError(f"{cache.key}: vLLM's KV cache has no INT8 format (kv_cache_dtype is auto or fp8); "
+                            "score kv:int8 with the hf backend")
+    path = served_checkpoint(weights, spec, say)
+    served = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
+    engine = load_vllm_source(served, options.dtype, options.device, options.trust_remote_code,
+                              "fp8" if cache is not None else "auto")
+    return LoadedModel(engine, load_tokenizer(served, options.trust_remote_code), source, weights_digest(served))
+
+
 def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptions = LoadOptions(),
                        say: Callable[[str], None] = lambda m: None) -> LoadedModel:
     """The variant's model, loaded: adapter deployment form, then recipe, then transformers (see the module doc)."""
@@ -239,9 +262,8 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
     if spec is not None:
         cache = spec if spec.family == "kv" else spec.kv
         spec = None if spec.family == "kv" else spec.weights
-    if cache is not None and vllm:
-        raise QuantcalError(f"{cache.key}: quantcal runs a KV-cache format in its HF scorer only for now; with vLLM, "
-                            "serve the weights and set vLLM's own kv_cache_dtype")
+    if vllm and (cache is not None or (spec is not None and spec.family in RUN_TIME_FORMATS)):
+        return _served_by_vllm(defn, cache, weights, source, options, say)
     if cache is not None and spec is not None:  # a model whose cache cannot be rounded: refused before the build
         from transformers import AutoConfig
 
