@@ -283,6 +283,12 @@ def test_a_study_answers_free_text_tasks_and_reports_their_confidences(tiny_llam
     with pytest.raises(QuantcalError, match="generation task gsm8k"):
         quantcal.run_study({**study, "generation": [{"name": "gsm8k", "data_file": str(tmp_path / "missing.jsonl")}]},
                            output=tmp_path / "bad", progress=None)
+    chat = quantcal.run_study({**study, "tasks": [], "apply_chat_template": True}, output=tmp_path / "chat",
+                              progress=None)  # the reference's chat template renders every model's prompts
+    assert {j.task for j in chat.jobs} == {"gsm8k[1-shot chat]"} and not chat.failures
+    with pytest.raises(QuantcalError, match="apply to `tasks` only"):
+        quantcal.run_study({**study, "apply_chat_template": True, "system_instruction": "Be brief."},
+                           output=tmp_path / "sys", progress=None)
 
 
 def _lm_eval_gsm8k(folder: Path, data: Path, extra: str = "") -> Path:
@@ -296,6 +302,29 @@ def _lm_eval_gsm8k(folder: Path, data: Path, extra: str = "") -> Path:
         f"dataset_kwargs: {{data_files: {{test: {json.dumps(str(data))}}}}}\ntraining_split: null\n"
         f"fewshot_split: test\ntest_split: test\n{extra}")
     return folder
+
+
+def test_built_in_free_text_under_a_chat_template_is_rendered_as_lm_eval_renders_it(smol_checkpoint: Path,
+                                                                                     tmp_path: Path) -> None:
+    """Built-in gsm8k with ``apply_chat_template``: the same prompts, byte for byte, as lm-eval's own
+    ``--apply_chat_template`` (few-shot examples as user/assistant turns) on the same file, with SmolLM2's chat
+    template; the task's name says chat; a tokenizer without a template is one line."""
+    from transformers import AutoTokenizer
+
+    from quantcal.tasks.free_text import load_free_text
+
+    data = _gsm8k_file(tmp_path / "g.jsonl", 8)
+    include = _lm_eval_gsm8k(tmp_path / "yaml", data)
+    tok = AutoTokenizer.from_pretrained(smol_checkpoint)
+    _, ours, label = load_free_text("gsm8k", data, limit=4, num_fewshot=2, tokenizer=tok, apply_chat_template=True)
+    _, theirs, _ = load_free_text("lm-eval:gsm8k_local", limit=4, num_fewshot=2, include=str(include), tokenizer=tok,
+                                  apply_chat_template=True)
+    assert label == "gsm8k[2-shot chat]"
+    assert [it.prompt for it in ours] == [it.prompt for it in theirs]
+    assert ours[0].prompt.count("<|im_start|>assistant") == 3  # two examples answered, then the generation prompt
+    tok.chat_template = None
+    with pytest.raises(QuantcalError, match="has no chat template"):
+        load_free_text("gsm8k", data, limit=2, tokenizer=tok, apply_chat_template=True)
 
 
 def test_lm_eval_generate_until_tasks_are_answered_as_the_built_in_task(tiny_llama: Path, tmp_path: Path) -> None:

@@ -428,6 +428,8 @@ def evaluate_generation(
     ``p_true``: also ask the model whether each answer is right (``conf_p_true``, Kadavath et al. 2022);
     ``samples``: also draw that many answers per item at ``temperature`` (seeded by ``sample_seed`` and the item) and
     report their agreement with the greedy answer (``conf_consistency``). Both are stored and reused.
+    ``apply_chat_template``: each prompt through the model's chat template, as lm-eval's ``--apply_chat_template``
+    renders it (few-shot examples as user/assistant turns); the run's task name says ``chat``.
 
     ``task`` may also be an lm-eval ``generate_until`` task (``lm-eval:gsm8k``, or one of ``lm_eval_include``'s
     YAMLs; Python hooks there run only with ``trust_task_code``): lm-eval renders its prompts (few-shot,

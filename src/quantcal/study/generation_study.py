@@ -17,7 +17,9 @@ from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, compa
 from quantcal.study.runner import JobOutcome, load_options
 from quantcal.study.spec import REFERENCE_NAME, GenerationTaskSpec, StudySpec
 from quantcal.tasks.free_text import default_shots, load_free_text
+from quantcal.sources.models import load_tokenizer, resolve_source
 from quantcal.tasks.generation_tasks import GenerationTask
+from quantcal.tasks.prompts import PromptSetup, task_label as prompt_label
 from quantcal.variants.definition import Phase, VariantDef, prepare
 
 
@@ -40,23 +42,26 @@ class PlannedGeneration:
     variant: str
     definition: VariantDef
     task: GenerationTaskSpec
+    chat: bool = False  # the study's apply_chat_template
 
     @property
     def label(self) -> str:
-        return task_label(self.task)
+        return task_label(self.task, self.chat)
 
 
 def plan_generation(spec: StudySpec) -> list[PlannedGeneration]:
     """The study's free-text jobs: the reference's, then each variant build's, each over every free-text task."""
     models = [(REFERENCE_NAME, VariantDef(spec.reference))]
     models += [(name, spec.definition(v, recipe)) for v in spec.variants for name, recipe in v.builds()]
-    return [PlannedGeneration(name, definition, g) for name, definition in models for g in spec.generation]
+    return [PlannedGeneration(name, definition, g, spec.apply_chat_template)
+            for name, definition in models for g in spec.generation]
 
 
-def task_label(g: GenerationTaskSpec) -> str:
-    """A free-text task's name in the store: ``gsm8k[5-shot]`` (as :func:`quantcal.api.evaluate_generation`)."""
+def task_label(g: GenerationTaskSpec, chat: bool = False) -> str:
+    """A free-text task's name in the store: ``gsm8k[5-shot]``, ``gsm8k[5-shot chat]`` (as
+    :func:`quantcal.api.evaluate_generation` names it)."""
     shots = default_shots(g.name, g.include) if g.num_fewshot is None else g.num_fewshot
-    return f"{g.name}[{shots}-shot]" if shots else g.name
+    return prompt_label(g.name, PromptSetup(shots, g.fewshot_seed, None, chat))
 
 
 def run_generation_tasks(spec: StudySpec, store: Store, progress: Callable[[str, int], Any] | None = None,
@@ -66,8 +71,11 @@ def run_generation_tasks(spec: StudySpec, store: Store, progress: Callable[[str,
     on (as :func:`quantcal.study.runner.run_study`)."""
     from quantcal.study.runner import failure_reason
 
+    # under the study's chat template every model answers the reference's prompts (its tokenizer's template)
+    tokenizer = load_tokenizer(resolve_source(spec.reference)) if spec.apply_chat_template else None
     loaded = {g.name: load_free_text(g.name, g.data_file, g.limit, g.num_fewshot, g.fewshot_file, g.fewshot_seed,
-                                     g.skip, g.include, g.trust_task_code, say=say) for g in spec.generation}
+                                     g.skip, g.include, g.trust_task_code, tokenizer, spec.apply_chat_template, say=say)
+              for g in spec.generation}
     items = {name: found[1] for name, found in loaded.items()}
     outcomes: list[JobOutcome] = []
     runs: list[AnsweredRun] = []

@@ -286,6 +286,10 @@ class StudySpec(_Strict):
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"each generation task once: {twice}")
+        if self.generation and (self.system_instruction or self.fewshot_as_multiturn is False):
+            raise ValueError("`generation` tasks take the study's apply_chat_template with few-shot examples as turns "
+                             "(lm-eval's default); system_instruction and fewshot_as_multiturn: false apply to "
+                             "`tasks` only: run the free-text tasks in a study of their own")
         return self
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ from typing import Any
 from quantcal.errors import QuantcalError
 from quantcal.tasks.generation_tasks import GENERATION_TASKS, GenerationTask, GenItem, load_generation_items
 from quantcal.tasks.lm_eval_generation import load_lm_eval_generation, task_from_json, task_to_json
-from quantcal.tasks.prompts import PromptSetup
+from quantcal.tasks.prompts import PromptSetup, require_chat_template, task_label
 
 PREFIX = "lm-eval:"
 
@@ -45,20 +45,21 @@ def load_free_text(name: str, data_file: str | Path | None = None, limit: int | 
         raise QuantcalError(f"unknown generation task {name!r}; known: {', '.join(GENERATION_TASKS)} and lm-eval's "
                             "generate_until tasks (lm-eval:NAME)")
     shots = default_shots(name, include) if num_fewshot is None else num_fewshot
-    label = f"{name}[{shots}-shot]" if shots else name
+    setup = PromptSetup(shots, fewshot_seed, None, apply_chat_template)
+    label = task_label(name, setup)
+    if apply_chat_template:
+        require_chat_template(tokenizer)
     if name in GENERATION_TASKS:
-        if apply_chat_template:
-            raise QuantcalError(f"{name}: a chat template on a built-in free-text task is not supported yet; use "
-                                f"lm-eval:{name} (lm-eval renders its chat prompts)")
         task = GENERATION_TASKS[name]
-        return task, load_generation_items(task, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip), label
+        items = load_generation_items(task, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip,
+                                      tokenizer if apply_chat_template else None)
+        return task, items, label
     for what, value in (("data_file", data_file), ("fewshot_file", fewshot_file)):
         if value is not None:
             raise QuantcalError(f"{name}: `{what}` is for built-in tasks; an lm-eval task reads the files its YAML "
                                 "names (write one with dataset_path: json and pass its folder as `lm_eval_include`)")
     if skip:
         raise QuantcalError(f"{name}: `skip` is for built-in tasks (lm-eval takes the first `limit` documents)")
-    setup = PromptSetup(shots, fewshot_seed, None, apply_chat_template)
     task, items = load_lm_eval_generation(name, include, limit, setup, tokenizer, trust_code, say)
     return task, items, label
 

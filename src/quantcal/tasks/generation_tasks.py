@@ -111,10 +111,16 @@ def generation_rows(task: GenerationTask, data_file: str | Path | None) -> list[
 
 def load_generation_items(task: GenerationTask, data_file: str | Path | None = None, limit: int | None = None,
                           num_fewshot: int | None = None, fewshot_file: str | Path | None = None,
-                          seed: int = 1234, skip: int = 0) -> list[GenItem]:
+                          seed: int = 1234, skip: int = 0, chat: Any = None) -> list[GenItem]:
     """The task's items with their prompts; few-shot examples drawn as lm-eval draws them (``default`` sampler,
-    seed 1234; the item left out when the pool is the evaluation file)."""
+    seed 1234; the item left out when the pool is the evaluation file). ``chat``: a tokenizer whose chat template
+    renders each prompt as lm-eval's ``--apply_chat_template --fewshot_as_multiturn`` does (each example a
+    user/assistant exchange, the question the last user turn, then the generation prompt)."""
     from quantcal.tasks.fewshot import sample_examples
+    from quantcal.tasks.prompts import Example, PromptParts, render_chat, require_chat_template, turns
+
+    if chat is not None:
+        require_chat_template(chat)
 
     rows = generation_rows(task, data_file)
     for row in rows:
@@ -134,8 +140,13 @@ def load_generation_items(task: GenerationTask, data_file: str | Path | None = N
         shots = sample_examples(task, chosen, pool, k, seed, exclude)  # type: ignore[arg-type]
     items = []
     for i, (row, drawn) in enumerate(zip(chosen, shots)):
-        examples = [task.text(x.data) + task.target_delimiter + task.fewshot_target(x.data) for x in drawn]
-        prompt = task.fewshot_delimiter.join(examples + [task.text(row.data)])
+        if chat is not None:
+            parts = PromptParts(task.text(row.data), examples=[Example(task.text(x.data), task.fewshot_target(x.data))
+                                                               for x in drawn])
+            prompt = render_chat(turns(parts, None, task.target_delimiter, task.fewshot_delimiter), chat, True)
+        else:
+            examples = [task.text(x.data) + task.target_delimiter + task.fewshot_target(x.data) for x in drawn]
+            prompt = task.fewshot_delimiter.join(examples + [task.text(row.data)])
         ident = str(row.data[task.id_field]) if task.id_field and task.id_field in row.data else f"{task.name}-{skip + i}"
         items.append(GenItem(ident, prompt, task.targets(row.data), str(row.data["question"])))
     return items
