@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 from quantcal.errors import QuantcalError
+from quantcal.recipes.fused import Fused
 from quantcal.recipes.layers import block_linears
 from quantcal.recipes.number_formats import E4M3_MAX, fake_fp8, fake_int8, fake_mxfp4, fake_nvfp4
 
@@ -47,28 +48,36 @@ class ActivationScheme:
         if (self.format, self.per) in STATIC and not self.amax:
             raise QuantcalError(f"activation quantization {self.format}/{self.per} needs calibrated scales")
 
-    def quantizer(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def quantizer(self, layer: str, fuse: Callable[[Callable[..., Any]], Callable[..., Any]] | None = None
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The fake quantizer of ``layer``'s input (a tensor whose last dimension is the layer's input features).
         Every scheme here quantizes each token's row on its own (per-token or per-block scales; static scales are
-        fixed), so a large input is quantized a few hundred rows at a time (:func:`by_rows`): the same numbers."""
-        plain = self._plain(layer)  # SmoothQuant's 1/s is in the producing norm (fold_smoothing), as deployed
+        fixed), so a large input is quantized a few hundred rows at a time (:func:`by_rows`): the same numbers.
+        ``fuse``: wraps the elementwise function (:func:`install` compiles it into one kernel; bit-identical)."""
+        plain = self._plain(layer, fuse or (lambda f: f))  # SmoothQuant's 1/s: in the norm (fold_smoothing)
         return lambda x: by_rows(plain, x)
 
-    def _plain(self, layer: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _plain(self, layer: str, fuse: Callable[[Callable[..., Any]], Callable[..., Any]] = lambda f: f
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
         import torch
 
         if (self.format, self.per) == ("fp8", "token"):
-            return lambda x: fake_fp8(x, dim=-1)
+            fp8 = fuse(fake_fp8)
+            return lambda x: fp8(x, -1)
         if (self.format, self.per) == ("int8", "token"):
-            return lambda x: fake_int8(x, dim=-1)
+            int8 = fuse(fake_int8)
+            return lambda x: int8(x, -1)
         if self.format == "mxfp4":
-            return lambda x: fake_mxfp4(x, rounding=self.rounding)
+            mxfp4 = fuse(fake_mxfp4)
+            return lambda x: mxfp4(x, 32, self.rounding)
         assert self.amax is not None
         amax = torch.tensor(self.amax[layer], dtype=torch.float32)
         if self.format == "nvfp4":
-            return lambda x: fake_nvfp4(x, global_amax=amax)
+            nvfp4 = fuse(fake_nvfp4)
+            return lambda x: nvfp4(x, 16, amax)
         scale = (amax / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)  # fp8, static per tensor
-        return lambda x: fake_fp8_static(x, scale)
+        static = fuse(fake_fp8_static)
+        return lambda x: static(x, scale)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": self.format, "per": self.per, **({"amax": self.amax} if self.amax else {}),
@@ -150,15 +159,18 @@ class _LastInput:
         self.out: Any = None
 
 
-def install(model: nn.Module, scheme: ActivationScheme) -> list[Any]:
+def install(model: nn.Module, scheme: ActivationScheme, fused: bool = True) -> list[Any]:
     """Forward pre-hooks quantizing every decoder-block linear's input (SmoothQuant's scales folded into their norms
     first); returns the hooks' handles. An input read by several linears whose quantizers are the same (dynamic
-    schemes; static ones with equal calibrated scales, as a shared input's are) is quantized once."""
+    schemes; static ones with equal calibrated scales, as a shared input's are) is quantized once. ``fused``: each
+    quantizer compiled into one kernel (bit-identical; :mod:`quantcal.recipes.fused`), eager where that fails."""
     fold_smoothing(model, scheme)
     handles = []
     last = _LastInput()
+    fusers: dict[Any, Fused] = {}  # one compiled function for every layer (a failure to compile is met once)
+    fuse = (lambda f: fusers.setdefault(f, Fused(f))) if fused else None
     for name, linear in block_linears(model):
-        quantize = scheme.quantizer(name)
+        quantize = scheme.quantizer(name, fuse)
         key = (scheme.format, scheme.per, scheme.rounding, scheme.amax[name] if scheme.amax else None)
 
         def hook(module: nn.Module, args: tuple, quantize: Callable = quantize, key: tuple = key) -> tuple:
