@@ -3,6 +3,8 @@ coinciding quantile bins are merged; the findings block says what changed, in wh
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
