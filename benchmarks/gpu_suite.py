@@ -19,7 +19,8 @@ Steps (each a subprocess with its own time limit; one JSON ``gpu_suite.json`` an
    parity of two scorers of the same checkpoint.
 3. ``vllm-vs-lm-eval-vllm`` and ``w4a16-vllm-kernel``: quantcal ``--backend vllm`` against the HF path (and
    lm-eval's vllm backend), and an exported W4A16 compressed-tensors checkpoint through vLLM's int4 kernel
-   (``vllm_native.py``). They run only where vLLM imports: its wheels (hundreds of MB with their CUDA
+   (``vllm_native.py``), and ``formats-vllm-kernels``: fp8, w8a8, nvfp4 and an FP8 KV cache on vLLM's kernels
+   against quantcal's simulation of each (``vllm_formats.py``). They run only where vLLM imports: its wheels (hundreds of MB with their CUDA
    dependencies) cannot be carried within 64 MiB, so on this workplace's GPU image they are reported as skipped,
    with that reason, unless vLLM is installed there.
 
@@ -123,6 +124,12 @@ def steps(bundle: Path, out: Path) -> list[Step]:
         "--limit", "100", "--work", str(out / "work" / "native"), "--out", str(out)],
         120, needs=("vllm", "compressed_tensors"), why_needed="vLLM's int4 kernel needs vLLM (not carried: see above)",
         output=None))
+    plan.append(Step("formats-vllm-kernels", [
+        py, str(HERE / "vllm_formats.py"), "--model", str(out / "work" / "vllm" / smol.name), "--data", str(data),
+        "--limit", "200", "--dtype", "bfloat16", "--device", "cuda", "--work", str(out / "work" / "formats"),
+        "--out", str(out)],
+        150, needs=("vllm", "compressed_tensors"), why_needed="vLLM's FP8/INT8/FP4 kernels and FP8 KV cache need vLLM "
+        "(not carried: see above)", output=None))
     return plan
 
 
