@@ -106,6 +106,45 @@ def test_greedy_generation_equals_generate_and_a_plain_forward(checkpoint: str, 
         assert list(g.logprobs) == pytest.approx([float(lp[len(p) - 1 + j, t]) for j, t in enumerate(g.tokens)], abs=1e-6)
 
 
+@pytest.mark.parametrize("checkpoint", ["tiny_llama", "tiny_gemma"])
+def test_a_shared_prompt_prefix_runs_once_and_changes_no_answer(checkpoint: str, request: pytest.FixtureRequest) -> None:
+    """Prompts that begin with the same few-shot examples: their prefix is one pass of one row whose cache every row
+    copies; each row's tokens are still its own greedy continuation alone, and its log-probabilities a plain
+    forward's. A model with sliding-window attention (Gemma 3) runs its prompt passes whole (the padding between a
+    shared prefix and a row's own tokens would count in its window)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from quantcal.engines.generator import MIN_SHARED_PREFIX, generate_greedy
+
+    path = request.getfixturevalue(checkpoint)
+    model = AutoModelForCausalLM.from_pretrained(path).eval().double()
+    tok = AutoTokenizer.from_pretrained(path)
+    shots = "Question: what is 1+1?\nAnswer: 2\n\nQuestion: what is 3+4?\nAnswer: 7\n\n"
+    prompts = [tok(shots + q)["input_ids"] for q in ("Question: what is 2+2?\nAnswer:", "Question: 5+6?\nAnswer:",
+                                                     "Question: a long question about nine and ten?\nAnswer:", "Q:")]
+    shared = len(tok(shots)["input_ids"]) - 1
+    assert shared >= MIN_SHARED_PREFIX
+    passes = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: passes.append(tuple(kw["input_ids"].shape))
+                                           if kw["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    generations = generate_greedy(model, tok, prompts, [], max_new_tokens=6, batch_size=4)
+    hook.remove()
+    whole = [p for p in passes if p[0] == 4]
+    if checkpoint == "tiny_llama":
+        assert passes[0][0] == 1 and passes[0][1] >= shared - 2 and whole and whole[0][1] < min(map(len, prompts))
+    else:
+        assert whole and whole[0][1] == max(map(len, prompts))
+    assert generate_greedy(model, tok, prompts, [], max_new_tokens=6, batch_size=4, share_prefix=False)[0].tokens \
+        == generations[0].tokens
+    with torch.inference_mode():
+        for p, g in zip(prompts, generations):
+            alone = model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)
+            assert list(g.tokens) == alone[0, len(p):].tolist()[:len(g.tokens)]
+            lp = torch.log_softmax(model(torch.tensor([p + list(g.tokens)])).logits[0].float(), -1)
+            assert list(g.logprobs) == pytest.approx([float(lp[len(p) - 1 + j, t]) for j, t in enumerate(g.tokens)],
+                                                     abs=1e-6)
+
+
 def _gsm8k_file(path: Path, n: int = 10) -> Path:
     return write_jsonl(path, [{"question": f"Tom has {i} apples and buys {i + 2} more. How many now?",
                                "answer": f"{i} + {i + 2} = {2 * i + 2}\n#### {2 * i + 2}"} for i in range(n)])

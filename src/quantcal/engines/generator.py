@@ -11,6 +11,12 @@ prompt pass runs on its own and its cache joins the batch's, both left-padded to
 no row attends to any more are cut. (A cache with sliding-window layers, which keep their own record of what they
 dropped, only shrinks: its batch refills when it empties.) Prompts are taken longest first.
 
+A prompt pass whose prompts begin with the same tokens (fixed few-shot examples, a chat template's system turn) runs
+that shared prefix once, for one row, and gives each row a copy of its cache; the rows' own remainders follow,
+left-padded after the prefix (the mask has the padding between the two; positions continue from the prefix), which
+computes what each row would alone up to the same float rounding as padding does. Not for models with sliding-window
+attention: the window is counted in cache columns, and the padding between prefix and remainder would count.
+
 The stop strings are looked for in the text of each row's last tokens at every step (a window of the longest stop
 string's length plus 8 tokens: the check costs the same at any length); the text is cut at the first stop string of
 the whole decoded continuation as lm-eval cuts it (:func:`quantcal.tasks.answer_filters.cut_at_stop`), and the kept
@@ -22,6 +28,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
+
+#: Tokens a prompt pass's prompts must share before their prefix is computed once.
+MIN_SHARED_PREFIX = 16
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,7 @@ def _trim(batch: _Batch) -> None:
 def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], until: Sequence[str],
                     max_new_tokens: int = 256, batch_size: int = 8,
                     progress: Callable[[int], Any] | None = None, temperature: float = 0.0,
-                    seeds: Sequence[int] | None = None) -> list[Generation]:
+                    seeds: Sequence[int] | None = None, share_prefix: bool = True) -> list[Generation]:
     """Greedy continuations of token-id ``prompts`` (module doc), in order. With ``temperature > 0`` each token is
     drawn from ``softmax(logits / temperature)`` instead, row ``i`` from its own ``torch.Generator`` seeded with
     ``seeds[i]`` (so a sample does not depend on the batch it ran in); the log-probabilities kept are then the
@@ -186,18 +195,43 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
         batch.mask = torch.cat([batch.mask, torch.ones((len(keep), 1), dtype=batch.mask.dtype, device=device)], 1)
         return batch
 
+    # a sliding window counts its width in cache columns, and the padding between a shared prefix and a row's own
+    # tokens would count in it: such models run every prompt pass whole
+    sharing = {"on": share_prefix and not _has_sliding_window(model.config)}
+
+    def shared_prefix(rows: list[int]) -> tuple[int, Any]:
+        """The prefix the rows share, run once (its length and cache, one copy per row), or (0, a new cache)."""
+        length = common_prefix_length([prompts[i] for i in rows]) if sharing["on"] and len(rows) > 1 else 0
+        length = min(length, min(len(prompts[i]) for i in rows) - 1)  # each row keeps a token of its own
+        if length < MIN_SHARED_PREFIX:
+            return 0, DynamicCache()
+        ids = torch.tensor([list(prompts[rows[0]][:length])], device=device)
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{cache_arg: DynamicCache()},
+                    **last_only)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        if not _mergeable(cache):
+            sharing["on"] = False
+            return 0, DynamicCache()
+        for layer in cache.layers:
+            layer.keys = layer.keys.repeat(len(rows), 1, 1, 1)
+            layer.values = layer.values.repeat(len(rows), 1, 1, 1)
+        return length, cache
+
     def prefill(rows: list[int]) -> _Batch | None:
-        width = max(len(prompts[i]) for i in rows)
+        shared, cache = shared_prefix(rows)
+        width = max(len(prompts[i]) for i in rows) - shared
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for r, i in enumerate(rows):
-            ids[r, width - len(prompts[i]):] = torch.tensor(list(prompts[i]))
-            mask[r, width - len(prompts[i]):] = 1
+            own = list(prompts[i][shared:])
+            ids[r, width - len(own):] = torch.tensor(own)
+            mask[r, width - len(own):] = 1
             tokens[i], logps[i] = [], []
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        positions = shared + (mask.cumsum(-1) - 1).clamp_min(0)
+        mask = torch.cat([torch.ones((len(rows), shared), dtype=mask.dtype, device=device), mask], dim=1)
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_arg: DynamicCache()}, **last_only)
+                    **{cache_arg: cache}, **last_only)
         cache = getattr(out, "cache", None) or out.past_key_values
         return advance(_Batch(rows, cache, mask, step_pos=positions[:, -1:]), out.logits[:, -1])
 
@@ -225,6 +259,24 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
             if batch is not None and _mergeable(batch.cache):
                 _trim(batch)
     return [results[i] for i in range(len(prompts))]
+
+
+def _has_sliding_window(config: Any) -> bool:
+    text = getattr(config, "get_text_config", lambda: config)()
+    kinds = getattr(text, "layer_types", None) or []
+    return bool(getattr(text, "sliding_window", None)) or any("sliding" in str(k) for k in kinds)
+
+
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all ``prompts`` share."""
+    first = prompts[0]
+    length = min(len(p) for p in prompts)
+    for p in prompts[1:]:
+        k = 0
+        while k < length and p[k] == first[k]:
+            k += 1
+        length = k
+    return length
 
 
 def end_of_sequence_ids(model: Any, tokenizer: Any) -> set[int]:
