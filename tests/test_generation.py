@@ -312,6 +312,11 @@ def test_a_study_answers_free_text_tasks_and_reports_their_confidences(tiny_llam
     assert len(answers) == 16 and {"variant", "task", "generation", "filtered", "correct", "conf_p_true"} <= set(answers.columns)
     page = (tmp_path / "out" / "generation.html").read_text()
     assert "gsm8k[1-shot]" in page and "rtn2 vs reference" in page
+    # a reliability figure per measure (a panel per model) and every answer in the explorer, with its question
+    assert (tmp_path / "out" / "figures" / "generation_1_conf_p_true.svg").is_file()
+    assert 'src="figures/generation_1_conf_seq_prob.svg"' in page and "Every answer (8 items)" in page
+    assert set(answers.question) == {f"Tom has {i} apples and buys {i + 2} more. How many now?" for i in range(8)}
+    assert answers.question.iloc[0] in page
     again = quantcal.run_study(study, output=tmp_path / "out", progress=None)
     generated = [j for j in again.jobs if j.task == "gsm8k[1-shot]"]
     assert len(generated) == 2 and all(j.ok and j.n_scored_now == 0 for j in generated)  # resumed

@@ -52,6 +52,18 @@ def mean_confidence(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(_unpack(probs, labels)[0].mean())
 
 
+def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> dict[str, list[float]]:
+    """A reliability diagram's points: per non-empty bin of ``c`` (``n_bins`` equal-width, as :func:`ece` bins it)
+    its mean confidence, its accuracy ``mean(y)`` and its count."""
+    c = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    y = np.asarray(correct, dtype=np.float64)
+    index, m = bin_index(c, n_bins, "width")
+    counts, c_sum, y_sum = bin_sums(index, m, c, y)
+    keep = counts > 0
+    return {"confidence": (c_sum[keep] / counts[keep]).tolist(), "accuracy": (y_sum[keep] / counts[keep]).tolist(),
+            "counts": counts[keep].tolist()}
+
+
 def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     c, y = _unpack(probs, labels)
     index, m = bin_index(c, n_bins, "width")

@@ -4,8 +4,10 @@ Per task: each model's exact-match accuracy and, per confidence measure, its cal
 overconfidence) with bootstrap intervals; each variant against the reference on the same items (paired
 differences with intervals, changed answers, right -> wrong and wrong -> right flips); which measure is best
 calibrated for each model and which measures a variant damages (the interval of ΔECE above 0); and the answers that
-changed. Written as ``generation.html``, ``generation.json`` (every number) and ``answers.parquet`` (every scored
-answer: generation, filtered answer, correctness, ``conf_*``)."""
+changed; a reliability figure per confidence measure (a panel per model) and an explorer of every answer (question,
+each model's filtered answer, correctness and confidences; the first 300 items). Written as ``generation.html``,
+``figures/generation_*.svg|png``, ``generation.json`` (every number) and ``answers.parquet`` (every scored answer:
+question, generation, filtered answer, correctness, ``conf_*``)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ ECE here is binary: the confidence that the answer is right against whether it i
 <div class="scroll"><table><tr><th>model</th><th>measure</th><th>accuracy</th>{% for c in columns %}<th>{{ c[1] }}</th>{% endfor %}</tr>
 {% for row in t.rows %}<tr><td>{{ row.model }}</td><td>{{ row.measure }}</td><td>{{ row.acc }}</td>{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}</tr>{% endfor %}
 </table></div>
+{% if t.figures %}<h3>Reliability per measure</h3>
+<p class="muted">Per model: the answers binned by confidence (15 equal-width bins; a bar from each bin's mean confidence to its accuracy), relplot's smoothed curve with its bootstrap band, the reference's curve in grey, and how many answers fall at each confidence.</p>
+{% for f in t.figures %}<figure><img src="{{ f.src }}" alt="{{ f.title }}" style="max-width: 100%"><figcaption class="muted">{{ f.title }}</figcaption></figure>{% endfor %}{% endif %}
 {% if t.paired %}<h3>Each variant against the reference</h3>
 <div class="scroll"><table><tr><th>variant</th><th>measure</th><th>Δaccuracy (pts)</th>{% for c in columns[:4] %}<th>Δ{{ c[1] }}</th>{% endfor %}<th>changed answers</th><th>right→wrong</th><th>wrong→right</th></tr>
 {% for row in t.paired %}<tr><td>{{ row.variant }}</td><td>{{ row.measure }}</td>{% for cell in row.cells %}<td{% if cell[1] %} class="{{ cell[1] }}"{% endif %}>{{ cell[0] }}</td>{% endfor %}<td>{{ row.changed }}</td><td>{{ row.r2w }}</td><td>{{ row.w2r }}</td></tr>{% endfor %}
@@ -56,6 +61,10 @@ ECE here is binary: the confidence that the answer is right against whether it i
 <div class="scroll"><table><tr><th>item</th><th>variant</th><th>reference answer</th><th>variant answer</th><th>reference generation</th><th>variant generation</th></tr>
 {% for c in t.changes %}<tr><td>{{ c.item }}</td><td>{{ c.variant }}</td><td>{{ c.ref }} {{ "✓" if c.ref_ok else "✗" }}</td><td>{{ c.var }} {{ "✓" if c.var_ok else "✗" }}</td><td class="text">{{ c.ref_text }}</td><td class="text">{{ c.var_text }}</td></tr>{% endfor %}
 </table></div>{% endif %}
+{% if t.explorer %}<details><summary><h3 style="display: inline">Every answer ({{ t.explorer|length }} items{% if t.explorer_cut %}, the first {{ t.explorer|length }} of {{ t.n }}{% endif %})</h3></summary>
+<div class="scroll"><table><tr><th>item</th><th>question</th>{% for m in t.models %}<th>{{ m }}</th>{% endfor %}</tr>
+{% for e in t.explorer %}<tr><td>{{ e.item }}</td><td class="text">{{ e.question }}</td>{% for a in e.answers %}<td class="text" title="{{ a.generation }}">{% if a %}{{ a.filtered }} {{ "✓" if a.correct else "✗" }}<br><span class="muted">{{ a.confidences }}</span>{% else %}—{% endif %}</td>{% endfor %}</tr>{% endfor %}
+</table></div><p class="muted">Each cell: the filtered answer, right (✓) or wrong (✗), and its confidences ({{ t.measure_names }}); hover for the whole generation.</p></details>{% endif %}
 {% endfor %}
 <p class="muted">Every number: generation.json; every answer: answers.parquet.</p>
 </body></html>"""
@@ -78,7 +87,13 @@ def _verdict(i: dict[str, Any], higher_is_better: bool) -> str:
 HIGHER_IS_BETTER = {"acc": True, "ece": False, "brier": False, "auroc": True, "overconfidence_rate": False}
 
 
-def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: int = 20) -> list[dict[str, Any]]:
+#: Items shown in a task's explorer (every answer is in answers.parquet).
+EXPLORER_ITEMS = 300
+
+
+def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: int = 20,
+              figures: dict[str, list[dict[str, str]]] | None = None,
+              explorer_items: int = EXPLORER_ITEMS) -> list[dict[str, Any]]:
     """What the page shows per task (module doc), from :func:`quantcal.study.generation_study.generation_results`."""
     reference = results["reference"]
     out = []
@@ -113,8 +128,68 @@ def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: 
                                 "var": r["filtered"], "var_ok": r["correct"], "ref_text": ref["generation"][:400],
                                 "var_text": r["generation"][:400]})
         n = next(iter(block["variants"].values()))["n"] if block["variants"] else 0
+        models = list(block["variants"])
+        measures = list(next(iter(block["variants"].values()))["metrics"]) if models else []
+        items = list(dict.fromkeys(item for (_, item) in by_item))
+        explorer = []
+        for item in items[:explorer_items]:
+            first = next(by_item[(m, item)] for m in models if (m, item) in by_item)
+            cells = []
+            for m in models:
+                r = by_item.get((m, item))
+                cells.append(None if r is None else {
+                    "filtered": r["filtered"], "correct": r["correct"], "generation": r["generation"][:600],
+                    "confidences": " / ".join(_number(r.get(c)) for c in measures)})
+            explorer.append({"item": item, "question": str(first.get("question", ""))[:400], "answers": cells})
         out.append({"label": label, "filter": block.get("filter", ""), "n": n, "rows": table, "paired": paired,
-                    "findings": findings, "changes": changed})
+                    "findings": findings, "changes": changed, "models": models, "explorer": explorer,
+                    "explorer_cut": len(items) > explorer_items,
+                    "measure_names": " / ".join(c.removeprefix("conf_") for c in measures),
+                    "figures": (figures or {}).get(label, [])})
+    return out
+
+
+def _number(x: Any) -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{float(x):.2f}"
+
+
+def reliability_figures(results: dict[str, Any], rows: Sequence[dict[str, Any]], folder: Path) -> dict[str, list[dict[str, str]]]:
+    """Per task, one figure per confidence measure with a reliability panel per model
+    (:func:`quantcal.report.figures.reliability`), drawn from the scored answers; ``src`` relative to the page."""
+    import numpy as np
+
+    from quantcal.metrics.answer_confidence import reliability
+    from quantcal.report.collect import HIST_EDGES, smooth_reliability
+    from quantcal.report.figures import reliability as draw
+
+    out: dict[str, list[dict[str, str]]] = {}
+    for t, (label, block) in enumerate(results["tasks"].items(), start=1):
+        figures = []
+        for measure in next(iter(block["variants"].values()))["metrics"] if block["variants"] else []:
+            panels: dict[str, Any] = {}
+            for model, v in block["variants"].items():
+                answered = [r for r in rows if r["task"] == label and r["variant"] == model
+                            and r.get(measure) is not None and math.isfinite(float(r[measure]))]
+                if not answered:
+                    continue
+                c = np.array([float(r[measure]) for r in answered])
+                y = np.array([bool(r["correct"]) for r in answered])
+                try:  # relplot needs both outcomes and some spread; without them the binned points stand alone
+                    smooth = smooth_reliability(c, y) if 0 < y.sum() < y.size else None
+                except Exception:  # noqa: BLE001 - a figure's smoothing is optional
+                    smooth = None
+                panels[model] = {"reliability": {**reliability(c, y), "binning": "width"}, "smooth_reliability": smooth,
+                                 "confidence_histogram": {"edges": HIST_EDGES.tolist(),
+                                                          "correct": np.histogram(c[y], HIST_EDGES)[0].tolist(),
+                                                          "wrong": np.histogram(c[~y], HIST_EDGES)[0].tolist()},
+                                 "metrics": {"ece": v["metrics"][measure]["ece"]}}
+            if not panels:
+                continue
+            name = MEASURES.get(measure, measure)
+            fig = draw({"variants": panels}, results["reference"], f"{label} · {name}", folder,
+                       f"generation_{t}_{measure}")
+            figures.append({"src": f"{folder.name}/{fig.svg.name}", "title": f"{label}: {name} ({measure})"})
+        out[label] = figures
     return out
 
 
@@ -124,8 +199,9 @@ def write_generation_page(out_dir: Path, results: dict[str, Any], rows: Sequence
     import pandas as pd
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures = reliability_figures(results, rows, out_dir / "figures")
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
-        title=title, tasks=page_data(results, rows), columns=COLUMNS, measures=MEASURES,
+        title=title, tasks=page_data(results, rows, figures=figures), columns=COLUMNS, measures=MEASURES,
         level=int(round(results["level"] * 100)))
     page, data, table = out_dir / name, out_dir / "generation.json", out_dir / "answers.parquet"
     write_text_atomic(page, html)

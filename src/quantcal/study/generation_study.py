@@ -33,6 +33,7 @@ class AnsweredRun:
     run_id: int
     item_ids: tuple[str, ...]
     extras: ExtraMeasures
+    questions: tuple[str, ...] = ()  # each item's question, as item_ids orders them (the report's explorer)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,9 @@ def run_generation_tasks(spec: StudySpec, store: Store, progress: Callable[[str,
                                             g.batch_size, None, progress, say)
                 extras = ExtraMeasures(g.p_true, g.samples, g.temperature, g.sample_seed)
                 measure_extras(store, result.run_id, task, items[g.name], prepared.holder, extras, cap, g.batch_size, say)
-                runs.append(AnsweredRun(name, label, task, result.run_id, tuple(result.item_ids), extras))
+                asked = {it.id: it.question for it in items[g.name]}
+                runs.append(AnsweredRun(name, label, task, result.run_id, tuple(result.item_ids), extras,
+                                        tuple(asked.get(i, "") for i in result.item_ids)))
                 outcomes.append(JobOutcome(name, label, True, len(result.item_ids), result.n_generated_now, 0,
                                            time.perf_counter() - start, item_ids=list(result.item_ids)))
                 say(f"  {name} · {label}: {result.n_generated_now} answers generated in {result.seconds:.1f} s")
@@ -125,7 +128,9 @@ def generation_results(store: Store, runs: list[AnsweredRun], spec: StudySpec) -
             block["variants"][run.variant] = {
                 "n": len(scored), "acc": sum(a["correct"] for a in scored) / len(scored),
                 "metrics": {c: {m: asdict(i) for m, i in by.items()} for c, by in metrics.items()}}
-            rows += [{"variant": run.variant, "task": label, **a} for a in scored]
+            asked = dict(zip(run.item_ids, run.questions))
+            rows += [{"variant": run.variant, "task": label, **a, "question": asked.get(a["item_id"], "")}
+                     for a in scored]
         reference = answers.get(REFERENCE_NAME)
         for name, scored in answers.items():
             if name == REFERENCE_NAME or reference is None:
