@@ -450,6 +450,20 @@ TABLES: dict[str, set[str]] = {
 OPTIONAL_TABLES = {"texts", "claims", "generations", "generation_extras"}
 
 
+def _write_ahead(db: sqlite3.Connection) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another process holds the lock: SQLite answers this pragma "locked"
+    at once, without its busy handler, when a process creating the same store is mid-transaction."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _tables(db: sqlite3.Connection) -> dict[str, set[str]]:
     names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
     return {n: {c[1] for c in db.execute(f"PRAGMA table_info('{n}')")} for n in names}
@@ -560,16 +574,16 @@ def open_store(path: str | Path, create: bool = True, readonly: bool = False) ->
         db = _connect_readonly(path) if readonly else sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S)
         found = _tables(db)
         if not readonly:
-            db.execute("PRAGMA journal_mode=WAL")
+            _write_ahead(db)
             db.execute("PRAGMA synchronous=NORMAL")
-            if not found:  # a new (empty) file: lay the schema
-                db.executescript(_SCHEMA)
-                with db:
-                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if not found:  # a new (empty) file: lay the schema, in one transaction, so a process opening the
+                # store at the same moment sees all of it or none (then waits on the lock, and adds nothing)
+                db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta (key, value) VALUES "
+                                 f"('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
             else:
                 _check_schema(db, path)
-                if OPTIONAL_TABLES - set(found):
-                    db.executescript(_SCHEMA)  # CREATE TABLE IF NOT EXISTS: adds only the missing optional tables
+                if OPTIONAL_TABLES - set(found):  # CREATE TABLE IF NOT EXISTS: adds only the missing optional tables
+                    db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
         else:
             _check_schema(db, path)
     except QuantcalError:
