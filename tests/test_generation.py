@@ -136,6 +136,14 @@ def test_a_shared_prompt_prefix_runs_once_and_changes_no_answer(checkpoint: str,
         assert whole and whole[0][1] == max(map(len, prompts))
     assert generate_greedy(model, tok, prompts, [], max_new_tokens=6, batch_size=4, share_prefix=False)[0].tokens \
         == generations[0].tokens
+    passes.clear()  # two at a time: the prompts refilling the batch start from the prefix kept from the first pass
+    hook = model.register_forward_pre_hook(lambda m, a, kw: passes.append(tuple(kw["input_ids"].shape))
+                                           if kw["input_ids"].shape[1] > 1 else None, with_kwargs=True)
+    pairs = generate_greedy(model, tok, prompts, [], max_new_tokens=6, batch_size=2)
+    hook.remove()
+    assert [g.tokens for g in pairs] == [g.tokens for g in generations]
+    if checkpoint == "tiny_llama":
+        assert len([p for p in passes if p[1] >= shared - 2]) == 1 and len(passes) >= 3
     with torch.inference_mode():
         for p, g in zip(prompts, generations):
             alone = model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, pad_token_id=tok.eos_token_id)

@@ -12,7 +12,8 @@ no row attends to any more are cut. (A cache with sliding-window layers, which k
 dropped, only shrinks: its batch refills when it empties.) Prompts are taken longest first.
 
 A prompt pass whose prompts begin with the same tokens (fixed few-shot examples, a chat template's system turn) runs
-that shared prefix once, for one row, and gives each row a copy of its cache; the rows' own remainders follow,
+that shared prefix once, for one row, and gives each row a copy of its cache (the prefix is kept, so the prompts
+that later refill the batch, often one at a time, start from it too); the rows' own remainders follow,
 left-padded after the prefix (the mask has the padding between the two; positions continue from the prefix), which
 computes what each row would alone up to the same float rounding as padding does. Not for models with sliding-window
 attention: the window is counted in cache columns, and the padding between prefix and remainder would count.
@@ -199,23 +200,39 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     # tokens would count in it: such models run every prompt pass whole
     sharing = {"on": share_prefix and not _has_sliding_window(model.config)}
 
+    kept: dict[str, Any] = {}  # the last shared prefix: its tokens and each layer's keys and values (one row)
+
     def shared_prefix(rows: list[int]) -> tuple[int, Any]:
-        """The prefix the rows share, run once (its length and cache, one copy per row), or (0, a new cache)."""
-        length = common_prefix_length([prompts[i] for i in rows]) if sharing["on"] and len(rows) > 1 else 0
-        length = min(length, min(len(prompts[i]) for i in rows) - 1)  # each row keeps a token of its own
-        if length < MIN_SHARED_PREFIX:
+        """The prefix the rows share, run once (its length and a cache holding a copy per row), or (0, a new
+        cache). The last prefix run is kept: a later pass whose prompts begin with it (the next prompts refilling
+        a batch, often one at a time) starts from it."""
+        if not sharing["on"]:
             return 0, DynamicCache()
-        ids = torch.tensor([list(prompts[rows[0]][:length])], device=device)
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **{cache_arg: DynamicCache()},
-                    **last_only)
-        cache = getattr(out, "cache", None) or out.past_key_values
-        if not _mergeable(cache):
-            sharing["on"] = False
-            return 0, DynamicCache()
-        for layer in cache.layers:
-            layer.keys = layer.keys.repeat(len(rows), 1, 1, 1)
-            layer.values = layer.values.repeat(len(rows), 1, 1, 1)
-        return length, cache
+        room = min(len(prompts[i]) for i in rows) - 1  # each row keeps a token of its own
+        prefix = kept.get("ids", ())
+        # the kept prefix, cut to what these rows share with it (a causal cache's first L columns are the cache of
+        # the first L tokens)
+        reuse = min(common_prefix_length([prefix] + [prompts[i] for i in rows]), room) if prefix else 0
+        if reuse >= MIN_SHARED_PREFIX:
+            prefix = prefix[:reuse]
+        else:
+            length = min(common_prefix_length([prompts[i] for i in rows]), room) if len(rows) > 1 else 0
+            if length < MIN_SHARED_PREFIX:
+                return 0, DynamicCache()
+            ids = torch.tensor([list(prompts[rows[0]][:length])], device=device)
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                        **{cache_arg: DynamicCache()}, **last_only)
+            cache = getattr(out, "cache", None) or out.past_key_values
+            if not _mergeable(cache):
+                sharing["on"] = False
+                return 0, DynamicCache()
+            prefix = tuple(prompts[rows[0]][:length])
+            kept.update(ids=prefix, layers=[(layer.keys, layer.values) for layer in cache.layers])
+        cache = DynamicCache()
+        n = len(prefix)
+        for index, (keys, values) in enumerate(kept["layers"]):
+            cache.update(keys[:, :, :n].repeat(len(rows), 1, 1, 1), values[:, :, :n].repeat(len(rows), 1, 1, 1), index)
+        return n, cache
 
     def prefill(rows: list[int]) -> _Batch | None:
         shared, cache = shared_prefix(rows)
