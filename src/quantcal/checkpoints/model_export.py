@@ -38,18 +38,26 @@ def native_checkpoint(source: ModelSource, spec: RecipeSpec, say: Callable[[str]
 
     if spec.family not in PACKABLE or deployable_format(spec) is None:
         raise QuantcalError(f"{spec.key}: no compressed-tensors checkpoint for this recipe")
-    target = variant_dir(source, spec)
+
+    def write(target: Path) -> None:
+        exported = export_packed(build_variant(source, simulated(spec), progress=say), target, "float32", say)
+        record = {**exported.record, "recipe": spec.key, "params": spec.params, "mode": "native",
+                  "checkpoint_size_mb": sum(f.stat().st_size for f in target.glob("*.safetensors")) / 2**20}
+        (target / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
+
+    return _cached_checkpoint(variant_dir(source, spec), write, say)
+
+
+def _cached_checkpoint(target: Path, write: Callable[[Path], None], say: Callable[[str], None]) -> Path:
+    """``target``, a cache entry that ``write`` fills: found intact (every file as its manifest lists it) or
+    written again (an incomplete or damaged entry, a symbolic link in its place), then given its manifest."""
     if target.is_symlink() or (target / "quantcal-variant.json").is_file():
         problem = "it is a symbolic link" if target.is_symlink() else manifest_problem(target)
         if problem is None:
             return target
         say(f"the cached checkpoint {target.name} is damaged ({problem}); writing it again")
-    built = build_variant(source, simulated(spec), progress=say)
-    remove_entry(target)  # an incomplete or damaged entry: written again
-    exported = export_packed(built, target, "float32", say)
-    record = {**exported.record, "recipe": spec.key, "params": spec.params, "mode": "native",
-              "checkpoint_size_mb": sum(f.stat().st_size for f in target.glob("*.safetensors")) / 2**20}
-    (target / "quantcal-variant.json").write_text(json.dumps(record, indent=2, default=str))
+    remove_entry(target)
+    write(target)
     write_manifest(target)
     return target
 
@@ -62,16 +70,8 @@ def served_checkpoint(source: ModelSource, spec: RecipeSpec, say: Callable[[str]
     from quantcal.recipes.build import variant_dir
 
     target = variant_dir(source, spec)
-    target = target.with_name(target.name + "-served")
-    if target.is_symlink() or (target / "quantcal-variant.json").is_file():
-        problem = "it is a symbolic link" if target.is_symlink() else manifest_problem(target)
-        if problem is None:
-            return target
-        say(f"the cached checkpoint {target.name} is damaged ({problem}); writing it again")
-    remove_entry(target)  # an incomplete or damaged entry: written again
-    export_variant(source, spec, target, "float32", say)
-    write_manifest(target)
-    return target
+    return _cached_checkpoint(target.with_name(target.name + "-served"),
+                              lambda out: export_variant(source, spec, out, "float32", say), say)
 
 
 def export_variant(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str = "float32",

@@ -138,6 +138,8 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
     import torch
     from transformers import DynamicCache
 
+    from quantcal.engines.hf_scorer import sliding_windows
+
     device = next(model.parameters()).device
     parameters = inspect.signature(model.forward).parameters
     # transformers 5.25 names the cache argument `cache` (`past_key_values` before, deprecated since)
@@ -198,7 +200,7 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
 
     # a sliding window counts its width in cache columns, and the padding between a shared prefix and a row's own
     # tokens would count in it: such models run every prompt pass whole
-    sharing = {"on": share_prefix and not _has_sliding_window(model.config)}
+    sharing = {"on": share_prefix and all(w is None for w in sliding_windows(model)[0].values())}
 
     kept: dict[str, Any] = {}  # the last shared prefix: its tokens and each layer's keys and values (one row)
 
@@ -276,12 +278,6 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
             if batch is not None and _mergeable(batch.cache):
                 _trim(batch)
     return [results[i] for i in range(len(prompts))]
-
-
-def _has_sliding_window(config: Any) -> bool:
-    text = getattr(config, "get_text_config", lambda: config)()
-    kinds = getattr(text, "layer_types", None) or []
-    return bool(getattr(text, "sliding_window", None)) or any("sliding" in str(k) for k in kinds)
 
 
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:

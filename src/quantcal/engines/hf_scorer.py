@@ -288,7 +288,7 @@ def _score_batch(model: Any, batch: list[Group], pad_token_id: int, device: Any)
     return results
 
 
-def _sliding_windows(model: Any) -> tuple[dict[str, int | None], bool]:
+def sliding_windows(model: Any) -> tuple[dict[str, int | None], bool]:
     """Per attention kind, its window (None: full); and whether the model takes a dict of masks by layer type."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     window = getattr(config, "sliding_window", None)
@@ -380,7 +380,7 @@ def _block_masks(model: Any, device: Any) -> Callable[..., Any]:
 
     dtype = next(model.parameters()).dtype
     floor = torch.finfo(dtype).min
-    windows, by_layer_type = _sliding_windows(model)
+    windows, by_layer_type = sliding_windows(model)
 
     def build(segment: Any, position: Any, shared: int) -> Any:
         # built where the model runs: only the (rows, width) segment ids and positions cross to the device

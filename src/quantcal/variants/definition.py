@@ -287,10 +287,7 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
                 install_kv_cache(native.model, dict(cache.params), native.tokenizer, weights.fingerprint)
             return native
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
-        activations = scheme_of(variant_meta(path))
-        if activations is not None and vllm:
-            raise QuantcalError(f"{spec.key}: quantized activations run in quantcal's HF scorer only; vLLM would need "
-                                "the exported checkpoint of this format, which quantcal does not write yet")
+        activations = scheme_of(variant_meta(path))  # (with vllm, the families that have one were served above)
     if vllm:
         from quantcal.engines.vllm import load_vllm_source
 
