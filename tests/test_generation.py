@@ -67,6 +67,31 @@ def test_confidences_from_token_log_probabilities() -> None:
     assert confidences(logprobs, offsets, None)["conf_answer_prob"] == 0.0
 
 
+def test_the_best_calibrated_measure_must_rank_answers_beyond_chance() -> None:
+    """The page's "best calibrated measure" is the lowest ECE among measures whose AUROC interval lies above 0.5:
+    a measure with a lower ECE that cannot tell right answers from wrong ones (as P(True) on the GSM8K study) is not
+    named; when no measure ranks beyond chance, the finding says so."""
+    from quantcal.report.generation_page import best_measure
+
+    def m(ece: float, auroc: tuple[float, float, float]) -> dict:
+        return {"ece": {"estimate": ece, "low": ece, "high": ece},
+                "auroc": dict(zip(("estimate", "low", "high"), auroc))}
+
+    found = best_measure({"conf_seq_prob": m(0.25, (0.81, 0.63, 0.95)), "conf_p_true": m(0.18, (0.38, 0.17, 0.6)),
+                          "conf_mean_prob": m(0.59, (0.77, 0.55, 0.9))})
+    assert found.startswith("best calibrated measure conf_seq_prob (ECE 0.250") and "conf_p_true" not in found
+    none = best_measure({"conf_seq_prob": m(0.19, (0.61, 0.26, 0.9)), "conf_p_true": m(0.33, (0.3, 0.09, 0.5))})
+    assert none.startswith("no confidence measure ranks") and "lowest ECE: conf_seq_prob (0.190" in none
+
+
+def test_the_measures_a_run_holds_are_read_back_from_their_keys() -> None:
+    from quantcal.study.generation_jobs import ExtraMeasures
+
+    asked = ExtraMeasures(True, 5, 0.7, 3)
+    assert ExtraMeasures.held({"p_true", asked.samples_key}) == asked
+    assert ExtraMeasures.held(set()) == ExtraMeasures() and ExtraMeasures.held({"p_true"}) == ExtraMeasures(True)
+
+
 @pytest.mark.parametrize("checkpoint", ["tiny_llama", "tiny_gemma"])
 def test_greedy_generation_equals_generate_and_a_plain_forward(checkpoint: str, request: pytest.FixtureRequest) -> None:
     """Left-padded batches, rows leaving the batch as they stop and newcomers taking their places: each row's tokens
@@ -329,7 +354,16 @@ def test_a_study_answers_free_text_tasks_and_reports_their_confidences(tiny_llam
     generated = [j for j in again.jobs if j.task == "gsm8k[1-shot]"]
     assert len(generated) == 2 and all(j.ok and j.n_scored_now == 0 for j in generated)  # resumed
     alone = quantcal.run_study({**study, "tasks": []}, output=tmp_path / "alone", progress=None)
-    assert alone.page.name == "report.html" and "generated answers" in alone.page.read_text()
+    assert alone.page.name == "report.html" and "<h1>gen: generated answers</h1>" in alone.page.read_text()
+    # rebuilt from the store alone (no scoring): the same numbers, for a free-text-only study and a mixed one
+    rebuilt = quantcal.rebuild_report(alone.store, output=tmp_path / "rebuilt")
+    def same(a: dict, b: dict) -> bool:  # NaN (an AUROC with one outcome) compares unequal to itself
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+    assert rebuilt.page.name == "report.html" and same(rebuilt.results["generation"], alone.report.results["generation"])
+    both = quantcal.rebuild_report(tmp_path / "out" / "study.sqlite", output=tmp_path / "rebuilt2")
+    assert same(both.results["generation"], result.report.results["generation"])
+    assert 'href="generation.html"' in both.page.read_text() and (tmp_path / "rebuilt2" / "generation.html").is_file()
     with pytest.raises(QuantcalError, match="at least one task"):
         quantcal.run_study({**study, "tasks": [], "generation": []}, output=tmp_path / "none", progress=None)
     with pytest.raises(QuantcalError, match="generation task gsm8k"):

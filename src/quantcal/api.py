@@ -50,7 +50,7 @@ from quantcal.study.sensitivity import SensitivityResult, load_sensitivity, merg
 from quantcal.store.database import Store, open_store
 from quantcal.study.runner import (JobOutcome, PlannedJob, check_plan, plan, planned_items, run_study as run_jobs,
                                    study_items, train_adapters)
-from quantcal.study.spec import REFERENCE_NAME, StudySpec, default_study, load_study, parse_study
+from quantcal.study.spec import REFERENCE_NAME, BootstrapSpec, StudySpec, default_study, load_study, parse_study
 from quantcal.analysis.summary import align, paired_analysis, run_metrics, run_predictions
 from quantcal.tasks import get_task, load_items as task_items
 from quantcal.variants.definition import LoadOptions, Phase, VariantDef, prepare
@@ -735,10 +735,11 @@ def _write_study_report(db: Store, out_dir: Path, spec: StudySpec, outcomes: lis
     answers" page (generation.html, or report.html when it is the study's only page) when it has free-text ones."""
     written = None
     mc_outcomes = [o for o in outcomes if o.task in {j.label for j in plan(spec)}]
+    # the report covers this plan's items, not all the store holds (free-text tasks' too, for rebuild_report)
+    write_text_atomic(out_dir / PLANNED_ITEMS, json.dumps(planned_items(outcomes)))
     if spec.tasks:
         settings = report_settings(spec)
-        settings.items = planned_items(mc_outcomes)  # the report covers this plan's items, not all the store holds
-        write_text_atomic(out_dir / PLANNED_ITEMS, json.dumps(settings.items))
+        settings.items = planned_items(mc_outcomes)
         links = [("Generated answers", "generation.html")] if answered else []
         written = write_report(db, out_dir, settings, spec.name, failures, say, links=links)
     if not answered:
@@ -747,7 +748,7 @@ def _write_study_report(db: Store, out_dir: Path, spec: StudySpec, outcomes: lis
     from quantcal.report.generation_page import write_generation_page
     from quantcal.study.generation_study import generation_results
 
-    results, rows = generation_results(db, answered, spec)
+    results, rows = generation_results(db, answered, spec.bootstrap)
     files = write_generation_page(out_dir, results, rows, spec.name, "generation.html" if spec.tasks else "report.html")
     if written is None:
         return WrittenReport(files[0], {"tasks": {}, "generation": results}, files)
@@ -757,7 +758,9 @@ def _write_study_report(db: Store, out_dir: Path, spec: StudySpec, outcomes: lis
 def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output: Union[str, Path, None] = None,
            resamples: Optional[int] = None, normalization: Union[str, Sequence[str], None] = None,
            all_items: bool = False, say: Say = _silent) -> WrittenReport:
-    """Rebuild a report from a store without scoring (a study's settings come from its ``study.json``).
+    """Rebuild a report from a store without scoring (a study's settings come from its ``study.json``); generated
+    answers (a study's ``generation`` tasks, :func:`evaluate_generation` runs) are scored again from the stored
+    text into the "Generated answers" page (``generation.html``, or ``report.html`` when the store holds nothing else).
 
     ``ref``: the reference variant (default: the study's, else ``reference``, else the store's first run).
     ``normalization``: the length normalization(s) of the choice scores to report (default: the study's, else
@@ -787,9 +790,29 @@ def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output
             settings.resamples = resamples
         if norms:
             settings.normalizations = norms
-        settings.items = planned
-        return write_report(db, Path(output) if output else store.parent, settings, spec.name if spec else store.stem,
-                            say=say)
+        out_dir, title = Path(output) if output else store.parent, spec.name if spec else store.stem
+        from quantcal.study.generation_study import generation_results, stored_answered_runs
+
+        answered = stored_answered_runs(db, spec, planned)
+        scored = [r for r in db.current_runs() if r.config.get("kind") != "generate" and db.done_item_ids(r.run_id)]
+        if not scored and not answered:
+            raise QuantcalError(f"{store}: no scored items or generated answers to report on")
+        written = None
+        if scored:
+            settings.items = {task: ids for task, ids in planned.items() if any(r.task == task for r in scored)}
+            links = [("Generated answers", "generation.html")] if answered else []
+            written = write_report(db, out_dir, settings, title, say=say, links=links)
+        if not answered:
+            assert written is not None
+            return written
+        from quantcal.report.generation_page import write_generation_page
+
+        bootstrap = BootstrapSpec(resamples=settings.resamples, seed=settings.seed, level=settings.level)
+        results, rows = generation_results(db, answered, bootstrap, settings.reference)
+        files = write_generation_page(out_dir, results, rows, title, "generation.html" if scored else "report.html")
+        if written is None:
+            return WrittenReport(files[0], {"tasks": {}, "generation": results}, files)
+        return WrittenReport(written.page, {**written.results, "generation": results}, written.files + files)
 
 
 def download(tasks: Union[str, Sequence[str]], out: Union[str, Path], *, fewshot: bool = False) -> list[Any]:

@@ -154,7 +154,8 @@ def report_command(
              "study's, else none). The store keeps every choice's log-likelihood and length: nothing is rescored."),
     all_items: bool = typer.Option(False, "--all-items", help="Report every item the store holds, not only those of the study's last run (its --limit)."),
 ) -> None:
-    """Rebuild the report from a store without scoring anything."""
+    """Rebuild the report from a store without scoring anything (generated answers: their page too, scored again from
+    the stored text)."""
     with user_errors():
         from quantcal import api
 

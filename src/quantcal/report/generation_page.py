@@ -3,7 +3,7 @@
 Per task: each model's exact-match accuracy and, per confidence measure, its calibration (ECE, Brier, AUROC,
 overconfidence) with bootstrap intervals; each variant against the reference on the same items (paired
 differences with intervals, changed answers, right -> wrong and wrong -> right flips); which measure is best
-calibrated for each model and which measures a variant damages (the interval of ΔECE above 0); and the answers that
+calibrated for each model (:func:`best_measure`: among those that rank answers beyond chance) and which measures a variant damages (the interval of ΔECE above 0); and the answers that
 changed; a reliability figure per confidence measure (a panel per model) and an explorer of every answer (question,
 each model's filtered answer, correctness and confidences; the first 300 items). Written as ``generation.html``,
 ``figures/generation_*.svg|png``, ``generation.json`` (every number) and ``answers.parquet`` (every scored answer:
@@ -28,7 +28,7 @@ MEASURES = {"conf_seq_prob": "sequence probability", "conf_mean_prob": "mean tok
             "conf_answer_prob": "answer-span probability", "conf_p_true": "P(True)",
             "conf_consistency": "sample consistency"}
 
-TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>{{ title }}: generated answers</title>
+TEMPLATE = """<!doctype html><html><head><meta charset="utf-8"><title>{{ heading }}</title>
 <style>
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 1rem auto; padding: 0 1rem; color: #222; }
 table { border-collapse: collapse; margin: .5rem 0 1rem; font-size: .9rem; }
@@ -38,7 +38,7 @@ th:first-child, td:first-child { text-align: left; }
 .muted { color: #666; font-size: .9rem; } .scroll { overflow-x: auto; }
 td.text { text-align: left; max-width: 28rem; white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: .8rem; }
 </style></head><body>
-<h1>{{ title }}: generated answers</h1>
+<h1>{{ heading }}</h1>
 <p class="muted">Greedy answers to free-text tasks, scored as lm-eval scores them (its filters and exact match).
 Confidence measures: {% for k, v in measures.items() %}<code>{{ k }}</code> ({{ v }}){% if not loop.last %}, {% endif %}{% endfor %}.
 Intervals: {{ level }}% bootstrap over items; a paired difference is variant − reference on the same items,
@@ -100,9 +100,7 @@ def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: 
     for label, block in results["tasks"].items():
         table, findings = [], []
         for model, v in block["variants"].items():
-            best = min(v["metrics"], key=lambda c: v["metrics"][c]["ece"]["estimate"])
-            findings.append(f"{model}: accuracy {100 * v['acc']:.1f}%; best calibrated measure {best} "
-                            f"(ECE {v['metrics'][best]['ece']['estimate']:.3f})")
+            findings.append(f"{model}: accuracy {100 * v['acc']:.1f}%; {best_measure(v['metrics'])}")
             for conf, metrics in v["metrics"].items():
                 table.append({"model": model, "measure": conf, "acc": _interval(metrics["acc"], 100, 1),
                               "cells": [_interval(metrics.get(m), s, d) for m, _, s, d in COLUMNS]})
@@ -147,6 +145,28 @@ def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: 
                     "measure_names": " / ".join(c.removeprefix("conf_") for c in measures),
                     "figures": (figures or {}).get(label, [])})
     return out
+
+
+def best_measure(metrics: dict[str, dict[str, Any]]) -> str:
+    """Which confidence measure to trust, in words: the lowest ECE among the measures that rank right answers above
+    wrong ones beyond chance (AUROC's interval above 0.5). ECE alone would crown a measure that says the same for
+    every answer (a constant at the accuracy has ECE 0 and AUROC 0.5) or ranks them backwards."""
+    def ece(c: str) -> float:
+        return float(metrics[c]["ece"]["estimate"])
+
+    def auroc(c: str) -> str:
+        return _interval(metrics[c].get("auroc"), 1, 2)
+
+    ranking = [c for c in metrics if (metrics[c].get("auroc") or {}).get("low") is not None
+               and math.isfinite(metrics[c]["auroc"]["low"]) and metrics[c]["auroc"]["low"] > 0.5]
+    if ranking:
+        best = min(ranking, key=ece)
+        return (f"best calibrated measure {best} (ECE {ece(best):.3f}; AUROC {auroc(best)}), the lowest ECE among "
+                f"the measures that rank right answers above wrong ones beyond chance ({', '.join(ranking)})")
+    lowest = min(metrics, key=ece)
+    return (f"no confidence measure ranks right answers above wrong ones beyond chance (every AUROC interval reaches "
+            f"0.5), so none tells right answers from wrong ones here; lowest ECE: {lowest} ({ece(lowest):.3f}; AUROC "
+            f"{auroc(lowest)})")
 
 
 def _number(x: Any) -> str:
@@ -201,7 +221,8 @@ def write_generation_page(out_dir: Path, results: dict[str, Any], rows: Sequence
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = reliability_figures(results, rows, out_dir / "figures")
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
-        title=title, tasks=page_data(results, rows, figures=figures), columns=COLUMNS, measures=MEASURES,
+        heading=title if "generated answers" in title.lower() else f"{title}: generated answers",
+        tasks=page_data(results, rows, figures=figures), columns=COLUMNS, measures=MEASURES,
         level=int(round(results["level"] * 100)))
     page, data, table = out_dir / name, out_dir / "generation.json", out_dir / "answers.parquet"
     write_text_atomic(page, html)

@@ -343,6 +343,12 @@ class Store:
         return {r[0]: json.loads(r[1]) for r in self.db.execute(
             "SELECT item_id, value FROM generation_extras WHERE run_id=? AND key=?", (run_id, key))}
 
+    def generation_extra_keys(self, run_id: int) -> set[str]:
+        """The further measurements a run's generations carry (``p_true``, ``samples:k=…``)."""
+        if "generation_extras" not in _tables(self.db):
+            return set()
+        return {r[0] for r in self.db.execute("SELECT DISTINCT key FROM generation_extras WHERE run_id=?", (run_id,))}
+
     def done_generation_ids(self, run_id: int) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT item_id FROM generations WHERE run_id=?", (run_id,))}
 

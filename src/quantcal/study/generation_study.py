@@ -15,7 +15,7 @@ from quantcal.store.database import Store
 from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, compare_answers, generation_config,
                                             measure_extras, run_generation_job, scored_answers)
 from quantcal.study.runner import JobOutcome, load_options
-from quantcal.study.spec import REFERENCE_NAME, GenerationTaskSpec, StudySpec
+from quantcal.study.spec import REFERENCE_NAME, BootstrapSpec, GenerationTaskSpec, StudySpec
 from quantcal.tasks.free_text import default_shots, load_free_text
 from quantcal.sources.models import load_tokenizer, resolve_source
 from quantcal.tasks.generation_tasks import GenerationTask
@@ -111,10 +111,42 @@ def run_generation_tasks(spec: StudySpec, store: Store, progress: Callable[[str,
     return outcomes, runs
 
 
-def generation_results(store: Store, runs: list[AnsweredRun], spec: StudySpec) -> tuple[dict[str, Any], list[dict]]:
+def stored_answered_runs(store: Store, spec: StudySpec | None = None,
+                         planned: dict[str, list[str]] | None = None) -> list[AnsweredRun]:
+    """The store's current free-text runs as the report scores them (:func:`quantcal.api.rebuild_report`): each
+    run's task from its recorded definition, its items (those ``planned`` for its label, else every stored one),
+    P(True) and sampled answers as the study asked (``spec``) or, without one, as the store holds them. The
+    question is not stored: the explorer shows the end of each prompt instead."""
+    from quantcal.tasks.free_text import scoring_task
+
+    asked = ({task_label(g, spec.apply_chat_template): ExtraMeasures(g.p_true, g.samples, g.temperature,
+                                                                     g.sample_seed) for g in spec.generation}
+             if spec is not None else {})
+    out = []
+    for run in store.current_runs():
+        if run.config.get("kind") != "generate":
+            continue
+        wanted = set((planned or {}).get(run.task) or ()) or None
+        records = [r for r in store.generations(run.run_id) if wanted is None or r["item_id"] in wanted]
+        if not records:
+            continue
+        extras = asked.get(run.task) or ExtraMeasures.held(store.generation_extra_keys(run.run_id))
+        out.append(AnsweredRun(run.variant, run.task, scoring_task(run.config), run.run_id,
+                               tuple(r["item_id"] for r in records), extras,
+                               tuple(prompt_end(r["prompt"]) for r in records)))
+    return out
+
+
+def prompt_end(prompt: str, chars: int = 400) -> str:
+    """The last ``chars`` characters of a prompt (where its question is), marked as cut when it is longer."""
+    return prompt if len(prompt) <= chars else "…" + prompt[-chars:]
+
+
+def generation_results(store: Store, runs: list[AnsweredRun], bootstrap: BootstrapSpec,
+                       reference: str = REFERENCE_NAME) -> tuple[dict[str, Any], list[dict]]:
     """Per task label: each model's accuracy and every confidence measure's metrics with intervals, and each
-    variant's paired differences from the reference; and every scored answer (a row per model and item)."""
-    b = spec.bootstrap
+    variant's paired differences from ``reference``; and every scored answer (a row per model and item)."""
+    b = bootstrap
     tasks: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     for label in dict.fromkeys(r.label for r in runs):
@@ -131,12 +163,15 @@ def generation_results(store: Store, runs: list[AnsweredRun], spec: StudySpec) -
             asked = dict(zip(run.item_ids, run.questions))
             rows += [{"variant": run.variant, "task": label, **a, "question": asked.get(a["item_id"], "")}
                      for a in scored]
-        reference = answers.get(REFERENCE_NAME)
+        ref_answers = answers.get(reference)
+        if ref_answers is not None:  # reference first
+            block["variants"] = {reference: block["variants"][reference],
+                                 **{k: v for k, v in block["variants"].items() if k != reference}}
         for name, scored in answers.items():
-            if name == REFERENCE_NAME or reference is None:
+            if name == reference or ref_answers is None:
                 continue
-            found = compare_answers(reference, scored, b.resamples, b.seed, b.level)
+            found = compare_answers(ref_answers, scored, b.resamples, b.seed, b.level)
             found["differences"] = {c: {m: asdict(i) for m, i in by.items()} for c, by in found["differences"].items()}
             block["paired"][name] = found
         tasks[label] = block
-    return {"tasks": tasks, "reference": REFERENCE_NAME, "level": b.level}, rows
+    return {"tasks": tasks, "reference": reference, "level": b.level}, rows
