@@ -143,6 +143,32 @@ def test_vllm_has_no_int8_kv_cache(tiny_llama: Path, env_cache: Path, monkeypatc
                            LoadOptions(backend="vllm"))
 
 
+def test_vllm_refuses_a_built_run_time_variant_folder(tiny_llama: Path, env_cache: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A built w8a8 variant's folder given to vLLM as the model would score its weights alone (the activation scheme
+    lives in quantcal's record, which vLLM does not read): refused in one line that names the export; a weight-only
+    variant's folder is vLLM's to load as it is."""
+    import importlib.util
+
+    from quantcal.engines import vllm as vllm_engine
+    from quantcal.recipes import parse_recipe
+    from quantcal.recipes.build import build_variant
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    calls: list[dict] = []
+    monkeypatch.setattr(vllm_engine, "require_vllm",
+                        lambda: type("vllm", (), {"LLM": lambda **kw: calls.append(kw)}))
+    source = resolve_source(str(tiny_llama))
+    folder = build_variant(source, parse_recipe("w8a8"))
+    with pytest.raises(QuantcalError, match="quantizes its activations at run time.*export-model"):
+        load_variant_model(VariantDef(str(folder)), resolve_source(str(folder)), LoadOptions(backend="vllm"))
+    assert not calls
+    weights_only = build_variant(source, parse_recipe("rtn:bits=4,group_size=16"))
+    load_variant_model(VariantDef(str(weights_only)), resolve_source(str(weights_only)), LoadOptions(backend="vllm"))
+    assert len(calls) == 1 and calls[0]["model"] == str(weights_only)
+
+
 def test_smoothquant_computes_q_of_x_over_s_times_q_of_w_s(tiny_llama: Path, env_cache: Path) -> None:
     """w8a8:smoothquant=0.5: each q/k/v and gate/up linear computes ``Q_a(x / s) Q_w(W diag(s))^T`` with
     ``s_j = max|X_j|^a / max|W_:j|^(1-a)`` from the float model's calibration inputs (recomputed here by hand), the

@@ -288,18 +288,24 @@ def load_variant_model(defn: VariantDef, source: ModelSource, options: LoadOptio
             return native
         weights = ModelSource(str(path), "local", str(path), None, f"variant:{path.name}")
         activations = scheme_of(variant_meta(path))  # (with vllm, the families that have one were served above)
-    if vllm:
-        from quantcal.engines.vllm import load_vllm_source
-
-        engine = load_vllm_source(weights, options.dtype, options.device, options.trust_remote_code)
-        return LoadedModel(engine, load_tokenizer(weights, options.trust_remote_code), source, weights_digest(weights))
     if activations is None and spec is None and weights.kind == "local":
         # a built variant's folder given as the model: its record's run-time part is part of the variant (without
         # it a w8a8 folder would compute W8A16); an exported compressed-tensors checkpoint carries its activation
         # scheme in its config instead, and has no runtime block
         record = Path(weights.location) / "quantcal-variant.json"
         if record.is_file() and "quantization_config" not in json.loads((Path(weights.location) / "config.json").read_text()):
-            activations = scheme_of(json.loads(record.read_text()))
+            activations = scheme_of(meta := json.loads(record.read_text()))
+            if vllm and activations is not None:
+                raise QuantcalError(
+                    f"{weights.location}: a built {meta.get('recipe', 'run-time format')} variant quantizes its "
+                    "activations at run time, which vLLM cannot read from this folder (it would score the weights "
+                    "alone); give vLLM the exported checkpoint (quantcal export-model) as the model, or the original "
+                    "model with the recipe")
+    if vllm:
+        from quantcal.engines.vllm import load_vllm_source
+
+        engine = load_vllm_source(weights, options.dtype, options.device, options.trust_remote_code)
+        return LoadedModel(engine, load_tokenizer(weights, options.trust_remote_code), source, weights_digest(weights))
     loaded = load_model(weights, options.dtype, options.device, options.trust_remote_code)
     if activations is not None:  # the format's run-time part: its activation quantizers, on every block linear
         install_activations(loaded.model, activations)
