@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--tasks", default="gsm8k,triviaqa")
     parser.add_argument("--limit", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16, help="quantcal's batch (its default: 16)")
     parser.add_argument("--lm-eval-batch-size", default="1", help="lm-eval's batch size (its default: 1)")
     parser.add_argument("--lm-eval-python", default=sys.executable)
     parser.add_argument("--out", type=Path, default=HERE / "results")

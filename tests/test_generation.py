@@ -226,6 +226,38 @@ def test_gsm8k_end_to_end_stored_resumed_and_scored(tiny_llama: Path, tmp_path: 
     assert json.loads(json.dumps(first.to_json()))["exact_match"] == first.acc
 
 
+def test_an_interrupted_generation_keeps_every_finished_answer(tiny_llama: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """One continuous batch answers the whole job, and the answers are stored as they finish: stopped by Ctrl-C after
+    5 of 9 answers (fewer than a store chunk), those 5 are in the store and the next run answers only the other 4."""
+    import quantcal
+    from quantcal.engines import generator
+
+    data = _gsm8k_file(tmp_path / "g.jsonl")
+    store = tmp_path / "s.sqlite"
+    real = generator.generate_greedy
+
+    def stopped(*args, on_done=None, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen = []
+
+        def count(i, g):  # noqa: ANN001, ANN202
+            on_done(i, g)
+            seen.append(i)
+            if len(seen) == 5:
+                raise KeyboardInterrupt
+
+        return real(*args, on_done=count, **kwargs)
+
+    monkeypatch.setattr(generator, "generate_greedy", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=9, num_fewshot=1, batch_size=3,
+                                     max_new_tokens=8, store=store, progress=None, resamples=20)
+    monkeypatch.setattr(generator, "generate_greedy", real)
+    done = quantcal.evaluate_generation(str(tiny_llama), "gsm8k", data_file=data, limit=9, num_fewshot=1, batch_size=3,
+                                        max_new_tokens=8, store=store, progress=None, resamples=20)
+    assert done.n == 9 and done.n_generated_now == 4
+
+
 def test_free_text_bad_input_is_one_line(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

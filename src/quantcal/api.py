@@ -400,7 +400,7 @@ def evaluate_generation(
     num_fewshot: Optional[int] = None,
     fewshot_file: Union[str, Path, None] = None,
     fewshot_seed: int = 1234,
-    batch_size: int = 8,
+    batch_size: int = 16,
     max_new_tokens: Optional[int] = None,
     device: str = "cpu",
     dtype: str = "auto",

@@ -76,7 +76,7 @@ def eval_command(
     apply_chat_template: bool = typer.Option(False, "--apply-chat-template", "--apply_chat_template", help="Render each prompt through the tokenizer's chat template (as a user turn with the generation prompt; choices then follow without the target delimiter, as lm-eval does)."),
     system_instruction: Optional[str] = typer.Option(None, "--system-instruction", help="Text before the task's description (a system turn under --apply-chat-template)."),
     fewshot_as_multiturn: Optional[bool] = typer.Option(None, "--fewshot-as-multiturn/--no-fewshot-as-multiturn", help="With --apply-chat-template: each few-shot example as its own user/assistant exchange (the default with a chat template, as lm-eval), or all in one user turn.", show_default=False),
-    batch_size: int = typer.Option(64, "--batch-size", "--batch_size", help="Choice rows per forward pass (an item's choices always share one batch)."),
+    batch_size: int = typer.Option(64, "--batch-size", "--batch_size", help="Choice rows per forward pass (an item's choices always share one batch); free-text tasks: sequences generated together (at most 16)."),
     max_batch_tokens: str = typer.Option("auto", "--max-batch-tokens", help=BATCH_TOKENS_HELP),
     store: Optional[Path] = typer.Option(None, "--store", help="SQLite store to write to (resumes what it already holds). Default: quantcal-out/<model>.sqlite"),
     output_json: Optional[Path] = typer.Option(None, "--output-json", "--output_path", help="Write {model, results: {task: {n, acc, acc_norm}}} here."),

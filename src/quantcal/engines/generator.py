@@ -128,11 +128,13 @@ def _trim(batch: _Batch) -> None:
 def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], until: Sequence[str],
                     max_new_tokens: int = 256, batch_size: int = 8,
                     progress: Callable[[int], Any] | None = None, temperature: float = 0.0,
-                    seeds: Sequence[int] | None = None, share_prefix: bool = True) -> list[Generation]:
+                    seeds: Sequence[int] | None = None, share_prefix: bool = True,
+                    on_done: Callable[[int, Generation], Any] | None = None) -> list[Generation]:
     """Greedy continuations of token-id ``prompts`` (module doc), in order. With ``temperature > 0`` each token is
     drawn from ``softmax(logits / temperature)`` instead, row ``i`` from its own ``torch.Generator`` seeded with
     ``seeds[i]`` (so a sample does not depend on the batch it ran in); the log-probabilities kept are then the
-    model's own (temperature 1) of the drawn tokens."""
+    model's own (temperature 1) of the drawn tokens. ``on_done(i, generation)``: called as each prompt finishes (in
+    the order they finish), so a caller can keep answers before the whole call returns."""
     import inspect
 
     import torch
@@ -182,6 +184,8 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]]
                     reason = "length"
             if reason:
                 results[i] = finish(tokenizer, tokens[i], logps[i], until, reason)
+                if on_done:
+                    on_done(i, results[i])
                 if progress:
                     progress(1)
             else:

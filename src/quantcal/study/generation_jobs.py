@@ -56,7 +56,10 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
                        holder: Any, until: Sequence[str], max_new_tokens: int, batch_size: int,
                        add_special_tokens: bool | None, progress: Callable[[str, int], Any] | None = None,
                        say: Callable[[str], None] = lambda m: None, chunk: int = 16) -> GenerationJobResult:
-    """Generate what the store lacks for ``items``, ``chunk`` items at a time, each chunk stored when done."""
+    """Generate what the store lacks for ``items`` in one continuous batch (no batch drains between groups of
+    items), the finished answers stored ``chunk`` at a time as they come, and the rest when the job ends or stops
+    (an interruption loses only the answers still being generated). ``seconds``: generating and storing, after the
+    model is loaded."""
     from quantcal.engines.encoding import Encoder
     from quantcal.engines.generator import generate_greedy, generate_with_engine
 
@@ -69,29 +72,43 @@ def run_generation_job(store: Store, variant: str, label: str, config: dict[str,
         say(f"{len(stale)} stored answers were to other prompts (another few-shot setting): answering again")
         store.forget_generations(run_id, stale)
     todo = [(pos, it) for pos, it in enumerate(items) if done.get(it.id) != it.hash]
-    start = time.perf_counter()
+    seconds = 0.0
     if todo:
         lm = holder.get()
+        start = time.perf_counter()
         tokenizer = lm.tokenizer
         window = model_window(lm)
         encoder = Encoder(tokenizer, window, add_special_tokens)
         bar = progress(f"{variant} · {label}", len(todo)) if progress else None
+        finished: list[tuple[int, GenItem, Any]] = []
+
+        def keep(i: int, generation: Any) -> None:
+            finished.append((*todo[i], generation))
+            if len(finished) >= chunk:
+                store.write_generations(run_id, finished)
+                finished.clear()
+
         try:
-            for begin in range(0, len(todo), chunk):
-                part = todo[begin:begin + chunk]
-                # lm-eval's tokenisation (the tokenizer's own special tokens unless the prompt starts with BOS),
-                # left-truncated to leave room for the answer, as its HF model's generate_until
-                prompts = [encoder.encode(it.prompt)[-(window - max_new_tokens):] for _, it in part]
-                update = (lambda n: bar.update(n)) if bar else None
-                generations = (generate_with_engine(lm.model, tokenizer, prompts, until, max_new_tokens, update)
-                               if is_engine(lm.model) else
-                               generate_greedy(lm.model, tokenizer, prompts, until, max_new_tokens, batch_size,
-                                               progress=update))
-                store.write_generations(run_id, [(pos, it, gen) for (pos, it), gen in zip(part, generations)])
+            # lm-eval's tokenisation (the tokenizer's own special tokens unless the prompt starts with BOS),
+            # left-truncated to leave room for the answer, as its HF model's generate_until
+            prompts = [encoder.encode(it.prompt)[-(window - max_new_tokens):] for _, it in todo]
+            update = (lambda n: bar.update(n)) if bar else None
+            if is_engine(lm.model):  # the engine batches everything itself: stored in chunks as it returns them
+                for begin in range(0, len(todo), chunk):
+                    part = generate_with_engine(lm.model, tokenizer, prompts[begin:begin + chunk], until,
+                                                max_new_tokens, update)
+                    for i, generation in enumerate(part, start=begin):
+                        keep(i, generation)
+            else:
+                generate_greedy(lm.model, tokenizer, prompts, until, max_new_tokens, batch_size, progress=update,
+                                on_done=keep)
         finally:
+            if finished:
+                store.write_generations(run_id, finished)
             if bar is not None:
                 bar.close()
-    return GenerationJobResult(run_id, [it.id for it in items], len(todo), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+    return GenerationJobResult(run_id, [it.id for it in items], len(todo), seconds)
 
 
 @dataclass(frozen=True)

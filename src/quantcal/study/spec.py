@@ -146,7 +146,7 @@ class GenerationTaskSpec(_Strict):
     fewshot_file: Optional[str] = Field(None, description="local file to draw the few-shot examples from")
     fewshot_seed: int = Field(DEFAULT_FEWSHOT_SEED)
     max_gen_toks: Optional[int] = Field(None, gt=0, description="generation cap (default: the task's, 256)")
-    batch_size: int = Field(8, gt=0, description="sequences generated together")
+    batch_size: int = Field(16, gt=0, description="sequences generated together")
     p_true: bool = Field(False, description="also ask the model whether each answer is right (conf_p_true)")
     samples: int = Field(0, ge=0, description="answers sampled per item for conf_consistency (0: off)")
     temperature: float = Field(1.0, gt=0, description="temperature of the sampled answers")
