@@ -382,6 +382,18 @@ def test_a_study_answers_free_text_tasks_and_reports_their_confidences(tiny_llam
     assert 'src="figures/generation_1_conf_seq_prob.svg"' in page and "Every answer (8 items)" in page
     assert set(answers.question) == {f"Tom has {i} apples and buys {i + 2} more. How many now?" for i in range(8)}
     assert answers.question.iloc[0] in page
+    # load_items / export carry the generated answers beside the multiple-choice records, as the page scored them
+    items = quantcal.load_items(tmp_path / "out")
+    free = items[items.task == "gsm8k[1-shot]"]
+    assert len(free) == 16 and free.normalization.isna().all() and free.gold.isna().all()
+    assert (items[items.task != "gsm8k[1-shot]"].generation.isna()).all()
+    mine = free.set_index(["variant", "item_id"]).sort_index()
+    page_rows = answers.set_index(["variant", "item_id"]).sort_index()
+    for column in ("generation", "filtered", "correct", "conf_seq_prob", "conf_p_true"):
+        assert list(mine[column]) == list(page_rows[column]), column
+    assert mine.question.str.endswith("How many now?\nAnswer:").all()  # the prompt answered
+    exported, n = quantcal.export(tmp_path / "out" / "study.sqlite", tmp_path / "all.csv", fmt="csv")
+    assert n == len(items) and "conf_p_true" in exported.read_text().splitlines()[0]
     again = quantcal.run_study(study, output=tmp_path / "out", progress=None)
     generated = [j for j in again.jobs if j.task == "gsm8k[1-shot]"]
     assert len(generated) == 2 and all(j.ok and j.n_scored_now == 0 for j in generated)  # resumed

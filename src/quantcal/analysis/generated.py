@@ -94,3 +94,18 @@ def score_generation(task: GenerationTask, record: dict[str, Any], filter_name: 
     if "samples" in extras:
         out["conf_consistency"] = consistency(task, record["text"], extras["samples"], name)
     return out
+
+
+def held_extras(store: Any, run_id: int) -> dict[str, dict[str, Any]]:
+    """Per item, the further measurements a run's generations carry in ``store`` (``p_true``: the two
+    log-likelihoods; ``samples``: the texts of the first sampling setting stored), as :func:`score_generation`'s
+    ``extras``."""
+    keys = store.generation_extra_keys(run_id)
+    sampled = sorted(k for k in keys if k.startswith("samples:"))
+    out: dict[str, dict[str, Any]] = {}
+    for name, key in (("p_true", "p_true" if "p_true" in keys else None), ("samples", sampled[0] if sampled else None)):
+        if key is not None:
+            for item_id, value in store.generation_extras(run_id, key).items():
+                out.setdefault(item_id, {})[name] = value
+    return out
+

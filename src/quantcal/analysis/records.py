@@ -14,6 +14,12 @@ Columns (in this order):
 - ``question`` (the full prompt as scored), ``choices`` (the choice texts)
 - ``error``: null for a scored item; for an item that could not be scored (exports only, ``include_errors``), the
   reason, with every score column null
+- generated answers (free-text runs, one record each, ``normalization`` null; the choice columns above null):
+  ``filter`` (the task's first filter, which ``filtered`` and ``correct`` follow), ``generation`` (the text, cut at
+  the stop string), ``filtered`` (the answer), ``stopped`` (stop, eos or length), ``n_generated_tokens`` and the
+  confidences ``conf_seq_prob``, ``conf_mean_prob``, ``conf_answer_prob``, ``conf_p_true``, ``conf_consistency``
+  (:mod:`quantcal.analysis.generated`; the last two null where not measured); ``question`` is the prompt answered.
+  These columns are null on multiple-choice records.
 
 Scalars are fixed-width columns (int64, float64, bool); per-choice values are list columns (Arrow lists in a
 DataFrame and in Parquet, JSON arrays in CSV cells).
@@ -29,24 +35,33 @@ import numpy as np
 
 from quantcal.errors import QuantcalError
 from quantcal.faults import writing
+from quantcal.analysis.generated import CONFIDENCES, EXTRA_CONFIDENCES, held_extras, score_generation
 from quantcal.analysis.predictions import choice_scores, log_softmax_rows, predictions
 from quantcal.store.database import Store
 
 FORMATS = ("jsonl", "csv", "parquet")
+GENERATION_COLUMNS = ("filter", "generation", "filtered", "stopped", "n_generated_tokens", *CONFIDENCES,
+                      *EXTRA_CONFIDENCES)
 COLUMNS = ("run_id", "variant", "task", "recipe", "normalization", "position", "item_id", "item_hash", "gold", "golds",
            "n_choices", "pred", "confidence", "p_gold", "correct", "probs", "logprobs", "logliks", "n_tokens", "n_chars",
-           "n_bytes", "greedy", "question", "choices", "error")
+           "n_bytes", "greedy", "question", "choices", "error", *GENERATION_COLUMNS)
 LIST_COLUMNS = ("golds", "probs", "logprobs", "logliks", "n_tokens", "n_chars", "n_bytes", "greedy", "choices")
 
 
 def item_records(store: Store, normalizations: Sequence[str] = ("none",), include_errors: bool = False,
-                 items: Mapping[str, Collection[str]] | None = None) -> list[dict[str, Any]]:
+                 items: Mapping[str, Collection[str]] | None = None,
+                 generations: bool = True) -> list[dict[str, Any]]:
     """Every scored item of every current run in ``store`` (:meth:`Store.current_runs`: a run superseded by a later
     one of the same variant and task is left out), once per normalization, as plain Python records; with
     ``include_errors`` also each item that could not be scored, with its reason. ``items``: per task, only those
-    item ids (a study's plan); a task not in it keeps all its items."""
+    item ids (a study's plan); a task not in it keeps all its items. ``generations``: also every generated answer of
+    the free-text runs, scored (one record each, whatever the normalizations)."""
     records: list[dict[str, Any]] = []
     for run in store.current_runs():
+        if run.config.get("kind") == "generate":
+            if generations:
+                records += generation_records(store, run, items.get(run.task) if items else None)
+            continue
         scored = store.scored_items(run.run_id)
         if items and run.task in items:
             wanted = set(items[run.task])
@@ -79,6 +94,26 @@ def item_records(store: Store, normalizations: Sequence[str] = ("none",), includ
     return records
 
 
+def generation_records(store: Store, run: Any, item_ids: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """A free-text run's generated answers (of ``item_ids``, when given) as records (module doc): scored again from
+    the stored text under the run's recorded task, with the P(True) and sampled answers the store holds."""
+    from quantcal.tasks.free_text import scoring_task
+
+    wanted = set(item_ids) if item_ids is not None else None
+    stored = [r for r in store.generations(run.run_id) if wanted is None or r["item_id"] in wanted]
+    if not stored:
+        return []
+    task, extras = scoring_task(run.config), held_extras(store, run.run_id)
+    out = []
+    for r in stored:
+        scored = score_generation(task, r, None, extras.get(r["item_id"]))
+        out.append({"run_id": run.run_id, "variant": run.variant, "task": run.task, "recipe": run.config.get("recipe"),
+                    "normalization": None, "position": r["position"], "item_id": r["item_id"],
+                    "item_hash": r["item_hash"], "correct": scored["correct"], "question": r["prompt"],
+                    "error": None, **{c: scored.get(c) for c in GENERATION_COLUMNS}})
+    return out
+
+
 def _table(records: list[dict[str, Any]]) -> Any:
     """The records as an Arrow table with explicit types (nullable recipe, list columns typed)."""
     import pyarrow as pa
@@ -89,7 +124,9 @@ def _table(records: list[dict[str, Any]]) -> Any:
              "confidence": pa.float64(), "p_gold": pa.float64(), "correct": pa.bool_(), "probs": pa.list_(pa.float64()), "logprobs": pa.list_(pa.float64()),
              "logliks": pa.list_(pa.float64()), "n_tokens": pa.list_(pa.int64()), "n_chars": pa.list_(pa.int64()),
              "n_bytes": pa.list_(pa.int64()), "greedy": pa.list_(pa.bool_()), "question": pa.string(),
-             "choices": pa.list_(pa.string()), "error": pa.string()}
+             "choices": pa.list_(pa.string()), "error": pa.string(), "filter": pa.string(), "generation": pa.string(),
+             "filtered": pa.string(), "stopped": pa.string(), "n_generated_tokens": pa.int64(),
+             **{c: pa.float64() for c in (*CONFIDENCES, *EXTRA_CONFIDENCES)}}
     assert tuple(types) == COLUMNS
     schema = pa.schema([(name, kind) for name, kind in types.items()])
     return pa.Table.from_pylist([{name: r.get(name) for name in COLUMNS} for r in records], schema=schema)

@@ -90,7 +90,9 @@ def _write_report(store: Store, out_dir: Path, settings: ReportSettings, title: 
     write_text_atomic(out_dir / "results.json", json.dumps(_finite(results), indent=2))
     write_text_atomic(out_dir / "tables.md", markdown(results))
     write_text_atomic(out_dir / "tables.tex", latex(results))
-    write_records(item_records(store, settings.normalizations, items=settings.items), out_dir / "items.parquet", "parquet")
+    # (generated answers have their own table, answers.parquet)
+    write_records(item_records(store, settings.normalizations, items=settings.items, generations=False),
+                  out_dir / "items.parquet", "parquet")
     items = explorer_data(store, {task: list(next(iter(by_norm.values()))["variants"]) for task, by_norm in results["tasks"].items()},
                           settings.reference, settings.normalizations[0], items=settings.items)
     page = render(results, figures, {"title": title, "failures": list(failures), "environment": environment,
