@@ -67,6 +67,27 @@ def test_confidences_from_token_log_probabilities() -> None:
     assert confidences(logprobs, offsets, None)["conf_answer_prob"] == 0.0
 
 
+def test_answer_ace_aurc_and_selective_accuracy_match_the_multiple_choice_forms() -> None:
+    """A confidence above 0.5 in an answer is a two-choice item whose top choice is the answer (``[1 - c, c]``, gold
+    1 when right, else 0): there the answer metrics must equal the multiple-choice ACE, AURC and selective accuracy
+    (themselves checked against netcal/torchmetrics); and a confidence of 0 is a stated confidence, kept by ACE."""
+    import numpy as np
+
+    from quantcal import metrics
+    from quantcal.metrics import answer_confidence as answers
+
+    rng = np.random.default_rng(3)
+    c = rng.uniform(0.5001, 0.999, 150)  # 150 = 10 per range: both forms split the same answers
+    y = (rng.uniform(size=150) < c).astype(np.int64)
+    probs, labels = answers.as_pair(c, y)
+    choice = np.stack([1 - c, c], axis=1), y  # gold 1 (the answer) when right, else the other choice
+    assert answers.ace(probs, labels) == pytest.approx(metrics.ace(*choice), abs=1e-12)
+    assert answers.aurc(probs, labels) == pytest.approx(metrics.aurc(*choice), abs=1e-12)
+    assert answers.selective_acc(probs, labels) == pytest.approx(metrics.selective_acc(*choice), abs=1e-12)
+    zero, wrong = answers.as_pair(np.array([0.0, 0.0, 1.0]), np.array([0, 0, 1]))
+    assert answers.ace(zero, wrong) == 0.0 and answers.aurc(zero, wrong) == pytest.approx((0 + 0.5 + 2 / 3) / 3)
+
+
 def test_the_best_calibrated_measure_must_rank_answers_beyond_chance() -> None:
     """The page's "best calibrated measure" is the lowest ECE among measures whose AUROC interval lies above 0.5:
     a measure with a lower ECE that cannot tell right answers from wrong ones (as P(True) on the GSM8K study) is not

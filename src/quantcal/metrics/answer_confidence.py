@@ -5,10 +5,16 @@ correctness ``y_i`` in ``{0, 1}`` (Kadavath et al. 2022; the ``conf_*`` measures
 
 - ``ece``: ``sum_m |B_m|/n |mean(y in B_m) - mean(c in B_m)|`` over 15 equal-width bins of ``c`` (the binary ECE of
   Study B; the same binning as :func:`quantcal.metrics.ece`);
+- ``ace``: ``1/R sum_r |mean(y in r) - mean(c in r)|`` over ``R = 15`` ranges of (nearly) equal size of the answers
+  sorted by ``c`` (equal ``c`` ordered by ``y``), Nixon et al. 2019's adaptive calibration error on the one
+  binary outcome "the answer is right" (a confidence of 0 counts: it is a stated confidence, not a missing choice);
 - ``brier``: ``mean_i (c_i - y_i)^2``;
 - ``nll``: ``-mean_i [y_i log c_i + (1 - y_i) log(1 - c_i)]``, ``c`` clipped to ``[1e-12, 1 - 1e-12]``;
 - ``auroc``: the probability that a right answer has a higher confidence than a wrong one, ties one half
   (Mann-Whitney U / (n+ n-)); NaN when all answers are right or all wrong;
+- ``aurc``: the area under the risk-coverage curve, ``1/n sum_i risk(i/n)`` with ``risk(i/n)`` the error rate of the
+  ``i`` most confident answers (Geifman & El-Yaniv 2017; ties spread evenly); lower is better;
+- ``selective_acc``: the accuracy of the 80% most confident answers (ties spread evenly);
 - ``overconfidence_rate``: ``mean_i 1[c_i >= tau and y_i = 0]`` (tau 0.8, Study A's);
 - ``acc``: ``mean_i y_i``; ``mean_confidence``: ``mean_i c_i``.
 
@@ -25,6 +31,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from quantcal.metrics.binning import bin_index, bin_sums
+from quantcal.metrics.selective import accuracy_at_coverage, risk_coverage_area
 
 if TYPE_CHECKING:
     from quantcal.metrics.bootstrap import Interval
@@ -71,6 +78,22 @@ def ece(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     return float(np.abs(y_sum - c_sum).sum() / c.size)
 
 
+def ace(probs: np.ndarray, labels: np.ndarray, n_ranges: int = 15) -> float:
+    c, y = _unpack(probs, labels)
+    order = np.lexsort((y, c))
+    parts = min(n_ranges, c.size)
+    return float(np.mean([abs(h.mean() - s.mean()) for s, h in zip(np.array_split(c[order], parts),
+                                                                    np.array_split(y[order], parts))]))
+
+
+def aurc(probs: np.ndarray, labels: np.ndarray) -> float:
+    return risk_coverage_area(*_unpack(probs, labels))
+
+
+def selective_acc(probs: np.ndarray, labels: np.ndarray, coverage: float = 0.8) -> float:
+    return accuracy_at_coverage(*_unpack(probs, labels), coverage)
+
+
 def brier(probs: np.ndarray, labels: np.ndarray) -> float:
     c, y = _unpack(probs, labels)
     return float(np.mean((c - y) ** 2))
@@ -98,8 +121,9 @@ def overconfidence_rate(probs: np.ndarray, labels: np.ndarray, tau: float = 0.8)
 
 
 #: The metrics a generated-answer evaluation reports, in order.
-ANSWER_METRICS = {"acc": acc, "mean_confidence": mean_confidence, "ece": ece, "brier": brier, "nll": nll,
-                  "auroc": auroc, "overconfidence_rate": overconfidence_rate}
+ANSWER_METRICS = {"acc": acc, "mean_confidence": mean_confidence, "ece": ece, "ace": ace, "brier": brier, "nll": nll,
+                  "auroc": auroc, "aurc": aurc, "selective_acc": selective_acc,
+                  "overconfidence_rate": overconfidence_rate}
 
 
 def paired_answer_bootstrap(fn: Callable[[np.ndarray, np.ndarray], float], a: tuple[np.ndarray, np.ndarray],

@@ -29,11 +29,11 @@ def auroc(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _expected_errors_by_coverage(d: Inputs) -> np.ndarray:
-    """``E[errors among the i most confident items]`` for ``i = 1..n``, ties spread evenly."""
-    order = np.argsort(-d.confidence, kind="stable")
-    conf = d.confidence[order]
-    wrong = 1.0 - d.correct[order]
+def expected_errors_by_coverage(confidence: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """``E[errors among the i most confident items]`` for ``i = 1..n``, ties spread evenly (``correct`` in {0, 1})."""
+    order = np.argsort(-confidence, kind="stable")
+    conf = confidence[order]
+    wrong = 1.0 - np.asarray(correct, dtype=np.float64)[order]
     starts = np.flatnonzero(np.r_[True, conf[1:] != conf[:-1]])
     ends = np.r_[starts[1:], conf.size]
     block_errors = np.add.reduceat(wrong, starts)
@@ -43,18 +43,28 @@ def _expected_errors_by_coverage(d: Inputs) -> np.ndarray:
     return before[block] + block_errors[block] * (position - starts[block]) / (ends - starts)[block]
 
 
+def risk_coverage_area(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """:func:`aurc` of a confidence per item and whether the item is right."""
+    errors = expected_errors_by_coverage(confidence, correct)
+    return float((errors / np.arange(1, confidence.size + 1)).mean())
+
+
+def accuracy_at_coverage(confidence: np.ndarray, correct: np.ndarray, coverage: float = 0.8) -> float:
+    """:func:`selective_acc` of a confidence per item and whether the item is right."""
+    if not 0 < coverage <= 1:
+        raise QuantcalError(f"coverage must be in (0, 1], got {coverage}")
+    k = max(1, math.ceil(coverage * confidence.size - 1e-12))
+    return float(1.0 - expected_errors_by_coverage(confidence, correct)[k - 1] / k)
+
+
 def aurc(probs: np.ndarray | Inputs, labels: np.ndarray | None = None) -> float:
     """Area under the risk-coverage curve (Geifman & El-Yaniv 2017): ``1/n sum_{i=1..n} risk(i/n)``, where
     ``risk(i/n)`` is the error rate among the ``i`` most confident items. Lower is better."""
     d = as_inputs(probs, labels)
-    errors = _expected_errors_by_coverage(d)
-    return float((errors / np.arange(1, d.n + 1)).mean())
+    return risk_coverage_area(d.confidence, d.correct)
 
 
 def selective_acc(probs: np.ndarray | Inputs, labels: np.ndarray | None = None, coverage: float = 0.8) -> float:
     """Accuracy on the ``ceil(coverage * n)`` most confident items (ties spread evenly)."""
     d = as_inputs(probs, labels)
-    if not 0 < coverage <= 1:
-        raise QuantcalError(f"coverage must be in (0, 1], got {coverage}")
-    k = max(1, math.ceil(coverage * d.n - 1e-12))
-    return float(1.0 - _expected_errors_by_coverage(d)[k - 1] / k)
+    return accuracy_at_coverage(d.confidence, d.correct, coverage)

@@ -1,7 +1,7 @@
 """The report's "Generated answers" page: a study's free-text tasks (:mod:`quantcal.study.generation_study`).
 
-Per task: each model's exact-match accuracy and, per confidence measure, its calibration (ECE, Brier, AUROC,
-overconfidence) with bootstrap intervals; each variant against the reference on the same items (paired
+Per task: each model's exact-match accuracy and, per confidence measure, its calibration and ranking (ECE, ACE,
+Brier, AUROC, AURC, accuracy of the 80% most confident, overconfidence) with bootstrap intervals; each variant against the reference on the same items (paired
 differences with intervals, changed answers, right -> wrong and wrong -> right flips); which measure is best
 calibrated for each model (:func:`best_measure`: among those that rank answers beyond chance) and which measures a variant damages (the interval of ΔECE above 0); and the answers that
 changed; a reliability figure per confidence measure (a panel per model) and an explorer of every answer (question,
@@ -22,8 +22,11 @@ from quantcal.faults import write_text_atomic
 from quantcal.report.write import _finite
 
 #: The columns of a confidence measure's row, in order: (metric, label, scale, digits).
-COLUMNS = (("ece", "ECE", 1, 3), ("brier", "Brier", 1, 3), ("auroc", "AUROC", 1, 3),
+COLUMNS = (("ece", "ECE", 1, 3), ("ace", "ACE", 1, 3), ("brier", "Brier", 1, 3), ("auroc", "AUROC", 1, 3),
+           ("aurc", "AURC", 1, 3), ("selective_acc", "acc. of top 80%", 100, 1),
            ("overconfidence_rate", "overconf.", 100, 1), ("mean_confidence", "mean conf.", 1, 3))
+#: The paired table's columns (each a difference variant - reference): the first seven of :data:`COLUMNS`.
+PAIRED = COLUMNS[:7]
 MEASURES = {"conf_seq_prob": "sequence probability", "conf_mean_prob": "mean token probability",
             "conf_answer_prob": "answer-span probability", "conf_p_true": "P(True)",
             "conf_consistency": "sample consistency"}
@@ -54,7 +57,7 @@ ECE here is binary: the confidence that the answer is right against whether it i
 <p class="muted">Per model: the answers binned by confidence (15 equal-width bins; a bar from each bin's mean confidence to its accuracy), relplot's smoothed curve with its bootstrap band, the reference's curve in grey, and how many answers fall at each confidence.</p>
 {% for f in t.figures %}<figure><img src="{{ f.src }}" alt="{{ f.title }}" style="max-width: 100%"><figcaption class="muted">{{ f.title }}</figcaption></figure>{% endfor %}{% endif %}
 {% if t.paired %}<h3>Each variant against the reference</h3>
-<div class="scroll"><table><tr><th>variant</th><th>measure</th><th>Δaccuracy (pts)</th>{% for c in columns[:4] %}<th>Δ{{ c[1] }}</th>{% endfor %}<th>changed answers</th><th>right→wrong</th><th>wrong→right</th></tr>
+<div class="scroll"><table><tr><th>variant</th><th>measure</th><th>Δaccuracy (pts)</th>{% for c in paired_columns %}<th>Δ{{ c[1] }}</th>{% endfor %}<th>changed answers</th><th>right→wrong</th><th>wrong→right</th></tr>
 {% for row in t.paired %}<tr><td>{{ row.variant }}</td><td>{{ row.measure }}</td>{% for cell in row.cells %}<td{% if cell[1] %} class="{{ cell[1] }}"{% endif %}>{{ cell[0] }}</td>{% endfor %}<td>{{ row.changed }}</td><td>{{ row.r2w }}</td><td>{{ row.w2r }}</td></tr>{% endfor %}
 </table></div>{% endif %}
 {% if t.changes %}<h3>Answers that changed (first {{ t.changes|length }})</h3>
@@ -84,7 +87,8 @@ def _verdict(i: dict[str, Any], higher_is_better: bool) -> str:
     return "better" if up == higher_is_better else "worse"
 
 
-HIGHER_IS_BETTER = {"acc": True, "ece": False, "brier": False, "auroc": True, "overconfidence_rate": False}
+HIGHER_IS_BETTER = {"acc": True, "ece": False, "ace": False, "brier": False, "auroc": True, "aurc": False,
+                    "selective_acc": True, "overconfidence_rate": False}
 
 
 #: Items shown in a task's explorer (every answer is in answers.parquet).
@@ -114,7 +118,7 @@ def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: 
             for conf, diff in found["differences"].items():
                 cells = [(_interval(diff["acc"], 100, 1, True), _verdict(diff["acc"], True))]
                 cells += [(_interval(diff.get(m), s, d, True), _verdict(diff.get(m), HIGHER_IS_BETTER[m]))
-                          for m, _, s, d in COLUMNS[:4]]
+                          for m, _, s, d in PAIRED]
                 paired.append({"variant": variant, "measure": conf, "cells": cells, "changed": found["changed_answers"],
                                "r2w": found["right_to_wrong"], "w2r": found["wrong_to_right"]})
         by_item = {(r["variant"], r["item_id"]): r for r in rows if r["task"] == label}
@@ -222,7 +226,7 @@ def write_generation_page(out_dir: Path, results: dict[str, Any], rows: Sequence
     figures = reliability_figures(results, rows, out_dir / "figures")
     html = Environment(autoescape=True).from_string(TEMPLATE).render(
         heading=title if "generated answers" in title.lower() else f"{title}: generated answers",
-        tasks=page_data(results, rows, figures=figures), columns=COLUMNS, measures=MEASURES,
+        tasks=page_data(results, rows, figures=figures), columns=COLUMNS, paired_columns=PAIRED, measures=MEASURES,
         level=int(round(results["level"] * 100)))
     page, data, table = out_dir / name, out_dir / "generation.json", out_dir / "answers.parquet"
     write_text_atomic(page, html)
