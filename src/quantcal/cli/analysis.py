@@ -88,7 +88,7 @@ def _compare_generations(store: Path, ref: Optional[str], variant: Optional[str]
         raise QuantcalError("name both runs to compare on a free-text task: `ref` and `variant`")
     c = api.compare_generations(store, ref, variant, task, resamples=resamples)
     table = Table(title=f"{c.variant} − {c.ref} on {c.task} (n = {c.n} answers, paired, 95% interval; * excludes 0)")
-    shown = ("acc", "ece", "ace", "brier", "nll", "auroc", "aurc")
+    shown = ("acc", "ece", "brier", "nll", "auroc")
     for column in ("confidence", *shown):
         table.add_column(column, justify="left" if column == "confidence" else "right")
     for conf, metrics in c.differences.items():

@@ -50,7 +50,7 @@ def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], nam
                                      say=say, phase=phase)
     table = Table(title=f"quantcal · {result.variant} · {task}: exact match {result.acc:.4f} ({result.filter}, "
                         f"n={result.n}) · calibration of each confidence, 95% bootstrap intervals")
-    shown = ("mean_confidence", "ece", "ace", "brier", "nll", "auroc", "aurc", "overconfidence_rate")  # all: --output-json
+    shown = ("mean_confidence", "ece", "brier", "nll", "auroc", "overconfidence_rate")  # every metric: --output-json
     for column in ("confidence", *shown):
         table.add_column(column, justify="left" if column == "confidence" else "right")
     for conf, metrics in result.metrics.items():
