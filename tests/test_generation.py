@@ -455,6 +455,48 @@ def _lm_eval_gsm8k(folder: Path, data: Path, extra: str = "") -> Path:
     return folder
 
 
+def test_an_lm_eval_group_of_generate_until_tasks_is_answered_task_by_task(tiny_llama: Path, tmp_path: Path,
+                                                                            env_cache: Path) -> None:
+    """`lm-eval:GROUP` of generate_until tasks: each task answered (model loaded once, each its own run), the
+    group's exact match aggregated by size as lm-eval does, calibration over every answer; the same in a study's
+    `generation` list (one entry per task) and on the command line (a line per task)."""
+    from typer.testing import CliRunner
+
+    import quantcal
+    from quantcal.cli import app
+    from quantcal.tasks.free_text import is_free_text
+
+    data = _gsm8k_file(tmp_path / "g.jsonl", 8)
+    include = _lm_eval_gsm8k(tmp_path / "yaml", data)
+    text = (include / "gsm8k_local.yaml").read_text()
+    (include / "gsm8k_local_b.yaml").write_text(text.replace("task: gsm8k_local", "task: gsm8k_local_b"))
+    (include / "local_math.yaml").write_text("group: local_math\ntask: [gsm8k_local, gsm8k_local_b]\n"
+                                             "aggregate_metric_list: [{metric: exact_match, weight_by_size: true}]\n")
+    assert is_free_text("lm-eval:local_math", str(include))
+    store = tmp_path / "s.sqlite"
+    group = quantcal.evaluate_generation(str(tiny_llama), "lm-eval:local_math", lm_eval_include=include, limit=3,
+                                         num_fewshot=1, max_new_tokens=8, store=store, name="m", progress=None,
+                                         resamples=20)
+    assert [m.task for m in group.members] == ["lm-eval:gsm8k_local", "lm-eval:gsm8k_local_b"] and group.n == 6
+    assert group.acc == pytest.approx(sum(m.acc * m.n for m in group.members) / 6)
+    assert len(group.items()) == 6 and group.to_json()["tasks"][1]["n"] == 3
+    alone = quantcal.evaluate_generation(str(tiny_llama), "lm-eval:gsm8k_local_b", lm_eval_include=include, limit=3,
+                                         num_fewshot=1, max_new_tokens=8, store=store, name="m", progress=None,
+                                         resamples=20)
+    assert alone.n_generated_now == 0 and alone.acc == group.members[1].acc  # the same run, resumed
+    shown = CliRunner().invoke(app, ["eval", "--model", str(tiny_llama), "--task", "lm-eval:local_math",
+                                     "--lm-eval-include", str(include), "--limit", "3", "--num-fewshot", "1",
+                                     "--max-gen-toks", "8", "--store", str(store), "--name", "m"])
+    assert shown.exit_code == 0 and "group of 2 tasks" in shown.output, shown.output
+    study = quantcal.run_study({"name": "g", "reference": str(tiny_llama),
+                                "variants": [{"name": "rtn2", "recipe": "rtn:bits=2,group_size=16"}],
+                                "generation": [{"name": "lm-eval:local_math", "include": str(include), "limit": 2,
+                                                "num_fewshot": 1, "max_gen_toks": 8}],
+                                "bootstrap": {"resamples": 20}}, output=tmp_path / "study", progress=None)
+    assert {j.task for j in study.jobs} == {"lm-eval:gsm8k_local[1-shot]", "lm-eval:gsm8k_local_b[1-shot]"}
+    assert not study.failures and len(study.jobs) == 4
+
+
 def test_built_in_free_text_under_a_chat_template_is_rendered_as_lm_eval_renders_it(smol_checkpoint: Path,
                                                                                      tmp_path: Path) -> None:
     """Built-in gsm8k with ``apply_chat_template``: the same prompts, byte for byte, as lm-eval's own

@@ -361,6 +361,9 @@ class GenerationResult:
     run_id: int
     item_ids: tuple[str, ...] = ()
     extras: Any = None  # the ExtraMeasures asked for (P(True), samples)
+    #: an lm-eval group's tasks, each its own result; the group's ``acc`` aggregates theirs as lm-eval does and its
+    #: ``metrics`` are over every answer of the group (``run_id`` 0)
+    members: tuple["GenerationResult", ...] = ()
 
     def __repr__(self) -> str:
         lines = [f"  {conf}: " + ", ".join(f"{m} {iv}" for m, iv in ms.items() if m in ("ece", "brier", "auroc"))
@@ -375,6 +378,8 @@ class GenerationResult:
         from quantcal.study.generation_jobs import ExtraMeasures, scored_answers
         from quantcal.tasks.free_text import scoring_task
 
+        if self.members:
+            return pd.concat([m.items() for m in self.members], ignore_index=True)
         with open_store(self.store, readonly=True) as db:
             run = next(r for r in db.runs() if r.run_id == self.run_id)
             answers = scored_answers(db, self.run_id, scoring_task(run.config), self.item_ids,
@@ -382,9 +387,12 @@ class GenerationResult:
         return pd.DataFrame(answers).assign(variant=self.variant, task=self.task)
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "variant": self.variant, "store": str(self.store), "task": self.task, "n": self.n,
-                "exact_match": self.acc, "filter": self.filter,
-                "confidences": {c: {m: iv.to_json() for m, iv in ms.items()} for c, ms in self.metrics.items()}}
+        out = {"model": self.model, "variant": self.variant, "store": str(self.store), "task": self.task, "n": self.n,
+               "exact_match": self.acc, "filter": self.filter,
+               "confidences": {c: {m: iv.to_json() for m, iv in ms.items()} for c, ms in self.metrics.items()}}
+        if self.members:
+            out["tasks"] = [m.to_json() for m in self.members]
+        return out
 
 
 def evaluate_generation(
@@ -437,10 +445,16 @@ def evaluate_generation(
     (:mod:`quantcal.tasks.lm_eval_generation`).
 
     ``backend`` ``vllm``: vLLM generates (greedy; its own seeded sampling for ``samples``) and scores the P(True)
-    prompts; answers are cut and scored exactly as the HF generator's; runs of each backend are separate runs."""
+    prompts; answers are cut and scored exactly as the HF generator's; runs of each backend are separate runs.
+
+    An lm-eval group (or tag) of ``generate_until`` tasks (``lm-eval:bbh_zeroshot``) answers each of its tasks with
+    the model loaded once (``limit`` per task); the result's ``members`` hold each task's result, its ``acc`` is the
+    group's exact match as lm-eval aggregates it (by size, unless the group says otherwise) and its ``metrics`` are
+    over every answer."""
     from quantcal.study.generation_jobs import (ExtraMeasures, answer_metrics, generation_config, measure_extras,
                                                 run_generation_job, scored_answers)
-    from quantcal.tasks.free_text import load_free_text
+    from quantcal.tasks.free_text import free_text_group, load_free_text
+    from quantcal.tasks.lm_eval_tasks import group_score
 
     if limit is not None:
         require_positive(limit, "limit")
@@ -456,9 +470,11 @@ def evaluate_generation(
         if path is not None and not Path(path).is_file():
             raise QuantcalError(f"{path}: file not found")
     tokenizer = load_tokenizer(resolve_source(model or DEFAULT_MODEL)) if apply_chat_template else None
-    spec, items, label = load_free_text(task, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip,
-                                        str(lm_eval_include) if lm_eval_include is not None else None,
-                                        trust_task_code, tokenizer, apply_chat_template, say)
+    include = str(lm_eval_include) if lm_eval_include is not None else None
+    group = free_text_group(task, include)
+    names = group[0] if group else [task]
+    loaded = [load_free_text(n, data_file, limit, num_fewshot, fewshot_file, fewshot_seed, skip, include,
+                             trust_task_code, tokenizer, apply_chat_template, say) for n in names]
     resolve_dtype(dtype, device)
     defn = VariantDef(model or DEFAULT_MODEL, recipe)
     if backend not in ("hf", "vllm"):
@@ -466,21 +482,33 @@ def evaluate_generation(
     variant = prepare(defn, LoadOptions(dtype, device, backend=backend), say, phase=phase)
     variant_name = name or variant.default_name
     store_path = Path(store) if store is not None else default_store(variant_name)
-    cap = max_new_tokens or spec.max_gen_toks
-    config = generation_config(variant.source, spec, items, variant.config, cap, dtype, None)
+    extras = ExtraMeasures(p_true, samples, temperature, sample_seed)
+    results, pooled = [], []
     with _progress_bars(progress) as bars, open_store(store_path) as db, _released(variant.holder):
-        outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
-                                     batch_size, None, bars, say)
-        extras = ExtraMeasures(p_true, samples, temperature, sample_seed)
-        measure_extras(db, outcome.run_id, spec, items, variant.holder, extras, cap, batch_size, say)
-        answers = scored_answers(db, outcome.run_id, spec, outcome.item_ids, extras=extras)
-    say(f"{variant_name} · {label}: {outcome.n_generated_now} generated in {outcome.seconds:.1f} s; "
-        f"{len(answers)} in the store")
-    metrics = answer_metrics(answers, resamples)
-    acc = sum(a["correct"] for a in answers) / len(answers)
-    return GenerationResult(variant_name, variant.source.spec, store_path, task, len(answers), acc, answers[0]["filter"],
-                            metrics, outcome.n_generated_now, outcome.seconds, outcome.run_id, tuple(outcome.item_ids),
-                            extras)
+        for member, (spec, items, label) in zip(names, loaded):
+            cap = max_new_tokens or spec.max_gen_toks
+            config = generation_config(variant.source, spec, items, variant.config, cap, dtype, None)
+            outcome = run_generation_job(db, variant_name, label, config, items, variant.holder, spec.until, cap,
+                                         batch_size, None, bars, say)
+            measure_extras(db, outcome.run_id, spec, items, variant.holder, extras, cap, batch_size, say)
+            answers = scored_answers(db, outcome.run_id, spec, outcome.item_ids, extras=extras)
+            say(f"{variant_name} · {label}: {outcome.n_generated_now} generated in {outcome.seconds:.1f} s; "
+                f"{len(answers)} in the store")
+            pooled += answers
+            results.append(GenerationResult(
+                variant_name, variant.source.spec, store_path, member, len(answers),
+                sum(a["correct"] for a in answers) / len(answers), answers[0]["filter"],
+                answer_metrics(answers, resamples), outcome.n_generated_now, outcome.seconds, outcome.run_id,
+                tuple(outcome.item_ids), extras))
+    if group is None:
+        return results[0]
+    bare = [m[len("lm-eval:"):] for m in names]
+    acc = group_score(group[1], {b: (r.acc, r.n) for b, r in zip(bare, results)})
+    filters = sorted({r.filter for r in results})
+    return GenerationResult(variant_name, variant.source.spec, store_path, task, len(pooled), acc,
+                            filters[0] if len(filters) == 1 else "each task's first", answer_metrics(pooled, resamples),
+                            sum(r.n_generated_now for r in results), sum(r.seconds for r in results), 0, (), extras,
+                            tuple(results))
 
 
 def _group_result(group: GroupSpec, results: Mapping[str, TaskResult], labels: Mapping[str, str],

@@ -48,6 +48,13 @@ def _eval_generation(task: str, model: Optional[str], recipe: Optional[str], nam
                                      lm_eval_include=include, trust_task_code=trust_task_code,
                                      apply_chat_template=apply_chat_template, backend=backend, progress=item_bar,
                                      say=say, phase=phase)
+    if result.members:  # an lm-eval group: each task's exact match, then the calibration over every answer
+        tasks = Table(title=f"quantcal · {result.variant} · {task}: group of {len(result.members)} tasks")
+        for column in ("task", "n", "exact match", "filter"):
+            tasks.add_column(column, justify="left" if column in ("task", "filter") else "right")
+        for m in result.members:
+            tasks.add_row(m.task, str(m.n), f"{m.acc:.4f}", m.filter)
+        out.print(tasks)
     table = Table(title=f"quantcal · {result.variant} · {task}: exact match {result.acc:.4f} ({result.filter}, "
                         f"n={result.n}) · calibration of each confidence, 95% bootstrap intervals")
     shown = ("mean_confidence", "ece", "brier", "nll", "auroc", "overconfidence_rate")  # every metric: --output-json

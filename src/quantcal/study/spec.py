@@ -436,6 +436,7 @@ def parse_study(data: Any, base: Path, origin: str = "study", data_dir: Optional
         g.trust_task_code = g.trust_task_code or spec.trust_task_code
         g.data_file = _data_path(g.data_file, base, folder, f"{origin}: generation task {g.name}")
         g.fewshot_file = _data_path(g.fewshot_file, base, folder, f"{origin}: generation task {g.name}")
+    spec.generation = _expand_generation_groups(spec.generation, origin)
     spec.tasks, groups = _expand_lm_eval_groups(spec.tasks, origin)
     spec.lm_eval_groups = spec.lm_eval_groups or [LmEvalGroup(**g) for g in groups]
     names = {t.name for t in spec.tasks}
@@ -457,6 +458,22 @@ def _default_fewshot(task: TaskSpec) -> int:
         return 0
     members = expand(task.name, task.include).tasks
     return yaml_num_fewshot(members[0], task.include) if members else 0
+
+
+def _expand_generation_groups(tasks: list[GenerationTaskSpec], origin: str) -> list[GenerationTaskSpec]:
+    """Each ``lm-eval:GROUP`` of ``generate_until`` tasks in ``generation`` replaced by one entry per task, with the
+    group's settings (each its own run and section of the page)."""
+    from quantcal.tasks.free_text import free_text_group
+
+    out: list[GenerationTaskSpec] = []
+    for g in tasks:
+        group = free_text_group(g.name, g.include) if g.name.startswith("lm-eval:") else None
+        out += [g.model_copy(update={"name": m}) for m in group[0]] if group else [g]
+    names = [g.name for g in out]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise QuantcalError(f"{origin}: each generation task once (a group's tasks count): {', '.join(twice)}")
+    return out
 
 
 def _expand_lm_eval_groups(tasks: list[TaskSpec], origin: str) -> tuple[list[TaskSpec], list[dict[str, Any]]]:

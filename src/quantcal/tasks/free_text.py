@@ -5,26 +5,53 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantcal.errors import QuantcalError
 from quantcal.tasks.generation_tasks import GENERATION_TASKS, GenerationTask, GenItem, load_generation_items
 from quantcal.tasks.lm_eval_generation import load_lm_eval_generation, task_from_json, task_to_json
 from quantcal.tasks.prompts import PromptSetup, require_chat_template, task_label
 
+if TYPE_CHECKING:
+    from quantcal.tasks.lm_eval_tasks import GroupSpec
+
 PREFIX = "lm-eval:"
 
 
 def is_free_text(name: str, include: str | None = None) -> bool:
-    """Whether ``name`` is answered in free text: a built-in free-text task, or an lm-eval ``generate_until`` task
-    (read from its YAML: no code runs)."""
+    """Whether ``name`` is answered in free text: a built-in free-text task, an lm-eval ``generate_until`` task, or an
+    lm-eval group (or tag) whose every task is one (read from the YAMLs: no code runs)."""
     if name.split("[")[0] in GENERATION_TASKS:
         return True
     if not name.startswith(PREFIX):
         return False
     from quantcal.tasks.lm_eval_tasks import yaml_output_type
 
-    return yaml_output_type(name[len(PREFIX):], include) == "generate_until"
+    if yaml_output_type(name[len(PREFIX):], include) == "generate_until":
+        return True
+    members = free_text_group(name, include)
+    return members is not None
+
+
+def free_text_group(name: str, include: str | None = None) -> "tuple[list[str], GroupSpec] | None":
+    """An lm-eval group (or tag) of ``generate_until`` tasks: its tasks (``lm-eval:NAME`` each, in lm-eval's order)
+    and how its exact match aggregates them; None for a single task, an unknown name, or a group with a task of
+    another output type."""
+    from quantcal.tasks.lm_eval_tasks import GroupSpec, expand, yaml_output_type
+
+    if not name.startswith(PREFIX):
+        return None
+    bare = name[len(PREFIX):]
+    try:
+        expansion = expand(name, include)
+    except QuantcalError:
+        return None
+    if expansion.tasks == [bare] or not expansion.tasks:
+        return None
+    if any(yaml_output_type(t, include) != "generate_until" for t in expansion.tasks):
+        return None
+    group = expansion.groups.get(bare) or GroupSpec(bare, list(expansion.tasks), True)  # a tag: by size
+    return [PREFIX + t for t in expansion.tasks], group
 
 
 def default_shots(name: str, include: str | None = None) -> int:

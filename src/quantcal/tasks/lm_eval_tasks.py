@@ -106,8 +106,8 @@ def expand(name: str, include: str | None = None, manager: Any = None) -> Expans
                 raise QuantcalError(f"lm-eval group {key}: unknown member {m!r}")
             inner += walk(m)
         weight = True
-        for agg in cfg.get("aggregate_metric_list") or []:
-            if isinstance(agg, dict) and agg.get("metric") == "acc":
+        for agg in cfg.get("aggregate_metric_list") or []:  # acc (multiple choice), exact_match (free text)
+            if isinstance(agg, dict) and agg.get("metric") in ("acc", "exact_match"):
                 weight = bool(agg.get("weight_by_size", True))
         groups[key] = GroupSpec(key, inner, weight)
         return inner
