@@ -38,6 +38,7 @@ def test_rounding_follows_the_formats() -> None:
 
 @pytest.mark.parametrize("params", [
     {"type": "fp8", "scale": "1.0", "per": "tensor"},
+    {"type": "fp8", "scale": "1.0", "per": "tensor", "rounding": "toward_zero"},
     {"type": "int8", "scale": "0.05", "per": "tensor"},
     {"type": "fp8", "scale": "calibrated", "per": "head"},
     {"type": "int8", "scale": "calibrated", "per": "tensor"},
@@ -60,11 +61,17 @@ def test_the_cache_rounds_what_attention_reads_and_decoding_with_a_cache_agrees(
         first = lm.model(ids[:, :10], use_cache=True)
         rest = lm.model(ids[:, 10:], past_key_values=first.past_key_values, use_cache=True).logits
     assert not torch.equal(rounded, base)
+    if params.get("rounding") == "toward_zero":  # recorded, and not the nearest rounding's output
+        nearest = load_model(source, dtype="float32")
+        install(nearest.model, {**params, "rounding": "nearest"} | CALIB, nearest.tokenizer, source.fingerprint)
+        with torch.inference_mode():
+            assert not torch.equal(nearest.model(ids).logits, rounded)
+        assert info["rounding"] == "toward_zero" and layers[0].quantcal_kv.rounding == "toward_zero"
     assert torch.equal(rest, rounded[:, 10:])  # a cached prefix is rounded exactly as the engine stores it
     for layer, (k, v) in zip(layers, seen[:len(layers)]):
         cache = layer.quantcal_kv
-        assert torch.equal(round_to(k, cache.fmt, cache.key_scale), k)  # already on the format's grid
-        assert torch.equal(round_to(v, cache.fmt, cache.value_scale), v)
+        assert torch.equal(round_to(k, cache.fmt, cache.key_scale, cache.rounding), k)  # already on the grid
+        assert torch.equal(round_to(v, cache.fmt, cache.value_scale, cache.rounding), v)
     if params["scale"] == "calibrated":
         top = 448.0 if params["type"] == "fp8" else 127.0
         assert info["calibration"]["nsamples"] == 2 and 0 < info["key_scale_max"] < 10 / top

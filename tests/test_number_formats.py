@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantcal.recipes.number_formats import (E2M1_VALUES, cast_e2m1, cast_e4m3, e8m0_scale, fake_fp8, fake_int8,
-                                             fake_mxfp4, fake_nvfp4)
+from quantcal.recipes.number_formats import (E2M1_VALUES, cast_e2m1, cast_e4m3, cast_e4m3_toward_zero, e8m0_scale,
+                                             fake_fp8, fake_int8, fake_mxfp4, fake_nvfp4)
 from quantcal.errors import QuantcalError
 
 
@@ -45,6 +45,17 @@ def test_e4m3_against_its_table_ties_to_even_and_saturating() -> None:
     assert table.max().item() == 448.0 and len(table) == 127  # 0 and 126 positive finite values
     x = probes(table, 448.0)
     assert torch.equal(cast_e4m3(x), nearest_even(x, table, 448.0))
+
+
+def test_e4m3_toward_zero_against_its_table() -> None:
+    """vLLM's CPU KV-cache rule: the largest table magnitude not above |x| (saturating at 448; below the smallest
+    subnormal, zero), with x's sign; every value, midpoint and point beside them."""
+    table = e4m3_table()
+    x = probes(table, 448.0)
+    magnitude = x.abs().clamp(max=448.0)
+    below = torch.where(table[None, :] <= magnitude[:, None], table[None, :], torch.tensor(-1.0)).max(dim=1).values
+    assert torch.equal(cast_e4m3_toward_zero(x), below * torch.sign(x))
+    assert cast_e4m3_toward_zero(torch.tensor([0.6646, 4.3, 0.0015, -1000.0])).tolist() == [0.625, 4.0, 0.0, -448.0]
 
 
 def test_e2m1_against_its_table_ties_to_even_and_saturating() -> None:

@@ -2,7 +2,9 @@
 
 ``kv:fp8`` keeps every attention layer's keys (after the rotary embedding, as vLLM stores them) and values in FP8
 E4M3, ``kv:int8`` in INT8, each with a fixed scale: ``x_q = Q(x / s) * s``, where ``Q`` rounds to the format's grid
-(E4M3: round to nearest even, saturating at ±448; INT8: round half to even, clamped to [-128, 127]). The scale is
+(E4M3: round to nearest even, saturating at ±448; INT8: round half to even, clamped to [-128, 127]; with
+``rounding=toward_zero`` each goes to the grid value toward zero instead, as vLLM's CPU attention kernels store an
+FP8 cache: every byte of their keys and values matches that rule, ``benchmarks/vllm_kv_rounding.py``). The scale is
 1.0 by default (vLLM's uncalibrated default, ``kv_cache_dtype=fp8`` without scales), or ``scale=calibrated``: the
 largest magnitude over the calibration windows divided by the format's largest value (448, or 127), per layer
 (``per=tensor``, llm-compressor's ``kv_cache_scheme``) or per KV head (``per=head``). Calibrated scales are measured
@@ -32,15 +34,19 @@ if TYPE_CHECKING:
 
 from quantcal.errors import QuantcalError
 from quantcal.recipes import calibration
-from quantcal.recipes.number_formats import E4M3_MAX, cast_e4m3, require_float8
+from quantcal.recipes.number_formats import E4M3_MAX, cast_e4m3, cast_e4m3_toward_zero, require_float8
 from quantcal.recipes.spec import Param
 
 FORMATS = {"fp8": E4M3_MAX, "int8": 127.0}
+ROUNDINGS = ("nearest", "toward_zero")
 PARAMS = {
     "type": Param(str, "fp8", choices=tuple(FORMATS), help="the cache's number format: FP8 E4M3 or INT8"),
     "scale": Param(str, "1.0", help="1.0 (vLLM's uncalibrated default), another fixed number, or 'calibrated' "
                                     "(amax over the calibration windows / the format's largest value)"),
     "per": Param(str, "tensor", choices=("tensor", "head"), help="one scale per layer, or per KV head (calibrated)"),
+    "rounding": Param(str, "nearest", choices=ROUNDINGS, key_default=False,
+                      help="to the grid: nearest (ties to even: compressed-tensors, NVIDIA's conversions) or "
+                           "toward zero (what vLLM's CPU attention kernels store, measured byte for byte)"),
     **calibration.PARAMS,
     "nsamples": Param(int, 16, low=1, high=4096, help="calibration windows (scale=calibrated)"),
 }
@@ -65,12 +71,16 @@ def apply(*_: Any, **__: Any) -> dict[str, Any]:
     raise QuantcalError("kv changes no weights: it is applied when the model is loaded (recipes.kv_cache.install)")
 
 
-def round_to(x: torch.Tensor, fmt: str, scale: torch.Tensor) -> torch.Tensor:
-    """``Q(x / s) * s`` in the cache's format (E4M3 saturating at ±448, INT8 clamped to [-128, 127])."""
+def round_to(x: torch.Tensor, fmt: str, scale: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
+    """``Q(x / s) * s`` in the cache's format (E4M3 saturating at ±448, INT8 clamped to [-128, 127]), to the nearest
+    grid value (ties to even) or toward zero."""
     import torch
 
     scaled = x.float() / scale
-    grid = cast_e4m3(scaled) if fmt == "fp8" else torch.round(scaled).clamp(-128, 127)
+    if fmt == "fp8":
+        grid = cast_e4m3(scaled) if rounding == "nearest" else cast_e4m3_toward_zero(scaled)
+    else:
+        grid = (torch.round(scaled) if rounding == "nearest" else torch.trunc(scaled)).clamp(-128, 127)
     return (grid * scale).to(x.dtype)
 
 
@@ -84,6 +94,7 @@ class LayerCache:
     value_scale: Any
     inner: Callable[..., Any]
     record: dict[str, Any] | None = None
+    rounding: str = "nearest"
 
     def __call__(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.record is not None:
@@ -92,7 +103,8 @@ class LayerCache:
                 amax = x.detach().abs().float().amax(dim=dims)
                 self.record[name] = amax if self.record.get(name) is None else self.record[name].maximum(amax)
             return key, value
-        return round_to(key, self.fmt, self.key_scale), round_to(value, self.fmt, self.value_scale)
+        return (round_to(key, self.fmt, self.key_scale, self.rounding),
+                round_to(value, self.fmt, self.value_scale, self.rounding))
 
 
 def _attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -200,9 +212,11 @@ def install(model: nn.Module, params: dict[str, Any], tokenizer: Any = None, fin
         scales = [(fixed, fixed)] * len(layers)
         summary = {}
     for layer, (k_scale, v_scale) in zip(layers, scales):
-        layer.quantcal_kv = LayerCache(fmt, k_scale, v_scale, _inner(model, layer))
+        layer.quantcal_kv = LayerCache(fmt, k_scale, v_scale, _inner(model, layer),
+                                       rounding=params.get("rounding", "nearest"))
     _register(model)
-    return {"kv_cache": {"type": fmt, "per": params["per"], "scale": params["scale"], **summary,
+    rounding = {"rounding": params["rounding"]} if params.get("rounding", "nearest") != "nearest" else {}
+    return {"kv_cache": {"type": fmt, "per": params["per"], "scale": params["scale"], **rounding, **summary,
                          "key_scale_max": max(float(k.max()) for k, _ in scales),
                          "value_scale_max": max(float(v.max()) for _, v in scales)}}
 

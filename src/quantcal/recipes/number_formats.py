@@ -60,6 +60,22 @@ def cast_e4m3(x: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn).to(x.dtype)
 
 
+def cast_e4m3_toward_zero(x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to FP8 E4M3 toward zero (the largest E4M3 magnitude not above ``|x|``, with ``x``'s sign;
+    saturating at ±448; below the smallest subnormal, 2^-9, a signed 0), in ``x``'s dtype. vLLM's CPU attention
+    kernels store an FP8 KV cache this way (measured byte for byte: ``benchmarks/vllm_kv_rounding.py``). The cast to
+    nearest is stepped down one code where it rounded away from zero (E4M3's magnitude codes are ordered)."""
+    import torch
+
+    require_float8()
+    xf = x.float().clamp(-E4M3_MAX, E4M3_MAX)
+    codes = xf.to(torch.float8_e4m3fn).view(torch.uint8)
+    magnitude = codes & 0x7F
+    away = (codes.view(torch.float8_e4m3fn).float().abs() > xf.abs()) & (magnitude > 0)
+    codes = (codes & 0x80) | torch.where(away, magnitude - 1, magnitude)
+    return codes.view(torch.float8_e4m3fn).to(x.dtype)
+
+
 def cast_e2m1(x: torch.Tensor) -> torch.Tensor:
     """``x`` rounded to FP4 E2M1 (saturating at ±6, ties to even), in ``x``'s dtype.
 
@@ -144,5 +160,5 @@ def fake_mxfp4(x: torch.Tensor, block: int = 32, rounding: str = "nearest") -> t
     return (cast_e2m1(blocks / scale) * scale).reshape(x.shape).to(x.dtype)
 
 
-__all__ = ["E2M1_VALUES", "E4M3_MAX", "MX_ROUNDINGS", "cast_e2m1", "cast_e4m3", "e8m0_scale", "fake_fp8", "fake_int8",
+__all__ = ["E2M1_VALUES", "E4M3_MAX", "MX_ROUNDINGS", "cast_e2m1", "cast_e4m3", "cast_e4m3_toward_zero", "e8m0_scale", "fake_fp8", "fake_int8",
            "fake_mxfp4", "fake_nvfp4", "require_float8"]
