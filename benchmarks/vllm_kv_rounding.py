@@ -14,6 +14,11 @@ With ``--layers``, the bundled SmolLM2 served by vLLM with ``kv_cache_dtype=fp8`
 checkpoint, float32, in-process) and quantcal's simulation of ``kv:fp8`` under each rounding read the same prompt;
 each attention layer's output is compared (the layer's query, and its output, vLLM's against the simulation's).
 
+With ``--w8a8``, the same for vLLM's CPU W8A8 kernel (bfloat16, the only dtype it takes): the exported ``w8a8``
+checkpoint served in-process, layer 0's fused q/k/v and its down projection's inputs and outputs captured, and
+compared with ``Q_a(x) Q_w(W)^T`` computed here from the checkpoint's INT8 weights and scales and the per-token INT8
+rounding of the captured input (and with the weights alone, W8A16, for contrast).
+
 Writes ``benchmarks/results/vllm_kv_rounding_cpu.json``.
 """
 
@@ -94,7 +99,7 @@ def layer_outputs() -> dict:
     source = resolve_source("smollm2-135m-instruct")
     served = served_checkpoint(source, parse_recipe("kv:fp8"))
     llm = LLM(model=str(served), dtype="float32", kv_cache_dtype="fp8", enforce_eager=True, max_model_len=512,
-              enable_prefix_caching=False)
+              enable_prefix_caching=False, gpu_memory_utilization=0.25)  # (CPU memory on the CPU build)
     model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
     engine: dict[int, dict[str, torch.Tensor]] = {}
     for i in LAYERS:
@@ -103,6 +108,10 @@ def layer_outputs() -> dict:
             with_kwargs=True)
     ids = llm.get_tokenizer()(PROMPT).input_ids
     llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=1), use_tqdm=False)
+    del llm, model  # its cache's memory, before the next engine
+    import gc
+
+    gc.collect()
     tokens = len(ids)
     found: dict = {}
     for rounding in ("nearest", "toward_zero"):
@@ -128,11 +137,51 @@ def layer_outputs() -> dict:
     return {"prompt_tokens": tokens, "layers": list(LAYERS), "max_abs_diff": found}
 
 
+def w8a8_linears() -> dict:
+    """vLLM's W8A8 linears against the simulation's rule on their own captured inputs (module doc)."""
+    import os
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    from safetensors.torch import load_file
+    from vllm import LLM, SamplingParams
+
+    from quantcal.checkpoints.model_export import served_checkpoint
+    from quantcal.recipes import parse_recipe
+    from quantcal.sources.models import resolve_source
+
+    path = served_checkpoint(resolve_source("smollm2-135m-instruct"), parse_recipe("w8a8"))
+    llm = LLM(model=str(path), dtype="bfloat16", enforce_eager=True, max_model_len=512, enable_prefix_caching=False,
+              gpu_memory_utilization=0.25)
+    layer = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model.model.layers[0]
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, module in (("qkv", layer.self_attn.qkv_proj), ("down", layer.mlp.down_proj)):
+        module.register_forward_hook(lambda m, a, o, name=name: captured.__setitem__(
+            name, (a[0].clone(), (o[0] if isinstance(o, tuple) else o).clone())))
+    ids = llm.get_tokenizer()(PROMPT).input_ids
+    llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=1), use_tqdm=False)
+    weights = load_file(str(path / "model.safetensors"))
+    prefix = "model.layers.0."
+    parts = {"qkv": [f"{prefix}self_attn.{p}_proj" for p in "qkv"], "down": [f"{prefix}mlp.down_proj"]}
+    found = {}
+    for name, (x, y) in captured.items():
+        x, y = x[:len(ids)].float(), y[:len(ids)].float()
+        w = torch.cat([weights[f"{n}.weight"].float() * weights[f"{n}.weight_scale"].float() for n in parts[name]])
+        step = x.abs().amax(-1, keepdim=True) / 127
+        w8a8 = (torch.round(x * (1 / step)).clamp(-128, 127) * step) @ w.T
+        w8a16 = x @ w.T
+        found[name] = {rule: float(((y - ref).abs() / (ref.abs() + 1e-3)).median())
+                       for rule, ref in (("w8a8", w8a8), ("w8a16", w8a16))}
+        print(f"vLLM W8A8 {name}: median relative difference from W8A8 by hand {found[name]['w8a8']:.1e}, from "
+              f"W8A16 {found[name]['w8a16']:.1e} (bfloat16's own precision: 3.9e-3)")
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--layout", action="store_true", help="print the layout probe")
     parser.add_argument("--layers", action="store_true", help="also compare the model layer by layer (module doc)")
+    parser.add_argument("--w8a8", action="store_true", help="also check vLLM's W8A8 linears (module doc)")
     args = parser.parse_args()
 
     import vllm
@@ -188,6 +237,8 @@ def main() -> None:
               f"{row['attention_max_abs_diff_vs_truncated_by_hand']:.2e}")
     if args.layers:
         report["model_layers"] = layer_outputs()
+    if args.w8a8:
+        report["w8a8_linears"] = w8a8_linears()
     args.out.mkdir(parents=True, exist_ok=True)
     target = args.out / "vllm_kv_rounding_cpu.json"
     target.write_text(json.dumps(report, indent=2))
