@@ -28,6 +28,7 @@ RECIPES = {
     "bnb-int8": "bnb:int8",  # LLM.int8()'s module rounds activations to float16: not the weights-only simulation
     # weights and activations: compressed-tensors float-/int-quantized (the loader quantizes the activations)
     "fp8": "fp8",
+    "fp8-block128": "fp8:weights=block128",  # compressed-tensors block strategy, partial tiles padded
     "w8a8": "w8a8",
     "w8a8-sq": "w8a8:smoothquant=0.5,nsamples=16",
 }

@@ -66,7 +66,7 @@ def test_export_model_refuses_recipes_without_a_format(tiny_llama: Path, tmp_pat
     from quantcal import api
 
     for recipe in ("hqq:bits=4", "gptq:bits=4,group_size=16,desc_act=true", "quanto:qint4", "bnb:nf4,blocksize=128",
-                   "fp8:weights=block128", "bnb:nf4+kv:fp8"):
+                   "bnb:nf4+kv:fp8"):
         with pytest.raises(QuantcalError, match="no quantized checkpoint format"):
             api.export_model(str(tiny_llama), recipe, tmp_path / "x")
     with pytest.raises(QuantcalError, match="keeps no column order"):
@@ -177,6 +177,7 @@ def test_export_checkpoint_form_and_bad_export_blocks(tiny_llama: Path, tmp_path
 
 @pytest.mark.parametrize("recipe, fmt, exact", [
     ("fp8", "float-quantized", True), ("fp8:weights=tensor,acts=none", "float-quantized", True),
+    ("fp8:weights=block128", "float-quantized", True),
     ("fp8:acts=tensor_static,nsamples=2,seqlen=32", "float-quantized", True),
     ("w8a8", "int-quantized", True), ("w8a8:smoothquant=0.5,nsamples=2,seqlen=32", "int-quantized", True)])
 def test_activation_formats_export_as_compressed_tensors_and_reload_as_simulated(

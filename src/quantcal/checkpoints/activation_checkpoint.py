@@ -6,8 +6,10 @@ The built variant holds each block linear's weight on its grid (in float); the e
 from it and hands weight and scale to compressed-tensors' own compressor (``FloatQuantizationCompressor`` /
 ``IntQuantizationCompressor``), which writes the codes:
 
-- FP8, per channel or per tensor: ``s = amax / 448``. The grid's largest value is the original ``amax`` exactly
-  (``e4m3(448) = 448``), so this is the scale the build used.
+- FP8, per channel, per tensor or per 128x128 tile (``weights=block128``, compressed-tensors' ``block`` strategy
+  with ``block_structure [128, 128]``; partial tiles at the edges, which compressed-tensors pads): ``s = amax / 448``.
+  The grid's largest value is the original ``amax`` exactly (``e4m3(448) = 448``), so this is the scale the build
+  used.
 - INT8 per channel: compressed-tensors' ``s = amax / 127.5`` leaves the largest code at 127 or -128, so the row's
   scale is ``amax / 127`` or ``amax / 128`` of the built weight, taken with the float32 neighbour that gives the
   built weights back bit for bit (``codes * s == w``). A scale one float32 rounding off would do as well in float,
@@ -19,9 +21,8 @@ from it and hands weight and scale to compressed-tensors' own compressor (``Floa
 - Static FP8 activation scales (``acts=tensor_static``): ``input_scale = amax / 448`` per layer.
 
 Activations are quantized at run time by the engine that loads the checkpoint (``input_activations`` in the
-config: dynamic per token, or static per tensor). Not written: NVFP4 (its FP8 block scales are not recoverable from
-the built weights; the build would have to record them), FP8 in 128x128 blocks, and a ``kv:`` part
-(``kv_cache_scheme``): refused in one line.
+config: dynamic per token, or static per tensor). A ``kv:`` part adds a ``kv_cache_scheme``
+(:mod:`quantcal.checkpoints.kv_checkpoint`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 
 from quantcal.checkpoints.formats import COMPRESSED_TENSORS, ExportedModel, check_dtype, write_checkpoint
 from quantcal.errors import QuantcalError
+from quantcal.recipes.fp8 import BLOCK as TILE  # the side of an FP8 block128 tile, as the recipe builds it
 from quantcal.recipes.number_formats import E4M3_MAX
 
 
@@ -43,8 +45,12 @@ def _schemes(family: str, params: dict[str, Any]) -> tuple[Any, str]:
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
     kind = "float" if family == "fp8" else "int"
-    strategy = "tensor" if params.get("weights") == "tensor" else "channel"
-    weights = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy=strategy, dynamic=False)
+    if params.get("weights") == "block128":
+        weights = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="block",
+                                   block_structure=[TILE, TILE], dynamic=False)
+    else:
+        strategy = "tensor" if params.get("weights") == "tensor" else "channel"
+        weights = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy=strategy, dynamic=False)
     acts = params.get("acts", "token")
     inputs = None
     if acts == "token":
@@ -53,6 +59,17 @@ def _schemes(family: str, params: dict[str, Any]) -> tuple[Any, str]:
         inputs = QuantizationArgs(num_bits=8, type=kind, symmetric=True, strategy="tensor", dynamic=False)
     scheme = QuantizationScheme(targets=["Linear"], weights=weights, input_activations=inputs)
     return scheme, "float-quantized" if kind == "float" else "int-quantized"
+
+
+def tile_scale(w: torch.Tensor) -> torch.Tensor:
+    """FP8 scales per :data:`TILE` x :data:`TILE` tile, shaped ``(ceil(rows / TILE), ceil(cols / TILE))`` (the edge
+    tiles partial: zeros padded in do not change a tile's amax)."""
+    import torch.nn.functional as F
+
+    rows, cols = w.shape
+    padded = F.pad(w.float().abs(), (0, -cols % TILE, 0, -rows % TILE))
+    amax = padded.reshape(padded.shape[0] // TILE, TILE, padded.shape[1] // TILE, TILE).amax(dim=(1, 3))
+    return (amax / E4M3_MAX).clamp_min(torch.finfo(torch.float32).tiny)
 
 
 def weight_scale(w: torch.Tensor, family: str, per_tensor: bool) -> torch.Tensor:
@@ -123,8 +140,6 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     meta = json.loads((variant_dir / "quantcal-variant.json").read_text())
     spec = parse_recipe(meta["recipe"])
     params = dict(spec.params)
-    if spec.family == "fp8" and params["weights"] == "block128":
-        raise QuantcalError(f"{spec.key}: FP8 in 128x128 blocks is not exported yet; use weights=channel or tensor")
     scheme, fmt = _schemes(spec.family, params)
     compressor = FloatQuantizationCompressor if spec.family == "fp8" else IntQuantizationCompressor
     activations = meta.get("runtime", {}).get("activations") or {}
@@ -137,7 +152,8 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     on_disk_bytes = weights = 0
     for name in names:
         w = state.pop(f"{name}.weight")
-        scale = weight_scale(w, spec.family, params.get("weights") == "tensor")
+        scale = (tile_scale(w) if params.get("weights") == "block128"
+                 else weight_scale(w, spec.family, params.get("weights") == "tensor"))
         entries = {"weight": w.float(), "weight_scale": scale}
         compressed = compressor.compress(entries, scheme)
         if params.get("acts") == "tensor_static":

@@ -42,7 +42,7 @@ def deployable_format(spec: RecipeSpec) -> Optional[str]:
     if spec.family in PACKABLE:
         return None if params.get("desc_act") else COMPRESSED_TENSORS
     if spec.family in ACTIVATION_FORMATS:  # float-quantized / int-quantized (checkpoints.activation_checkpoint)
-        return None if params.get("weights") == "block128" else COMPRESSED_TENSORS
+        return COMPRESSED_TENSORS
     if spec.family in MICROSCALING_FORMATS:  # nvfp4- / mxfp4-pack-quantized (checkpoints.microscaling_checkpoint)
         return COMPRESSED_TENSORS
     if spec.kv is not None:  # a kv part is a compressed-tensors kv_cache_scheme: not beside bitsandbytes
