@@ -19,7 +19,7 @@ Steps (each a subprocess with its own time limit; one JSON ``gpu_suite.json`` an
    parity of two scorers of the same checkpoint.
 3. ``vllm-vs-lm-eval-vllm`` and ``w4a16-vllm-kernel``: quantcal ``--backend vllm`` against the HF path (and
    lm-eval's vllm backend), and an exported W4A16 compressed-tensors checkpoint through vLLM's int4 kernel
-   (``vllm_native.py``), and ``formats-vllm-kernels``: fp8, w8a8, nvfp4 and an FP8 KV cache on vLLM's kernels
+   (``vllm_native.py``), and ``formats-vllm-kernels``: fp8 (per channel and in 128x128 blocks), w8a8, nvfp4 and an FP8 KV cache on vLLM's kernels
    against quantcal's simulation of each (``vllm_formats.py``). They run only where vLLM imports: its wheels (hundreds of MB with their CUDA
    dependencies) cannot be carried within 64 MiB, so on this workplace's GPU image they are reported as skipped,
    with that reason, unless vLLM is installed there.

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_RECIPES = "kv:fp8;fp8;w8a8;nvfp4:acts=none;nvfp4"
+DEFAULT_RECIPES = "kv:fp8;fp8;fp8:weights=block128;w8a8;nvfp4:acts=none;nvfp4"
 
 
 def gaps(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
