@@ -103,6 +103,9 @@ def test_the_best_calibrated_measure_must_rank_answers_beyond_chance() -> None:
     assert found.startswith("best calibrated measure conf_seq_prob (ECE 0.250") and "conf_p_true" not in found
     none = best_measure({"conf_seq_prob": m(0.19, (0.61, 0.26, 0.9)), "conf_p_true": m(0.33, (0.3, 0.09, 0.5))})
     assert none.startswith("no confidence measure ranks") and "lowest ECE: conf_seq_prob (0.190" in none
+    nan = float("nan")
+    one_outcome = best_measure({"conf_seq_prob": m(0.01, (nan, nan, nan)), "conf_p_true": m(0.3, (nan, nan, nan))})
+    assert one_outcome.startswith("its answers are all right or all wrong") and "conf_seq_prob (0.010)" in one_outcome
 
 
 def test_the_measures_a_run_holds_are_read_back_from_their_keys() -> None:

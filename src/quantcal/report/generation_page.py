@@ -168,6 +168,10 @@ def best_measure(metrics: dict[str, dict[str, Any]]) -> str:
         return (f"best calibrated measure {best} (ECE {ece(best):.3f}; AUROC {auroc(best)}), the lowest ECE among "
                 f"the measures that rank right answers above wrong ones beyond chance ({', '.join(ranking)})")
     lowest = min(metrics, key=ece)
+    estimates = [(metrics[c].get("auroc") or {}).get("estimate") for c in metrics]
+    if all(e is None or not math.isfinite(e) for e in estimates):  # one outcome only: AUROC is undefined
+        return (f"its answers are all right or all wrong, so no measure can rank them; lowest ECE: {lowest} "
+                f"({ece(lowest):.3f})")
     return (f"no confidence measure ranks right answers above wrong ones beyond chance (every AUROC interval reaches "
             f"0.5), so none tells right answers from wrong ones here; lowest ECE: {lowest} ({ece(lowest):.3f}; AUROC "
             f"{auroc(lowest)})")
