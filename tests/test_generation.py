@@ -47,6 +47,19 @@ def test_filters_and_exact_match_agree_with_lm_eval(task: str, name: str) -> Non
             assert exact_match(ours, [reference], options) == expected, (ours, reference)
 
 
+@pytest.mark.parametrize("function", ["lowercase", "uppercase"])
+def test_case_filters_agree_with_lm_eval(function: str) -> None:
+    from lm_eval.filters.extraction import WhitespaceFilter
+    from lm_eval.filters.transformation import LowercaseFilter, UppercaseFilter
+
+    theirs_filter = LowercaseFilter() if function == "lowercase" else UppercaseFilter()
+    for text in TEXTS + [" Ärger İstanbul ß"]:
+        ours, span = apply_filters(text, (FilterStep("remove_whitespace"), FilterStep(function)))
+        theirs = theirs_filter.apply([WhitespaceFilter().apply([[text]], [{}])[0]], [{}])[0]
+        assert ours == theirs[0]
+        assert span is not None and text[span[0]:span[1]] == text.strip()  # the answer's place in the generation
+
+
 def test_several_references_match_when_any_does_and_stop_strings_cut_as_lm_eval() -> None:
     options = MatchOptions(ignore_case=True, ignore_punctuation=True)
     assert exact_match("The Beatles", ["Beatles", "the beatles"], options)

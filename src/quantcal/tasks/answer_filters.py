@@ -7,6 +7,8 @@ classes in ``tests/test_generation_tasks.py``).
   ``fallback`` (``"[invalid]"``).
 - ``remove_whitespace`` (``WhitespaceFilter``): leading and trailing whitespace removed.
 - ``take_first``: one generation per item here (greedy), so it keeps it.
+- ``lowercase`` / ``uppercase`` (``LowercaseFilter`` / ``UppercaseFilter``): the answer's case changed (its span in
+  the generation stays where it was).
 - ``exact_match`` (``exact_match_hf_evaluate``): each ``regexes_to_ignore`` pattern removed from prediction and
   reference, then optionally lower case, punctuation and digits removed; equal strings. With several references
   (TriviaQA's aliases) the answer is right when it equals any of them.
@@ -23,12 +25,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 FALLBACK = "[invalid]"
+#: lm-eval's filter functions quantcal applies itself.
+FUNCTIONS = ("regex", "take_first", "remove_whitespace", "lowercase", "uppercase")
 
 
 @dataclass(frozen=True)
 class FilterStep:
     """One step of a filter pipeline: ``regex`` (``pattern``, ``group_select``, ``fallback``),
-    ``remove_whitespace`` or ``take_first``."""
+    ``remove_whitespace``, ``take_first``, ``lowercase`` or ``uppercase``."""
 
     function: str
     pattern: str = ""
@@ -88,8 +92,12 @@ def apply_filters(text: str, steps: Sequence[FilterStep]) -> tuple[str, tuple[in
                 start = span[0] + (len(value) - len(value.lstrip()))
                 span = (start, start + len(stripped))
             value = stripped
+        elif step.function == "lowercase":
+            value = value.lower()
+        elif step.function == "uppercase":
+            value = value.upper()
         elif step.function != "take_first":
-            raise ValueError(f"filter {step.function!r}: quantcal runs regex, remove_whitespace and take_first")
+            raise ValueError(f"filter {step.function!r}: quantcal runs {', '.join(FUNCTIONS)}")
     return value, span
 
 

@@ -5,7 +5,7 @@ it, scoring the answer with the task's own definition read from its config:
 - ``until`` and ``max_gen_toks`` from ``generation_kwargs`` (lm-eval's defaults: none, 256; the tokenizer's
   end-of-sequence always stops); decoding is greedy (a task asking ``do_sample`` is answered greedily, said so);
 - ``filter_list``: each named pipeline of ``regex`` (``regex_pattern``, ``group_select``, ``fallback``),
-  ``remove_whitespace`` and ``take_first`` steps (lm-eval's default without one: ``none`` = take the answer as
+  ``remove_whitespace``, ``take_first``, ``lowercase`` and ``uppercase`` steps (lm-eval's default without one: ``none`` = take the answer as
   generated); the first pipeline is the reported correctness. Other filter functions are refused;
 - ``metric_list``: ``exact_match`` with its options (``ignore_case``, ``ignore_punctuation``, ``ignore_numbers``,
   ``regexes_to_ignore``); a task scored by any other metric is refused;
@@ -20,12 +20,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from quantcal.errors import QuantcalError
-from quantcal.tasks.answer_filters import FilterStep, MatchOptions
+from quantcal.tasks.answer_filters import FUNCTIONS, FilterStep, MatchOptions
 from quantcal.tasks.generation_tasks import GenerationTask, GenItem
 from quantcal.tasks.prompts import PromptSetup, require_chat_template
 
 #: lm-eval filter functions quantcal applies itself (:mod:`quantcal.tasks.answer_filters`).
-FILTERS = ("regex", "take_first", "remove_whitespace")
+FILTERS = FUNCTIONS
 MATCH_OPTIONS = ("ignore_case", "ignore_punctuation", "ignore_numbers", "regexes_to_ignore")
 
 
