@@ -241,7 +241,8 @@ def run_time_formats(config: dict[str, Any]) -> str | None:
         parts.append("A " + {"fp8": "FP8", "w8a8": "INT8"}.get(spec.family, spec.family.upper()))
     kv = spec if spec.family == "kv" else spec.kv
     if kv is not None:
-        parts.append(f"KV {str(kv.params['type']).upper()}")
+        toward_zero = " toward zero" if kv.params.get("rounding", "nearest") != "nearest" else ""
+        parts.append(f"KV {str(kv.params['type']).upper()}{toward_zero}")
     return " · ".join(parts) or None
 
 
