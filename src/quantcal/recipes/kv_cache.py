@@ -45,8 +45,8 @@ PARAMS = {
                                     "(amax over the calibration windows / the format's largest value)"),
     "per": Param(str, "tensor", choices=("tensor", "head"), help="one scale per layer, or per KV head (calibrated)"),
     "rounding": Param(str, "nearest", choices=ROUNDINGS, key_default=False,
-                      help="to the grid: nearest (ties to even: compressed-tensors, NVIDIA's conversions) or "
-                           "toward zero (what vLLM's CPU attention kernels store, measured byte for byte)"),
+                      help="to the grid: nearest (ties to even, compressed-tensors' definition) or toward zero "
+                           "(what vLLM's CPU attention kernels store, measured byte for byte)"),
     **calibration.PARAMS,
     "nsamples": Param(int, 16, low=1, high=4096, help="calibration windows (scale=calibrated)"),
 }
