@@ -111,10 +111,12 @@ def page_data(results: dict[str, Any], rows: Sequence[dict[str, Any]], changes: 
         paired = []
         for variant, found in block["paired"].items():
             damaged = [c for c, d in found["differences"].items() if _verdict(d["ece"], False) == "worse"]
+            improved = [c for c, d in found["differences"].items() if _verdict(d["ece"], False) == "better"]
+            moved = ([f"ECE worse beyond noise for {', '.join(damaged)}"] if damaged else []) + \
+                ([f"ECE better beyond noise for {', '.join(improved)}"] if improved else [])
             findings.append(f"{variant} vs {reference}: {found['changed_answers']} of {found['n']} answers changed "
                             f"({found['right_to_wrong']} right → wrong, {found['wrong_to_right']} wrong → right); "
-                            + (f"ECE worse beyond noise for {', '.join(damaged)}" if damaged
-                               else "no confidence measure's ECE changed beyond noise"))
+                            + ("; ".join(moved) or "no confidence measure's ECE changed beyond noise"))
             for conf, diff in found["differences"].items():
                 cells = [(_interval(diff["acc"], 100, 1, True), _verdict(diff["acc"], True))]
                 cells += [(_interval(diff.get(m), s, d, True), _verdict(diff.get(m), HIGHER_IS_BETTER[m]))
