@@ -96,14 +96,24 @@ def score_generation(task: GenerationTask, record: dict[str, Any], filter_name: 
     return out
 
 
+#: The start of a stored sampling setting's key (``samples:k=5,t=1,seed=0``).
+SAMPLES_PREFIX = "samples:"
+
+
+def held_keys(keys: Any) -> tuple[bool, str | None]:
+    """Of a run's stored extras (their keys): whether P(True) is held, and the first sampling setting held (sorted),
+    the one a report without the study's settings scores."""
+    sampled = sorted(k for k in keys if k.startswith(SAMPLES_PREFIX))
+    return "p_true" in keys, (sampled[0] if sampled else None)
+
+
 def held_extras(store: Any, run_id: int) -> dict[str, dict[str, Any]]:
     """Per item, the further measurements a run's generations carry in ``store`` (``p_true``: the two
-    log-likelihoods; ``samples``: the texts of the first sampling setting stored), as :func:`score_generation`'s
-    ``extras``."""
-    keys = store.generation_extra_keys(run_id)
-    sampled = sorted(k for k in keys if k.startswith("samples:"))
+    log-likelihoods; ``samples``: the texts of the sampling setting :func:`held_keys` picks), as
+    :func:`score_generation`'s ``extras``."""
+    p_true, sampled = held_keys(store.generation_extra_keys(run_id))
     out: dict[str, dict[str, Any]] = {}
-    for name, key in (("p_true", "p_true" if "p_true" in keys else None), ("samples", sampled[0] if sampled else None)):
+    for name, key in (("p_true", "p_true" if p_true else None), ("samples", sampled)):
         if key is not None:
             for item_id, value in store.generation_extras(run_id, key).items():
                 out.setdefault(item_id, {})[name] = value

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Sequence
 
-from quantcal.analysis.generated import CONFIDENCES, EXTRA_CONFIDENCES, score_generation
+from quantcal.analysis.generated import (CONFIDENCES, EXTRA_CONFIDENCES, SAMPLES_PREFIX, held_keys,
+                                        score_generation)
 from quantcal.errors import QuantcalError
 from quantcal.metrics import Interval
 from quantcal.store.database import Store
@@ -123,17 +124,17 @@ class ExtraMeasures:
 
     @property
     def samples_key(self) -> str:
-        return f"samples:k={self.samples},t={self.temperature:g},seed={self.seed}"
+        return f"{SAMPLES_PREFIX}k={self.samples},t={self.temperature:g},seed={self.seed}"
 
     @classmethod
     def held(cls, keys: Collection[str]) -> "ExtraMeasures":
-        """The measures a run's stored extras (their keys) hold: P(True) when stored, and the first sampling setting
-        stored (by its :attr:`samples_key`)."""
-        sampled = sorted(k for k in keys if k.startswith("samples:"))
-        if not sampled:
-            return cls(p_true="p_true" in keys)
-        fields = dict(part.split("=", 1) for part in sampled[0].removeprefix("samples:").split(","))
-        return cls("p_true" in keys, int(fields["k"]), float(fields["t"]), int(fields["seed"]))
+        """The measures a run's stored extras (their keys) hold, as :func:`quantcal.analysis.generated.held_keys`
+        picks them (the sampling setting read back from its :attr:`samples_key`)."""
+        p_true, sampled = held_keys(keys)
+        if sampled is None:
+            return cls(p_true=p_true)
+        fields = dict(part.split("=", 1) for part in sampled.removeprefix(SAMPLES_PREFIX).split(","))
+        return cls(p_true, int(fields["k"]), float(fields["t"]), int(fields["seed"]))
 
 
 def measure_extras(store: Store, run_id: int, task: GenerationTask, items: Sequence[GenItem], holder: Any,
