@@ -761,23 +761,34 @@ def _write_study_report(db: Store, out_dir: Path, spec: StudySpec, outcomes: lis
                         failures: list[dict[str, Any]], say: Say) -> WrittenReport:
     """The study's report: the multiple-choice report (report.html) when it has such tasks, and the "Generated
     answers" page (generation.html, or report.html when it is the study's only page) when it has free-text ones."""
-    written = None
     mc_outcomes = [o for o in outcomes if o.task in {j.label for j in plan(spec)}]
     # the report covers this plan's items, not all the store holds (free-text tasks' too, for rebuild_report)
     write_text_atomic(out_dir / PLANNED_ITEMS, json.dumps(planned_items(outcomes)))
+    settings = None
     if spec.tasks:
         settings = report_settings(spec)
         settings.items = planned_items(mc_outcomes)
+    return _write_pages(db, out_dir, spec.name, settings, answered, spec.bootstrap, REFERENCE_NAME, failures, say)
+
+
+def _write_pages(db: Store, out_dir: Path, title: str, settings: Optional[ReportSettings], answered: list[Any],
+                 bootstrap: BootstrapSpec, reference: str, failures: Sequence[dict[str, Any]] = (),
+                 say: Say = _silent) -> WrittenReport:
+    """The multiple-choice report (report.html) when there are ``settings`` for one, and the "Generated answers"
+    page of the ``answered`` runs (generation.html, linked from the report, or report.html when it is the only
+    page) when there are any."""
+    written = None
+    if settings is not None:
         links = [("Generated answers", "generation.html")] if answered else []
-        written = write_report(db, out_dir, settings, spec.name, failures, say, links=links)
+        written = write_report(db, out_dir, settings, title, failures, say, links=links)
     if not answered:
         assert written is not None
         return written
     from quantcal.report.generation_page import write_generation_page
     from quantcal.study.generation_study import generation_results
 
-    results, rows = generation_results(db, answered, spec.bootstrap)
-    files = write_generation_page(out_dir, results, rows, spec.name, "generation.html" if spec.tasks else "report.html")
+    results, rows = generation_results(db, answered, bootstrap, reference)
+    files = write_generation_page(out_dir, results, rows, title, "generation.html" if written else "report.html")
     if written is None:
         return WrittenReport(files[0], {"tasks": {}, "generation": results}, files)
     return WrittenReport(written.page, {**written.results, "generation": results}, written.files + files)
@@ -819,28 +830,16 @@ def rebuild_report(store: Union[str, Path], *, ref: Optional[str] = None, output
         if norms:
             settings.normalizations = norms
         out_dir, title = Path(output) if output else store.parent, spec.name if spec else store.stem
-        from quantcal.study.generation_study import generation_results, stored_answered_runs
+        from quantcal.study.generation_study import stored_answered_runs
 
         answered = stored_answered_runs(db, spec, planned)
         scored = [r for r in db.current_runs() if r.config.get("kind") != "generate" and db.done_item_ids(r.run_id)]
         if not scored and not answered:
             raise QuantcalError(f"{store}: no scored items or generated answers to report on")
-        written = None
-        if scored:
-            settings.items = {task: ids for task, ids in planned.items() if any(r.task == task for r in scored)}
-            links = [("Generated answers", "generation.html")] if answered else []
-            written = write_report(db, out_dir, settings, title, say=say, links=links)
-        if not answered:
-            assert written is not None
-            return written
-        from quantcal.report.generation_page import write_generation_page
-
+        settings.items = {task: ids for task, ids in planned.items() if any(r.task == task for r in scored)}
         bootstrap = BootstrapSpec(resamples=settings.resamples, seed=settings.seed, level=settings.level)
-        results, rows = generation_results(db, answered, bootstrap, settings.reference)
-        files = write_generation_page(out_dir, results, rows, title, "generation.html" if scored else "report.html")
-        if written is None:
-            return WrittenReport(files[0], {"tasks": {}, "generation": results}, files)
-        return WrittenReport(written.page, {**written.results, "generation": results}, written.files + files)
+        return _write_pages(db, out_dir, title, settings if scored else None, answered, bootstrap, settings.reference,
+                            say=say)
 
 
 def download(tasks: Union[str, Sequence[str]], out: Union[str, Path], *, fewshot: bool = False) -> list[Any]:
