@@ -33,7 +33,8 @@ from typing import Any, Callable, Union
 
 import torch
 
-from quantcal.checkpoints.formats import COMPRESSED_TENSORS, ExportedModel, check_dtype, write_checkpoint
+from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, ExportedModel, check_dtype, export_record, read_variant,
+                                         write_quantized)
 from quantcal.errors import QuantcalError
 from quantcal.recipes.fp8 import BLOCK as TILE  # the side of an FP8 block128 tile, as the recipe builds it
 from quantcal.recipes.number_formats import E4M3_MAX
@@ -126,27 +127,20 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
                                 say: Callable[[str], None] = lambda m: None, kv: Any = None) -> ExportedModel:
     """Write the built ``fp8`` / ``w8a8`` variant in ``variant_dir`` to ``out`` (module doc); ``kv`` adds a KV-cache
     scheme (:mod:`quantcal.checkpoints.kv_checkpoint`)."""
-    from quantcal.checkpoints.kv_checkpoint import add_kv
-
     from compressed_tensors.compressors import FloatQuantizationCompressor, IntQuantizationCompressor
-    from compressed_tensors.quantization import QuantizationConfig
-    from safetensors.torch import load_file
 
     from quantcal.recipes import parse_recipe
     from quantcal.recipes.smoothquant import decode
 
     variant_dir, out = Path(variant_dir), Path(out)
     check_dtype(dtype)
-    meta = json.loads((variant_dir / "quantcal-variant.json").read_text())
+    meta, state = read_variant(variant_dir)
     spec = parse_recipe(meta["recipe"])
     params = dict(spec.params)
     scheme, fmt = _schemes(spec.family, params)
     compressor = FloatQuantizationCompressor if spec.family == "fp8" else IntQuantizationCompressor
     activations = meta.get("runtime", {}).get("activations") or {}
     smooth = {k: decode(v) for k, v in (activations.get("smooth") or {}).items()}
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(variant_dir.glob("*.safetensors")):
-        state.update(load_file(str(f)))
     names = block_linear_names(variant_dir)
     quantized: dict[str, torch.Tensor] = {}
     on_disk_bytes = weights = 0
@@ -165,22 +159,23 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
     folded = _fold_smoothing(variant_dir, smooth, state) if smooth else 0
     if smooth:
         say(f"folding SmoothQuant's scales into {folded} norms")
-    target = getattr(torch, dtype)
-    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()} | quantized
-    config = json.loads((variant_dir / "config.json").read_text())
-    qconfig = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"], format=fmt,
-                                 quantization_status="compressed")
-    config["quantization_config"] = json.loads(qconfig.model_dump_json(exclude_none=True)) | {"quant_method": "compressed-tensors"}
-    config["dtype"] = dtype
-    bits = 8 * on_disk_bytes / weights
-    record = {**meta, "export": {"format": f"compressed-tensors {fmt}", "dtype": dtype, "layers": len(names),
-                                 "quantized_weights": weights, "quantized_bytes": on_disk_bytes,
-                                 "bits_per_weight_on_disk": bits, "smoothquant_folded_norms": folded}}
-    add_kv(kv, tensors, config["quantization_config"], record["export"])
-    write_checkpoint(out, variant_dir, tensors, config, record)
+    record = {**meta, "export": export_record(f"compressed-tensors {fmt}", dtype, len(names), weights, on_disk_bytes,
+                                              smoothquant_folded_norms=folded)}
+    write_quantized(out, variant_dir, state, quantized, scheme_config(scheme, fmt), dtype, record, kv)
+    bits = record["export"]["bits_per_weight_on_disk"]
     say(f"{meta['recipe']}: {len(names)} layers as compressed-tensors {fmt}, {bits:.3f} bits per weight on disk, "
         f"written to {out}")
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(names), bits, record)
+
+
+def scheme_config(scheme: Any, fmt: str) -> dict[str, Any]:
+    """The checkpoint's ``quantization_config``: ``scheme`` on every decoder linear (``lm_head`` kept in float),
+    stored compressed in ``fmt``."""
+    from compressed_tensors.quantization import QuantizationConfig
+
+    qconfig = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"], format=fmt,
+                                 quantization_status="compressed")
+    return json.loads(qconfig.model_dump_json(exclude_none=True)) | {"quant_method": "compressed-tensors"}
 
 
 def block_linear_names(variant_dir: Path) -> list[str]:

@@ -89,6 +89,54 @@ def simulated(spec: RecipeSpec) -> RecipeSpec:
 SKIP_FILES = {"quantcal-variant.json", "config.json", "model.safetensors.index.json"}
 
 
+def read_tensors(folder: Path) -> dict[str, Any]:
+    """Every tensor of the ``*.safetensors`` files in ``folder`` (a built variant or a float model)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return state
+
+
+def read_variant(variant_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A built variant's record (``quantcal-variant.json``) and its tensors; one line if it is not a variant."""
+    import json
+
+    meta_file = variant_dir / "quantcal-variant.json"
+    if not meta_file.is_file():
+        raise QuantcalError(f"{variant_dir}: not a built variant (no quantcal-variant.json)")
+    return json.loads(meta_file.read_text()), read_tensors(variant_dir)
+
+
+def export_record(fmt: str, dtype: str, layers: int, weights: int, quantized_bytes: int,
+                  **extra: Any) -> dict[str, Any]:
+    """The ``export`` block of an exported variant's record: its format, float dtype and the quantized linears'
+    size on disk (``bits_per_weight_on_disk`` = 8 x bytes / weights)."""
+    return {"format": fmt, "dtype": dtype, "layers": layers, "quantized_weights": weights,
+            "quantized_bytes": quantized_bytes, "bits_per_weight_on_disk": 8 * quantized_bytes / weights, **extra}
+
+
+def write_quantized(out: Path, folder: Path, state: dict[str, Any], quantized: dict[str, Any],
+                    quantization_config: dict[str, Any], dtype: str, record: dict[str, Any], kv: Any = None) -> None:
+    """Write a compressed-tensors checkpoint: ``state``'s float tensors in ``dtype`` beside the ``quantized`` ones,
+    ``folder``'s config with ``quantization_config`` (and the KV cache's scheme when ``kv`` is given, which also
+    adds its scales to the tensors and its note to ``record["export"]``), whole or not at all."""
+    import json
+
+    import torch
+
+    from quantcal.checkpoints.kv_checkpoint import add_kv
+
+    target = getattr(torch, dtype)
+    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()} | quantized
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = quantization_config
+    config["dtype"] = dtype
+    add_kv(kv, tensors, config["quantization_config"], record["export"])
+    write_checkpoint(out, folder, tensors, config, record)
+
+
 def write_checkpoint(out: Path, variant_dir: Path, tensors: dict[str, Any], config: dict[str, Any],
                      record: dict[str, Any]) -> None:
     """An exported checkpoint, whole or not at all: its tensors, config, the variant's other files (tokenizer...)

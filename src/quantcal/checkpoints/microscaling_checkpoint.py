@@ -21,13 +21,13 @@ same library and requires the built weights back bit for bit (else it refuses: r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
 
-from quantcal.checkpoints.formats import COMPRESSED_TENSORS, ExportedModel, check_dtype, write_checkpoint
+from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, ExportedModel, check_dtype, export_record, read_variant,
+                                         write_quantized)
 from quantcal.errors import QuantcalError
 from quantcal.recipes.number_formats import E2M1_MAX, E2M1_VALUES, E4M3_MAX, cast_e2m1, cast_e4m3
 
@@ -85,16 +85,13 @@ def export_microscaling(variant_dir: Union[str, Path], out: Union[str, Path], dt
     """Write the built ``nvfp4`` / ``mxfp4`` variant in ``variant_dir`` to ``out`` (module doc); ``kv`` adds a KV-cache
     scheme (:mod:`quantcal.checkpoints.kv_checkpoint`)."""
     from compressed_tensors.compressors import MXFP4PackedCompressor, NVFP4PackedCompressor
-    from compressed_tensors.quantization import QuantizationConfig
-    from safetensors.torch import load_file
 
-    from quantcal.checkpoints.activation_checkpoint import block_linear_names
-    from quantcal.checkpoints.kv_checkpoint import add_kv
+    from quantcal.checkpoints.activation_checkpoint import block_linear_names, scheme_config
     from quantcal.recipes import parse_recipe
 
     variant_dir, out = Path(variant_dir), Path(out)
     check_dtype(dtype)
-    meta = json.loads((variant_dir / "quantcal-variant.json").read_text())
+    meta, state = read_variant(variant_dir)
     spec = parse_recipe(meta["recipe"])
     params = dict(spec.params)
     if spec.family == "mxfp4" and params["acts"] != "none" and params["scale_rounding"] != "nearest":
@@ -106,9 +103,6 @@ def export_microscaling(variant_dir: Union[str, Path], out: Union[str, Path], dt
     fmt = "nvfp4-pack-quantized" if spec.family == "nvfp4" else "mxfp4-pack-quantized"
     activations = meta.get("runtime", {}).get("activations") or {}
     weight_amax = meta.get("weight_amax") or {}
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(variant_dir.glob("*.safetensors")):
-        state.update(load_file(str(f)))
     names = block_linear_names(variant_dir)
     quantized: dict[str, torch.Tensor] = {}
     on_disk_bytes = weights = 0
@@ -127,19 +121,9 @@ def export_microscaling(variant_dir: Union[str, Path], out: Union[str, Path], dt
             quantized[f"{name}.{key}"] = tensor.contiguous()
             on_disk_bytes += tensor.numel() * tensor.element_size()
         weights += w.numel()
-    target = getattr(torch, dtype)
-    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()} | quantized
-    qconfig = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"], format=fmt,
-                                 quantization_status="compressed")
-    config = json.loads((variant_dir / "config.json").read_text())
-    config["quantization_config"] = json.loads(qconfig.model_dump_json(exclude_none=True)) | {"quant_method": "compressed-tensors"}
-    config["dtype"] = dtype
-    bits = 8 * on_disk_bytes / weights
-    record = {**meta, "export": {"format": f"compressed-tensors {fmt}", "dtype": dtype, "layers": len(names),
-                                 "quantized_weights": weights, "quantized_bytes": on_disk_bytes,
-                                 "bits_per_weight_on_disk": bits}}
-    add_kv(kv, tensors, config["quantization_config"], record["export"])
-    write_checkpoint(out, variant_dir, tensors, config, record)
+    record = {**meta, "export": export_record(f"compressed-tensors {fmt}", dtype, len(names), weights, on_disk_bytes)}
+    write_quantized(out, variant_dir, state, quantized, scheme_config(scheme, fmt), dtype, record, kv)
+    bits = record["export"]["bits_per_weight_on_disk"]
     say(f"{meta['recipe']}: {len(names)} layers as compressed-tensors {fmt}, {bits:.3f} bits per weight on disk, "
         f"written to {out}")
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(names), bits, record)

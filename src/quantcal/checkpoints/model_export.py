@@ -125,11 +125,8 @@ def _named(exported: ExportedModel, spec: RecipeSpec) -> ExportedModel:
 def _export_kv_alone(source: ModelSource, spec: RecipeSpec, out: Path, dtype: str,
                      say: Callable[[str], None]) -> ExportedModel:
     """The model's own float weights with a ``kv_cache_scheme`` (``kv:`` alone)."""
-    import torch
-    from safetensors.torch import load_file
-
-    from quantcal.checkpoints.formats import write_checkpoint
-    from quantcal.checkpoints.kv_checkpoint import add_kv, kv_export
+    from quantcal.checkpoints.formats import read_tensors, write_quantized
+    from quantcal.checkpoints.kv_checkpoint import kv_export
     from quantcal.sources.models import dequantized_gguf_copy
 
     folder = dequantized_gguf_copy(source) if source.kind in ("bundled", "gguf") else Path(source.location)
@@ -138,18 +135,10 @@ def _export_kv_alone(source: ModelSource, spec: RecipeSpec, out: Path, dtype: st
                             "weights; download the model first")
     say(f"{spec.key}: the KV cache's scales")
     kv = kv_export(source, dict(spec.params))
-    state: dict = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(str(f)))
-    target = getattr(torch, dtype)
-    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "compressed-tensors", "format": "dense", "config_groups": {},
-                                     "quantization_status": "compressed"}
-    config["dtype"] = dtype
+    quantization_config = {"quant_method": "compressed-tensors", "format": "dense", "config_groups": {},
+                           "quantization_status": "compressed"}
     record = {"recipe": spec.key, "model": source.spec, "bits_per_weight": None,
               "export": {"format": "compressed-tensors dense + kv_cache_scheme", "dtype": dtype, "layers": 0}}
-    add_kv(kv, tensors, config["quantization_config"], record["export"])
-    write_checkpoint(out, folder, tensors, config, record)
+    write_quantized(out, folder, read_tensors(folder), {}, quantization_config, dtype, record, kv)
     say(f"{spec.key}: float weights with the KV cache's scheme, written to {out}")
     return ExportedModel(out, spec.key, COMPRESSED_TENSORS, 0, float("nan"), record)

@@ -34,7 +34,8 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from quantcal.errors import QuantcalError
-from quantcal.checkpoints.formats import COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype, write_checkpoint
+from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype, export_record,
+                                         read_variant, write_quantized)
 from quantcal.sources import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.folding import fold_norm as _fold_norm, producers as _producers
@@ -110,27 +111,17 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
     """Write the built variant in ``variant_dir`` to ``out`` as a pack-quantized checkpoint (module doc).
     ``dtype`` is the dtype of the tensors that stay in float (embeddings, norms, output head); ``kv`` adds a KV-cache
     scheme (:mod:`quantcal.checkpoints.kv_checkpoint`)."""
-    from safetensors.torch import load_file
-
-    from quantcal.checkpoints.kv_checkpoint import add_kv
-
     pack_to_int32 = _require_compressed_tensors()
     variant_dir, out = Path(variant_dir), Path(out)
     check_dtype(dtype)
-    meta_file = variant_dir / "quantcal-variant.json"
-    if not meta_file.is_file():
-        raise QuantcalError(f"{variant_dir}: not a built variant (no quantcal-variant.json)")
     if out.exists() and any(out.iterdir()):
         raise QuantcalError(f"{out}: exists and is not empty; choose a new folder")
-    meta = json.loads(meta_file.read_text())
+    meta, state = read_variant(variant_dir)
     grids = grid_record.load(variant_dir)
     if not grids:
         raise QuantcalError(f"{meta['recipe']}: no integer grid to pack. export-model writes RTN, GPTQ (desc_act=false) "
                             "and AWQ variants in simulated mode")
     bits, group_size, sym = _scheme(grids)
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(variant_dir.glob("*.safetensors")):
-        state.update(load_file(str(f)))
     missing = [n for n in grids if f"{n}.weight" not in state]
     if missing:
         raise QuantcalError(f"{variant_dir}: the checkpoint lacks {missing[0]}.weight (and {len(missing) - 1} more)")
@@ -155,20 +146,12 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
             if key != "weight_shape":
                 quantized_bytes += tensor.numel() * tensor.element_size()
         quantized_weights += rows * cols
-    target = TORCH_DTYPES[dtype]
-    tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()} | packed
-    config = json.loads((variant_dir / "config.json").read_text())
     per_channel = all(g.scale.shape[1] == 1 for g in grids.values())
-    config["quantization_config"] = quantization_config(bits, group_size, sym, per_channel)
-    config["dtype"] = dtype
-    on_disk = 8 * quantized_bytes / quantized_weights
-    record = {**meta, "export": {
-        "format": "compressed-tensors pack-quantized", "dtype": dtype, "layers": len(grids),
-        "quantized_weights": quantized_weights, "quantized_bytes": quantized_bytes, "bits_per_weight_on_disk": on_disk,
-        "scale_dtype": "float16", "awq_folded": awq_folded,
-    }}
-    add_kv(kv, tensors, config["quantization_config"], record["export"])
-    write_checkpoint(out, variant_dir, tensors, config, record)
+    record = {**meta, "export": export_record("compressed-tensors pack-quantized", dtype, len(grids), quantized_weights,
+                                              quantized_bytes, scale_dtype="float16", awq_folded=awq_folded)}
+    write_quantized(out, variant_dir, state, packed, quantization_config(bits, group_size, sym, per_channel), dtype,
+                    record, kv)
+    on_disk = record["export"]["bits_per_weight_on_disk"]
     say(f"{meta['recipe']}: {len(grids)} layers packed, {on_disk:.3f} bits per weight on disk, written to {out}")
     return ExportedModel(out, meta["recipe"], COMPRESSED_TENSORS, len(grids), on_disk, record)
 
