@@ -326,3 +326,16 @@ def test_kv_part_exports_as_kv_cache_scheme_with_the_scorers_scales(recipe: str,
     with torch.inference_mode():
         assert torch.equal(plain(ids).logits, b)  # the weights as simulated; the cache unhooked (docstring)
     assert not torch.equal(a, b)  # the simulation rounds the cache
+
+
+@pytest.mark.parametrize("writer", ["export_packed", "export_activation_quantized", "export_microscaling"])
+def test_exporters_refuse_a_folder_that_is_not_a_variant(writer: str, tmp_path: Path) -> None:
+    import importlib
+
+    module = {"export_packed": "packed_checkpoint", "export_activation_quantized": "activation_checkpoint",
+              "export_microscaling": "microscaling_checkpoint"}[writer]
+    export = getattr(importlib.import_module(f"quantcal.checkpoints.{module}"), writer)
+    (tmp_path / "model").mkdir()
+    with pytest.raises(QuantcalError, match="not a built variant"):
+        export(tmp_path / "model", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
