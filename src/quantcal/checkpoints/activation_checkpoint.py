@@ -33,8 +33,8 @@ from typing import Any, Callable, Union
 
 import torch
 
-from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, ExportedModel, check_dtype, export_record, read_variant,
-                                         write_quantized)
+from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, ExportedModel, check_dtype, export_record, read_tensors,
+                                         variant_record, write_quantized)
 from quantcal.errors import QuantcalError
 from quantcal.recipes.fp8 import BLOCK as TILE  # the side of an FP8 block128 tile, as the recipe builds it
 from quantcal.recipes.number_formats import E4M3_MAX
@@ -134,13 +134,14 @@ def export_activation_quantized(variant_dir: Union[str, Path], out: Union[str, P
 
     variant_dir, out = Path(variant_dir), Path(out)
     check_dtype(dtype)
-    meta, state = read_variant(variant_dir)
+    meta = variant_record(variant_dir)
     spec = parse_recipe(meta["recipe"])
     params = dict(spec.params)
     scheme, fmt = _schemes(spec.family, params)
     compressor = FloatQuantizationCompressor if spec.family == "fp8" else IntQuantizationCompressor
     activations = meta.get("runtime", {}).get("activations") or {}
     smooth = {k: decode(v) for k, v in (activations.get("smooth") or {}).items()}
+    state = read_tensors(variant_dir)
     names = block_linear_names(variant_dir)
     quantized: dict[str, torch.Tensor] = {}
     on_disk_bytes = weights = 0

@@ -99,14 +99,15 @@ def read_tensors(folder: Path) -> dict[str, Any]:
     return state
 
 
-def read_variant(variant_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A built variant's record (``quantcal-variant.json``) and its tensors; one line if it is not a variant."""
+def variant_record(variant_dir: Path) -> dict[str, Any]:
+    """A built variant's record (``quantcal-variant.json``); one line if the folder is not a variant. Read before its
+    tensors (:func:`read_tensors`), so that a refusal costs no weight I/O."""
     import json
 
     meta_file = variant_dir / "quantcal-variant.json"
     if not meta_file.is_file():
         raise QuantcalError(f"{variant_dir}: not a built variant (no quantcal-variant.json)")
-    return json.loads(meta_file.read_text()), read_tensors(variant_dir)
+    return json.loads(meta_file.read_text())
 
 
 def export_record(fmt: str, dtype: str, layers: int, weights: int, quantized_bytes: int,

@@ -26,8 +26,8 @@ from typing import Any, Callable, Union
 
 import torch
 
-from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, ExportedModel, check_dtype, export_record, read_variant,
-                                         write_quantized)
+from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, ExportedModel, check_dtype, export_record, read_tensors,
+                                         variant_record, write_quantized)
 from quantcal.errors import QuantcalError
 from quantcal.recipes.number_formats import E2M1_MAX, E2M1_VALUES, E4M3_MAX, cast_e2m1, cast_e4m3
 
@@ -91,7 +91,7 @@ def export_microscaling(variant_dir: Union[str, Path], out: Union[str, Path], dt
 
     variant_dir, out = Path(variant_dir), Path(out)
     check_dtype(dtype)
-    meta, state = read_variant(variant_dir)
+    meta = variant_record(variant_dir)
     spec = parse_recipe(meta["recipe"])
     params = dict(spec.params)
     if spec.family == "mxfp4" and params["acts"] != "none" and params["scale_rounding"] != "nearest":
@@ -103,6 +103,7 @@ def export_microscaling(variant_dir: Union[str, Path], out: Union[str, Path], dt
     fmt = "nvfp4-pack-quantized" if spec.family == "nvfp4" else "mxfp4-pack-quantized"
     activations = meta.get("runtime", {}).get("activations") or {}
     weight_amax = meta.get("weight_amax") or {}
+    state = read_tensors(variant_dir)
     names = block_linear_names(variant_dir)
     quantized: dict[str, torch.Tensor] = {}
     on_disk_bytes = weights = 0

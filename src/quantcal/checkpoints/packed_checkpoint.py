@@ -35,7 +35,7 @@ import torch
 
 from quantcal.errors import QuantcalError
 from quantcal.checkpoints.formats import (COMPRESSED_TENSORS, DTYPES, ExportedModel, check_dtype, export_record,
-                                         read_variant, write_quantized)
+                                         read_tensors, variant_record, write_quantized)
 from quantcal.sources import packed_load
 from quantcal.recipes import grid_record
 from quantcal.recipes.folding import fold_norm as _fold_norm, producers as _producers
@@ -116,12 +116,13 @@ def export_packed(variant_dir: Union[str, Path], out: Union[str, Path], dtype: s
     check_dtype(dtype)
     if out.exists() and any(out.iterdir()):
         raise QuantcalError(f"{out}: exists and is not empty; choose a new folder")
-    meta, state = read_variant(variant_dir)
+    meta = variant_record(variant_dir)
     grids = grid_record.load(variant_dir)
     if not grids:
         raise QuantcalError(f"{meta['recipe']}: no integer grid to pack. export-model writes RTN, GPTQ (desc_act=false) "
                             "and AWQ variants in simulated mode")
     bits, group_size, sym = _scheme(grids)
+    state = read_tensors(variant_dir)
     missing = [n for n in grids if f"{n}.weight" not in state]
     if missing:
         raise QuantcalError(f"{variant_dir}: the checkpoint lacks {missing[0]}.weight (and {len(missing) - 1} more)")
